@@ -1,0 +1,12 @@
+//! ftl: a fine-tuning lab for transformer models — HF models and PEFT methods in Rust, driven by
+//! Lua recipes.
+
+pub mod error;
+pub mod model;
+pub mod ops;
+pub mod peft;
+pub mod st;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
+pub use model::Model;

@@ -1,0 +1,238 @@
+//! Loading HF model directories: config.json, `model.safetensors` or a sharded index, and
+//! `tokenizer.json`; and the weight sources the architectures build from (files or random init).
+
+use super::config::Cfg;
+use super::{Model, Param};
+use crate::error::{Error, Result};
+use crate::st::{read_json, StFile};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// How HF initialises a tensor that is not loaded (`_init_weights`).
+#[derive(Clone, Copy, Debug)]
+pub enum Init {
+    Normal(f64),
+    Ones,
+    Zeros,
+}
+
+/// Where an architecture's tensors come from.
+pub trait Source {
+    /// The tensor `name`, which must have `shape`.
+    fn get(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor>;
+    /// Whether `name` exists (for optional tensors).
+    fn has(&self, name: &str) -> bool;
+    /// A frozen parameter.
+    fn param(&self, name: &str, shape: &[usize], init: Init) -> Result<Param> {
+        Ok(Param::frozen(self.get(name, shape, init)?))
+    }
+    /// Where the tensors come from, for messages.
+    fn origin(&self) -> String;
+}
+
+/// The safetensors files of a model directory.
+pub struct Weights {
+    pub dir: PathBuf,
+    files: Vec<StFile>,
+    index: HashMap<String, usize>,
+    pub dtype: DType,
+    pub device: Device,
+}
+
+impl Weights {
+    pub fn open(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let indexed = dir.join("model.safetensors.index.json");
+        let files: Vec<StFile> = if single.exists() {
+            vec![StFile::open(&single)?]
+        } else if indexed.exists() {
+            let idx = read_json(&indexed)?;
+            let map = idx
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::config(&indexed, "weight_map", "missing or not an object"))?;
+            let mut shards: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
+            shards.sort();
+            shards.dedup();
+            shards.iter().map(|s| StFile::open(&dir.join(s))).collect::<Result<_>>()?
+        } else if dir.join("pytorch_model.bin").exists() {
+            return Err(Error::file(
+                dir,
+                "only pytorch_model.bin found: ftl reads safetensors (convert with transformers' save_pretrained(safe_serialization=True))",
+            ));
+        } else {
+            return Err(Error::file(dir, "no model.safetensors or model.safetensors.index.json"));
+        };
+        let mut index = HashMap::new();
+        for (i, f) in files.iter().enumerate() {
+            for n in &f.names {
+                index.insert(n.clone(), i);
+            }
+        }
+        Ok(Weights {
+            dir: dir.to_path_buf(),
+            files,
+            index,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// The stored name for `name`: as is, or with old spellings (`gamma`/`beta` for
+    /// LayerNorm, missing or extra top-level prefix).
+    fn resolve(&self, name: &str) -> Option<String> {
+        if self.index.contains_key(name) {
+            return Some(name.to_string());
+        }
+        let mut cands = Vec::new();
+        if let Some(s) = name.strip_suffix(".weight") {
+            cands.push(format!("{s}.gamma"));
+        }
+        if let Some(s) = name.strip_suffix(".bias") {
+            cands.push(format!("{s}.beta"));
+        }
+        let base: Vec<String> = std::iter::once(name.to_string()).chain(cands.clone()).collect();
+        for b in &base {
+            for p in ["transformer.", "bert.", "model."] {
+                if let Some(s) = b.strip_prefix(p) {
+                    cands.push(s.to_string());
+                }
+            }
+        }
+        cands.into_iter().find(|c| self.index.contains_key(c))
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.index.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    fn file_of(&self, name: &str) -> &StFile {
+        &self.files[self.index[name]]
+    }
+}
+
+impl Source for Weights {
+    fn get(&self, name: &str, shape: &[usize], _init: Init) -> Result<Tensor> {
+        let Some(stored) = self.resolve(name) else {
+            let path = if self.files.len() == 1 {
+                self.files[0].path.clone()
+            } else {
+                self.dir.join("model.safetensors.index.json")
+            };
+            return Err(Error::MissingTensor {
+                path,
+                name: name.to_string(),
+            });
+        };
+        let f = self.file_of(&stored);
+        let got = f.shape(&stored)?;
+        if got != shape {
+            return Err(Error::Shape {
+                path: f.path.clone(),
+                name: stored,
+                got,
+                want: shape.to_vec(),
+            });
+        }
+        f.load(&stored, &self.device, Some(self.dtype))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.resolve(name).is_some()
+    }
+
+    fn origin(&self) -> String {
+        self.dir.display().to_string()
+    }
+}
+
+/// Random initialisation, as HF's `_init_weights` (for `ftl.new`).
+pub struct RandomInit {
+    pub seed: u64,
+    pub dtype: DType,
+    pub device: Device,
+}
+
+impl Source for RandomInit {
+    fn get(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let v = match init {
+            Init::Ones => vec![1f32; n],
+            Init::Zeros => vec![0f32; n],
+            Init::Normal(std) => {
+                let mut rng = crate::peft::lora::rng_for(self.seed, name);
+                crate::peft::lora::normal(&mut rng, n, std as f32)
+            }
+        };
+        Ok(Tensor::from_vec(v, shape, &Device::Cpu)?
+            .to_dtype(self.dtype)?
+            .to_device(&self.device)?)
+    }
+
+    fn has(&self, _name: &str) -> bool {
+        false
+    }
+
+    fn origin(&self) -> String {
+        "random init".into()
+    }
+}
+
+/// `ftl.load` options.
+#[derive(Clone, Debug)]
+pub struct LoadOpts {
+    pub dtype: Option<DType>,
+    pub device: Device,
+}
+
+impl Default for LoadOpts {
+    fn default() -> Self {
+        LoadOpts {
+            dtype: None,
+            device: Device::Cpu,
+        }
+    }
+}
+
+pub const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "gpt2", "bert"];
+
+/// Loads an HF model directory.
+pub fn load(dir: &Path, opts: &LoadOpts) -> Result<Model> {
+    if !dir.is_dir() {
+        return Err(Error::file(dir, "no such model directory"));
+    }
+    let cfg_path = dir.join("config.json");
+    let config = read_json(&cfg_path)?;
+    let dtype = opts.dtype.unwrap_or(if opts.device.is_cpu() { DType::F32 } else { DType::BF16 });
+    let weights = Weights::open(dir, dtype, &opts.device)?;
+    let mut m = build(&config, &cfg_path, &weights, dtype, &opts.device)?;
+    m.dir = Some(dir.to_path_buf());
+    let tok = dir.join("tokenizer.json");
+    if tok.exists() {
+        m.tokenizer = Some(crate::tokenizer::Tokenizer::from_dir(dir)?);
+    }
+    Ok(m)
+}
+
+/// Builds a model of `config`'s `model_type` from `src`.
+pub fn build(config: &serde_json::Value, cfg_path: &Path, src: &dyn Source, dtype: DType, device: &Device) -> Result<Model> {
+    let cfg = Cfg::new(config, cfg_path);
+    let mt = cfg.str_or("model_type", "")?;
+    let arch: Box<dyn super::Arch> = match mt {
+        "llama" | "mistral" | "qwen2" => Box::new(super::llama::Llama::load(&cfg, src)?),
+        "gpt2" => Box::new(super::gpt2::Gpt2::load(&cfg, src)?),
+        "bert" => Box::new(super::bert::Bert::load(&cfg, src)?),
+        "" => return Err(Error::config(cfg_path, "model_type", "missing")),
+        other => {
+            return Err(Error::config(
+                cfg_path,
+                "model_type",
+                format!("unsupported model_type `{other}` (supported: {})", SUPPORTED.join(", ")),
+            ))
+        }
+    };
+    Ok(Model::new(arch, config.clone(), device.clone(), dtype))
+}

@@ -1,0 +1,156 @@
+//! The injectable layers every architecture is built from: `Linear` (LoRA/DoRA/IA3 slots),
+//! `Embedding` (LoRA slot) and `Norm`. Their paths and parameter names are HF's.
+
+use super::{Ctx, Param};
+use crate::error::Result;
+use crate::ops;
+use crate::peft::ia3::Ia3;
+use crate::peft::lora::{Lora, LoraEmbedding};
+use candle_core::{Tensor, D};
+
+/// `nn.Linear`, or HF's `Conv1D` when `transposed` (weight stored `[in, out]`).
+pub struct Linear {
+    pub weight: Param,
+    pub bias: Option<Param>,
+    pub transposed: bool,
+    pub lora: Vec<(String, Lora)>,
+    pub ia3: Vec<(String, Ia3)>,
+}
+
+impl Linear {
+    pub fn new(weight: Param, bias: Option<Param>, transposed: bool) -> Self {
+        Linear {
+            weight,
+            bias,
+            transposed,
+            lora: Vec::new(),
+            ia3: Vec::new(),
+        }
+    }
+
+    pub fn in_features(&self) -> usize {
+        let d = self.weight.dims();
+        if self.transposed {
+            d[0]
+        } else {
+            d[1]
+        }
+    }
+
+    pub fn out_features(&self) -> usize {
+        let d = self.weight.dims();
+        if self.transposed {
+            d[1]
+        } else {
+            d[0]
+        }
+    }
+
+    /// The weight as `[out, in]`, whatever the storage layout.
+    pub fn weight_out_in(&self, ctx: &Ctx) -> Result<Tensor> {
+        let w = self.weight.get(ctx);
+        Ok(if self.transposed { w.t()? } else { w })
+    }
+
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let w = self.weight.get(ctx);
+        let b = self.bias.as_ref().map(|b| b.get(ctx));
+        let ia3: Vec<&Ia3> = self
+            .ia3
+            .iter()
+            .filter(|(n, _)| ctx.is_active(n))
+            .map(|(_, a)| a)
+            .collect();
+        let mut xin = x.clone();
+        for a in ia3.iter().filter(|a| a.feedforward) {
+            xin = a.scale_input(&xin, ctx)?;
+        }
+        let mut base = ops::linear(&xin, &w, b.as_ref(), self.transposed)?;
+        for a in ia3.iter().filter(|a| !a.feedforward) {
+            base = a.scale_output(&base, ctx)?;
+        }
+        let mut y = base.clone();
+        for (name, l) in &self.lora {
+            if ctx.is_active(name) {
+                y = y.add(&l.delta(x, &base, self, ctx)?)?;
+            }
+        }
+        Ok(y)
+    }
+
+    /// `(suffix, param)` of the base parameters, HF-named.
+    pub fn params(&self) -> Vec<(&'static str, Param)> {
+        let mut v = vec![("weight", self.weight.clone())];
+        if let Some(b) = &self.bias {
+            v.push(("bias", b.clone()));
+        }
+        v
+    }
+}
+
+pub struct Embedding {
+    pub weight: Param,
+    pub lora: Vec<(String, LoraEmbedding)>,
+}
+
+impl Embedding {
+    pub fn new(weight: Param) -> Self {
+        Embedding {
+            weight,
+            lora: Vec::new(),
+        }
+    }
+
+    /// `ids` `[b, t]` (u32) → `[b, t, dim]`.
+    pub fn forward(&self, ids: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let w = self.weight.get(ctx);
+        let (b, t) = ids.dims2()?;
+        let flat = ids.flatten_all()?;
+        let mut y = w.index_select(&flat, 0)?;
+        for (name, l) in &self.lora {
+            if ctx.is_active(name) {
+                y = l.add_to(y, &flat, ctx)?;
+            }
+        }
+        Ok(y.reshape((b, t, w.dim(D::Minus1)?))?)
+    }
+
+    pub fn params(&self) -> Vec<(&'static str, Param)> {
+        vec![("weight", self.weight.clone())]
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NormKind {
+    Rms,
+    Layer,
+}
+
+pub struct Norm {
+    pub weight: Param,
+    pub bias: Option<Param>,
+    pub eps: f64,
+    pub kind: NormKind,
+}
+
+impl Norm {
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let w = self.weight.get(ctx);
+        Ok(match (self.kind, &self.bias) {
+            (NormKind::Rms, _) => ops::rms_norm(x, &w, self.eps)?,
+            (NormKind::Layer, Some(b)) => ops::layer_norm(x, &w, &b.get(ctx), self.eps)?,
+            (NormKind::Layer, None) => {
+                let zeros = w.zeros_like()?;
+                ops::layer_norm(x, &w, &zeros, self.eps)?
+            }
+        })
+    }
+
+    pub fn params(&self) -> Vec<(&'static str, Param)> {
+        let mut v = vec![("weight", self.weight.clone())];
+        if let Some(b) = &self.bias {
+            v.push(("bias", b.clone()));
+        }
+        v
+    }
+}

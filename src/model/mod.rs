@@ -1,0 +1,336 @@
+//! Models: a tree of injectable layers per architecture behind the `Arch` trait, plus the
+//! model-level state every architecture shares (tokenizer, adapters, active set, prompts).
+
+pub mod bert;
+pub mod config;
+pub mod generate;
+pub mod gpt2;
+pub mod hub;
+pub mod layers;
+pub mod llama;
+pub mod param;
+pub mod save;
+
+pub use param::Param;
+
+use crate::error::{Error, Result};
+use crate::peft::bottleneck::Bottleneck;
+use crate::peft::{AdapterInfo, PromptLearning};
+use crate::tokenizer::Tokenizer;
+use candle_core::{DType, Device, Tensor};
+use layers::{Embedding, Linear, Norm};
+use rand::SeedableRng;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// What a forward pass runs under: the active adapters, train mode (dropout) and its randomness.
+pub struct Ctx {
+    pub active: Vec<String>,
+    pub enabled: bool,
+    pub train: bool,
+    rng: Mutex<rand::rngs::StdRng>,
+}
+
+impl Ctx {
+    pub fn new(active: Vec<String>, enabled: bool, train: bool, seed: u64) -> Self {
+        Ctx {
+            active,
+            enabled,
+            train,
+            rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
+        }
+    }
+
+    /// No adapters, eval mode.
+    pub fn base() -> Self {
+        Ctx::new(Vec::new(), false, false, 0)
+    }
+
+    pub fn is_active(&self, name: &str) -> bool {
+        self.enabled && self.active.iter().any(|a| a == name)
+    }
+
+    /// Inverted dropout in train mode, identity otherwise.
+    pub fn dropout(&self, x: &Tensor, p: f32) -> Result<Tensor> {
+        if !self.train || p <= 0.0 {
+            return Ok(x.clone());
+        }
+        use rand::Rng;
+        let n = x.elem_count();
+        let keep = 1.0 / (1.0 - p);
+        let mut rng = self.rng.lock().unwrap();
+        let m: Vec<f32> = (0..n)
+            .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+            .collect();
+        let m = Tensor::from_vec(m, x.shape(), &Device::Cpu)?
+            .to_dtype(x.dtype())?
+            .to_device(x.device())?;
+        Ok(x.mul(&m)?)
+    }
+}
+
+/// What the model's head produces.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Task {
+    CausalLm,
+    SeqCls { num_labels: usize },
+    /// a bare encoder: the last hidden state
+    Encoder,
+}
+
+#[derive(Clone, Debug)]
+pub struct Dims {
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+}
+
+/// Keys/values before the current tokens: learned prefixes, or a generation cache.
+#[derive(Default)]
+pub struct Past {
+    /// per layer `(k, v)` each `[b, len, kv_heads, head_dim]`
+    pub layers: Vec<Option<(Tensor, Tensor)>>,
+    /// `[b, len]` attention mask of the past keys
+    pub mask: Vec<u8>,
+    pub len: usize,
+    /// store the new keys/values (generation)
+    pub keep: bool,
+}
+
+impl Past {
+    pub fn new(layers: usize, keep: bool) -> Self {
+        Past {
+            layers: (0..layers).map(|_| None).collect(),
+            mask: Vec::new(),
+            len: 0,
+            keep,
+        }
+    }
+
+    /// Appends keys/values to a layer's past (prefixes).
+    pub fn push(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<()> {
+        let kv = match self.layers[layer].take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
+            None => (k, v),
+        };
+        self.layers[layer] = Some(kv);
+        Ok(())
+    }
+
+    /// Appends this layer's new keys/values to its past ones; returns the keys/values to attend to.
+    pub fn extend(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let (k, v) = match &self.layers[layer] {
+            Some((pk, pv)) => (
+                Tensor::cat(&[&pk.to_dtype(k.dtype())?, &k], 1)?,
+                Tensor::cat(&[&pv.to_dtype(v.dtype())?, &v], 1)?,
+            ),
+            None => (k, v),
+        };
+        if self.keep {
+            self.layers[layer] = Some((k.clone(), v.clone()));
+        }
+        Ok((k, v))
+    }
+}
+
+/// The leaf layers a visitor hands out, by HF module path.
+pub enum ModuleMut<'a> {
+    Linear(&'a mut Linear),
+    Embedding(&'a mut Embedding),
+    Norm(&'a mut Norm),
+    /// where bottleneck adapters sit, AdapterHub-named (`...output.adapters`)
+    Bottleneck(&'a mut Vec<(String, Bottleneck)>, BnPlace),
+}
+
+/// Where a bottleneck slot is in the block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BnPlace {
+    /// after the attention sub-layer (`mh_adapter`)
+    Attention,
+    /// after the feed-forward sub-layer (`output_adapter`)
+    Output,
+}
+
+/// One architecture's module tree and forward pass.
+pub trait Arch: Send + Sync {
+    /// `model_type` as in config.json
+    fn model_type(&self) -> &str;
+    fn task(&self) -> Task;
+    fn dims(&self) -> Dims;
+    /// Word embeddings only `[b, t, hidden]` (position/type embeddings come later, as HF's
+    /// `inputs_embeds` path does).
+    fn embed(&self, ids: &Tensor, ctx: &Ctx) -> Result<Tensor>;
+    /// The model after the word embeddings; `key_mask` covers past + current tokens.
+    /// `types`: token type ids `[b, t]` (BERT), None for zeros.
+    fn forward_embeds(&self, h: &Tensor, key_mask: &[u8], types: Option<&Tensor>, past: &mut Past, ctx: &Ctx) -> Result<Tensor>;
+    /// Every leaf layer with its HF module path.
+    fn visit(&mut self, f: &mut dyn FnMut(&str, ModuleMut<'_>));
+    /// Whether the output embedding shares the input embedding's weight.
+    fn tied(&self) -> bool;
+    /// The word embedding (prompt-tuning's TEXT init reads it).
+    fn word_embeddings(&self) -> &Embedding;
+    /// Module paths PEFT never targets with "all-linear" (the output head).
+    fn head_modules(&self) -> Vec<String>;
+}
+
+pub struct Model {
+    pub arch: Box<dyn Arch>,
+    /// config.json as loaded (written back by `save`)
+    pub config: serde_json::Value,
+    pub dir: Option<PathBuf>,
+    pub tokenizer: Option<Tokenizer>,
+    pub adapters: Vec<AdapterInfo>,
+    pub active: Vec<String>,
+    pub enabled: bool,
+    pub prompts: Vec<(String, PromptLearning)>,
+    pub device: Device,
+    pub dtype: DType,
+    /// seeds adapter initialisation
+    pub seed: u64,
+}
+
+impl Model {
+    pub fn new(arch: Box<dyn Arch>, config: serde_json::Value, device: Device, dtype: DType) -> Self {
+        Model {
+            arch,
+            config,
+            dir: None,
+            tokenizer: None,
+            adapters: Vec::new(),
+            active: Vec::new(),
+            enabled: true,
+            prompts: Vec::new(),
+            device,
+            dtype,
+            seed: 0,
+        }
+    }
+
+    pub fn ctx(&self, train: bool, seed: u64) -> Ctx {
+        Ctx::new(self.active.clone(), self.enabled, train, seed)
+    }
+
+    pub fn task(&self) -> Task {
+        self.arch.task()
+    }
+
+    /// Logits for `ids` `[b, t]` (u32) with an optional 0/1 `mask` `[b, t]`, eval mode.
+    pub fn forward(&self, ids: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let ctx = self.ctx(false, 0);
+        self.forward_with(ids, mask, None, &ctx, None)
+    }
+
+    /// The forward pass under `ctx`; `cache` continues (and keeps) a generation.
+    pub fn forward_with(
+        &self,
+        ids: &Tensor,
+        mask: Option<&Tensor>,
+        types: Option<&Tensor>,
+        ctx: &Ctx,
+        cache: Option<&mut Past>,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let ids = ids.to_dtype(DType::U32)?.to_device(&self.device)?;
+        let mut key_mask: Vec<u8> = match mask {
+            Some(m) => {
+                if m.dims2()? != (b, t) {
+                    return Err(Error::msg(format!(
+                        "attention mask has shape {:?}, input ids {:?}",
+                        m.dims(),
+                        ids.dims()
+                    )));
+                }
+                m.to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?
+                    .into_iter()
+                    .map(|v| (v != 0.0) as u8)
+                    .collect()
+            }
+            None => vec![1; b * t],
+        };
+        let mut local = Past::new(self.arch.dims().layers, false);
+        let past = match cache {
+            Some(p) => p,
+            None => &mut local,
+        };
+        let mut h = self.arch.embed(&ids, ctx)?;
+        let mut types = match types {
+            Some(t) => Some(t.to_dtype(DType::U32)?.to_device(&self.device)?),
+            None => None,
+        };
+        let first = past.len == 0;
+        if first {
+            let mut n_prefix = 0;
+            for (name, p) in &self.prompts {
+                if !ctx.is_active(name) {
+                    continue;
+                }
+                match p {
+                    PromptLearning::Prompt(pt) => {
+                        let v = pt.embeddings(b, ctx)?.to_dtype(h.dtype())?;
+                        h = Tensor::cat(&[&v, &h], 1)?;
+                        key_mask = prepend_ones(&key_mask, b, pt.tokens);
+                        // PEFT keeps token types for classifiers, with zeros for the virtual tokens
+                        if let Some(t) = &types {
+                            let z = Tensor::zeros((b, pt.tokens), DType::U32, &self.device)?;
+                            types = Some(Tensor::cat(&[&z, t], 1)?);
+                        }
+                    }
+                    PromptLearning::Prefix(pf) => {
+                        let kv = pf.past_key_values(b, &self.arch.dims(), h.dtype(), ctx)?;
+                        for (l, (k, v)) in kv.into_iter().enumerate() {
+                            past.push(l, k, v)?;
+                        }
+                        n_prefix += pf.tokens;
+                    }
+                }
+            }
+            if n_prefix > 0 {
+                past.len = n_prefix;
+                past.mask = vec![1; b * n_prefix];
+            }
+        }
+        let t_now = h.dim(1)?;
+        let full_mask = concat_mask(&past.mask, past.len, &key_mask, t_now, b);
+        let out = self.arch.forward_embeds(&h, &full_mask, types.as_ref(), past, ctx)?;
+        if past.keep {
+            past.mask = full_mask;
+            past.len += t_now;
+        }
+        Ok(out)
+    }
+
+    /// Every leaf layer, by path.
+    pub fn visit(&mut self, f: &mut dyn FnMut(&str, ModuleMut<'_>)) {
+        self.arch.visit(f)
+    }
+
+    pub fn info_dims(&self) -> Dims {
+        self.arch.dims()
+    }
+}
+
+fn prepend_ones(mask: &[u8], b: usize, n: usize) -> Vec<u8> {
+    let t = mask.len() / b.max(1);
+    let mut out = Vec::with_capacity(b * (t + n));
+    for bi in 0..b {
+        out.extend(std::iter::repeat_n(1u8, n));
+        out.extend_from_slice(&mask[bi * t..(bi + 1) * t]);
+    }
+    out
+}
+
+fn concat_mask(past: &[u8], plen: usize, cur: &[u8], t: usize, b: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b * (plen + t));
+    for bi in 0..b {
+        if plen > 0 {
+            out.extend_from_slice(&past[bi * plen..(bi + 1) * plen]);
+        }
+        out.extend_from_slice(&cur[bi * t..(bi + 1) * t]);
+    }
+    out
+}

@@ -1,0 +1,174 @@
+//! Differentiable tensor ops used by the models: fused CPU kernels with hand-written backward
+//! passes, and composed candle ops (the reference, and the path on other devices and dtypes).
+//!
+//! candle's own fused softmax/rms_norm/layer_norm/rope have no backward, and its matmul backward
+//! computes the gradient of frozen weights too; everything here returns a gradient only for
+//! arguments that need one (`needs_grad`).
+
+pub mod act;
+pub mod attention;
+pub mod linear;
+pub mod loss;
+pub mod norm;
+pub mod rope;
+
+use candle_core::{CpuStorage, DType, Layout, Result, Shape, Storage, Tensor};
+use std::cell::Cell;
+
+pub use act::{gelu, gelu_tanh, silu_mul, Activation};
+pub use attention::{attention, AttnMask};
+pub use linear::linear;
+pub use loss::{cross_entropy_sum, IGNORE_INDEX};
+pub use norm::{layer_norm, rms_norm};
+pub use rope::{rope, Rope};
+
+thread_local! {
+    static FORCE_COMPOSED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Routes every op on this thread through composed candle ops (the reference), for tests.
+pub fn force_composed(on: bool) {
+    FORCE_COMPOSED.with(|c| c.set(on));
+}
+
+/// True when `t` takes the fused CPU path.
+pub(crate) fn fused(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && !FORCE_COMPOSED.with(|c| c.get())
+}
+
+/// Whether the backward pass must produce a gradient for `t`: it is a variable or depends on one.
+pub(crate) fn needs_grad(t: &Tensor) -> bool {
+    t.track_op()
+}
+
+/// The f32 contents of a contiguous CPU storage as a slice.
+pub(crate) fn slice_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("fused op expects a contiguous tensor"),
+    }
+}
+
+/// Runs `f` on the f32 contents of a contiguous CPU tensor.
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        Storage::Cpu(c) => f(slice_f32(c, l)?),
+        _ => candle_core::bail!("fused op expects a CPU tensor"),
+    }
+}
+
+/// A new f32 CPU tensor without graph history.
+pub(crate) fn from_vec(v: Vec<f32>, shape: impl Into<Shape>) -> Result<Tensor> {
+    Tensor::from_vec(v, shape, &candle_core::Device::Cpu)
+}
+
+/// Uninitialised-length f32 buffer, zero-filled (cheap: the OS hands out zeroed pages).
+pub(crate) fn zeros(n: usize) -> Vec<f32> {
+    vec![0f32; n]
+}
+
+/// Number of threads to use for the CPU kernels.
+pub(crate) fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// C = alpha·C + beta·A·B on raw row/column strides (gemm crate, AVX-512 kernels).
+///
+/// # Safety
+/// All pointers must be valid for the given sizes and strides, `dst` not aliasing the inputs.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_f32(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    dst_cs: isize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: *const f32,
+    rhs_rs: isize,
+    rhs_cs: isize,
+    beta: f32,
+) {
+    let par = if m * n * k >= 64 * 64 * 64 {
+        gemm::Parallelism::Rayon(threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    gemm::gemm(
+        m, n, k, dst, dst_cs, dst_rs, accumulate, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs, 1.0,
+        beta, false, false, false, par,
+    )
+}
+
+/// A raw pointer that may cross rayon's thread boundary; users guarantee disjoint writes.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr<T>(pub *mut T);
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use candle_core::{Device, Result, Tensor, Var};
+
+    pub fn randn(shape: &[usize], seed: u64) -> Result<Tensor> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu)
+    }
+
+    pub fn var(shape: &[usize], seed: u64) -> Result<Var> {
+        Var::from_tensor(&randn(shape, seed)?)
+    }
+
+    pub fn rel(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().sqr().unwrap().sum_all().unwrap();
+        let n = b.sqr().unwrap().sum_all().unwrap();
+        let d: f32 = d.to_scalar().unwrap();
+        let n: f32 = n.to_scalar().unwrap();
+        (d / n.max(1e-30)).sqrt()
+    }
+
+    /// Runs `f` fused and composed; checks outputs and the gradients of `vars`.
+    pub fn check_fused_vs_composed(
+        vars: &[&Var],
+        f: impl Fn() -> Result<Tensor>,
+        tol: f32,
+    ) -> Result<()> {
+        let weights = randn(&f()?.dims().to_vec(), 99)?;
+        let run = |composed: bool| -> Result<(Tensor, Vec<Option<Tensor>>)> {
+            super::force_composed(composed);
+            let y = f()?;
+            let loss = (y.clone() * &weights)?.sum_all()?;
+            let g = loss.backward()?;
+            super::force_composed(false);
+            Ok((
+                y,
+                vars.iter().map(|v| g.get(v.as_tensor()).cloned()).collect(),
+            ))
+        };
+        let (yf, gf) = run(false)?;
+        let (yc, gc) = run(true)?;
+        let e = rel(&yf, &yc);
+        assert!(e < tol, "output differs: {e}");
+        for (i, (a, b)) in gf.iter().zip(gc.iter()).enumerate() {
+            match (a, b) {
+                (Some(a), Some(b)) => {
+                    let e = rel(a, b);
+                    assert!(e < tol, "grad {i} differs: {e}")
+                }
+                (None, None) => {}
+                _ => panic!("grad {i}: fused {:?} composed {:?}", a.is_some(), b.is_some()),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,262 @@
+//! RMSNorm (llama family) and LayerNorm (GPT-2, BERT) with backward passes.
+
+use super::{fused, needs_grad, slice_f32, with_f32};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+/// HF's `LlamaRMSNorm`: normalise in f32, cast back, then scale by `w`.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused(x) && fused(w) {
+        return x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 });
+    }
+    let dt = x.dtype();
+    let xf = x.to_dtype(DType::F32)?;
+    let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = xf.broadcast_div(&(var + eps)?.sqrt()?)?.to_dtype(dt)?;
+    xn.broadcast_mul(w)
+}
+
+/// `torch.nn.LayerNorm` over the last dimension (biased variance).
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused(x) && fused(w) && fused(b) {
+        return x
+            .contiguous()?
+            .apply_op3(&w.contiguous()?, &b.contiguous()?, LayerNorm { eps: eps as f32 });
+    }
+    let dt = x.dtype();
+    let xf = x.to_dtype(DType::F32)?;
+    let mu = xf.mean_keepdim(D::Minus1)?;
+    let xc = xf.broadcast_sub(&mu)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?.to_dtype(dt)?;
+    xn.broadcast_mul(w)?.broadcast_add(b)
+}
+
+fn rows_of(l: &Layout) -> (usize, usize) {
+    let n = l.dims()[l.dims().len() - 1];
+    (l.shape().elem_count() / n.max(1), n)
+}
+
+/// Sums per-row contributions `f(row) -> [n]` over all rows, in parallel blocks.
+fn sum_rows(rows: usize, n: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let block = rows.div_ceil(super::threads() * 4).max(1);
+    (0..rows.div_ceil(block))
+        .into_par_iter()
+        .map(|bi| {
+            let mut acc = vec![0f32; n];
+            for r in bi * block..((bi + 1) * block).min(rows) {
+                f(r, &mut acc);
+            }
+            acc
+        })
+        .reduce(
+            || vec![0f32; n],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+struct RmsNorm {
+    eps: f32,
+}
+
+fn inv_rms(row: &[f32], eps: f32) -> f32 {
+    let ss: f32 = row.iter().map(|v| v * v).sum();
+    1.0 / (ss / row.len() as f32 + eps).sqrt()
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "ftl-rms-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (slice_f32(s1, l1)?, slice_f32(s2, l2)?);
+        let (_, n) = rows_of(l1);
+        if w.len() != n {
+            candle_core::bail!("rms_norm: weight has {} entries, hidden size {n}", w.len());
+        }
+        let mut y = super::zeros(x.len());
+        y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(yr, xr)| {
+            let r = inv_rms(xr, self.eps);
+            for i in 0..n {
+                yr[i] = w[i] * (xr[i] * r);
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let n = x.dim(D::Minus1)?;
+        let rows = x.elem_count() / n.max(1);
+        let eps = self.eps;
+        with_f32(x, |x_| {
+            with_f32(w, |w_| {
+                with_f32(g, |g_| {
+                    let gx = if needs_grad(x) {
+                        let mut gx = super::zeros(x_.len());
+                        gx.par_chunks_mut(n)
+                            .zip(x_.par_chunks(n).zip(g_.par_chunks(n)))
+                            .for_each(|(dx, (xr, gr))| {
+                                let r = inv_rms(xr, eps);
+                                let mut dot = 0f32;
+                                for i in 0..n {
+                                    dot += gr[i] * w_[i] * xr[i] * r;
+                                }
+                                let c = dot / n as f32;
+                                for i in 0..n {
+                                    let xh = xr[i] * r;
+                                    dx[i] = r * (gr[i] * w_[i] - xh * c);
+                                }
+                            });
+                        Some(super::from_vec(gx, x.shape())?)
+                    } else {
+                        None
+                    };
+                    let gw = if needs_grad(w) {
+                        let v = sum_rows(rows, n, |r, acc| {
+                            let xr = &x_[r * n..(r + 1) * n];
+                            let gr = &g_[r * n..(r + 1) * n];
+                            let ir = inv_rms(xr, eps);
+                            for i in 0..n {
+                                acc[i] += gr[i] * xr[i] * ir;
+                            }
+                        });
+                        Some(super::from_vec(v, w.shape())?)
+                    } else {
+                        None
+                    };
+                    Ok((gx, gw))
+                })
+            })
+        })
+    }
+}
+
+struct LayerNorm {
+    eps: f32,
+}
+
+fn moments(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mu = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / n;
+    (mu, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "ftl-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (slice_f32(s1, l1)?, slice_f32(s2, l2)?, slice_f32(s3, l3)?);
+        let (_, n) = rows_of(l1);
+        if w.len() != n || b.len() != n {
+            candle_core::bail!("layer_norm: weight/bias size differs from hidden size {n}");
+        }
+        let mut y = super::zeros(x.len());
+        y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(yr, xr)| {
+            let (mu, r) = moments(xr, self.eps);
+            for i in 0..n {
+                yr[i] = (xr[i] - mu) * r * w[i] + b[i];
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let n = x.dim(D::Minus1)?;
+        let rows = x.elem_count() / n.max(1);
+        let eps = self.eps;
+        with_f32(x, |x_| {
+            with_f32(w, |w_| {
+                with_f32(g, |g_| {
+                    let gx = if needs_grad(x) {
+                        let mut gx = super::zeros(x_.len());
+                        gx.par_chunks_mut(n)
+                            .zip(x_.par_chunks(n).zip(g_.par_chunks(n)))
+                            .for_each(|(dx, (xr, gr))| {
+                                let (mu, r) = moments(xr, eps);
+                                let (mut s1, mut s2) = (0f32, 0f32);
+                                for i in 0..n {
+                                    let d = gr[i] * w_[i];
+                                    s1 += d;
+                                    s2 += d * (xr[i] - mu) * r;
+                                }
+                                let (m1, m2) = (s1 / n as f32, s2 / n as f32);
+                                for i in 0..n {
+                                    let xh = (xr[i] - mu) * r;
+                                    dx[i] = r * (gr[i] * w_[i] - m1 - xh * m2);
+                                }
+                            });
+                        Some(super::from_vec(gx, x.shape())?)
+                    } else {
+                        None
+                    };
+                    let gw = if needs_grad(w) {
+                        let v = sum_rows(rows, n, |r, acc| {
+                            let xr = &x_[r * n..(r + 1) * n];
+                            let gr = &g_[r * n..(r + 1) * n];
+                            let (mu, ir) = moments(xr, eps);
+                            for i in 0..n {
+                                acc[i] += gr[i] * (xr[i] - mu) * ir;
+                            }
+                        });
+                        Some(super::from_vec(v, w.shape())?)
+                    } else {
+                        None
+                    };
+                    let gb = if needs_grad(b) {
+                        Some(super::from_vec(super::linear::col_sums(g_, n), b.shape())?)
+                    } else {
+                        None
+                    };
+                    Ok((gx, gw, gb))
+                })
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::*;
+
+    #[test]
+    fn rms_norm_fused_matches_composed() -> Result<()> {
+        let x = var(&[3, 4, 16], 1)?;
+        let w = var(&[16], 2)?;
+        check_fused_vs_composed(&[&x, &w], || rms_norm(x.as_tensor(), w.as_tensor(), 1e-5), 1e-5)
+    }
+
+    #[test]
+    fn layer_norm_fused_matches_composed() -> Result<()> {
+        let x = var(&[3, 4, 16], 1)?;
+        let w = var(&[16], 2)?;
+        let b = var(&[16], 3)?;
+        check_fused_vs_composed(
+            &[&x, &w, &b],
+            || layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5),
+            1e-5,
+        )
+    }
+}

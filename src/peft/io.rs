@@ -1,0 +1,563 @@
+//! HF PEFT's on-disk format both ways: `adapter_config.json` (sorted keys, PEFT's field names,
+//! unknown keys ignored, missing ones defaulted) and `adapter_model.safetensors` (saved keys
+//! `base_model.model.<path>.lora_A.weight`, `…ia3_l`, `prompt_embeddings`, …), with PEFT's own
+//! target-matching rules when reading.
+
+use super::lora::{LoraInit, LoraOpts};
+use super::target::{layer_of, suffix_match, Pattern};
+use super::{AdapterInfo, Kind, Method, PromptLearning};
+use crate::error::{Error, Result};
+use crate::model::{Model, ModuleMut, Param, Task};
+use crate::st::{read_json, write_json, StFile};
+use candle_core::{DType, Tensor};
+use regex::Regex;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+pub const PEFT_VERSION: &str = "0.21.0";
+const PREFIX: &str = "base_model.model.";
+
+/// PEFT's `target_modules` / `exclude_modules` value.
+fn peft_pattern(v: &Value, cfg_path: &Path, key: &str) -> Result<Option<Pattern>> {
+    Ok(match v {
+        Value::Null => None,
+        Value::String(s) if s.eq_ignore_ascii_case("all-linear") => Some(Pattern::List(vec!["\u{0}all-linear".into()])),
+        Value::String(s) => Some(Pattern::peft_regex(s).map_err(|e| Error::config(cfg_path, key, e.to_string()))?),
+        Value::Array(a) => Some(Pattern::List(a.iter().filter_map(|x| x.as_str().map(String::from)).collect())),
+        other => return Err(Error::config(cfg_path, key, format!("expected a string or list, got {other}"))),
+    })
+}
+
+fn task_type(m: &Model) -> &'static str {
+    match m.task() {
+        Task::CausalLm => "CAUSAL_LM",
+        Task::SeqCls { .. } => "SEQ_CLS",
+        Task::Encoder => "FEATURE_EXTRACTION",
+    }
+}
+
+/// Keys of a PEFT file for an adapter, `(saved key, param)`.
+fn saved_tensors(m: &mut Model, name: &str) -> Result<Vec<(String, Param)>> {
+    let info = m.adapter(name).cloned().ok_or_else(|| Error::msg(format!("no adapter named `{name}`")))?;
+    let mut out = Vec::new();
+    for (pname, p) in m.adapter_params(name) {
+        let key = if pname.starts_with("prompt_encoder.") {
+            if pname != "prompt_encoder.embedding.weight" {
+                continue; // a prefix projection MLP: PEFT saves its output instead
+            }
+            match m.prompts.iter().find(|(n, _)| n == name) {
+                Some((_, PromptLearning::Prefix(pf))) => {
+                    let ctx = m.ctx(false, 0);
+                    out.push(("prompt_embeddings".to_string(), Param::frozen(pf.flat(&ctx)?.detach())));
+                    continue;
+                }
+                _ => "prompt_embeddings".to_string(),
+            }
+        } else if let Some((module, rest)) = pname.split_once(".modules_to_save.") {
+            format!("{PREFIX}{module}.{rest}")
+        } else if let Some(s) = pname.strip_suffix(".lora_magnitude_vector.weight") {
+            format!("{PREFIX}{s}.lora_magnitude_vector")
+        } else {
+            format!("{PREFIX}{pname}")
+        };
+        out.push((key, p));
+    }
+    // trained base weights travel as modules_to_save entries
+    if !matches!(info.method, Method::Bottleneck(_)) {
+        for (pname, p) in m.base_params() {
+            if p.is_trainable() {
+                out.push((format!("{PREFIX}{pname}"), p));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Module paths of the trained base weights (saved as `modules_to_save`).
+fn trained_base_modules(m: &mut Model) -> Vec<String> {
+    let mut mods: Vec<String> = m
+        .base_params()
+        .into_iter()
+        .filter(|(_, p)| p.is_trainable())
+        .map(|(n, _)| n.rsplit_once('.').map(|x| x.0.to_string()).unwrap_or(n))
+        .collect();
+    mods.dedup();
+    mods
+}
+
+/// Writes adapter `name` of `m` to `dir` in PEFT's format (AdapterHub's for bottleneck adapters).
+pub fn save_adapter(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
+    let info = m
+        .adapter(name)
+        .cloned()
+        .ok_or_else(|| Error::msg(format!("no adapter named `{name}` (attached: {})", m.adapter_names().join(", "))))?;
+    if let Method::Bottleneck(_) = &info.method {
+        return super::adapterhub::save(m, dir, name);
+    }
+    let base = m
+        .dir
+        .as_ref()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| m.arch.model_type().to_string());
+    let mut mts: Vec<String> = info.modules_to_save.clone();
+    for x in trained_base_modules(m) {
+        if !mts.contains(&x) {
+            mts.push(x);
+        }
+    }
+    let mts_json = if mts.is_empty() { Value::Null } else { json!(mts) };
+    let dims = m.arch.dims();
+    let transposed = {
+        let mut t = false;
+        let targets = info.targets.clone();
+        m.visit(&mut |p, mm| {
+            if let ModuleMut::Linear(l) = mm {
+                if l.transposed && targets.iter().any(|x| x == p) {
+                    t = true;
+                }
+            }
+        });
+        t
+    };
+    let common = json!({
+        "auto_mapping": null,
+        "base_model_name_or_path": base,
+        "inference_mode": true,
+        "modules_to_save": mts_json,
+        "peft_version": PEFT_VERSION,
+        "revision": null,
+        "task_type": task_type(m),
+    });
+    let specific = match &info.method {
+        Method::Lora(o) => json!({
+            "alora_invocation_tokens": null, "alpha_pattern": {}, "arrow_config": null,
+            "bias": "none", "corda_config": null, "ensure_weight_tying": false, "eva_config": null,
+            "exclude_modules": null, "fan_in_fan_out": transposed,
+            "init_lora_weights": match o.init { LoraInit::Gaussian => json!("gaussian"), LoraInit::Pissa => json!("pissa"), _ => json!(true) },
+            "kasa_config": null, "layer_replication": null, "layers_pattern": null,
+            "layers_to_transform": null, "loftq_config": {}, "lora_alpha": o.alpha,
+            "lora_bias": o.lora_bias, "lora_dropout": o.dropout, "lora_ga_config": null,
+            "megatron_config": null, "megatron_core": "megatron.core", "monteclora_config": null,
+            "peft_type": "LORA", "qalora_group_size": 16, "r": o.r, "rank_pattern": {},
+            "target_modules": info.targets, "target_parameters": null,
+            "trainable_token_indices": null, "use_bdlora": null, "use_dora": o.dora,
+            "use_qalora": false, "use_rslora": o.rslora, "velora_config": null
+        }),
+        Method::Ia3 { feedforward } => json!({
+            "exclude_modules": null, "fan_in_fan_out": transposed, "feedforward_modules": feedforward,
+            "init_ia3_weights": true, "peft_type": "IA3", "target_modules": info.targets
+        }),
+        Method::Prefix { tokens, projection } => json!({
+            "encoder_hidden_size": projection.unwrap_or(dims.kv_heads * dims.head_dim),
+            "init_weights": null, "num_attention_heads": dims.kv_heads, "num_layers": dims.layers,
+            "num_transformer_submodules": 1, "num_virtual_tokens": tokens, "peft_type": "PREFIX_TUNING",
+            "prefix_projection": projection.is_some(), "token_dim": dims.kv_heads * dims.head_dim
+        }),
+        Method::Prompt { tokens, init_text } => json!({
+            "num_attention_heads": dims.heads, "num_layers": dims.layers, "num_transformer_submodules": 1,
+            "num_virtual_tokens": tokens, "peft_type": "PROMPT_TUNING",
+            "prompt_tuning_init": if init_text.is_some() { "TEXT" } else { "RANDOM" },
+            "prompt_tuning_init_text": init_text, "token_dim": dims.hidden, "tokenizer_kwargs": null,
+            "tokenizer_name_or_path": if init_text.is_some() { json!(base) } else { Value::Null }
+        }),
+        Method::Bottleneck(_) => unreachable!(),
+    };
+    let mut cfg = common;
+    for (k, v) in specific.as_object().unwrap() {
+        cfg[k] = v.clone();
+    }
+    let mut tensors = BTreeMap::new();
+    for (k, p) in saved_tensors(m, name)? {
+        tensors.insert(k, p.value().to_dtype(if p.dtype() == DType::F32 { DType::F32 } else { p.dtype() })?);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    crate::st::save(&dir.join("adapter_model.safetensors"), &tensors, Some(meta))?;
+    write_json(&dir.join("adapter_config.json"), &cfg)
+}
+
+/// `load_adapter` options.
+#[derive(Clone, Debug, Default)]
+pub struct LoadAdapterOpts {
+    pub name: Option<String>,
+    pub trainable: bool,
+}
+
+/// Reads an adapter directory (PEFT or AdapterHub) into `m`; returns its name.
+pub fn load_adapter(m: &mut Model, dir: &Path, o: &LoadAdapterOpts) -> Result<String> {
+    if !dir.is_dir() {
+        return Err(Error::file(dir, "no such adapter directory"));
+    }
+    let cfg_path = dir.join("adapter_config.json");
+    let cfg = read_json(&cfg_path)?;
+    if cfg.get("config").is_some() && cfg.get("peft_type").is_none() {
+        return super::adapterhub::load(m, dir, &cfg, o);
+    }
+    let st_path = dir.join("adapter_model.safetensors");
+    if !st_path.exists() {
+        if dir.join("adapter_model.bin").exists() {
+            return Err(Error::file(dir, "only adapter_model.bin found: ftl reads safetensors (save with safe_serialization=True)"));
+        }
+        return Err(Error::file(dir, "no adapter_model.safetensors"));
+    }
+    let file = StFile::open(&st_path)?;
+    let peft_type = cfg
+        .get("peft_type")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| Error::config(&cfg_path, "peft_type", "missing"))?
+        .to_string();
+    let name = match &o.name {
+        Some(n) => n.clone(),
+        None => m.fresh_name("default"),
+    };
+    let r = match peft_type.as_str() {
+        "LORA" => load_lora(m, &name, &cfg, &cfg_path, &file),
+        "IA3" => load_ia3(m, &name, &cfg, &cfg_path, &file),
+        "PREFIX_TUNING" => load_prompt_learning(m, &name, &cfg, &cfg_path, &file, true),
+        "PROMPT_TUNING" => load_prompt_learning(m, &name, &cfg, &cfg_path, &file, false),
+        other => Err(Error::config(
+            &cfg_path,
+            "peft_type",
+            format!("`{other}` is not supported (LORA, IA3, PREFIX_TUNING, PROMPT_TUNING are)"),
+        )),
+    };
+    if let Err(e) = r {
+        m.detach(&name);
+        return Err(e);
+    }
+    if let Some(a) = m.adapters.iter_mut().find(|a| a.name == name) {
+        a.loaded_config = Some(cfg.clone());
+    }
+    if let Err(e) = load_modules_to_save(m, &name, &cfg, &cfg_path, &file) {
+        m.detach(&name);
+        return Err(e);
+    }
+    if !o.trainable {
+        for (_, p) in m.adapter_params(&name) {
+            p.set_trainable(false)?;
+        }
+    }
+    Ok(name)
+}
+
+fn hint_other_base(m: &Model, cfg: &Value) -> String {
+    let base = cfg.get("base_model_name_or_path").and_then(|v| v.as_str()).unwrap_or("?");
+    let here = m.dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "this model".into());
+    format!(" (the adapter was made for base model `{base}`; this is {here})")
+}
+
+/// Module paths a PEFT config targets, by PEFT's rules.
+fn peft_targets(m: &mut Model, cfg: &Value, cfg_path: &Path, kind: Kind) -> Result<Vec<String>> {
+    let tm = cfg.get("target_modules").cloned().unwrap_or(Value::Null);
+    let pat = peft_pattern(&tm, cfg_path, "target_modules")?
+        .ok_or_else(|| Error::config(cfg_path, "target_modules", "missing (ftl does not guess defaults when reading)"))?;
+    let ex = peft_pattern(cfg.get("exclude_modules").unwrap_or(&Value::Null), cfg_path, "exclude_modules")?;
+    let layers: Option<Vec<usize>> = match cfg.get("layers_to_transform") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(vec![n.as_u64().unwrap_or(0) as usize]),
+        Some(Value::Array(a)) => Some(a.iter().filter_map(|x| x.as_u64().map(|x| x as usize)).collect()),
+        Some(o) => return Err(Error::config(cfg_path, "layers_to_transform", format!("unexpected {o}"))),
+    };
+    let layer_re: Option<Vec<Regex>> = match cfg.get("layers_pattern") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(vec![Regex::new(&format!(r"^.*?\.{s}\.(\d+)\.")).map_err(|e| Error::config(cfg_path, "layers_pattern", e.to_string()))?]),
+        Some(Value::Array(a)) => Some(
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .map(|s| Regex::new(&format!(r"^.*?\.{s}\.(\d+)\.")).map_err(|e| Error::config(cfg_path, "layers_pattern", e.to_string())))
+                .collect::<Result<_>>()?,
+        ),
+        Some(o) => return Err(Error::config(cfg_path, "layers_pattern", format!("unexpected {o}"))),
+    };
+    let generic = Regex::new(r"^.*?\.[^.]*\.(\d+)\.").unwrap();
+    let all_linear = matches!(&pat, Pattern::List(v) if v.len() == 1 && v[0] == "\u{0}all-linear");
+    let heads = m.arch.head_modules();
+    let cands = m.module_paths(kind);
+    let linears = m.module_paths(Kind::Linear);
+    let mut out = Vec::new();
+    for p in &cands {
+        if let Some(e) = &ex {
+            if e.matches(p) {
+                continue;
+            }
+        }
+        let hit = if all_linear {
+            linears.contains(p) && !heads.iter().any(|h| suffix_match(p, h))
+        } else {
+            pat.matches(p)
+        };
+        if !hit {
+            continue;
+        }
+        if let Some(ls) = &layers {
+            // PEFT applies layers_to_transform only to list targets
+            if matches!(pat, Pattern::List(_)) {
+                let res: Vec<&Regex> = match &layer_re {
+                    Some(v) => v.iter().collect(),
+                    None => vec![&generic],
+                };
+                let idx = res
+                    .iter()
+                    .find_map(|r| r.captures(p).and_then(|c| c[1].parse::<usize>().ok()));
+                match idx {
+                    Some(i) if ls.contains(&i) => {}
+                    _ => continue,
+                }
+            }
+        }
+        out.push(p.clone());
+    }
+    if out.is_empty() {
+        return Err(Error::config(
+            cfg_path,
+            "target_modules",
+            format!("matches no module of this model{}", hint_other_base(m, cfg)),
+        ));
+    }
+    Ok(out)
+}
+
+/// PEFT's `rank_pattern` / `alpha_pattern` lookup: a key matches `(.*\.)?(key)$`.
+fn pattern_value(map: Option<&Value>, path: &str) -> Option<f64> {
+    let obj = map?.as_object()?;
+    for (k, v) in obj {
+        if let Ok(re) = Regex::new(&format!(r"^(.*\.)?({k})$")) {
+            if re.is_match(path) {
+                return v.as_f64();
+            }
+        }
+    }
+    None
+}
+
+/// A tensor from the file with the expected shape, or an error naming file, key and shapes.
+fn tensor(file: &StFile, key: &str, want: &[usize], m: &Model, cfg: &Value) -> Result<Tensor> {
+    if !file.has(key) {
+        return Err(Error::MissingTensor {
+            path: file.path.clone(),
+            name: key.to_string(),
+        });
+    }
+    let got = file.shape(key)?;
+    if got != want {
+        return Err(Error::file(
+            &file.path,
+            format!("tensor `{key}` has shape {got:?}, the model needs {want:?}{}", hint_other_base(m, cfg)),
+        ));
+    }
+    file.load(key, &m.device, Some(DType::F32))
+}
+
+fn load_lora(m: &mut Model, name: &str, cfg: &Value, cfg_path: &Path, file: &StFile) -> Result<()> {
+    let num = |k: &str, d: f64| cfg.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
+    let flag = |k: &str| cfg.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
+    let base_r = num("r", 8.0) as usize;
+    let base_alpha = num("lora_alpha", 8.0);
+    let bias = cfg.get("bias").and_then(|v| v.as_str()).unwrap_or("none");
+    if bias != "none" {
+        return Err(Error::config(cfg_path, "bias", format!("bias=\"{bias}\" is not supported")));
+    }
+    let init = match cfg.get("init_lora_weights") {
+        Some(Value::String(s)) if s.starts_with("pissa") => LoraInit::Pissa,
+        Some(Value::String(s)) if s == "gaussian" => LoraInit::Gaussian,
+        _ => LoraInit::Kaiming,
+    };
+    let targets = peft_targets(m, cfg, cfg_path, Kind::Injectable)?;
+    let opts_for = |p: &str| LoraOpts {
+        r: pattern_value(cfg.get("rank_pattern"), p).map(|x| x as usize).unwrap_or(base_r),
+        alpha: pattern_value(cfg.get("alpha_pattern"), p).unwrap_or(base_alpha),
+        dropout: num("lora_dropout", 0.0) as f32,
+        rslora: flag("use_rslora"),
+        dora: flag("use_dora"),
+        lora_bias: flag("lora_bias"),
+        init: LoraInit::Loaded,
+    };
+    // inject with zero-cost init, then overwrite from the file
+    let base_opts = LoraOpts { init: LoraInit::Loaded, ..opts_for("") };
+    m.check_name_free(name)?;
+    let mut err = None;
+    let (seed, ctx) = (m.seed, crate::model::Ctx::base());
+    let mut loaded: Vec<(String, Vec<(String, Param)>)> = Vec::new();
+    m.visit(&mut |p, mm| {
+        if err.is_some() || !targets.iter().any(|t| t == p) {
+            return;
+        }
+        let o = opts_for(p);
+        let r = match mm {
+            ModuleMut::Linear(l) => super::lora::Lora::init(l, &o, seed, p, &ctx).map(|a| {
+                let ps = a.params().into_iter().map(|(s, q)| (s.to_string(), q)).collect();
+                l.lora.push((name.to_string(), a));
+                ps
+            }),
+            ModuleMut::Embedding(e) => super::lora::LoraEmbedding::init(e, &o, seed, p).map(|a| {
+                let ps = a.params().into_iter().map(|(s, q)| (s.to_string(), q)).collect();
+                e.lora.push((name.to_string(), a));
+                ps
+            }),
+            _ => Ok(Vec::new()),
+        };
+        match r {
+            Ok(ps) => loaded.push((p.to_string(), ps)),
+            Err(e) => err = Some(e),
+        }
+    });
+    m.register(AdapterInfo {
+        name: name.to_string(),
+        method: Method::Lora(LoraOpts { init, ..base_opts }),
+        targets: targets.clone(),
+        modules_to_save: Vec::new(),
+        loaded_config: None,
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    for (path, params) in loaded {
+        for (suffix, p) in params {
+            let key = match suffix.as_str() {
+                "lora_magnitude_vector.weight" => format!("{PREFIX}{path}.lora_magnitude_vector"),
+                s => format!("{PREFIX}{path}.{s}"),
+            };
+            p.set(&tensor(file, &key, &p.dims(), m, cfg)?)?;
+        }
+    }
+    check_no_stray_keys(m, name, file, cfg)
+}
+
+fn load_ia3(m: &mut Model, name: &str, cfg: &Value, cfg_path: &Path, file: &StFile) -> Result<()> {
+    let targets = peft_targets(m, cfg, cfg_path, Kind::Linear)?;
+    let ff: Vec<String> = match cfg.get("feedforward_modules") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => {
+            let re = Pattern::peft_regex(s)?;
+            targets.iter().filter(|p| re.matches(p)).cloned().collect()
+        }
+        // PEFT: plain endswith, no dot boundary
+        Some(Value::Array(a)) => {
+            let keys: Vec<&str> = a.iter().filter_map(|x| x.as_str()).collect();
+            targets.iter().filter(|p| keys.iter().any(|k| p.ends_with(k))).cloned().collect()
+        }
+        Some(o) => return Err(Error::config(cfg_path, "feedforward_modules", format!("unexpected {o}"))),
+    };
+    m.attach_ia3(name, &targets, &ff)?;
+    for (pname, p) in m.adapter_params(name) {
+        p.set(&tensor(file, &format!("{PREFIX}{pname}"), &p.dims(), m, cfg)?)?;
+    }
+    check_no_stray_keys(m, name, file, cfg)
+}
+
+fn load_prompt_learning(m: &mut Model, name: &str, cfg: &Value, cfg_path: &Path, file: &StFile, prefix: bool) -> Result<()> {
+    let dims = m.arch.dims();
+    let nvt = cfg
+        .get("num_virtual_tokens")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| Error::config(cfg_path, "num_virtual_tokens", "missing"))? as usize;
+    let subs = cfg.get("num_transformer_submodules").and_then(|v| v.as_u64()).unwrap_or(1) as usize;
+    if subs != 1 {
+        return Err(Error::config(cfg_path, "num_transformer_submodules", "only decoder-only / encoder models (1) are supported"));
+    }
+    if prefix {
+        m.attach_prefix(name, nvt, None)?;
+    } else {
+        m.attach_prompt(name, nvt, None)?;
+    }
+    let width = if prefix { dims.layers * 2 * dims.kv_heads * dims.head_dim } else { dims.hidden };
+    let t = tensor(file, "prompt_embeddings", &[nvt, width], m, cfg)?;
+    let (_, p) = m.adapter_params(name).into_iter().next().unwrap();
+    p.set(&t)?;
+    let method = if prefix {
+        Method::Prefix {
+            tokens: nvt,
+            projection: None,
+        }
+    } else {
+        let init_text = match cfg.get("prompt_tuning_init").and_then(|v| v.as_str()) {
+            Some("TEXT") => cfg.get("prompt_tuning_init_text").and_then(|v| v.as_str()).map(String::from),
+            _ => None,
+        };
+        Method::Prompt { tokens: nvt, init_text }
+    };
+    if let Some(a) = m.adapters.iter_mut().find(|a| a.name == name) {
+        a.method = method;
+    }
+    check_no_stray_keys(m, name, file, cfg)
+}
+
+/// `modules_to_save` entries: keys `base_model.model.<module>.<param>` for modules whose path ends
+/// with a listed name (PEFT's plain `endswith`).
+fn load_modules_to_save(m: &mut Model, name: &str, cfg: &Value, _cfg_path: &Path, file: &StFile) -> Result<()> {
+    let list: Vec<String> = match cfg.get("modules_to_save") {
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+        _ => return Ok(()),
+    };
+    let modules = m.all_module_paths();
+    let hit: Vec<String> = modules
+        .into_iter()
+        .filter(|p| list.iter().any(|k| p.ends_with(k.as_str())))
+        .filter(|p| {
+            let pre = format!("{PREFIX}{p}.");
+            file.names.iter().any(|n| n.starts_with(&pre))
+        })
+        .collect();
+    // keep only the outermost matching modules
+    let hit: Vec<String> = hit
+        .iter()
+        .filter(|p| !hit.iter().any(|q| q != *p && p.starts_with(&format!("{q}."))))
+        .cloned()
+        .collect();
+    if hit.is_empty() {
+        return Ok(());
+    }
+    m.add_modules_to_save(name, &hit)?;
+    for (pname, p) in m.adapter_params(name) {
+        if let Some((module, rest)) = pname.split_once(".modules_to_save.") {
+            let key = format!("{PREFIX}{module}.{rest}");
+            p.set(&tensor(file, &key, &p.dims(), m, cfg)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every tensor in the file must have been used: anything else means another base model.
+fn check_no_stray_keys(m: &mut Model, name: &str, file: &StFile, cfg: &Value) -> Result<()> {
+    let mut known: Vec<String> = Vec::new();
+    for (pname, _) in m.adapter_params(name) {
+        known.push(if pname.starts_with("prompt_encoder.") {
+            "prompt_embeddings".into()
+        } else if let Some(s) = pname.strip_suffix(".lora_magnitude_vector.weight") {
+            format!("{PREFIX}{s}.lora_magnitude_vector")
+        } else {
+            format!("{PREFIX}{pname}")
+        });
+    }
+    let mts: Vec<String> = match cfg.get("modules_to_save") {
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+        _ => Vec::new(),
+    };
+    for k in &file.names {
+        if known.contains(k) {
+            continue;
+        }
+        // modules_to_save weights are checked by their own loader
+        let inner = k.strip_prefix(PREFIX).unwrap_or(k);
+        let module = inner.rsplit_once('.').map(|x| x.0).unwrap_or(inner);
+        if mts.iter().any(|t| module.ends_with(t.as_str()) || inner.contains(&format!("{t}."))) {
+            continue;
+        }
+        return Err(Error::file(
+            &file.path,
+            format!("tensor `{k}` belongs to no module this adapter targets{}", hint_other_base(m, cfg)),
+        ));
+    }
+    let _ = layer_of;
+    Ok(())
+}
+
+impl Model {
+    pub(crate) fn check_name_free(&self, name: &str) -> Result<()> {
+        if self.adapter(name).is_some() {
+            return Err(Error::msg(format!("an adapter named `{name}` is already attached")));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,588 @@
+//! PEFT methods attached to a loaded model by module path, named adapters and their active set,
+//! freezing, merging, and parameter naming (PEFT's, with the adapter name removed).
+
+pub mod adapterhub;
+pub mod bottleneck;
+pub mod ia3;
+pub mod io;
+pub mod lora;
+pub mod prefix;
+pub mod prompt;
+pub mod svd;
+pub mod target;
+
+use crate::error::{Error, Result};
+use crate::model::{Model, ModuleMut, Param};
+use bottleneck::{BnConfig, Bottleneck};
+use ia3::Ia3;
+use lora::{Lora, LoraEmbedding, LoraOpts};
+use std::collections::{BTreeSet, HashSet};
+use target::Selector;
+
+/// A method and the settings needed to save it.
+#[derive(Clone, Debug)]
+pub enum Method {
+    Lora(LoraOpts),
+    Ia3 { feedforward: Vec<String> },
+    Prefix { tokens: usize, projection: Option<usize> },
+    Prompt { tokens: usize, init_text: Option<String> },
+    Bottleneck(BnConfig),
+}
+
+impl Method {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Method::Lora(o) if o.dora => "dora",
+            Method::Lora(_) => "lora",
+            Method::Ia3 { .. } => "ia3",
+            Method::Prefix { .. } => "prefix",
+            Method::Prompt { .. } => "prompt",
+            Method::Bottleneck(_) => "adapter",
+        }
+    }
+
+    pub fn mergeable(&self) -> bool {
+        matches!(self, Method::Lora(_) | Method::Ia3 { .. })
+    }
+}
+
+/// A named adapter attached to a model.
+#[derive(Clone, Debug)]
+pub struct AdapterInfo {
+    pub name: String,
+    pub method: Method,
+    /// full module paths it was injected into
+    pub targets: Vec<String>,
+    /// module paths trained in full alongside (PEFT's `modules_to_save`)
+    pub modules_to_save: Vec<String>,
+    /// the `adapter_config.json` it was loaded from, if any
+    pub loaded_config: Option<serde_json::Value>,
+}
+
+pub enum PromptLearning {
+    Prefix(prefix::Prefix),
+    Prompt(prompt::Prompt),
+}
+
+/// Which leaf modules a listing wants.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Linear,
+    Embedding,
+    /// Linear or Embedding (what LoRA can target)
+    Injectable,
+    Any,
+}
+
+fn kind_of(m: &ModuleMut<'_>) -> &'static str {
+    match m {
+        ModuleMut::Linear(_) => "linear",
+        ModuleMut::Embedding(_) => "embedding",
+        ModuleMut::Norm(_) => "norm",
+        ModuleMut::Bottleneck(..) => "adapters",
+    }
+}
+
+impl Model {
+    /// Leaf module paths of a kind (bottleneck slots excluded).
+    pub fn module_paths(&mut self, kind: Kind) -> Vec<String> {
+        let mut out = Vec::new();
+        self.visit(&mut |p, m| {
+            let k = kind_of(&m);
+            let ok = match kind {
+                Kind::Linear => k == "linear",
+                Kind::Embedding => k == "embedding",
+                Kind::Injectable => k == "linear" || k == "embedding",
+                Kind::Any => k != "adapters",
+            };
+            if ok {
+                out.push(p.to_string());
+            }
+        });
+        out
+    }
+
+    /// Every module path, containers included (`model.layers.0`, `model.layers.0.self_attn`),
+    /// in model order.
+    pub fn all_module_paths(&mut self) -> Vec<String> {
+        let leaves = self.module_paths(Kind::Any);
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for leaf in leaves {
+            let segs: Vec<&str> = leaf.split('.').collect();
+            for i in 1..=segs.len() {
+                let p = segs[..i].join(".");
+                if seen.insert(p.clone()) {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+
+    /// Base parameters under their HF names; a tied weight once, under its first (embedding) name.
+    pub fn base_params(&mut self) -> Vec<(String, Param)> {
+        let mut out: Vec<(String, Param)> = Vec::new();
+        self.visit(&mut |p, m| {
+            let ps = match m {
+                ModuleMut::Linear(l) => l.params(),
+                ModuleMut::Embedding(e) => e.params(),
+                ModuleMut::Norm(n) => n.params(),
+                ModuleMut::Bottleneck(..) => Vec::new(),
+            };
+            for (suffix, param) in ps {
+                if !out.iter().any(|(_, q)| q.same(&param)) {
+                    out.push((format!("{p}.{suffix}"), param));
+                }
+            }
+        });
+        out
+    }
+
+    /// An adapter's parameters under PEFT's parameter names without the adapter name
+    /// (`…q_proj.lora_A.weight`, `…k_proj.ia3_l`, `lm_head.modules_to_save.weight`,
+    /// `prompt_encoder.embedding.weight`).
+    pub fn adapter_params(&mut self, name: &str) -> Vec<(String, Param)> {
+        let mut out = Vec::new();
+        self.visit(&mut |p, m| match m {
+            ModuleMut::Linear(l) => {
+                for (n, a) in &l.lora {
+                    if n == name {
+                        out.extend(a.params().into_iter().map(|(s, q)| (format!("{p}.{s}"), q)));
+                    }
+                }
+                for (n, a) in &l.ia3 {
+                    if n == name {
+                        out.extend(a.params().into_iter().map(|(s, q)| (format!("{p}.{s}"), q)));
+                    }
+                }
+            }
+            ModuleMut::Embedding(e) => {
+                for (n, a) in &e.lora {
+                    if n == name {
+                        out.extend(a.params().into_iter().map(|(s, q)| (format!("{p}.{s}"), q)));
+                    }
+                }
+            }
+            ModuleMut::Bottleneck(slots, _) => {
+                for (n, a) in slots.iter() {
+                    if n == name {
+                        out.extend(a.params().into_iter().map(|(s, q)| (format!("{p}.{s}"), q)));
+                    }
+                }
+            }
+            ModuleMut::Norm(_) => {}
+        });
+        for (n, pl) in &self.prompts {
+            if n == name {
+                out.extend(match pl {
+                    PromptLearning::Prefix(p) => p.params(),
+                    PromptLearning::Prompt(p) => p.params(),
+                });
+            }
+        }
+        // modules_to_save copies: `<module>.modules_to_save.<param>`
+        let mods: Vec<String> = self
+            .adapters
+            .iter()
+            .filter(|a| a.name == name)
+            .flat_map(|a| a.modules_to_save.clone())
+            .collect();
+        for (pname, param) in self.base_params() {
+            if let Some(v) = param.copy(name) {
+                let module = mods
+                    .iter()
+                    .filter(|m| pname.starts_with(&format!("{m}.")))
+                    .max_by_key(|m| m.len())
+                    .cloned()
+                    .unwrap_or_else(|| pname.rsplit_once('.').map(|x| x.0.to_string()).unwrap_or_default());
+                let suffix = &pname[module.len() + 1..];
+                out.push((format!("{module}.modules_to_save.{suffix}"), v));
+            }
+        }
+        out
+    }
+
+    pub fn adapter(&self, name: &str) -> Option<&AdapterInfo> {
+        self.adapters.iter().find(|a| a.name == name)
+    }
+
+    /// A free adapter name: `default`, else the method's name, else `name_2`, `name_3`, ….
+    pub fn fresh_name(&self, method: &str) -> String {
+        for base in ["default", method] {
+            if self.adapter(base).is_none() {
+                return base.to_string();
+            }
+        }
+        (2..).map(|i| format!("{method}_{i}")).find(|n| self.adapter(n).is_none()).unwrap()
+    }
+
+    fn check_new_name(&self, name: &str) -> Result<()> {
+        if self.adapter(name).is_some() {
+            return Err(Error::msg(format!(
+                "an adapter named `{name}` is already attached (adapters: {}); pass another name",
+                self.adapter_names().join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn adapter_names(&self) -> Vec<String> {
+        self.adapters.iter().map(|a| a.name.clone()).collect()
+    }
+
+    fn register(&mut self, info: AdapterInfo) {
+        if !self.active.contains(&info.name) {
+            self.active.push(info.name.clone());
+        }
+        self.adapters.push(info);
+    }
+
+    /// Injects LoRA into every module in `paths` (Linear or Embedding).
+    pub fn attach_lora(&mut self, name: &str, paths: &[String], opts: &LoraOpts) -> Result<()> {
+        self.check_new_name(name)?;
+        let want: BTreeSet<&str> = paths.iter().map(|s| s.as_str()).collect();
+        let ctx = crate::model::Ctx::base();
+        let seed = self.seed;
+        let mut err = None;
+        let mut done = BTreeSet::new();
+        self.visit(&mut |p, m| {
+            if err.is_some() || !want.contains(p) {
+                return;
+            }
+            let r = match m {
+                ModuleMut::Linear(l) => Lora::init(l, opts, seed, p, &ctx).map(|a| l.lora.push((name.to_string(), a))),
+                ModuleMut::Embedding(e) => LoraEmbedding::init(e, opts, seed, p).map(|a| e.lora.push((name.to_string(), a))),
+                other => Err(Error::msg(format!("{p}: LoRA needs a Linear or Embedding module, this is a {}", kind_of(&other)))),
+            };
+            match r {
+                Ok(()) => {
+                    done.insert(p.to_string());
+                }
+                Err(e) => err = Some(e),
+            }
+        });
+        if let Some(e) = err {
+            self.detach(name);
+            return Err(e);
+        }
+        missing_paths(&want, &done)?;
+        self.register(AdapterInfo {
+            name: name.to_string(),
+            method: Method::Lora(opts.clone()),
+            targets: paths.to_vec(),
+            modules_to_save: Vec::new(),
+            loaded_config: None,
+        });
+        Ok(())
+    }
+
+    /// Injects IA3 into `paths`; those in `feedforward` scale their input.
+    pub fn attach_ia3(&mut self, name: &str, paths: &[String], feedforward: &[String]) -> Result<()> {
+        self.check_new_name(name)?;
+        let want: BTreeSet<&str> = paths.iter().map(|s| s.as_str()).collect();
+        let mut err = None;
+        let mut done = BTreeSet::new();
+        self.visit(&mut |p, m| {
+            if err.is_some() || !want.contains(p) {
+                return;
+            }
+            match m {
+                ModuleMut::Linear(l) => match Ia3::init(l, feedforward.iter().any(|f| f == p)) {
+                    Ok(a) => {
+                        l.ia3.push((name.to_string(), a));
+                        done.insert(p.to_string());
+                    }
+                    Err(e) => err = Some(e),
+                },
+                other => err = Some(Error::msg(format!("{p}: IA3 needs a Linear module, this is a {}", kind_of(&other)))),
+            }
+        });
+        if let Some(e) = err {
+            self.detach(name);
+            return Err(e);
+        }
+        missing_paths(&want, &done)?;
+        self.register(AdapterInfo {
+            name: name.to_string(),
+            method: Method::Ia3 {
+                feedforward: feedforward.to_vec(),
+            },
+            targets: paths.to_vec(),
+            modules_to_save: Vec::new(),
+            loaded_config: None,
+        });
+        Ok(())
+    }
+
+    pub fn attach_prefix(&mut self, name: &str, tokens: usize, projection: Option<usize>) -> Result<()> {
+        self.check_new_name(name)?;
+        if tokens == 0 {
+            return Err(Error::msg("prefix: tokens must be at least 1"));
+        }
+        let p = prefix::Prefix::init(tokens, &self.arch.dims(), projection, self.seed, &self.device)?;
+        self.prompts.push((name.to_string(), PromptLearning::Prefix(p)));
+        self.register(AdapterInfo {
+            name: name.to_string(),
+            method: Method::Prefix { tokens, projection },
+            targets: Vec::new(),
+            modules_to_save: Vec::new(),
+            loaded_config: None,
+        });
+        Ok(())
+    }
+
+    pub fn attach_prompt(&mut self, name: &str, tokens: usize, init_text: Option<String>) -> Result<()> {
+        self.check_new_name(name)?;
+        if tokens == 0 {
+            return Err(Error::msg("prompt: tokens must be at least 1"));
+        }
+        let init = match &init_text {
+            None => None,
+            Some(text) => {
+                let tok = self
+                    .tokenizer
+                    .as_ref()
+                    .ok_or_else(|| Error::msg("prompt: init_text needs the model's tokenizer"))?;
+                let mut ids = tok.encode(text, false)?;
+                if ids.is_empty() {
+                    return Err(Error::msg("prompt: init_text encodes to no tokens"));
+                }
+                // PEFT repeats the text's tokens to fill, then truncates
+                let reps = tokens.div_ceil(ids.len());
+                ids = ids.repeat(reps);
+                ids.truncate(tokens);
+                let idx = candle_core::Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+                let e = self.arch.word_embeddings().forward(&idx, &crate::model::Ctx::base())?;
+                Some(e.squeeze(0)?.detach())
+            }
+        };
+        let p = prompt::Prompt::init(tokens, self.arch.dims().hidden, init, self.seed, &self.device)?;
+        self.prompts.push((name.to_string(), PromptLearning::Prompt(p)));
+        self.register(AdapterInfo {
+            name: name.to_string(),
+            method: Method::Prompt { tokens, init_text },
+            targets: Vec::new(),
+            modules_to_save: Vec::new(),
+            loaded_config: None,
+        });
+        Ok(())
+    }
+
+    /// Bottleneck adapters in every block's slots that `cfg` places them in.
+    pub fn attach_bottleneck(&mut self, name: &str, cfg: &BnConfig) -> Result<()> {
+        self.check_new_name(name)?;
+        let hidden = self.arch.dims().hidden;
+        let (seed, device, dtype) = (self.seed, self.device.clone(), candle_core::DType::F32);
+        let mut err = None;
+        let mut targets = Vec::new();
+        self.visit(&mut |p, m| {
+            if let ModuleMut::Bottleneck(slots, place) = m {
+                if err.is_some() || !cfg.placed(place, target::layer_of(p)) {
+                    return;
+                }
+                match Bottleneck::init(cfg, hidden, seed, p, &device, dtype) {
+                    Ok(b) => {
+                        slots.push((name.to_string(), b));
+                        targets.push(p.to_string());
+                    }
+                    Err(e) => err = Some(e),
+                }
+            }
+        });
+        if let Some(e) = err {
+            self.detach(name);
+            return Err(e);
+        }
+        if targets.is_empty() {
+            return Err(Error::msg(format!("adapter `{name}`: its configuration places it in no layer")));
+        }
+        self.register(AdapterInfo {
+            name: name.to_string(),
+            method: Method::Bottleneck(cfg.clone()),
+            targets,
+            modules_to_save: Vec::new(),
+            loaded_config: None,
+        });
+        Ok(())
+    }
+
+    /// Trains the modules at `paths` in full for adapter `name` (PEFT's `modules_to_save`).
+    pub fn add_modules_to_save(&mut self, name: &str, paths: &[String]) -> Result<()> {
+        let params = self.base_params();
+        let mut any = BTreeSet::new();
+        for (pname, p) in &params {
+            if let Some(m) = paths.iter().find(|m| pname.starts_with(&format!("{m}."))) {
+                p.add_copy(name, None)?;
+                any.insert(m.clone());
+            }
+        }
+        // a tied head (GPT-2's lm_head) has no parameter of its own name: give it the embedding's
+        for m in paths {
+            if !any.contains(m) {
+                let mut shared = None;
+                self.visit(&mut |p, mm| {
+                    if p == m {
+                        if let ModuleMut::Linear(l) = mm {
+                            shared = Some(l.weight.clone());
+                        }
+                    }
+                });
+                match shared {
+                    Some(w) => {
+                        w.add_copy(name, None)?;
+                        any.insert(m.clone());
+                    }
+                    None => return Err(Error::msg(format!("modules_to_save: `{m}` has no parameters"))),
+                }
+            }
+        }
+        if let Some(a) = self.adapters.iter_mut().find(|a| a.name == name) {
+            for m in paths {
+                if !a.modules_to_save.contains(m) {
+                    a.modules_to_save.push(m.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every trace of adapter `name`.
+    pub fn detach(&mut self, name: &str) {
+        self.visit(&mut |_, m| match m {
+            ModuleMut::Linear(l) => {
+                l.lora.retain(|(n, _)| n != name);
+                l.ia3.retain(|(n, _)| n != name);
+            }
+            ModuleMut::Embedding(e) => e.lora.retain(|(n, _)| n != name),
+            ModuleMut::Bottleneck(s, _) => s.retain(|(n, _)| n != name),
+            ModuleMut::Norm(_) => {}
+        });
+        for (_, p) in self.base_params() {
+            p.remove_copy(name);
+        }
+        self.prompts.retain(|(n, _)| n != name);
+        self.adapters.retain(|a| a.name != name);
+        self.active.retain(|a| a != name);
+    }
+
+    /// Makes exactly `names` active.
+    pub fn set_active(&mut self, names: &[String]) -> Result<()> {
+        for n in names {
+            if self.adapter(n).is_none() {
+                return Err(Error::msg(format!(
+                    "no adapter named `{n}` (attached: {})",
+                    self.adapter_names().join(", ")
+                )));
+            }
+        }
+        self.active = names.to_vec();
+        Ok(())
+    }
+
+    /// Folds every active LoRA/DoRA/IA3 adapter (and `modules_to_save` copies) into the base
+    /// weights and removes them; returns the names merged.
+    pub fn merge(&mut self) -> Result<Vec<String>> {
+        let ctx = self.ctx(false, 0);
+        let names: Vec<String> = self
+            .adapters
+            .iter()
+            .filter(|a| a.method.mergeable() && ctx.is_active(&a.name))
+            .map(|a| a.name.clone())
+            .collect();
+        let mut err = None;
+        self.visit(&mut |_, m| {
+            let r: Result<()> = (|| {
+                match m {
+                    ModuleMut::Linear(l) => {
+                        for (n, a) in &l.ia3 {
+                            if names.contains(n) {
+                                a.merge_into(l, &ctx)?;
+                            }
+                        }
+                        for (n, a) in &l.lora {
+                            if names.contains(n) {
+                                a.merge_into(l, &ctx)?;
+                            }
+                        }
+                    }
+                    ModuleMut::Embedding(e) => {
+                        for (n, a) in &e.lora {
+                            if names.contains(n) {
+                                a.merge_into(e, &ctx)?;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                Ok(())
+            })();
+            if let Err(e) = r {
+                err.get_or_insert(e);
+            }
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        for (_, p) in self.base_params() {
+            for n in &names {
+                if let Some(v) = p.remove_copy(n) {
+                    p.set(&v.value())?;
+                }
+            }
+        }
+        for n in &names {
+            self.detach(n);
+        }
+        Ok(names)
+    }
+
+    /// Parameters the optimizer updates: unfrozen base weights, and the trainable parameters and
+    /// `modules_to_save` copies of active adapters.
+    pub fn trainable_params(&mut self) -> Vec<(String, Param)> {
+        let mut out: Vec<(String, Param)> = self.base_params().into_iter().filter(|(_, p)| p.is_trainable()).collect();
+        let active: Vec<String> = if self.enabled { self.active.clone() } else { Vec::new() };
+        for n in active {
+            for (pn, p) in self.adapter_params(&n) {
+                if p.is_trainable() && !out.iter().any(|(_, q)| q.same(&p)) {
+                    out.push((pn, p));
+                }
+            }
+        }
+        out
+    }
+
+    /// Sets base parameters trainable (or frozen) where their name or module matches.
+    pub fn set_trainable(&mut self, sel: Option<&Selector>, on: bool) -> Result<usize> {
+        let params = self.base_params();
+        let chosen: Vec<&(String, Param)> = match sel {
+            None => params.iter().collect(),
+            Some(s) => {
+                let modules = self.all_module_paths();
+                let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
+                let cands: Vec<String> = modules.iter().chain(names.iter()).cloned().collect();
+                let hit = s.select(&cands, "modules")?;
+                let hit: HashSet<&str> = hit.iter().map(|s| s.as_str()).collect();
+                params
+                    .iter()
+                    .filter(|(n, _)| {
+                        hit.contains(n.as_str())
+                            || n.match_indices('.').any(|(i, _)| hit.contains(&n[..i]))
+                    })
+                    .collect()
+            }
+        };
+        for (_, p) in &chosen {
+            p.set_trainable(on)?;
+        }
+        Ok(chosen.len())
+    }
+}
+
+fn missing_paths(want: &BTreeSet<&str>, done: &BTreeSet<String>) -> Result<()> {
+    let missing: Vec<&&str> = want.iter().filter(|p| !done.contains(**p)).collect();
+    if !missing.is_empty() {
+        return Err(Error::msg(format!("no such module: {missing:?}")));
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! Prefix tuning: learned keys/values prepended in every layer's attention (PEFT's
+//! `prompt_encoder`, `[tokens, layers·2·kv_heads·head_dim]`, optionally through an MLP).
+
+use crate::error::Result;
+use crate::model::{Ctx, Dims, Param};
+use crate::ops;
+use candle_core::{DType, Device, Tensor};
+
+pub struct Prefix {
+    pub tokens: usize,
+    /// `prompt_encoder.embedding.weight`: `[tokens, layers·2·token_dim]`, or `[tokens, token_dim]`
+    /// with a projection
+    pub embedding: Param,
+    /// `transform.0` (token_dim → hidden) and `transform.2` (hidden → layers·2·token_dim)
+    pub projection: Option<[Param; 4]>,
+}
+
+impl Prefix {
+    /// New random prefixes (N(0, 1), as `nn.Embedding`); the projection as `nn.Linear` inits.
+    pub fn init(tokens: usize, dims: &Dims, projection: Option<usize>, seed: u64, device: &Device) -> Result<Self> {
+        use crate::peft::lora::{normal, rng_for, uniform};
+        let token_dim = dims.kv_heads * dims.head_dim;
+        let out = dims.layers * 2 * token_dim;
+        let mut rng = rng_for(seed, "prompt_encoder");
+        let mk = |v: Vec<f32>, shape: &[usize]| -> Result<Param> {
+            Param::trainable(&Tensor::from_vec(v, shape, &Device::Cpu)?.to_device(device)?)
+        };
+        let emb_dim = if projection.is_some() { token_dim } else { out };
+        let embedding = mk(normal(&mut rng, tokens * emb_dim, 1.0), &[tokens, emb_dim])?;
+        let projection = match projection {
+            None => None,
+            Some(h) => {
+                let b1 = 1.0 / (token_dim as f32).sqrt();
+                let b2 = 1.0 / (h as f32).sqrt();
+                Some([
+                    mk(uniform(&mut rng, h * token_dim, b1), &[h, token_dim])?,
+                    mk(uniform(&mut rng, h, b1), &[h])?,
+                    mk(uniform(&mut rng, out * h, b2), &[out, h])?,
+                    mk(uniform(&mut rng, out, b2), &[out])?,
+                ])
+            }
+        };
+        Ok(Prefix {
+            tokens,
+            embedding,
+            projection,
+        })
+    }
+
+    /// `[tokens, layers·2·token_dim]`: what PEFT saves as `prompt_embeddings`.
+    pub fn flat(&self, ctx: &Ctx) -> Result<Tensor> {
+        let e = self.embedding.get(ctx);
+        Ok(match &self.projection {
+            None => e,
+            Some([w1, b1, w2, b2]) => {
+                let h = ops::linear(&e, &w1.get(ctx), Some(&b1.get(ctx)), false)?.tanh()?;
+                ops::linear(&h, &w2.get(ctx), Some(&b2.get(ctx)), false)?
+            }
+        })
+    }
+
+    /// Per layer `(k, v)`, each `[b, tokens, kv_heads, head_dim]`, no rotary embedding.
+    pub fn past_key_values(&self, b: usize, dims: &Dims, dtype: DType, ctx: &Ctx) -> Result<Vec<(Tensor, Tensor)>> {
+        let flat = self.flat(ctx)?.to_dtype(dtype)?;
+        let d = dims.kv_heads * dims.head_dim;
+        let (n, width) = flat.dims2()?;
+        if width != dims.layers * 2 * d {
+            return Err(crate::error::Error::msg(format!(
+                "prefix has width {width}, the model needs layers·2·kv_heads·head_dim = {}",
+                dims.layers * 2 * d
+            )));
+        }
+        let shape = (b, n, dims.kv_heads, dims.head_dim);
+        (0..dims.layers)
+            .map(|l| {
+                let k = flat.narrow(1, 2 * l * d, d)?.reshape((1, n, dims.kv_heads, dims.head_dim))?;
+                let v = flat.narrow(1, (2 * l + 1) * d, d)?.reshape((1, n, dims.kv_heads, dims.head_dim))?;
+                Ok((k.broadcast_as(shape)?.contiguous()?, v.broadcast_as(shape)?.contiguous()?))
+            })
+            .collect()
+    }
+
+    pub fn params(&self) -> Vec<(String, Param)> {
+        let mut v = vec![("prompt_encoder.embedding.weight".to_string(), self.embedding.clone())];
+        if let Some([w1, b1, w2, b2]) = &self.projection {
+            v.push(("prompt_encoder.transform.0.weight".into(), w1.clone()));
+            v.push(("prompt_encoder.transform.0.bias".into(), b1.clone()));
+            v.push(("prompt_encoder.transform.2.weight".into(), w2.clone()));
+            v.push(("prompt_encoder.transform.2.bias".into(), b2.clone()));
+        }
+        v
+    }
+}

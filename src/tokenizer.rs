@@ -1,0 +1,188 @@
+//! Tokenizers: HF `tokenizer.json` (via the `tokenizers` crate) with the BOS/EOS/pad and chat
+//! template settings of `tokenizer_config.json`, or a byte-level tokenizer that needs no file.
+
+use crate::error::{Error, Result};
+use crate::st::read_json;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Clone)]
+enum Inner {
+    Hf(Arc<tokenizers::Tokenizer>),
+    /// bytes 0..=255, then BOS, EOS, PAD
+    Bytes,
+}
+
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: Inner,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub pad: Option<u32>,
+    /// `add_bos_token` / `add_eos_token` of tokenizer_config.json
+    pub add_bos: bool,
+    pub add_eos: bool,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub chat_template: Option<String>,
+    /// files to copy when the model is saved
+    pub files: Vec<PathBuf>,
+}
+
+/// A special token given as `"<s>"` or `{"content": "<s>", ...}`.
+fn token_str(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+        _ => None,
+    }
+}
+
+pub const BYTES_BOS: u32 = 256;
+pub const BYTES_EOS: u32 = 257;
+pub const BYTES_PAD: u32 = 258;
+
+impl Tokenizer {
+    /// The byte-level tokenizer: vocabulary 259 (bytes, BOS, EOS, PAD).
+    pub fn bytes() -> Self {
+        Tokenizer {
+            inner: Inner::Bytes,
+            bos: Some(BYTES_BOS),
+            eos: Some(BYTES_EOS),
+            pad: Some(BYTES_PAD),
+            add_bos: true,
+            add_eos: false,
+            bos_token: Some("<bos>".into()),
+            eos_token: Some("<eos>".into()),
+            chat_template: None,
+            files: Vec::new(),
+        }
+    }
+
+    pub fn is_bytes(&self) -> bool {
+        matches!(self.inner, Inner::Bytes)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let t = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::file(path, format!("cannot read tokenizer: {e}")))?;
+        Ok(Tokenizer {
+            inner: Inner::Hf(Arc::new(t)),
+            bos: None,
+            eos: None,
+            pad: None,
+            add_bos: false,
+            add_eos: false,
+            bos_token: None,
+            eos_token: None,
+            chat_template: None,
+            files: vec![path.to_path_buf()],
+        })
+    }
+
+    /// `tokenizer.json` plus `tokenizer_config.json`, `chat_template.jinja`, `config.json` ids.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let mut t = Self::from_file(&dir.join("tokenizer.json"))?;
+        let tc_path = dir.join("tokenizer_config.json");
+        let tc = if tc_path.exists() { read_json(&tc_path)? } else { Value::Null };
+        let mc_path = dir.join("config.json");
+        let mc = if mc_path.exists() { read_json(&mc_path)? } else { Value::Null };
+        t.bos_token = token_str(tc.get("bos_token"));
+        t.eos_token = token_str(tc.get("eos_token"));
+        let id_of = |t: &Tokenizer, s: &Option<String>, key: &str| -> Option<u32> {
+            s.as_ref()
+                .and_then(|s| t.token_id(s))
+                .or_else(|| mc.get(key).and_then(|v| v.as_u64()).map(|v| v as u32))
+        };
+        t.bos = id_of(&t, &t.bos_token, "bos_token_id");
+        t.eos = id_of(&t, &t.eos_token, "eos_token_id");
+        t.pad = id_of(&t, &token_str(tc.get("pad_token")), "pad_token_id");
+        t.add_bos = tc.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
+        t.add_eos = tc.get("add_eos_token").and_then(|v| v.as_bool()).unwrap_or(false);
+        let jinja = dir.join("chat_template.jinja");
+        t.chat_template = if jinja.exists() {
+            Some(std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?)
+        } else {
+            match tc.get("chat_template") {
+                Some(Value::String(s)) => Some(s.clone()),
+                // a list of named templates: take "default"
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .find(|x| x.get("name").and_then(|n| n.as_str()) == Some("default"))
+                    .and_then(|x| x.get("template"))
+                    .and_then(|x| x.as_str())
+                    .map(String::from),
+                _ => None,
+            }
+        };
+        for f in [
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "chat_template.jinja",
+            "generation_config.json",
+            "vocab.txt",
+            "vocab.json",
+            "merges.txt",
+            "tokenizer.model",
+        ] {
+            if dir.join(f).exists() {
+                t.files.push(dir.join(f));
+            }
+        }
+        Ok(t)
+    }
+
+    pub fn token_id(&self, s: &str) -> Option<u32> {
+        match &self.inner {
+            Inner::Hf(t) => t.token_to_id(s),
+            Inner::Bytes => None,
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match &self.inner {
+            Inner::Hf(t) => t.get_vocab_size(true),
+            Inner::Bytes => 259,
+        }
+    }
+
+    /// Token ids of `text`; with `special`, the post-processor's special tokens and BOS/EOS as
+    /// `add_bos_token` / `add_eos_token` say.
+    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        let mut ids = match &self.inner {
+            Inner::Hf(t) => t
+                .encode(text, special)
+                .map_err(|e| Error::msg(format!("tokenizer: {e}")))?
+                .get_ids()
+                .to_vec(),
+            Inner::Bytes => text.bytes().map(|b| b as u32).collect(),
+        };
+        if special {
+            if let Some(b) = self.bos {
+                if self.add_bos && ids.first() != Some(&b) {
+                    ids.insert(0, b);
+                }
+            }
+            if let Some(e) = self.eos {
+                if self.add_eos && ids.last() != Some(&e) {
+                    ids.push(e);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        match &self.inner {
+            Inner::Hf(t) => t.decode(ids, skip_special).map_err(|e| Error::msg(format!("tokenizer: {e}"))),
+            Inner::Bytes => {
+                let bytes: Vec<u8> = ids
+                    .iter()
+                    .filter(|&&i| i < 256 || !skip_special)
+                    .filter_map(|&i| u8::try_from(i).ok())
+                    .collect();
+                Ok(String::from_utf8_lossy(&bytes).into_owned())
+            }
+        }
+    }
+}

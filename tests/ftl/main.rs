@@ -1,0 +1,4 @@
+//! ftl's integration tests: one binary, a module per area.
+
+mod common;
+mod fixtures;
