@@ -63,7 +63,11 @@ impl Error {
         }
     }
 
-    pub fn config(path: impl Into<PathBuf>, key: impl Into<String>, msg: impl Into<String>) -> Self {
+    pub fn config(
+        path: impl Into<PathBuf>,
+        key: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> Self {
         Error::Config {
             path: path.into(),
             key: key.into(),

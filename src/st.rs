@@ -25,7 +25,8 @@ impl StFile {
         let st = SafeTensors::deserialize(&mmap).map_err(|e| describe(path, &mmap, e))?;
         let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
         names.sort();
-        let (header, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| describe(path, &mmap, e))?;
+        let (header, meta) =
+            SafeTensors::read_metadata(&mmap).map_err(|e| describe(path, &mmap, e))?;
         let metadata = meta.metadata().clone().unwrap_or_default();
         Ok(StFile {
             path: path.to_path_buf(),
@@ -45,12 +46,18 @@ impl StFile {
         let info = self.meta.info(name).ok_or_else(missing)?;
         let (a, b) = info.data_offsets;
         let start = 8 + self.header;
-        TensorView::new(info.dtype, info.shape.clone(), &self.mmap[start + a..start + b])
-            .map_err(|e| Error::file(&self.path, format!("tensor `{name}`: {e}")))
+        TensorView::new(
+            info.dtype,
+            info.shape.clone(),
+            &self.mmap[start + a..start + b],
+        )
+        .map_err(|e| Error::file(&self.path, format!("tensor `{name}`: {e}")))
     }
 
     pub fn has(&self, name: &str) -> bool {
-        self.names.binary_search_by(|n| n.as_str().cmp(name)).is_ok()
+        self.names
+            .binary_search_by(|n| n.as_str().cmp(name))
+            .is_ok()
     }
 
     pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
@@ -87,7 +94,10 @@ fn describe(path: &Path, buf: &[u8], e: safetensors::SafeTensorError) -> Error {
             "not a complete safetensors file ({} bytes; truncated or still being written): {e}",
             buf.len()
         ),
-        E::HeaderTooSmall | E::HeaderTooLarge | E::InvalidHeader(_) | E::InvalidHeaderDeserialization(_) => {
+        E::HeaderTooSmall
+        | E::HeaderTooLarge
+        | E::InvalidHeader(_)
+        | E::InvalidHeaderDeserialization(_) => {
             format!("not a safetensors file (bad header): {e}")
         }
         _ => format!("cannot read safetensors: {e}"),
@@ -106,7 +116,11 @@ fn st_dtype(dt: DType) -> Result<StDtype> {
         DType::I64 => StDtype::I64,
         DType::I32 => StDtype::I32,
         DType::I16 => StDtype::I16,
-        other => return Err(Error::msg(format!("cannot save dtype {other:?} to safetensors"))),
+        other => {
+            return Err(Error::msg(format!(
+                "cannot save dtype {other:?} to safetensors"
+            )))
+        }
     })
 }
 
@@ -143,7 +157,11 @@ fn raw(t: &Tensor) -> Result<Raw> {
         DType::I64 => bytes(&t.flatten_all()?.to_vec1::<i64>()?),
         DType::I32 => bytes(&t.flatten_all()?.to_vec1::<i32>()?),
         DType::I16 => bytes(&t.flatten_all()?.to_vec1::<i16>()?),
-        other => return Err(Error::msg(format!("cannot save dtype {other:?} to safetensors"))),
+        other => {
+            return Err(Error::msg(format!(
+                "cannot save dtype {other:?} to safetensors"
+            )))
+        }
     };
     Ok(Raw {
         dtype: st_dtype(t.dtype())?,
@@ -159,13 +177,18 @@ fn bytes<T: Copy>(v: &[T]) -> Vec<u8> {
 }
 
 /// Writes `tensors` to `path` atomically, with `metadata` (PEFT writes `{"format": "pt"}`).
-pub fn save(path: &Path, tensors: &BTreeMap<String, Tensor>, metadata: Option<HashMap<String, String>>) -> Result<()> {
+pub fn save(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     let raws: Vec<(String, Raw)> = tensors
         .iter()
         .map(|(k, t)| Ok((k.clone(), raw(t)?)))
         .collect::<Result<_>>()?;
     let data: Vec<(&str, &Raw)> = raws.iter().map(|(k, r)| (k.as_str(), r)).collect();
-    let buf = safetensors::serialize(data, metadata).map_err(|e| Error::file(path, e.to_string()))?;
+    let buf =
+        safetensors::serialize(data, metadata).map_err(|e| Error::file(path, e.to_string()))?;
     write_atomic(path, &buf)
 }
 
@@ -176,7 +199,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
     }
-    let name = path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| {

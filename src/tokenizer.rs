@@ -65,7 +65,8 @@ impl Tokenizer {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let t = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::file(path, format!("cannot read tokenizer: {e}")))?;
+        let t = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| Error::file(path, format!("cannot read tokenizer: {e}")))?;
         Ok(Tokenizer {
             inner: Inner::Hf(Arc::new(t)),
             bos: None,
@@ -84,9 +85,17 @@ impl Tokenizer {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let mut t = Self::from_file(&dir.join("tokenizer.json"))?;
         let tc_path = dir.join("tokenizer_config.json");
-        let tc = if tc_path.exists() { read_json(&tc_path)? } else { Value::Null };
+        let tc = if tc_path.exists() {
+            read_json(&tc_path)?
+        } else {
+            Value::Null
+        };
         let mc_path = dir.join("config.json");
-        let mc = if mc_path.exists() { read_json(&mc_path)? } else { Value::Null };
+        let mc = if mc_path.exists() {
+            read_json(&mc_path)?
+        } else {
+            Value::Null
+        };
         t.bos_token = token_str(tc.get("bos_token"));
         t.eos_token = token_str(tc.get("eos_token"));
         let id_of = |t: &Tokenizer, s: &Option<String>, key: &str| -> Option<u32> {
@@ -97,8 +106,14 @@ impl Tokenizer {
         t.bos = id_of(&t, &t.bos_token, "bos_token_id");
         t.eos = id_of(&t, &t.eos_token, "eos_token_id");
         t.pad = id_of(&t, &token_str(tc.get("pad_token")), "pad_token_id");
-        t.add_bos = tc.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
-        t.add_eos = tc.get("add_eos_token").and_then(|v| v.as_bool()).unwrap_or(false);
+        t.add_bos = tc
+            .get("add_bos_token")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        t.add_eos = tc
+            .get("add_eos_token")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
         let jinja = dir.join("chat_template.jinja");
         t.chat_template = if jinja.exists() {
             Some(std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?)
@@ -174,7 +189,9 @@ impl Tokenizer {
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         match &self.inner {
-            Inner::Hf(t) => t.decode(ids, skip_special).map_err(|e| Error::msg(format!("tokenizer: {e}"))),
+            Inner::Hf(t) => t
+                .decode(ids, skip_special)
+                .map_err(|e| Error::msg(format!("tokenizer: {e}"))),
             Inner::Bytes => {
                 let bytes: Vec<u8> = ids
                     .iter()

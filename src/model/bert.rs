@@ -64,17 +64,23 @@ pub struct Bert {
 }
 
 impl Bert {
-    pub fn load(c: &Cfg, src: &dyn Source) -> Result<Self> {
+    /// `head = false` reads a classifier checkpoint as a bare encoder.
+    pub fn load(c: &Cfg, src: &dyn Source, head: bool) -> Result<Self> {
         let hidden = c.usize("hidden_size")?;
         let heads = c.usize("num_attention_heads")?;
         c.divides("num_attention_heads", hidden, heads)?;
-        let archs: Vec<String> = c
-            .v
-            .get("architectures")
-            .and_then(|a| a.as_array())
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
-            .unwrap_or_default();
-        let is_cls = archs.iter().any(|a| a == "BertForSequenceClassification") || src.has("classifier.weight");
+        let archs: Vec<String> =
+            c.v.get("architectures")
+                .and_then(|a| a.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+        let is_cls = head
+            && (archs.iter().any(|a| a == "BertForSequenceClassification")
+                || src.has("classifier.weight"));
         let num_labels = if is_cls {
             let n = match c.v.get("id2label").and_then(|m| m.as_object()) {
                 Some(m) => m.len(),
@@ -100,17 +106,19 @@ impl Bert {
         };
         let pt = c.str_or("position_embedding_type", "absolute")?;
         if pt != "absolute" {
-            return Err(Error::config(&c.path, "position_embedding_type", format!("`{pt}` is not supported")));
+            return Err(Error::config(
+                &c.path,
+                "position_embedding_type",
+                format!("`{pt}` is not supported"),
+            ));
         }
-        let prefix = if is_cls || src.has("bert.embeddings.word_embeddings.weight") && !src.has("embeddings.word_embeddings.weight") {
-            "bert."
-        } else {
-            ""
-        }
-        .to_string();
+        // HF names a model with a head `bert.…`, a bare BertModel without the prefix
+        let prefix = if is_cls { "bert." } else { "" }.to_string();
         let (h, std) = (cfg.hidden, cfg.init_std);
         let e = format!("{prefix}embeddings");
-        let emb = |n: &str, rows: usize| src.param(&format!("{e}.{n}.weight"), &[rows, h], Init::Normal(std));
+        let emb = |n: &str, rows: usize| {
+            src.param(&format!("{e}.{n}.weight"), &[rows, h], Init::Normal(std))
+        };
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let p = format!("{prefix}encoder.layer.{i}");
@@ -120,19 +128,43 @@ impl Bert {
                 value: linear(src, &format!("{p}.attention.self.value"), h, h, true, std)?,
                 attn_out: linear(src, &format!("{p}.attention.output.dense"), h, h, true, std)?,
                 attn_ln: ln(src, &format!("{p}.attention.output.LayerNorm"), h, cfg.eps)?,
-                intermediate: linear(src, &format!("{p}.intermediate.dense"), h, cfg.intermediate, true, std)?,
-                output: linear(src, &format!("{p}.output.dense"), cfg.intermediate, h, true, std)?,
+                intermediate: linear(
+                    src,
+                    &format!("{p}.intermediate.dense"),
+                    h,
+                    cfg.intermediate,
+                    true,
+                    std,
+                )?,
+                output: linear(
+                    src,
+                    &format!("{p}.output.dense"),
+                    cfg.intermediate,
+                    h,
+                    true,
+                    std,
+                )?,
                 output_ln: ln(src, &format!("{p}.output.LayerNorm"), h, cfg.eps)?,
                 bn_attn: Vec::new(),
                 bn_out: Vec::new(),
             });
         }
-        let (pooler, classifier) = match num_labels {
-            Some(n) => (
-                Some(linear(src, &format!("{prefix}pooler.dense"), h, h, true, std)?),
-                Some(linear(src, "classifier", h, n, true, std)?),
-            ),
-            None => (None, None),
+        // a bare BertModel keeps its pooler when the checkpoint has one (a module PEFT can target)
+        let pooler = if num_labels.is_some() || src.has(&format!("{prefix}pooler.dense.weight")) {
+            Some(linear(
+                src,
+                &format!("{prefix}pooler.dense"),
+                h,
+                h,
+                true,
+                std,
+            )?)
+        } else {
+            None
+        };
+        let classifier = match num_labels {
+            Some(n) => Some(linear(src, "classifier", h, n, true, std)?),
+            None => None,
         };
         Ok(Bert {
             word_embeddings: Embedding::new(emb("word_embeddings", cfg.vocab)?),
@@ -175,7 +207,14 @@ impl Arch for Bert {
         self.word_embeddings.forward(ids, ctx)
     }
 
-    fn forward_embeds(&self, h: &Tensor, key_mask: &[u8], types: Option<&Tensor>, past: &mut Past, ctx: &Ctx) -> Result<Tensor> {
+    fn forward_embeds(
+        &self,
+        h: &Tensor,
+        key_mask: &[u8],
+        types: Option<&Tensor>,
+        past: &mut Past,
+        ctx: &Ctx,
+    ) -> Result<Tensor> {
         let (b, t, hid) = h.dims3()?;
         let cfg = &self.cfg;
         if past.len + t > cfg.max_positions {
@@ -191,7 +230,11 @@ impl Arch for Bert {
         let tt = match types {
             Some(tt) => {
                 if tt.dims2()? != (b, t) {
-                    return Err(Error::msg(format!("token_type_ids have shape {:?}, input {:?}", tt.dims(), (b, t))));
+                    return Err(Error::msg(format!(
+                        "token_type_ids have shape {:?}, input {:?}",
+                        tt.dims(),
+                        (b, t)
+                    )));
                 }
                 tt.clone()
             }
@@ -214,7 +257,8 @@ impl Arch for Bert {
             let k = layer.key.forward(&h, ctx)?.reshape((b, t, nh, hd))?;
             let v = layer.value.forward(&h, ctx)?.reshape((b, t, nh, hd))?;
             let (k, v) = past.extend(l, k, v)?;
-            let o = ops::attention(&q, &k, &v, &mask, 1.0 / (hd as f32).sqrt())?.reshape((b, t, hid))?;
+            let o = ops::attention(&q, &k, &v, &mask, 1.0 / (hd as f32).sqrt())?
+                .reshape((b, t, hid))?;
             let a = ctx.dropout(&layer.attn_out.forward(&o, ctx)?, cfg.hidden_dropout)?;
             let a = bottleneck::post_norm(&layer.bn_attn, &a, &h, &layer.attn_ln, ctx)?;
             let i = cfg.act.apply(&layer.intermediate.forward(&a, ctx)?)?;
@@ -235,22 +279,61 @@ impl Arch for Bert {
     fn visit(&mut self, f: &mut dyn FnMut(&str, ModuleMut<'_>)) {
         let pre = self.prefix.clone();
         let e = format!("{pre}embeddings");
-        f(&format!("{e}.word_embeddings"), ModuleMut::Embedding(&mut self.word_embeddings));
-        f(&format!("{e}.position_embeddings"), ModuleMut::Embedding(&mut self.position_embeddings));
-        f(&format!("{e}.token_type_embeddings"), ModuleMut::Embedding(&mut self.token_type_embeddings));
+        f(
+            &format!("{e}.word_embeddings"),
+            ModuleMut::Embedding(&mut self.word_embeddings),
+        );
+        f(
+            &format!("{e}.position_embeddings"),
+            ModuleMut::Embedding(&mut self.position_embeddings),
+        );
+        f(
+            &format!("{e}.token_type_embeddings"),
+            ModuleMut::Embedding(&mut self.token_type_embeddings),
+        );
         f(&format!("{e}.LayerNorm"), ModuleMut::Norm(&mut self.emb_ln));
         for (i, l) in self.layers.iter_mut().enumerate() {
             let p = format!("{pre}encoder.layer.{i}");
-            f(&format!("{p}.attention.self.query"), ModuleMut::Linear(&mut l.query));
-            f(&format!("{p}.attention.self.key"), ModuleMut::Linear(&mut l.key));
-            f(&format!("{p}.attention.self.value"), ModuleMut::Linear(&mut l.value));
-            f(&format!("{p}.attention.output.dense"), ModuleMut::Linear(&mut l.attn_out));
-            f(&format!("{p}.attention.output.LayerNorm"), ModuleMut::Norm(&mut l.attn_ln));
-            f(&format!("{p}.attention.output.adapters"), ModuleMut::Bottleneck(&mut l.bn_attn, BnPlace::Attention));
-            f(&format!("{p}.intermediate.dense"), ModuleMut::Linear(&mut l.intermediate));
-            f(&format!("{p}.output.dense"), ModuleMut::Linear(&mut l.output));
-            f(&format!("{p}.output.LayerNorm"), ModuleMut::Norm(&mut l.output_ln));
-            f(&format!("{p}.output.adapters"), ModuleMut::Bottleneck(&mut l.bn_out, BnPlace::Output));
+            f(
+                &format!("{p}.attention.self.query"),
+                ModuleMut::Linear(&mut l.query),
+            );
+            f(
+                &format!("{p}.attention.self.key"),
+                ModuleMut::Linear(&mut l.key),
+            );
+            f(
+                &format!("{p}.attention.self.value"),
+                ModuleMut::Linear(&mut l.value),
+            );
+            f(
+                &format!("{p}.attention.output.dense"),
+                ModuleMut::Linear(&mut l.attn_out),
+            );
+            f(
+                &format!("{p}.attention.output.LayerNorm"),
+                ModuleMut::Norm(&mut l.attn_ln),
+            );
+            f(
+                &format!("{p}.attention.output.adapters"),
+                ModuleMut::Bottleneck(&mut l.bn_attn, BnPlace::Attention),
+            );
+            f(
+                &format!("{p}.intermediate.dense"),
+                ModuleMut::Linear(&mut l.intermediate),
+            );
+            f(
+                &format!("{p}.output.dense"),
+                ModuleMut::Linear(&mut l.output),
+            );
+            f(
+                &format!("{p}.output.LayerNorm"),
+                ModuleMut::Norm(&mut l.output_ln),
+            );
+            f(
+                &format!("{p}.output.adapters"),
+                ModuleMut::Bottleneck(&mut l.bn_out, BnPlace::Output),
+            );
         }
         if let Some(p) = &mut self.pooler {
             f(&format!("{pre}pooler.dense"), ModuleMut::Linear(p));

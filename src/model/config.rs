@@ -85,7 +85,8 @@ impl<'a> Cfg<'a> {
     pub fn activation(&self, key: &str, default: &str) -> Result<crate::ops::Activation> {
         let name = self.str_or(key, "")?;
         let name = if name.is_empty() { default } else { name };
-        crate::ops::Activation::parse(name).ok_or_else(|| self.err(key, &format!("unsupported activation `{name}`")))
+        crate::ops::Activation::parse(name)
+            .ok_or_else(|| self.err(key, &format!("unsupported activation `{name}`")))
     }
 
     /// Checks that `a` is divisible by `b` (heads into hidden size, …).
@@ -99,10 +100,14 @@ impl<'a> Cfg<'a> {
     /// Rotary embeddings for `head_dim` from `rope_parameters` (v5) or `rope_theta` +
     /// `rope_scaling` (v4).
     pub fn rope(&self, head_dim: usize, default_theta: f64) -> Result<Rope> {
-        let params = self.get("rope_parameters").or_else(|| self.get("rope_scaling"));
+        let params = self
+            .get("rope_parameters")
+            .or_else(|| self.get("rope_scaling"));
         let p = |k: &str| params.and_then(|p| p.get(k)).filter(|v| !v.is_null());
         let theta = match p("rope_theta") {
-            Some(v) => v.as_f64().ok_or_else(|| self.err("rope_parameters.rope_theta", "expected a number"))?,
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.err("rope_parameters.rope_theta", "expected a number"))?,
             None => self.f64_or("rope_theta", default_theta)?,
         };
         let partial = p("partial_rotary_factor")
@@ -110,16 +115,28 @@ impl<'a> Cfg<'a> {
             .unwrap_or(self.f64_or("partial_rotary_factor", 1.0)?);
         let dim = (head_dim as f64 * partial) as usize;
         if partial != 1.0 {
-            return Err(self.err("partial_rotary_factor", "partial rotary embeddings are not supported"));
+            return Err(self.err(
+                "partial_rotary_factor",
+                "partial rotary embeddings are not supported",
+            ));
         }
-        let kind = p("rope_type").or_else(|| p("type")).and_then(|v| v.as_str()).unwrap_or("default");
+        let kind = p("rope_type")
+            .or_else(|| p("type"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("default");
         let num = |k: &str| -> Result<f64> {
-            p(k).and_then(|v| v.as_f64())
-                .ok_or_else(|| self.err(&format!("rope_scaling.{k}"), &format!("required for rope_type `{kind}`")))
+            p(k).and_then(|v| v.as_f64()).ok_or_else(|| {
+                self.err(
+                    &format!("rope_scaling.{k}"),
+                    &format!("required for rope_type `{kind}`"),
+                )
+            })
         };
         let num_or = |k: &str, d: f64| p(k).and_then(|v| v.as_f64()).unwrap_or(d);
         let max_pos = self.usize_or("max_position_embeddings", 2048)?;
-        let orig = p("original_max_position_embeddings").and_then(|v| v.as_u64()).map(|v| v as usize);
+        let orig = p("original_max_position_embeddings")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize);
         let base_inv = default_inv_freq(theta, dim);
         let mut rope = Rope {
             inv_freq: Arc::new(base_inv.clone()),
@@ -162,17 +179,29 @@ impl<'a> Cfg<'a> {
             "yarn" => {
                 let factor = num("factor")?;
                 let orig = orig.unwrap_or(max_pos) as f64;
-                let mscale_fn = |s: f64, m: f64| if s <= 1.0 { 1.0 } else { 0.1 * m * s.ln() + 1.0 };
+                let mscale_fn = |s: f64, m: f64| {
+                    if s <= 1.0 {
+                        1.0
+                    } else {
+                        0.1 * m * s.ln() + 1.0
+                    }
+                };
                 let att = match p("attention_factor").and_then(|v| v.as_f64()) {
                     Some(a) => a,
-                    None => match (p("mscale").and_then(|v| v.as_f64()), p("mscale_all_dim").and_then(|v| v.as_f64())) {
-                        (Some(m), Some(ma)) if m != 0.0 && ma != 0.0 => mscale_fn(factor, m) / mscale_fn(factor, ma),
+                    None => match (
+                        p("mscale").and_then(|v| v.as_f64()),
+                        p("mscale_all_dim").and_then(|v| v.as_f64()),
+                    ) {
+                        (Some(m), Some(ma)) if m != 0.0 && ma != 0.0 => {
+                            mscale_fn(factor, m) / mscale_fn(factor, ma)
+                        }
                         _ => mscale_fn(factor, 1.0),
                     },
                 };
                 let (bf, bs) = (num_or("beta_fast", 32.0), num_or("beta_slow", 1.0));
                 let corr = |rot: f64| {
-                    (dim as f64 * (orig / (rot * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * theta.ln())
+                    (dim as f64 * (orig / (rot * 2.0 * std::f64::consts::PI)).ln())
+                        / (2.0 * theta.ln())
                 };
                 let truncate = p("truncate").and_then(|v| v.as_bool()).unwrap_or(true);
                 let (mut low, mut high) = (corr(bf), corr(bs));
@@ -197,7 +226,10 @@ impl<'a> Cfg<'a> {
                 rope.attention_scaling = att as f32;
             }
             other => {
-                return Err(self.err("rope_scaling.rope_type", &format!("unsupported rope type `{other}`")));
+                return Err(self.err(
+                    "rope_scaling.rope_type",
+                    &format!("unsupported rope type `{other}`"),
+                ));
             }
         }
         Ok(rope)

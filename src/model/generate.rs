@@ -31,7 +31,13 @@ impl Default for GenOpts {
 impl Model {
     /// New token ids after `prompt_ids`; `use_cache = false` recomputes every step in full (for
     /// checking the cache).
-    pub fn generate_ids(&self, prompt_ids: &[u32], o: &GenOpts, use_cache: bool, mut on_token: impl FnMut(&[u32]) -> bool) -> Result<Vec<u32>> {
+    pub fn generate_ids(
+        &self,
+        prompt_ids: &[u32],
+        o: &GenOpts,
+        use_cache: bool,
+        mut on_token: impl FnMut(&[u32]) -> bool,
+    ) -> Result<Vec<u32>> {
         if self.task() != Task::CausalLm {
             return Err(Error::msg("generate needs a causal language model"));
         }
@@ -42,8 +48,13 @@ impl Model {
             Sampling::ArgMax
         } else {
             match o.top_p {
-                Some(p) if p < 1.0 => Sampling::TopP { p, temperature: o.temperature },
-                _ => Sampling::All { temperature: o.temperature },
+                Some(p) if p < 1.0 => Sampling::TopP {
+                    p,
+                    temperature: o.temperature,
+                },
+                _ => Sampling::All {
+                    temperature: o.temperature,
+                },
             }
         };
         let mut lp = LogitsProcessor::from_sampling(o.seed, sampling);
@@ -61,7 +72,10 @@ impl Model {
                 let ids = Tensor::new(all.as_slice(), &self.device)?.unsqueeze(0)?;
                 self.forward_with(&ids, None, None, &ctx, None)?
             };
-            let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.squeeze(1)?.squeeze(0)?;
+            let last = logits
+                .narrow(1, logits.dim(1)? - 1, 1)?
+                .squeeze(1)?
+                .squeeze(0)?;
             let last = last.to_dtype(DType::F32)?;
             let tok = lp.sample(&last)?;
             out.push(tok);
@@ -82,10 +96,9 @@ impl Model {
 
     /// Generated text after `prompt`, cut at the first stop string.
     pub fn generate(&self, prompt: &str, o: &GenOpts) -> Result<String> {
-        let tok = self
-            .tokenizer
-            .as_ref()
-            .ok_or_else(|| Error::msg("generate needs a tokenizer (the model directory has no tokenizer.json)"))?;
+        let tok = self.tokenizer.as_ref().ok_or_else(|| {
+            Error::msg("generate needs a tokenizer (the model directory has no tokenizer.json)")
+        })?;
         let ids = tok.encode(prompt, true)?;
         let stop = o.stop.clone();
         let ids = self.generate_ids(&ids, o, true, |so_far| {

@@ -84,11 +84,19 @@ impl Gpt2 {
             n_head,
         };
         if !c.bool_or("tie_word_embeddings", true)? {
-            return Err(Error::config(&c.path, "tie_word_embeddings", "GPT-2 with an untied lm_head is not supported"));
+            return Err(Error::config(
+                &c.path,
+                "tie_word_embeddings",
+                "GPT-2 with an untied lm_head is not supported",
+            ));
         }
         let (e, std) = (cfg.n_embd, cfg.init_std);
         let wte = src.param("transformer.wte.weight", &[cfg.vocab, e], Init::Normal(std))?;
-        let wpe = src.param("transformer.wpe.weight", &[cfg.n_positions, e], Init::Normal(std))?;
+        let wpe = src.param(
+            "transformer.wpe.weight",
+            &[cfg.n_positions, e],
+            Init::Normal(std),
+        )?;
         let mut h = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = format!("transformer.h.{i}");
@@ -138,7 +146,14 @@ impl Arch for Gpt2 {
         self.wte.forward(ids, ctx)
     }
 
-    fn forward_embeds(&self, h: &Tensor, key_mask: &[u8], _types: Option<&Tensor>, past: &mut Past, ctx: &Ctx) -> Result<Tensor> {
+    fn forward_embeds(
+        &self,
+        h: &Tensor,
+        key_mask: &[u8],
+        _types: Option<&Tensor>,
+        past: &mut Past,
+        ctx: &Ctx,
+    ) -> Result<Tensor> {
         let (b, t, e) = h.dims3()?;
         let cfg = &self.cfg;
         if past.len + t > cfg.n_positions {
@@ -167,7 +182,11 @@ impl Arch for Gpt2 {
             let k = qkv.narrow(2, e, e)?.reshape((b, t, nh, hd))?;
             let v = qkv.narrow(2, 2 * e, e)?.reshape((b, t, nh, hd))?;
             let (k, v) = past.extend(l, k, v)?;
-            let mut scale = if cfg.scale_attn_weights { 1.0 / (hd as f32).sqrt() } else { 1.0 };
+            let mut scale = if cfg.scale_attn_weights {
+                1.0 / (hd as f32).sqrt()
+            } else {
+                1.0
+            };
             if cfg.scale_by_layer {
                 scale /= (l + 1) as f32;
             }
@@ -189,13 +208,28 @@ impl Arch for Gpt2 {
         for (i, b) in self.h.iter_mut().enumerate() {
             let p = format!("transformer.h.{i}");
             f(&format!("{p}.ln_1"), ModuleMut::Norm(&mut b.ln_1));
-            f(&format!("{p}.attn.c_attn"), ModuleMut::Linear(&mut b.c_attn));
-            f(&format!("{p}.attn.c_proj"), ModuleMut::Linear(&mut b.attn_c_proj));
+            f(
+                &format!("{p}.attn.c_attn"),
+                ModuleMut::Linear(&mut b.c_attn),
+            );
+            f(
+                &format!("{p}.attn.c_proj"),
+                ModuleMut::Linear(&mut b.attn_c_proj),
+            );
             f(&format!("{p}.ln_2"), ModuleMut::Norm(&mut b.ln_2));
             f(&format!("{p}.mlp.c_fc"), ModuleMut::Linear(&mut b.c_fc));
-            f(&format!("{p}.mlp.c_proj"), ModuleMut::Linear(&mut b.mlp_c_proj));
-            f(&format!("{p}.attention_adapters.adapters"), ModuleMut::Bottleneck(&mut b.bn_attn, BnPlace::Attention));
-            f(&format!("{p}.output_adapters.adapters"), ModuleMut::Bottleneck(&mut b.bn_out, BnPlace::Output));
+            f(
+                &format!("{p}.mlp.c_proj"),
+                ModuleMut::Linear(&mut b.mlp_c_proj),
+            );
+            f(
+                &format!("{p}.attention_adapters.adapters"),
+                ModuleMut::Bottleneck(&mut b.bn_attn, BnPlace::Attention),
+            );
+            f(
+                &format!("{p}.output_adapters.adapters"),
+                ModuleMut::Bottleneck(&mut b.bn_out, BnPlace::Output),
+            );
         }
         f("transformer.ln_f", ModuleMut::Norm(&mut self.ln_f));
         f("lm_head", ModuleMut::Linear(&mut self.lm_head));

@@ -52,17 +52,26 @@ impl Weights {
                 .get("weight_map")
                 .and_then(|m| m.as_object())
                 .ok_or_else(|| Error::config(&indexed, "weight_map", "missing or not an object"))?;
-            let mut shards: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
+            let mut shards: Vec<String> = map
+                .values()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect();
             shards.sort();
             shards.dedup();
-            shards.iter().map(|s| StFile::open(&dir.join(s))).collect::<Result<_>>()?
+            shards
+                .iter()
+                .map(|s| StFile::open(&dir.join(s)))
+                .collect::<Result<_>>()?
         } else if dir.join("pytorch_model.bin").exists() {
             return Err(Error::file(
                 dir,
                 "only pytorch_model.bin found: ftl reads safetensors (convert with transformers' save_pretrained(safe_serialization=True))",
             ));
         } else {
-            return Err(Error::file(dir, "no model.safetensors or model.safetensors.index.json"));
+            return Err(Error::file(
+                dir,
+                "no model.safetensors or model.safetensors.index.json",
+            ));
         };
         let mut index = HashMap::new();
         for (i, f) in files.iter().enumerate() {
@@ -92,11 +101,15 @@ impl Weights {
         if let Some(s) = name.strip_suffix(".bias") {
             cands.push(format!("{s}.beta"));
         }
-        let base: Vec<String> = std::iter::once(name.to_string()).chain(cands.clone()).collect();
+        let base: Vec<String> = std::iter::once(name.to_string())
+            .chain(cands.clone())
+            .collect();
         for b in &base {
             for p in ["transformer.", "bert.", "model."] {
-                if let Some(s) = b.strip_prefix(p) {
-                    cands.push(s.to_string());
+                match b.strip_prefix(p) {
+                    Some(s) => cands.push(s.to_string()),
+                    // a headless model read from a checkpoint with a head
+                    None => cands.push(format!("{p}{b}")),
                 }
             }
         }
@@ -186,6 +199,8 @@ impl Source for RandomInit {
 pub struct LoadOpts {
     pub dtype: Option<DType>,
     pub device: Device,
+    /// false: load a classifier checkpoint as its bare encoder (HF's `AutoModel`)
+    pub head: bool,
 }
 
 impl Default for LoadOpts {
@@ -193,6 +208,7 @@ impl Default for LoadOpts {
         LoadOpts {
             dtype: None,
             device: Device::Cpu,
+            head: true,
         }
     }
 }
@@ -206,9 +222,13 @@ pub fn load(dir: &Path, opts: &LoadOpts) -> Result<Model> {
     }
     let cfg_path = dir.join("config.json");
     let config = read_json(&cfg_path)?;
-    let dtype = opts.dtype.unwrap_or(if opts.device.is_cpu() { DType::F32 } else { DType::BF16 });
+    let dtype = opts.dtype.unwrap_or(if opts.device.is_cpu() {
+        DType::F32
+    } else {
+        DType::BF16
+    });
     let weights = Weights::open(dir, dtype, &opts.device)?;
-    let mut m = build(&config, &cfg_path, &weights, dtype, &opts.device)?;
+    let mut m = build(&config, &cfg_path, &weights, dtype, &opts.device, opts.head)?;
     m.dir = Some(dir.to_path_buf());
     let tok = dir.join("tokenizer.json");
     if tok.exists() {
@@ -218,19 +238,29 @@ pub fn load(dir: &Path, opts: &LoadOpts) -> Result<Model> {
 }
 
 /// Builds a model of `config`'s `model_type` from `src`.
-pub fn build(config: &serde_json::Value, cfg_path: &Path, src: &dyn Source, dtype: DType, device: &Device) -> Result<Model> {
+pub fn build(
+    config: &serde_json::Value,
+    cfg_path: &Path,
+    src: &dyn Source,
+    dtype: DType,
+    device: &Device,
+    head: bool,
+) -> Result<Model> {
     let cfg = Cfg::new(config, cfg_path);
     let mt = cfg.str_or("model_type", "")?;
     let arch: Box<dyn super::Arch> = match mt {
         "llama" | "mistral" | "qwen2" => Box::new(super::llama::Llama::load(&cfg, src)?),
         "gpt2" => Box::new(super::gpt2::Gpt2::load(&cfg, src)?),
-        "bert" => Box::new(super::bert::Bert::load(&cfg, src)?),
+        "bert" => Box::new(super::bert::Bert::load(&cfg, src, head)?),
         "" => return Err(Error::config(cfg_path, "model_type", "missing")),
         other => {
             return Err(Error::config(
                 cfg_path,
                 "model_type",
-                format!("unsupported model_type `{other}` (supported: {})", SUPPORTED.join(", ")),
+                format!(
+                    "unsupported model_type `{other}` (supported: {})",
+                    SUPPORTED.join(", ")
+                ),
             ))
         }
     };

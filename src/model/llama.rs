@@ -59,7 +59,13 @@ impl LlamaConfig {
         let windows = match c.v.get("layer_types").and_then(|v| v.as_array()) {
             Some(types) => types
                 .iter()
-                .map(|t| if t.as_str() == Some("sliding_attention") { window } else { None })
+                .map(|t| {
+                    if t.as_str() == Some("sliding_attention") {
+                        window
+                    } else {
+                        None
+                    }
+                })
                 .collect(),
             None => {
                 let use_sw = match model_type.as_str() {
@@ -69,7 +75,13 @@ impl LlamaConfig {
                 };
                 let max_window_layers = c.usize_or("max_window_layers", layers)?;
                 (0..layers)
-                    .map(|i| if use_sw && (model_type != "qwen2" || i >= max_window_layers) { window } else { None })
+                    .map(|i| {
+                        if use_sw && (model_type != "qwen2" || i >= max_window_layers) {
+                            window
+                        } else {
+                            None
+                        }
+                    })
                     .collect()
             }
         };
@@ -97,7 +109,14 @@ impl LlamaConfig {
     }
 }
 
-pub(crate) fn linear(src: &dyn Source, path: &str, inp: usize, out: usize, bias: bool, std: f64) -> Result<Linear> {
+pub(crate) fn linear(
+    src: &dyn Source,
+    path: &str,
+    inp: usize,
+    out: usize,
+    bias: bool,
+    std: f64,
+) -> Result<Linear> {
     let w = src.param(&format!("{path}.weight"), &[out, inp], Init::Normal(std))?;
     let b = if bias {
         Some(src.param(&format!("{path}.bias"), &[out], Init::Zeros)?)
@@ -151,7 +170,11 @@ impl Llama {
     pub fn load(c: &Cfg, src: &dyn Source) -> Result<Self> {
         let (cfg, rope) = LlamaConfig::parse(c)?;
         let (h, hd, std) = (cfg.hidden, cfg.head_dim, cfg.init_std);
-        let embed = src.param("model.embed_tokens.weight", &[cfg.vocab, h], Init::Normal(std))?;
+        let embed = src.param(
+            "model.embed_tokens.weight",
+            &[cfg.vocab, h],
+            Init::Normal(std),
+        )?;
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let p = format!("model.layers.{i}");
@@ -160,16 +183,70 @@ impl Llama {
             layers.push(Layer {
                 input_layernorm: rms(src, &format!("{p}.input_layernorm"), h, cfg.eps)?,
                 self_attn: Attention {
-                    q_proj: linear(src, &format!("{a}.q_proj"), h, cfg.heads * hd, cfg.qkv_bias, std)?,
-                    k_proj: linear(src, &format!("{a}.k_proj"), h, cfg.kv_heads * hd, cfg.qkv_bias, std)?,
-                    v_proj: linear(src, &format!("{a}.v_proj"), h, cfg.kv_heads * hd, cfg.qkv_bias, std)?,
-                    o_proj: linear(src, &format!("{a}.o_proj"), cfg.heads * hd, h, cfg.o_bias, std)?,
+                    q_proj: linear(
+                        src,
+                        &format!("{a}.q_proj"),
+                        h,
+                        cfg.heads * hd,
+                        cfg.qkv_bias,
+                        std,
+                    )?,
+                    k_proj: linear(
+                        src,
+                        &format!("{a}.k_proj"),
+                        h,
+                        cfg.kv_heads * hd,
+                        cfg.qkv_bias,
+                        std,
+                    )?,
+                    v_proj: linear(
+                        src,
+                        &format!("{a}.v_proj"),
+                        h,
+                        cfg.kv_heads * hd,
+                        cfg.qkv_bias,
+                        std,
+                    )?,
+                    o_proj: linear(
+                        src,
+                        &format!("{a}.o_proj"),
+                        cfg.heads * hd,
+                        h,
+                        cfg.o_bias,
+                        std,
+                    )?,
                 },
-                post_attention_layernorm: rms(src, &format!("{p}.post_attention_layernorm"), h, cfg.eps)?,
+                post_attention_layernorm: rms(
+                    src,
+                    &format!("{p}.post_attention_layernorm"),
+                    h,
+                    cfg.eps,
+                )?,
                 mlp: Mlp {
-                    gate_proj: linear(src, &format!("{m}.gate_proj"), h, cfg.intermediate, cfg.mlp_bias, std)?,
-                    up_proj: linear(src, &format!("{m}.up_proj"), h, cfg.intermediate, cfg.mlp_bias, std)?,
-                    down_proj: linear(src, &format!("{m}.down_proj"), cfg.intermediate, h, cfg.mlp_bias, std)?,
+                    gate_proj: linear(
+                        src,
+                        &format!("{m}.gate_proj"),
+                        h,
+                        cfg.intermediate,
+                        cfg.mlp_bias,
+                        std,
+                    )?,
+                    up_proj: linear(
+                        src,
+                        &format!("{m}.up_proj"),
+                        h,
+                        cfg.intermediate,
+                        cfg.mlp_bias,
+                        std,
+                    )?,
+                    down_proj: linear(
+                        src,
+                        &format!("{m}.down_proj"),
+                        cfg.intermediate,
+                        h,
+                        cfg.mlp_bias,
+                        std,
+                    )?,
                 },
                 bn_attn: Vec::new(),
                 bn_out: Vec::new(),
@@ -193,17 +270,36 @@ impl Llama {
 }
 
 impl Attention {
-    fn forward(&self, x: &Tensor, l: usize, cfg: &LlamaConfig, rope: &Rope, mask: &AttnMask, past: &mut Past, ctx: &Ctx) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        l: usize,
+        cfg: &LlamaConfig,
+        rope: &Rope,
+        mask: &AttnMask,
+        past: &mut Past,
+        ctx: &Ctx,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let hd = cfg.head_dim;
-        let q = self.q_proj.forward(x, ctx)?.reshape((b, t, cfg.heads, hd))?;
-        let k = self.k_proj.forward(x, ctx)?.reshape((b, t, cfg.kv_heads, hd))?;
-        let v = self.v_proj.forward(x, ctx)?.reshape((b, t, cfg.kv_heads, hd))?;
+        let q = self
+            .q_proj
+            .forward(x, ctx)?
+            .reshape((b, t, cfg.heads, hd))?;
+        let k = self
+            .k_proj
+            .forward(x, ctx)?
+            .reshape((b, t, cfg.kv_heads, hd))?;
+        let v = self
+            .v_proj
+            .forward(x, ctx)?
+            .reshape((b, t, cfg.kv_heads, hd))?;
         let q = ops::rope(&q, rope, mask.offset)?;
         let k = ops::rope(&k, rope, mask.offset)?;
         let (k, v) = past.extend(l, k, v)?;
         let o = ops::attention(&q, &k, &v, mask, 1.0 / (hd as f32).sqrt())?;
-        self.o_proj.forward(&o.reshape((b, t, cfg.heads * hd))?, ctx)
+        self.o_proj
+            .forward(&o.reshape((b, t, cfg.heads * hd))?, ctx)
     }
 }
 
@@ -231,7 +327,14 @@ impl Arch for Llama {
         self.embed_tokens.forward(ids, ctx)
     }
 
-    fn forward_embeds(&self, h: &Tensor, key_mask: &[u8], _types: Option<&Tensor>, past: &mut Past, ctx: &Ctx) -> Result<Tensor> {
+    fn forward_embeds(
+        &self,
+        h: &Tensor,
+        key_mask: &[u8],
+        _types: Option<&Tensor>,
+        past: &mut Past,
+        ctx: &Ctx,
+    ) -> Result<Tensor> {
         let key_valid = Arc::new(key_mask.to_vec());
         let mut h = h.clone();
         for (l, layer) in self.layers.iter().enumerate() {
@@ -242,12 +345,17 @@ impl Arch for Llama {
                 window: self.cfg.windows[l],
             };
             let x = layer.input_layernorm.forward(&h, ctx)?;
-            let a = layer.self_attn.forward(&x, l, &self.cfg, &self.rope, &mask, past, ctx)?;
+            let a = layer
+                .self_attn
+                .forward(&x, l, &self.cfg, &self.rope, &mask, past, ctx)?;
             h = bottleneck::pre_norm(&layer.bn_attn, &a, &h, ctx)?;
             let x = layer.post_attention_layernorm.forward(&h, ctx)?;
             let gate = layer.mlp.gate_proj.forward(&x, ctx)?;
             let up = layer.mlp.up_proj.forward(&x, ctx)?;
-            let m = layer.mlp.down_proj.forward(&ops::act::act_mul(self.cfg.act, &gate, &up)?, ctx)?;
+            let m = layer
+                .mlp
+                .down_proj
+                .forward(&ops::act::act_mul(self.cfg.act, &gate, &up)?, ctx)?;
             h = bottleneck::pre_norm(&layer.bn_out, &m, &h, ctx)?;
         }
         let h = self.norm.forward(&h, ctx)?;
@@ -255,20 +363,56 @@ impl Arch for Llama {
     }
 
     fn visit(&mut self, f: &mut dyn FnMut(&str, ModuleMut<'_>)) {
-        f("model.embed_tokens", ModuleMut::Embedding(&mut self.embed_tokens));
+        f(
+            "model.embed_tokens",
+            ModuleMut::Embedding(&mut self.embed_tokens),
+        );
         for (i, l) in self.layers.iter_mut().enumerate() {
             let p = format!("model.layers.{i}");
-            f(&format!("{p}.input_layernorm"), ModuleMut::Norm(&mut l.input_layernorm));
-            f(&format!("{p}.self_attn.q_proj"), ModuleMut::Linear(&mut l.self_attn.q_proj));
-            f(&format!("{p}.self_attn.k_proj"), ModuleMut::Linear(&mut l.self_attn.k_proj));
-            f(&format!("{p}.self_attn.v_proj"), ModuleMut::Linear(&mut l.self_attn.v_proj));
-            f(&format!("{p}.self_attn.o_proj"), ModuleMut::Linear(&mut l.self_attn.o_proj));
-            f(&format!("{p}.post_attention_layernorm"), ModuleMut::Norm(&mut l.post_attention_layernorm));
-            f(&format!("{p}.mlp.gate_proj"), ModuleMut::Linear(&mut l.mlp.gate_proj));
-            f(&format!("{p}.mlp.up_proj"), ModuleMut::Linear(&mut l.mlp.up_proj));
-            f(&format!("{p}.mlp.down_proj"), ModuleMut::Linear(&mut l.mlp.down_proj));
-            f(&format!("{p}.attention_adapters.adapters"), ModuleMut::Bottleneck(&mut l.bn_attn, BnPlace::Attention));
-            f(&format!("{p}.output_adapters.adapters"), ModuleMut::Bottleneck(&mut l.bn_out, BnPlace::Output));
+            f(
+                &format!("{p}.input_layernorm"),
+                ModuleMut::Norm(&mut l.input_layernorm),
+            );
+            f(
+                &format!("{p}.self_attn.q_proj"),
+                ModuleMut::Linear(&mut l.self_attn.q_proj),
+            );
+            f(
+                &format!("{p}.self_attn.k_proj"),
+                ModuleMut::Linear(&mut l.self_attn.k_proj),
+            );
+            f(
+                &format!("{p}.self_attn.v_proj"),
+                ModuleMut::Linear(&mut l.self_attn.v_proj),
+            );
+            f(
+                &format!("{p}.self_attn.o_proj"),
+                ModuleMut::Linear(&mut l.self_attn.o_proj),
+            );
+            f(
+                &format!("{p}.post_attention_layernorm"),
+                ModuleMut::Norm(&mut l.post_attention_layernorm),
+            );
+            f(
+                &format!("{p}.mlp.gate_proj"),
+                ModuleMut::Linear(&mut l.mlp.gate_proj),
+            );
+            f(
+                &format!("{p}.mlp.up_proj"),
+                ModuleMut::Linear(&mut l.mlp.up_proj),
+            );
+            f(
+                &format!("{p}.mlp.down_proj"),
+                ModuleMut::Linear(&mut l.mlp.down_proj),
+            );
+            f(
+                &format!("{p}.attention_adapters.adapters"),
+                ModuleMut::Bottleneck(&mut l.bn_attn, BnPlace::Attention),
+            );
+            f(
+                &format!("{p}.output_adapters.adapters"),
+                ModuleMut::Bottleneck(&mut l.bn_out, BnPlace::Output),
+            );
         }
         f("model.norm", ModuleMut::Norm(&mut self.norm));
         f("lm_head", ModuleMut::Linear(&mut self.lm_head));

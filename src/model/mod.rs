@@ -73,7 +73,9 @@ impl Ctx {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Task {
     CausalLm,
-    SeqCls { num_labels: usize },
+    SeqCls {
+        num_labels: usize,
+    },
     /// a bare encoder: the last hidden state
     Encoder,
 }
@@ -165,7 +167,14 @@ pub trait Arch: Send + Sync {
     fn embed(&self, ids: &Tensor, ctx: &Ctx) -> Result<Tensor>;
     /// The model after the word embeddings; `key_mask` covers past + current tokens.
     /// `types`: token type ids `[b, t]` (BERT), None for zeros.
-    fn forward_embeds(&self, h: &Tensor, key_mask: &[u8], types: Option<&Tensor>, past: &mut Past, ctx: &Ctx) -> Result<Tensor>;
+    fn forward_embeds(
+        &self,
+        h: &Tensor,
+        key_mask: &[u8],
+        types: Option<&Tensor>,
+        past: &mut Past,
+        ctx: &Ctx,
+    ) -> Result<Tensor>;
     /// Every leaf layer with its HF module path.
     fn visit(&mut self, f: &mut dyn FnMut(&str, ModuleMut<'_>));
     /// Whether the output embedding shares the input embedding's weight.
@@ -193,7 +202,12 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn new(arch: Box<dyn Arch>, config: serde_json::Value, device: Device, dtype: DType) -> Self {
+    pub fn new(
+        arch: Box<dyn Arch>,
+        config: serde_json::Value,
+        device: Device,
+        dtype: DType,
+    ) -> Self {
         Model {
             arch,
             config,
@@ -296,7 +310,9 @@ impl Model {
         }
         let t_now = h.dim(1)?;
         let full_mask = concat_mask(&past.mask, past.len, &key_mask, t_now, b);
-        let out = self.arch.forward_embeds(&h, &full_mask, types.as_ref(), past, ctx)?;
+        let out = self
+            .arch
+            .forward_embeds(&h, &full_mask, types.as_ref(), past, ctx)?;
         if past.keep {
             past.mask = full_mask;
             past.len += t_now;

@@ -21,7 +21,12 @@ struct State {
 impl std::fmt::Debug for Param {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = self.0.read().unwrap();
-        write!(f, "Param({:?}, trainable={})", s.value.dims(), s.var.is_some())
+        write!(
+            f,
+            "Param({:?}, trainable={})",
+            s.value.dims(),
+            s.var.is_some()
+        )
     }
 }
 
@@ -131,7 +136,10 @@ impl Param {
 
     pub fn copy(&self, name: &str) -> Option<Param> {
         let s = self.0.read().unwrap();
-        s.copies.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+        s.copies
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
     }
 
     pub fn remove_copy(&self, name: &str) -> Option<Param> {
@@ -141,6 +149,12 @@ impl Param {
     }
 
     pub fn copy_names(&self) -> Vec<String> {
-        self.0.read().unwrap().copies.iter().map(|(n, _)| n.clone()).collect()
+        self.0
+            .read()
+            .unwrap()
+            .copies
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 }

@@ -21,14 +21,17 @@ impl Model {
         let mut err = None;
         self.visit(&mut |path, m| {
             if let ModuleMut::Linear(l) = m {
-                let active = l.lora.iter().any(|(n, _)| ctx.is_active(n)) || l.ia3.iter().any(|(n, _)| ctx.is_active(n));
+                let active = l.lora.iter().any(|(n, _)| ctx.is_active(n))
+                    || l.ia3.iter().any(|(n, _)| ctx.is_active(n));
                 if !active {
                     return;
                 }
                 // fold into a scratch copy of the weight, leaving the model untouched
                 let scratch = super::layers::Linear::new(
                     super::Param::frozen(l.weight.get(&ctx).copy().unwrap()),
-                    l.bias.as_ref().map(|b| super::Param::frozen(b.get(&ctx).copy().unwrap())),
+                    l.bias
+                        .as_ref()
+                        .map(|b| super::Param::frozen(b.get(&ctx).copy().unwrap())),
                     l.transposed,
                 );
                 let r: Result<()> = (|| {
@@ -74,7 +77,10 @@ impl Model {
         let state = self.merged_state()?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-        let total: usize = state.values().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum();
+        let total: usize = state
+            .values()
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum();
         if total <= SHARD_BYTES {
             save(&dir.join("model.safetensors"), &state, Some(meta))?;
         } else {

@@ -1,8 +1,8 @@
 //! Activation functions with backward passes, named as HF configs name them.
 
 use super::{fused, needs_grad, slice_f32, with_f32};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use candle_core::cpu::erf::erf_f32;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// The activations HF configs use (`hidden_act`, `activation_function`, AdapterHub's
@@ -80,7 +80,10 @@ impl Activation {
                 let u = C * (x + 0.044715 * x * x * x);
                 let t = u.tanh();
                 let du = C * (1.0 + 3.0 * 0.044715 * x * x);
-                (0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+                (
+                    0.5 * x * (1.0 + t),
+                    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du,
+                )
             }
             Activation::QuickGelu => {
                 let s = 1.0 / (1.0 + (-1.702 * x).exp());
@@ -168,7 +171,13 @@ impl CustomOp2 for SiluMul {
         "ftl-silu-mul"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (g, u) = (slice_f32(s1, l1)?, slice_f32(s2, l2)?);
         let mut y = super::zeros(g.len());
         y.par_chunks_mut(4096)
@@ -182,7 +191,13 @@ impl CustomOp2 for SiluMul {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, gr: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        gr: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (ng, nu) = (needs_grad(gate), needs_grad(up));
         with_f32(gate, |g_| {
             with_f32(up, |u_| {
@@ -204,8 +219,16 @@ impl CustomOp2 for SiluMul {
                                 du[i] = d * g * s;
                             }
                         });
-                    let dg = if ng { Some(super::from_vec(dg, gate.shape())?) } else { None };
-                    let du = if nu { Some(super::from_vec(du, up.shape())?) } else { None };
+                    let dg = if ng {
+                        Some(super::from_vec(dg, gate.shape())?)
+                    } else {
+                        None
+                    };
+                    let du = if nu {
+                        Some(super::from_vec(du, up.shape())?)
+                    } else {
+                        None
+                    };
                     Ok((dg, du))
                 })
             })

@@ -59,7 +59,13 @@ impl AttnMask {
 }
 
 /// `q` `[b, tq, h, d]`, `k`/`v` `[b, tk, hkv, d]` → `[b, tq, h, d]`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, scale: f32) -> Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &AttnMask,
+    scale: f32,
+) -> Result<Tensor> {
     let (b, _, h, d) = q.dims4()?;
     let (bk, tk, hkv, dk) = k.dims4()?;
     if bk != b || dk != d || v.dims4()? != (b, tk, hkv, d) || h % hkv != 0 {
@@ -72,7 +78,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, scale: f32
     }
     if let Some(kv) = &mask.key_valid {
         if kv.len() != b * tk {
-            candle_core::bail!("attention: mask covers {} keys, expected {}", kv.len(), b * tk);
+            candle_core::bail!(
+                "attention: mask covers {} keys, expected {}",
+                kv.len(),
+                b * tk
+            );
         }
     }
     if fused(q) && fused(k) && fused(v) {
@@ -83,7 +93,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, scale: f32
             probs: Mutex::new(None),
             save,
         };
-        return q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op);
+        return q
+            .contiguous()?
+            .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
     }
     composed(q, k, v, mask, scale)
 }
@@ -159,7 +171,14 @@ impl Attn {
     }
 
     fn forward(&self, q: &[f32], k: &[f32], v: &[f32], dm: &Dims) -> (Vec<f32>, Option<Vec<f32>>) {
-        let Dims { b, tq, tk, h, hkv, d } = *dm;
+        let Dims {
+            b,
+            tq,
+            tk,
+            h,
+            hkv,
+            d,
+        } = *dm;
         let rep = h / hkv;
         let mut out = super::zeros(b * tq * h * d);
         let mut probs = super::zeros(b * h * tq * tk);
@@ -234,8 +253,20 @@ impl CustomOp3 for Attn {
     ) -> Result<(CpuStorage, Shape)> {
         let (b, tq, h, d) = l1.shape().dims4()?;
         let (_, tk, hkv, _) = l2.shape().dims4()?;
-        let dm = Dims { b, tq, tk, h, hkv, d };
-        let (out, probs) = self.forward(slice_f32(s1, l1)?, slice_f32(s2, l2)?, slice_f32(s3, l3)?, &dm);
+        let dm = Dims {
+            b,
+            tq,
+            tk,
+            h,
+            hkv,
+            d,
+        };
+        let (out, probs) = self.forward(
+            slice_f32(s1, l1)?,
+            slice_f32(s2, l2)?,
+            slice_f32(s3, l3)?,
+            &dm,
+        );
         *self.probs.lock().unwrap() = probs.map(Arc::new);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -258,7 +289,11 @@ impl CustomOp3 for Attn {
         let mut dq = super::zeros(b * tq * h * d);
         let mut dk = super::zeros(b * tk * hkv * d);
         let mut dv = super::zeros(b * tk * hkv * d);
-        let (dqp, dkp, dvp) = (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
+        let (dqp, dkp, dvp) = (
+            SendPtr(dq.as_mut_ptr()),
+            SendPtr(dk.as_mut_ptr()),
+            SendPtr(dv.as_mut_ptr()),
+        );
         let scale = self.scale;
         with_f32(q, |q_| {
             with_f32(k, |k_| {
@@ -270,7 +305,8 @@ impl CustomOp3 for Attn {
                             let mut dp = vec![0f32; tq * tk];
                             let koff = (bi * tk * hkv + g) * d;
                             for hi in g * rep..(g + 1) * rep {
-                                let p = &probs[(bi * h + hi) * tq * tk..(bi * h + hi + 1) * tq * tk];
+                                let p =
+                                    &probs[(bi * h + hi) * tq * tk..(bi * h + hi + 1) * tq * tk];
                                 let qoff = (bi * tq * h + hi) * d;
                                 unsafe {
                                     // dV[tk,d] += Pᵀ[tk,tq]·dO[tq,d]
@@ -312,7 +348,8 @@ impl CustomOp3 for Attn {
                                 for i in 0..tq {
                                     let pr = &p[i * tk..(i + 1) * tk];
                                     let dr = &mut dp[i * tk..(i + 1) * tk];
-                                    let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+                                    let dot: f32 =
+                                        pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
                                     for j in 0..tk {
                                         dr[j] = pr[j] * (dr[j] - dot) * scale;
                                     }
@@ -382,7 +419,11 @@ mod tests {
         let k = var(&[2, 7, 2, 8], 2)?;
         let v = var(&[2, 7, 2, 8], 3)?;
         let masks = [
-            AttnMask { causal: true, offset: 2, ..Default::default() },
+            AttnMask {
+                causal: true,
+                offset: 2,
+                ..Default::default()
+            },
             AttnMask {
                 causal: true,
                 offset: 2,

@@ -55,7 +55,15 @@ impl LinearOp {
         }
     }
 
-    fn forward(&self, x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f32> {
+    fn forward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        b: Option<&[f32]>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Vec<f32> {
         let mut y = super::zeros(m * n);
         if let Some(b) = b {
             y.par_chunks_mut(n).for_each(|row| row.copy_from_slice(b));
@@ -213,13 +221,25 @@ impl CustomOp2 for LinearOp {
         "ftl-linear"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (m, n, k, shape) = self.dims(l1, l2)?;
         let y = self.forward(slice_f32(s1, l1)?, slice_f32(s2, l2)?, None, m, n, k);
         Ok((CpuStorage::F32(y), shape))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (gx, gw, _) = self.backward(x, w, None, g)?;
         Ok((gx, gw))
     }
@@ -273,10 +293,21 @@ mod tests {
             let b = var(&[3], 3)?;
             check_fused_vs_composed(
                 &[&x, &w, &b],
-                || linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), transposed),
+                || {
+                    linear(
+                        x.as_tensor(),
+                        w.as_tensor(),
+                        Some(b.as_tensor()),
+                        transposed,
+                    )
+                },
                 1e-5,
             )?;
-            check_fused_vs_composed(&[&x, &w], || linear(x.as_tensor(), w.as_tensor(), None, transposed), 1e-5)?;
+            check_fused_vs_composed(
+                &[&x, &w],
+                || linear(x.as_tensor(), w.as_tensor(), None, transposed),
+                1e-5,
+            )?;
         }
         Ok(())
     }

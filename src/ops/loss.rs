@@ -14,7 +14,10 @@ pub fn cross_entropy_sum(logits: &Tensor, labels: &[i64]) -> Result<Tensor> {
     if labels.len() != n {
         candle_core::bail!("cross_entropy: {} labels for {n} rows", labels.len());
     }
-    if let Some(bad) = labels.iter().find(|&&l| l != IGNORE_INDEX && (l < 0 || l as usize >= v)) {
+    if let Some(bad) = labels
+        .iter()
+        .find(|&&l| l != IGNORE_INDEX && (l < 0 || l as usize >= v))
+    {
         candle_core::bail!("cross_entropy: label {bad} outside 0..{v}");
     }
     if fused(logits) {
@@ -23,8 +26,14 @@ pub fn cross_entropy_sum(logits: &Tensor, labels: &[i64]) -> Result<Tensor> {
         });
     }
     let lsm = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
-    let idx: Vec<u32> = labels.iter().map(|&l| if l < 0 { 0 } else { l as u32 }).collect();
-    let keep: Vec<f32> = labels.iter().map(|&l| if l < 0 { 0.0 } else { 1.0 }).collect();
+    let idx: Vec<u32> = labels
+        .iter()
+        .map(|&l| if l < 0 { 0 } else { l as u32 })
+        .collect();
+    let keep: Vec<f32> = labels
+        .iter()
+        .map(|&l| if l < 0 { 0.0 } else { 1.0 })
+        .collect();
     let dev = logits.device();
     let idx = Tensor::from_vec(idx, (n, 1), &Device::Cpu)?.to_device(dev)?;
     let keep = Tensor::from_vec(keep, n, &Device::Cpu)?.to_device(dev)?;
@@ -68,7 +77,10 @@ impl CustomOp1 for CrossEntropy {
         if !super::needs_grad(x) {
             return Ok(None);
         }
-        let gs: f32 = g.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_scalar()?;
+        let gs: f32 = g
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?
+            .to_scalar()?;
         let v = x.dim(1)?;
         with_f32(x, |x_| {
             let mut d = super::zeros(x_.len());

@@ -166,7 +166,11 @@ pub(crate) mod testutil {
                     assert!(e < tol, "grad {i} differs: {e}")
                 }
                 (None, None) => {}
-                _ => panic!("grad {i}: fused {:?} composed {:?}", a.is_some(), b.is_some()),
+                _ => panic!(
+                    "grad {i}: fused {:?} composed {:?}",
+                    a.is_some(),
+                    b.is_some()
+                ),
             }
         }
         Ok(())

@@ -7,7 +7,9 @@ use rayon::prelude::*;
 /// HF's `LlamaRMSNorm`: normalise in f32, cast back, then scale by `w`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     if fused(x) && fused(w) {
-        return x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 });
+        return x
+            .contiguous()?
+            .apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 });
     }
     let dt = x.dtype();
     let xf = x.to_dtype(DType::F32)?;
@@ -19,9 +21,11 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 /// `torch.nn.LayerNorm` over the last dimension (biased variance).
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
     if fused(x) && fused(w) && fused(b) {
-        return x
-            .contiguous()?
-            .apply_op3(&w.contiguous()?, &b.contiguous()?, LayerNorm { eps: eps as f32 });
+        return x.contiguous()?.apply_op3(
+            &w.contiguous()?,
+            &b.contiguous()?,
+            LayerNorm { eps: eps as f32 },
+        );
     }
     let dt = x.dtype();
     let xf = x.to_dtype(DType::F32)?;
@@ -72,23 +76,37 @@ impl CustomOp2 for RmsNorm {
         "ftl-rms-norm"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (x, w) = (slice_f32(s1, l1)?, slice_f32(s2, l2)?);
         let (_, n) = rows_of(l1);
         if w.len() != n {
             candle_core::bail!("rms_norm: weight has {} entries, hidden size {n}", w.len());
         }
         let mut y = super::zeros(x.len());
-        y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(yr, xr)| {
-            let r = inv_rms(xr, self.eps);
-            for i in 0..n {
-                yr[i] = w[i] * (xr[i] * r);
-            }
-        });
+        y.par_chunks_mut(n)
+            .zip(x.par_chunks(n))
+            .for_each(|(yr, xr)| {
+                let r = inv_rms(xr, self.eps);
+                for i in 0..n {
+                    yr[i] = w[i] * (xr[i] * r);
+                }
+            });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let n = x.dim(D::Minus1)?;
         let rows = x.elem_count() / n.max(1);
         let eps = self.eps;
@@ -166,12 +184,14 @@ impl CustomOp3 for LayerNorm {
             candle_core::bail!("layer_norm: weight/bias size differs from hidden size {n}");
         }
         let mut y = super::zeros(x.len());
-        y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(yr, xr)| {
-            let (mu, r) = moments(xr, self.eps);
-            for i in 0..n {
-                yr[i] = (xr[i] - mu) * r * w[i] + b[i];
-            }
-        });
+        y.par_chunks_mut(n)
+            .zip(x.par_chunks(n))
+            .for_each(|(yr, xr)| {
+                let (mu, r) = moments(xr, self.eps);
+                for i in 0..n {
+                    yr[i] = (xr[i] - mu) * r * w[i] + b[i];
+                }
+            });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -245,7 +265,11 @@ mod tests {
     fn rms_norm_fused_matches_composed() -> Result<()> {
         let x = var(&[3, 4, 16], 1)?;
         let w = var(&[16], 2)?;
-        check_fused_vs_composed(&[&x, &w], || rms_norm(x.as_tensor(), w.as_tensor(), 1e-5), 1e-5)
+        check_fused_vs_composed(
+            &[&x, &w],
+            || rms_norm(x.as_tensor(), w.as_tensor(), 1e-5),
+            1e-5,
+        )
     }
 
     #[test]

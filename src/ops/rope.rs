@@ -66,7 +66,10 @@ pub fn default_inv_freq(base: f64, dim: usize) -> Vec<f32> {
 pub fn rope(x: &Tensor, r: &Rope, offset: usize) -> Result<Tensor> {
     let (_, t, _, d) = x.dims4()?;
     if d != r.head_dim() {
-        candle_core::bail!("rope: head_dim {d} but the rotary table has {}", r.head_dim());
+        candle_core::bail!(
+            "rope: head_dim {d} but the rotary table has {}",
+            r.head_dim()
+        );
     }
     let (cos, sin) = r.tables(offset, t);
     if fused(x) {
@@ -80,8 +83,12 @@ pub fn rope(x: &Tensor, r: &Rope, offset: usize) -> Result<Tensor> {
     let dev = x.device();
     let cos = Tensor::from_vec(cos, (t, h), &Device::Cpu)?.to_device(dev)?;
     let sin = Tensor::from_vec(sin, (t, h), &Device::Cpu)?.to_device(dev)?;
-    let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?.reshape((1, t, 1, d))?.to_dtype(x.dtype())?;
-    let sin = Tensor::cat(&[&sin, &sin], D::Minus1)?.reshape((1, t, 1, d))?.to_dtype(x.dtype())?;
+    let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?
+        .reshape((1, t, 1, d))?
+        .to_dtype(x.dtype())?;
+    let sin = Tensor::cat(&[&sin, &sin], D::Minus1)?
+        .reshape((1, t, 1, d))?
+        .to_dtype(x.dtype())?;
     let x1 = x.narrow(D::Minus1, 0, h)?;
     let x2 = x.narrow(D::Minus1, h, h)?;
     let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;

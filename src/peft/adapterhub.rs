@@ -24,7 +24,10 @@ fn file_key(pname: &str, name: &str) -> String {
 }
 
 pub fn save(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
-    let info = m.adapter(name).cloned().ok_or_else(|| Error::msg(format!("no adapter named `{name}`")))?;
+    let info = m
+        .adapter(name)
+        .cloned()
+        .ok_or_else(|| Error::msg(format!("no adapter named `{name}`")))?;
     let Method::Bottleneck(cfg) = &info.method else {
         return Err(Error::msg(format!("`{name}` is not a bottleneck adapter")));
     };
@@ -77,15 +80,26 @@ pub fn load(m: &mut Model, dir: &Path, cfg: &Value, o: &LoadAdapterOpts) -> Resu
     let raw = match cfg.get("config") {
         Some(Value::String(s)) => BnConfig::preset(s)?,
         Some(v @ Value::Object(_)) => v.clone(),
-        _ => return Err(Error::config(&cfg_path, "config", "missing or not an object")),
+        _ => {
+            return Err(Error::config(
+                &cfg_path,
+                "config",
+                "missing or not an object",
+            ))
+        }
     };
     let legacy = cfg.get("version").is_none();
-    let bn = BnConfig::from_json(&raw, legacy).map_err(|e| Error::config(&cfg_path, "config", e.to_string()))?;
+    let bn = BnConfig::from_json(&raw, legacy)
+        .map_err(|e| Error::config(&cfg_path, "config", e.to_string()))?;
     let name = o.name.clone().unwrap_or_else(|| m.fresh_name("default"));
     let file = StFile::open(&st_path)?;
     m.attach_bottleneck(&name, &bn)?;
     let r = (|| -> Result<()> {
-        let keys: BTreeMap<String, String> = file.names.iter().map(|k| (legacy_rename(k), k.clone())).collect();
+        let keys: BTreeMap<String, String> = file
+            .names
+            .iter()
+            .map(|k| (legacy_rename(k), k.clone()))
+            .collect();
         let mut used = 0;
         let params = m.adapter_params(&name);
         for (pname, p) in &params {

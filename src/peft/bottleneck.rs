@@ -90,12 +90,19 @@ impl BnConfig {
     pub fn from_json(v: &Value, legacy_gelu: bool) -> Result<Self> {
         if let Some(a) = field(v, "architecture") {
             if a.as_str() != Some("bottleneck") {
-                return Err(Error::msg(format!("not a bottleneck adapter (architecture {a})")));
+                return Err(Error::msg(format!(
+                    "not a bottleneck adapter (architecture {a})"
+                )));
             }
         }
         let b = |k: &str, d: bool| field(v, k).and_then(|x| x.as_bool()).unwrap_or(d);
-        let req = |k: &str| field(v, k).ok_or_else(|| Error::msg(format!("bottleneck config: missing `{k}`")));
-        let mut nl = req("non_linearity")?.as_str().unwrap_or("relu").to_lowercase();
+        let req = |k: &str| {
+            field(v, k).ok_or_else(|| Error::msg(format!("bottleneck config: missing `{k}`")))
+        };
+        let mut nl = req("non_linearity")?
+            .as_str()
+            .unwrap_or("relu")
+            .to_lowercase();
         if legacy_gelu {
             nl = match nl.as_str() {
                 "gelu" => "gelu_new".into(),
@@ -108,19 +115,30 @@ impl BnConfig {
             Some(Value::Bool(true)) => Residual::Before,
             Some(Value::Bool(false)) => Residual::After,
             Some(Value::String(s)) if s == "post_add" => Residual::PostAdd,
-            Some(o) => return Err(Error::msg(format!("bottleneck config: residual_before_ln {o}"))),
+            Some(o) => {
+                return Err(Error::msg(format!(
+                    "bottleneck config: residual_before_ln {o}"
+                )))
+            }
         };
         let scaling = match field(v, "scaling") {
             None => Scaling::Fixed(1.0),
             Some(Value::String(s)) if s == "learned" => Scaling::Learned,
             Some(Value::String(s)) if s == "channel" => Scaling::Channel,
-            Some(x) => Scaling::Fixed(x.as_f64().ok_or_else(|| Error::msg(format!("bottleneck config: scaling {x}")))?),
+            Some(x) => Scaling::Fixed(
+                x.as_f64()
+                    .ok_or_else(|| Error::msg(format!("bottleneck config: scaling {x}")))?,
+            ),
         };
         if b("phm_layer", false) {
-            return Err(Error::msg("Compacter (phm_layer) adapters are not supported"));
+            return Err(Error::msg(
+                "Compacter (phm_layer) adapters are not supported",
+            ));
         }
         if field(v, "inv_adapter").is_some() {
-            return Err(Error::msg("invertible adapters (inv_adapter) are not supported"));
+            return Err(Error::msg(
+                "invertible adapters (inv_adapter) are not supported",
+            ));
         }
         Ok(BnConfig {
             mh_adapter: req("mh_adapter")?.as_bool().unwrap_or(false),
@@ -138,17 +156,28 @@ impl BnConfig {
             is_parallel: b("is_parallel", false),
             leave_out: field(v, "leave_out")
                 .and_then(|l| l.as_array())
-                .map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as usize)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_u64().map(|x| x as usize))
+                        .collect()
+                })
                 .unwrap_or_default(),
             dropout: field(v, "dropout").and_then(|x| x.as_f64()).unwrap_or(0.0) as f32,
-            init_weights: field(v, "init_weights").and_then(|x| x.as_str()).unwrap_or("bert").to_string(),
+            init_weights: field(v, "init_weights")
+                .and_then(|x| x.as_str())
+                .unwrap_or("bert")
+                .to_string(),
             raw: v.clone(),
         })
     }
 
     pub fn activation(&self) -> Result<Activation> {
-        Activation::parse(&self.non_linearity)
-            .ok_or_else(|| Error::msg(format!("bottleneck: unsupported non_linearity `{}`", self.non_linearity)))
+        Activation::parse(&self.non_linearity).ok_or_else(|| {
+            Error::msg(format!(
+                "bottleneck: unsupported non_linearity `{}`",
+                self.non_linearity
+            ))
+        })
     }
 
     /// Whether a slot at `place` in layer `layer` gets an adapter.
@@ -166,7 +195,11 @@ impl BnConfig {
             Value::Object(m) => layer
                 .and_then(|l| m.get(&l.to_string()))
                 .or_else(|| m.get("default"))
-                .ok_or_else(|| Error::msg("reduction_factor map has no entry for this layer and no \"default\""))?,
+                .ok_or_else(|| {
+                    Error::msg(
+                        "reduction_factor map has no entry for this layer and no \"default\"",
+                    )
+                })?,
             x => x,
         };
         let rf = rf
@@ -226,14 +259,28 @@ pub struct Bottleneck {
 impl Bottleneck {
     /// A new adapter: down-projection kaiming-uniform, up-projection zero (the identity), as
     /// AdapterHub's `mam_adapter` init.
-    pub fn init(cfg: &BnConfig, hidden: usize, seed: u64, path: &str, device: &Device, dtype: DType) -> Result<Self> {
+    pub fn init(
+        cfg: &BnConfig,
+        hidden: usize,
+        seed: u64,
+        path: &str,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let d = cfg.width(hidden, crate::peft::target::layer_of(path))?;
         let mut rng = crate::peft::lora::rng_for(seed, path);
         let mk = |v: Vec<f32>, shape: &[usize]| -> Result<Param> {
-            Param::trainable(&Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?)
+            Param::trainable(
+                &Tensor::from_vec(v, shape, &Device::Cpu)?
+                    .to_dtype(dtype)?
+                    .to_device(device)?,
+            )
         };
         let ln = |mk: &dyn Fn(Vec<f32>, &[usize]) -> Result<Param>| -> Result<(Param, Param)> {
-            Ok((mk(vec![1.0; hidden], &[hidden])?, mk(vec![0.0; hidden], &[hidden])?))
+            Ok((
+                mk(vec![1.0; hidden], &[hidden])?,
+                mk(vec![0.0; hidden], &[hidden])?,
+            ))
         };
         let down_w = crate::peft::lora::uniform(&mut rng, d * hidden, 1.0 / (hidden as f32).sqrt());
         let gate_w = crate::peft::lora::normal(&mut rng, hidden, 0.02);
@@ -300,7 +347,12 @@ impl Bottleneck {
         if let Some(n) = &self.norm_before {
             dn = Self::layer_norm(n, &dn, ctx)?;
         }
-        let dn = self.act.apply(&ops::linear(&dn, &self.down_w.get(ctx), Some(&self.down_b.get(ctx)), false)?)?;
+        let dn = self.act.apply(&ops::linear(
+            &dn,
+            &self.down_w.get(ctx),
+            Some(&self.down_b.get(ctx)),
+            false,
+        )?)?;
         let mut up = ops::linear(&dn, &self.up_w.get(ctx), Some(&self.up_b.get(ctx)), false)?;
         up = match (&self.cfg.scaling, &self.scaling) {
             (Scaling::Fixed(s), _) => {
@@ -351,7 +403,11 @@ impl Bottleneck {
             return post(out);
         }
         let mut h = f.clone();
-        let mut res = if c.residual_before_ln == Residual::Before { Some(h.clone()) } else { None };
+        let mut res = if c.residual_before_ln == Residual::Before {
+            Some(h.clone())
+        } else {
+            None
+        };
         if c.original_ln_before {
             h = (h + r)?;
             if let Some(n) = ln {
@@ -390,7 +446,12 @@ fn active<'a>(slots: &'a [(String, Bottleneck)], ctx: &Ctx) -> Result<Option<&'a
 }
 
 /// Pre-norm blocks (llama family, GPT-2): the residual stream after a sub-layer with output `f`.
-pub fn pre_norm(slots: &[(String, Bottleneck)], f: &Tensor, r: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+pub fn pre_norm(
+    slots: &[(String, Bottleneck)],
+    f: &Tensor,
+    r: &Tensor,
+    ctx: &Ctx,
+) -> Result<Tensor> {
     match active(slots, ctx)? {
         None => Ok(f.add(r)?),
         Some(b) => b.forward(f, r, None, ctx),
@@ -398,7 +459,13 @@ pub fn pre_norm(slots: &[(String, Bottleneck)], f: &Tensor, r: &Tensor, ctx: &Ct
 }
 
 /// Post-norm blocks (BERT): `LayerNorm(f + r)`, with the adapter in between.
-pub fn post_norm(slots: &[(String, Bottleneck)], f: &Tensor, r: &Tensor, ln: &Norm, ctx: &Ctx) -> Result<Tensor> {
+pub fn post_norm(
+    slots: &[(String, Bottleneck)],
+    f: &Tensor,
+    r: &Tensor,
+    ln: &Norm,
+    ctx: &Ctx,
+) -> Result<Tensor> {
     match active(slots, ctx)? {
         None => ln.forward(&f.add(r)?, ctx),
         Some(b) => b.forward(f, r, Some(ln), ctx),

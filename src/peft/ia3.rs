@@ -57,7 +57,11 @@ impl Ia3 {
             }
         }
         let merged = merged.to_dtype(wdt)?;
-        lin.weight.set(&if lin.transposed { merged.t()?.contiguous()? } else { merged })
+        lin.weight.set(&if lin.transposed {
+            merged.t()?.contiguous()?
+        } else {
+            merged
+        })
     }
 
     pub fn params(&self) -> Vec<(&'static str, Param)> {

@@ -22,10 +22,24 @@ const PREFIX: &str = "base_model.model.";
 fn peft_pattern(v: &Value, cfg_path: &Path, key: &str) -> Result<Option<Pattern>> {
     Ok(match v {
         Value::Null => None,
-        Value::String(s) if s.eq_ignore_ascii_case("all-linear") => Some(Pattern::List(vec!["\u{0}all-linear".into()])),
-        Value::String(s) => Some(Pattern::peft_regex(s).map_err(|e| Error::config(cfg_path, key, e.to_string()))?),
-        Value::Array(a) => Some(Pattern::List(a.iter().filter_map(|x| x.as_str().map(String::from)).collect())),
-        other => return Err(Error::config(cfg_path, key, format!("expected a string or list, got {other}"))),
+        Value::String(s) if s.eq_ignore_ascii_case("all-linear") => {
+            Some(Pattern::List(vec!["\u{0}all-linear".into()]))
+        }
+        Value::String(s) => {
+            Some(Pattern::peft_regex(s).map_err(|e| Error::config(cfg_path, key, e.to_string()))?)
+        }
+        Value::Array(a) => Some(Pattern::List(
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect(),
+        )),
+        other => {
+            return Err(Error::config(
+                cfg_path,
+                key,
+                format!("expected a string or list, got {other}"),
+            ))
+        }
     })
 }
 
@@ -39,7 +53,10 @@ fn task_type(m: &Model) -> &'static str {
 
 /// Keys of a PEFT file for an adapter, `(saved key, param)`.
 fn saved_tensors(m: &mut Model, name: &str) -> Result<Vec<(String, Param)>> {
-    let info = m.adapter(name).cloned().ok_or_else(|| Error::msg(format!("no adapter named `{name}`")))?;
+    let info = m
+        .adapter(name)
+        .cloned()
+        .ok_or_else(|| Error::msg(format!("no adapter named `{name}`")))?;
     let mut out = Vec::new();
     for (pname, p) in m.adapter_params(name) {
         let key = if pname.starts_with("prompt_encoder.") {
@@ -49,13 +66,21 @@ fn saved_tensors(m: &mut Model, name: &str) -> Result<Vec<(String, Param)>> {
             match m.prompts.iter().find(|(n, _)| n == name) {
                 Some((_, PromptLearning::Prefix(pf))) => {
                     let ctx = m.ctx(false, 0);
-                    out.push(("prompt_embeddings".to_string(), Param::frozen(pf.flat(&ctx)?.detach())));
+                    out.push((
+                        "prompt_embeddings".to_string(),
+                        Param::frozen(pf.flat(&ctx)?.detach()),
+                    ));
                     continue;
                 }
                 _ => "prompt_embeddings".to_string(),
             }
         } else if let Some((module, rest)) = pname.split_once(".modules_to_save.") {
-            format!("{PREFIX}{module}.{rest}")
+            match info.method {
+                Method::Prefix { .. } | Method::Prompt { .. } => {
+                    format!("base_model.{module}.{rest}")
+                }
+                _ => format!("{PREFIX}{module}.{rest}"),
+            }
         } else if let Some(s) = pname.strip_suffix(".lora_magnitude_vector.weight") {
             format!("{PREFIX}{s}.lora_magnitude_vector")
         } else {
@@ -88,10 +113,12 @@ fn trained_base_modules(m: &mut Model) -> Vec<String> {
 
 /// Writes adapter `name` of `m` to `dir` in PEFT's format (AdapterHub's for bottleneck adapters).
 pub fn save_adapter(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
-    let info = m
-        .adapter(name)
-        .cloned()
-        .ok_or_else(|| Error::msg(format!("no adapter named `{name}` (attached: {})", m.adapter_names().join(", "))))?;
+    let info = m.adapter(name).cloned().ok_or_else(|| {
+        Error::msg(format!(
+            "no adapter named `{name}` (attached: {})",
+            m.adapter_names().join(", ")
+        ))
+    })?;
     if let Method::Bottleneck(_) = &info.method {
         return super::adapterhub::save(m, dir, name);
     }
@@ -106,7 +133,11 @@ pub fn save_adapter(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
             mts.push(x);
         }
     }
-    let mts_json = if mts.is_empty() { Value::Null } else { json!(mts) };
+    let mts_json = if mts.is_empty() {
+        Value::Null
+    } else {
+        json!(mts)
+    };
     let dims = m.arch.dims();
     let transposed = {
         let mut t = false;
@@ -169,7 +200,14 @@ pub fn save_adapter(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
     }
     let mut tensors = BTreeMap::new();
     for (k, p) in saved_tensors(m, name)? {
-        tensors.insert(k, p.value().to_dtype(if p.dtype() == DType::F32 { DType::F32 } else { p.dtype() })?);
+        tensors.insert(
+            k,
+            p.value().to_dtype(if p.dtype() == DType::F32 {
+                DType::F32
+            } else {
+                p.dtype()
+            })?,
+        );
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
@@ -242,41 +280,88 @@ pub fn load_adapter(m: &mut Model, dir: &Path, o: &LoadAdapterOpts) -> Result<St
 }
 
 fn hint_other_base(m: &Model, cfg: &Value) -> String {
-    let base = cfg.get("base_model_name_or_path").and_then(|v| v.as_str()).unwrap_or("?");
-    let here = m.dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "this model".into());
+    let base = cfg
+        .get("base_model_name_or_path")
+        .and_then(|v| v.as_str())
+        .unwrap_or("?");
+    let here = m
+        .dir
+        .as_ref()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| "this model".into());
     format!(" (the adapter was made for base model `{base}`; this is {here})")
 }
 
 /// Module paths a PEFT config targets, by PEFT's rules.
 fn peft_targets(m: &mut Model, cfg: &Value, cfg_path: &Path, kind: Kind) -> Result<Vec<String>> {
     let tm = cfg.get("target_modules").cloned().unwrap_or(Value::Null);
-    let pat = peft_pattern(&tm, cfg_path, "target_modules")?
-        .ok_or_else(|| Error::config(cfg_path, "target_modules", "missing (ftl does not guess defaults when reading)"))?;
-    let ex = peft_pattern(cfg.get("exclude_modules").unwrap_or(&Value::Null), cfg_path, "exclude_modules")?;
+    let pat = peft_pattern(&tm, cfg_path, "target_modules")?.ok_or_else(|| {
+        Error::config(
+            cfg_path,
+            "target_modules",
+            "missing (ftl does not guess defaults when reading)",
+        )
+    })?;
+    let ex = peft_pattern(
+        cfg.get("exclude_modules").unwrap_or(&Value::Null),
+        cfg_path,
+        "exclude_modules",
+    )?;
     let layers: Option<Vec<usize>> = match cfg.get("layers_to_transform") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => Some(vec![n.as_u64().unwrap_or(0) as usize]),
-        Some(Value::Array(a)) => Some(a.iter().filter_map(|x| x.as_u64().map(|x| x as usize)).collect()),
-        Some(o) => return Err(Error::config(cfg_path, "layers_to_transform", format!("unexpected {o}"))),
+        Some(Value::Array(a)) => Some(
+            a.iter()
+                .filter_map(|x| x.as_u64().map(|x| x as usize))
+                .collect(),
+        ),
+        Some(o) => {
+            return Err(Error::config(
+                cfg_path,
+                "layers_to_transform",
+                format!("unexpected {o}"),
+            ))
+        }
     };
     let layer_re: Option<Vec<Regex>> = match cfg.get("layers_pattern") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(vec![Regex::new(&format!(r"^.*?\.{s}\.(\d+)\.")).map_err(|e| Error::config(cfg_path, "layers_pattern", e.to_string()))?]),
+        Some(Value::String(s)) => Some(vec![Regex::new(&format!(r"^(?:|.*?\.){s}\.(\d+)\."))
+            .map_err(|e| Error::config(cfg_path, "layers_pattern", e.to_string()))?]),
         Some(Value::Array(a)) => Some(
             a.iter()
                 .filter_map(|x| x.as_str())
-                .map(|s| Regex::new(&format!(r"^.*?\.{s}\.(\d+)\.")).map_err(|e| Error::config(cfg_path, "layers_pattern", e.to_string())))
+                .map(|s| {
+                    Regex::new(&format!(r"^(?:|.*?\.){s}\.(\d+)\."))
+                        .map_err(|e| Error::config(cfg_path, "layers_pattern", e.to_string()))
+                })
                 .collect::<Result<_>>()?,
         ),
-        Some(o) => return Err(Error::config(cfg_path, "layers_pattern", format!("unexpected {o}"))),
+        Some(o) => {
+            return Err(Error::config(
+                cfg_path,
+                "layers_pattern",
+                format!("unexpected {o}"),
+            ))
+        }
     };
     let generic = Regex::new(r"^.*?\.[^.]*\.(\d+)\.").unwrap();
     let all_linear = matches!(&pat, Pattern::List(v) if v.len() == 1 && v[0] == "\u{0}all-linear");
     let heads = m.arch.head_modules();
     let cands = m.module_paths(kind);
     let linears = m.module_paths(Kind::Linear);
+    // a module PEFT wraps for modules_to_save (plain endswith) is never also a target
+    let mts: Vec<String> = match cfg.get("modules_to_save") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect(),
+        _ => Vec::new(),
+    };
     let mut out = Vec::new();
     for p in &cands {
+        if mts.iter().any(|k| p.ends_with(k.as_str())) {
+            continue;
+        }
         if let Some(e) = &ex {
             if e.matches(p) {
                 continue;
@@ -343,7 +428,10 @@ fn tensor(file: &StFile, key: &str, want: &[usize], m: &Model, cfg: &Value) -> R
     if got != want {
         return Err(Error::file(
             &file.path,
-            format!("tensor `{key}` has shape {got:?}, the model needs {want:?}{}", hint_other_base(m, cfg)),
+            format!(
+                "tensor `{key}` has shape {got:?}, the model needs {want:?}{}",
+                hint_other_base(m, cfg)
+            ),
         ));
     }
     file.load(key, &m.device, Some(DType::F32))
@@ -355,8 +443,12 @@ fn load_lora(m: &mut Model, name: &str, cfg: &Value, cfg_path: &Path, file: &StF
     let base_r = num("r", 8.0) as usize;
     let base_alpha = num("lora_alpha", 8.0);
     let bias = cfg.get("bias").and_then(|v| v.as_str()).unwrap_or("none");
-    if bias != "none" {
-        return Err(Error::config(cfg_path, "bias", format!("bias=\"{bias}\" is not supported")));
+    if !["none", "all", "lora_only"].contains(&bias) {
+        return Err(Error::config(
+            cfg_path,
+            "bias",
+            format!("bias=\"{bias}\" is not supported"),
+        ));
     }
     let init = match cfg.get("init_lora_weights") {
         Some(Value::String(s)) if s.starts_with("pissa") => LoraInit::Pissa,
@@ -365,7 +457,9 @@ fn load_lora(m: &mut Model, name: &str, cfg: &Value, cfg_path: &Path, file: &StF
     };
     let targets = peft_targets(m, cfg, cfg_path, Kind::Injectable)?;
     let opts_for = |p: &str| LoraOpts {
-        r: pattern_value(cfg.get("rank_pattern"), p).map(|x| x as usize).unwrap_or(base_r),
+        r: pattern_value(cfg.get("rank_pattern"), p)
+            .map(|x| x as usize)
+            .unwrap_or(base_r),
         alpha: pattern_value(cfg.get("alpha_pattern"), p).unwrap_or(base_alpha),
         dropout: num("lora_dropout", 0.0) as f32,
         rslora: flag("use_rslora"),
@@ -374,8 +468,11 @@ fn load_lora(m: &mut Model, name: &str, cfg: &Value, cfg_path: &Path, file: &StF
         init: LoraInit::Loaded,
     };
     // inject with zero-cost init, then overwrite from the file
-    let base_opts = LoraOpts { init: LoraInit::Loaded, ..opts_for("") };
-    m.check_name_free(name)?;
+    let base_opts = LoraOpts {
+        init: LoraInit::Loaded,
+        ..opts_for("")
+    };
+    m.check_new_name(name)?;
     let mut err = None;
     let (seed, ctx) = (m.seed, crate::model::Ctx::base());
     let mut loaded: Vec<(String, Vec<(String, Param)>)> = Vec::new();
@@ -386,12 +483,20 @@ fn load_lora(m: &mut Model, name: &str, cfg: &Value, cfg_path: &Path, file: &StF
         let o = opts_for(p);
         let r = match mm {
             ModuleMut::Linear(l) => super::lora::Lora::init(l, &o, seed, p, &ctx).map(|a| {
-                let ps = a.params().into_iter().map(|(s, q)| (s.to_string(), q)).collect();
+                let ps = a
+                    .params()
+                    .into_iter()
+                    .map(|(s, q)| (s.to_string(), q))
+                    .collect();
                 l.lora.push((name.to_string(), a));
                 ps
             }),
             ModuleMut::Embedding(e) => super::lora::LoraEmbedding::init(e, &o, seed, p).map(|a| {
-                let ps = a.params().into_iter().map(|(s, q)| (s.to_string(), q)).collect();
+                let ps = a
+                    .params()
+                    .into_iter()
+                    .map(|(s, q)| (s.to_string(), q))
+                    .collect();
                 e.lora.push((name.to_string(), a));
                 ps
             }),
@@ -421,7 +526,30 @@ fn load_lora(m: &mut Model, name: &str, cfg: &Value, cfg_path: &Path, file: &StF
             p.set(&tensor(file, &key, &p.dims(), m, cfg)?)?;
         }
     }
+    load_base_overrides(m, file, cfg)?;
     check_no_stray_keys(m, name, file, cfg)
+}
+
+/// Base tensors an adapter file carries: biases trained with `bias="all"/"lora_only"`
+/// (`…base_layer.bias`, `…ln_f.bias`) and full embedding matrices PEFT saves next to an embedding
+/// LoRA (`…embed_tokens.base_layer.weight`). PEFT trains these in place, so they replace the base.
+fn load_base_overrides(m: &mut Model, file: &StFile, cfg: &Value) -> Result<()> {
+    let base: HashMap<String, Param> = m.base_params().into_iter().collect();
+    for k in &file.names {
+        let Some(inner) = k.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let plain = inner.replace(".base_layer.", ".");
+        let is_override = inner.contains(".base_layer.")
+            || (inner.ends_with(".bias") && base.contains_key(&plain));
+        if !is_override {
+            continue;
+        }
+        if let Some(p) = base.get(&plain) {
+            p.set(&tensor(file, k, &p.dims(), m, cfg)?.to_dtype(p.dtype())?)?;
+        }
+    }
+    Ok(())
 }
 
 fn load_ia3(m: &mut Model, name: &str, cfg: &Value, cfg_path: &Path, file: &StFile) -> Result<()> {
@@ -435,33 +563,68 @@ fn load_ia3(m: &mut Model, name: &str, cfg: &Value, cfg_path: &Path, file: &StFi
         // PEFT: plain endswith, no dot boundary
         Some(Value::Array(a)) => {
             let keys: Vec<&str> = a.iter().filter_map(|x| x.as_str()).collect();
-            targets.iter().filter(|p| keys.iter().any(|k| p.ends_with(k))).cloned().collect()
+            targets
+                .iter()
+                .filter(|p| keys.iter().any(|k| p.ends_with(k)))
+                .cloned()
+                .collect()
         }
-        Some(o) => return Err(Error::config(cfg_path, "feedforward_modules", format!("unexpected {o}"))),
+        Some(o) => {
+            return Err(Error::config(
+                cfg_path,
+                "feedforward_modules",
+                format!("unexpected {o}"),
+            ))
+        }
     };
     m.attach_ia3(name, &targets, &ff)?;
     for (pname, p) in m.adapter_params(name) {
-        p.set(&tensor(file, &format!("{PREFIX}{pname}"), &p.dims(), m, cfg)?)?;
+        p.set(&tensor(
+            file,
+            &format!("{PREFIX}{pname}"),
+            &p.dims(),
+            m,
+            cfg,
+        )?)?;
     }
     check_no_stray_keys(m, name, file, cfg)
 }
 
-fn load_prompt_learning(m: &mut Model, name: &str, cfg: &Value, cfg_path: &Path, file: &StFile, prefix: bool) -> Result<()> {
+fn load_prompt_learning(
+    m: &mut Model,
+    name: &str,
+    cfg: &Value,
+    cfg_path: &Path,
+    file: &StFile,
+    prefix: bool,
+) -> Result<()> {
     let dims = m.arch.dims();
     let nvt = cfg
         .get("num_virtual_tokens")
         .and_then(|v| v.as_u64())
-        .ok_or_else(|| Error::config(cfg_path, "num_virtual_tokens", "missing"))? as usize;
-    let subs = cfg.get("num_transformer_submodules").and_then(|v| v.as_u64()).unwrap_or(1) as usize;
+        .ok_or_else(|| Error::config(cfg_path, "num_virtual_tokens", "missing"))?
+        as usize;
+    let subs = cfg
+        .get("num_transformer_submodules")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(1) as usize;
     if subs != 1 {
-        return Err(Error::config(cfg_path, "num_transformer_submodules", "only decoder-only / encoder models (1) are supported"));
+        return Err(Error::config(
+            cfg_path,
+            "num_transformer_submodules",
+            "only decoder-only / encoder models (1) are supported",
+        ));
     }
     if prefix {
         m.attach_prefix(name, nvt, None)?;
     } else {
         m.attach_prompt(name, nvt, None)?;
     }
-    let width = if prefix { dims.layers * 2 * dims.kv_heads * dims.head_dim } else { dims.hidden };
+    let width = if prefix {
+        dims.layers * 2 * dims.kv_heads * dims.head_dim
+    } else {
+        dims.hidden
+    };
     let t = tensor(file, "prompt_embeddings", &[nvt, width], m, cfg)?;
     let (_, p) = m.adapter_params(name).into_iter().next().unwrap();
     p.set(&t)?;
@@ -472,10 +635,16 @@ fn load_prompt_learning(m: &mut Model, name: &str, cfg: &Value, cfg_path: &Path,
         }
     } else {
         let init_text = match cfg.get("prompt_tuning_init").and_then(|v| v.as_str()) {
-            Some("TEXT") => cfg.get("prompt_tuning_init_text").and_then(|v| v.as_str()).map(String::from),
+            Some("TEXT") => cfg
+                .get("prompt_tuning_init_text")
+                .and_then(|v| v.as_str())
+                .map(String::from),
             _ => None,
         };
-        Method::Prompt { tokens: nvt, init_text }
+        Method::Prompt {
+            tokens: nvt,
+            init_text,
+        }
     };
     if let Some(a) = m.adapters.iter_mut().find(|a| a.name == name) {
         a.method = method;
@@ -485,9 +654,18 @@ fn load_prompt_learning(m: &mut Model, name: &str, cfg: &Value, cfg_path: &Path,
 
 /// `modules_to_save` entries: keys `base_model.model.<module>.<param>` for modules whose path ends
 /// with a listed name (PEFT's plain `endswith`).
-fn load_modules_to_save(m: &mut Model, name: &str, cfg: &Value, _cfg_path: &Path, file: &StFile) -> Result<()> {
+fn load_modules_to_save(
+    m: &mut Model,
+    name: &str,
+    cfg: &Value,
+    _cfg_path: &Path,
+    file: &StFile,
+) -> Result<()> {
     let list: Vec<String> = match cfg.get("modules_to_save") {
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect(),
         _ => return Ok(()),
     };
     let modules = m.all_module_paths();
@@ -496,13 +674,19 @@ fn load_modules_to_save(m: &mut Model, name: &str, cfg: &Value, _cfg_path: &Path
         .filter(|p| list.iter().any(|k| p.ends_with(k.as_str())))
         .filter(|p| {
             let pre = format!("{PREFIX}{p}.");
-            file.names.iter().any(|n| n.starts_with(&pre))
+            let pre2 = format!("base_model.{p}.");
+            file.names
+                .iter()
+                .any(|n| n.starts_with(&pre) || n.starts_with(&pre2))
         })
         .collect();
     // keep only the outermost matching modules
     let hit: Vec<String> = hit
         .iter()
-        .filter(|p| !hit.iter().any(|q| q != *p && p.starts_with(&format!("{q}."))))
+        .filter(|p| {
+            !hit.iter()
+                .any(|q| q != *p && p.starts_with(&format!("{q}.")))
+        })
         .cloned()
         .collect();
     if hit.is_empty() {
@@ -511,8 +695,15 @@ fn load_modules_to_save(m: &mut Model, name: &str, cfg: &Value, _cfg_path: &Path
     m.add_modules_to_save(name, &hit)?;
     for (pname, p) in m.adapter_params(name) {
         if let Some((module, rest)) = pname.split_once(".modules_to_save.") {
-            let key = format!("{PREFIX}{module}.{rest}");
-            p.set(&tensor(file, &key, &p.dims(), m, cfg)?)?;
+            // prompt learning saves the head as `base_model.<module>` (no `.model`)
+            let key = [
+                format!("{PREFIX}{module}.{rest}"),
+                format!("base_model.{module}.{rest}"),
+            ]
+            .into_iter()
+            .find(|k| file.has(k))
+            .unwrap_or_else(|| format!("{PREFIX}{module}.{rest}"));
+            p.set(&tensor(file, &key, &p.dims(), m, cfg)?.to_dtype(p.dtype())?)?;
         }
     }
     Ok(())
@@ -531,33 +722,42 @@ fn check_no_stray_keys(m: &mut Model, name: &str, file: &StFile, cfg: &Value) ->
         });
     }
     let mts: Vec<String> = match cfg.get("modules_to_save") {
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect(),
         _ => Vec::new(),
     };
+    let base: HashMap<String, Param> = m.base_params().into_iter().collect();
     for k in &file.names {
         if known.contains(k) {
             continue;
         }
+        if let Some(inner) = k.strip_prefix(PREFIX) {
+            if base.contains_key(&inner.replace(".base_layer.", ".")) {
+                continue;
+            }
+        }
         // modules_to_save weights are checked by their own loader
-        let inner = k.strip_prefix(PREFIX).unwrap_or(k);
+        let inner = k
+            .strip_prefix(PREFIX)
+            .or_else(|| k.strip_prefix("base_model."))
+            .unwrap_or(k);
         let module = inner.rsplit_once('.').map(|x| x.0).unwrap_or(inner);
-        if mts.iter().any(|t| module.ends_with(t.as_str()) || inner.contains(&format!("{t}."))) {
+        if mts
+            .iter()
+            .any(|t| module.ends_with(t.as_str()) || inner.contains(&format!("{t}.")))
+        {
             continue;
         }
         return Err(Error::file(
             &file.path,
-            format!("tensor `{k}` belongs to no module this adapter targets{}", hint_other_base(m, cfg)),
+            format!(
+                "tensor `{k}` belongs to no module this adapter targets{}",
+                hint_other_base(m, cfg)
+            ),
         ));
     }
     let _ = layer_of;
     Ok(())
-}
-
-impl Model {
-    pub(crate) fn check_name_free(&self, name: &str) -> Result<()> {
-        if self.adapter(name).is_some() {
-            return Err(Error::msg(format!("an adapter named `{name}` is already attached")));
-        }
-        Ok(())
-    }
 }

@@ -79,7 +79,9 @@ pub(crate) fn normal(rng: &mut impl Rng, n: usize, std: f32) -> Vec<f32> {
 }
 
 fn param(v: Vec<f32>, shape: (usize, usize), dev: &Device, dtype: DType) -> Result<Param> {
-    let t = Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
+    let t = Tensor::from_vec(v, shape, &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(dev)?;
     Param::trainable(&t)
 }
 
@@ -95,7 +97,10 @@ impl Lora {
                 uniform(&mut rng, r * fan_in, 1.0 / (fan_in as f32).sqrt()),
                 vec![0f32; fan_out * r],
             ),
-            LoraInit::Gaussian => (normal(&mut rng, r * fan_in, 1.0 / r as f32), vec![0f32; fan_out * r]),
+            LoraInit::Gaussian => (
+                normal(&mut rng, r * fan_in, 1.0 / r as f32),
+                vec![0f32; fan_out * r],
+            ),
             LoraInit::Pissa => return Self::init_pissa(lin, o, path, ctx),
         };
         let bias = if o.lora_bias {
@@ -142,7 +147,11 @@ impl Lora {
         let delta = (b.value().matmul(&a.value())? * s)?;
         let wdt = lin.weight.dtype();
         let residual = (w - delta)?.to_dtype(wdt)?;
-        lin.weight.set(&if lin.transposed { residual.t()?.contiguous()? } else { residual })?;
+        lin.weight.set(&if lin.transposed {
+            residual.t()?.contiguous()?
+        } else {
+            residual
+        })?;
         let mut l = Lora {
             a,
             b,
@@ -211,17 +220,32 @@ impl Lora {
                 (wf + delta)?.broadcast_mul(&g.unsqueeze(1)?)?
             }
         };
-        if let (Some(lb), Some(b)) = (&self.bias, &lin.bias) {
-            let nb = (b.value().to_dtype(DType::F32)? + lb.get(ctx))?;
-            b.set(&nb)?;
+        match (&self.bias, &lin.bias) {
+            (Some(lb), Some(b)) => {
+                let nb = (b.value().to_dtype(DType::F32)? + (lb.get(ctx) * self.scale)?)?;
+                b.set(&nb)?;
+            }
+            (Some(_), None) => {
+                return Err(Error::msg(
+                    "cannot merge a LoRA bias (lora_bias) into a layer without a bias",
+                ));
+            }
+            _ => {}
         }
         let merged = merged.to_dtype(wdt)?;
-        lin.weight.set(&if lin.transposed { merged.t()?.contiguous()? } else { merged })
+        lin.weight.set(&if lin.transposed {
+            merged.t()?.contiguous()?
+        } else {
+            merged
+        })
     }
 
     /// `(suffix, param)` with PEFT's parameter names (adapter name removed).
     pub fn params(&self) -> Vec<(&'static str, Param)> {
-        let mut v = vec![("lora_A.weight", self.a.clone()), ("lora_B.weight", self.b.clone())];
+        let mut v = vec![
+            ("lora_A.weight", self.a.clone()),
+            ("lora_B.weight", self.b.clone()),
+        ];
         if let Some(b) = &self.bias {
             v.push(("lora_B.bias", b.clone()));
         }
@@ -248,7 +272,9 @@ impl LoraEmbedding {
         // PEFT: A = 0, B ~ N(0, 1) (gaussian: B ~ N(0, 1) too)
         let b = normal(&mut rng, dim * o.r, 1.0);
         if o.dora {
-            return Err(Error::msg(format!("{path}: DoRA on an embedding is not supported")));
+            return Err(Error::msg(format!(
+                "{path}: DoRA on an embedding is not supported"
+            )));
         }
         Ok(LoraEmbedding {
             a: param(vec![0f32; o.r * vocab], (o.r, vocab), &dev, DType::F32)?,
@@ -276,6 +302,9 @@ impl LoraEmbedding {
     }
 
     pub fn params(&self) -> Vec<(&'static str, Param)> {
-        vec![("lora_embedding_A", self.a.clone()), ("lora_embedding_B", self.b.clone())]
+        vec![
+            ("lora_embedding_A", self.a.clone()),
+            ("lora_embedding_B", self.b.clone()),
+        ]
     }
 }

@@ -23,9 +23,17 @@ use target::Selector;
 #[derive(Clone, Debug)]
 pub enum Method {
     Lora(LoraOpts),
-    Ia3 { feedforward: Vec<String> },
-    Prefix { tokens: usize, projection: Option<usize> },
-    Prompt { tokens: usize, init_text: Option<String> },
+    Ia3 {
+        feedforward: Vec<String>,
+    },
+    Prefix {
+        tokens: usize,
+        projection: Option<usize>,
+    },
+    Prompt {
+        tokens: usize,
+        init_text: Option<String>,
+    },
     Bottleneck(BnConfig),
 }
 
@@ -195,7 +203,12 @@ impl Model {
                     .filter(|m| pname.starts_with(&format!("{m}.")))
                     .max_by_key(|m| m.len())
                     .cloned()
-                    .unwrap_or_else(|| pname.rsplit_once('.').map(|x| x.0.to_string()).unwrap_or_default());
+                    .unwrap_or_else(|| {
+                        pname
+                            .rsplit_once('.')
+                            .map(|x| x.0.to_string())
+                            .unwrap_or_default()
+                    });
                 let suffix = &pname[module.len() + 1..];
                 out.push((format!("{module}.modules_to_save.{suffix}"), v));
             }
@@ -214,10 +227,13 @@ impl Model {
                 return base.to_string();
             }
         }
-        (2..).map(|i| format!("{method}_{i}")).find(|n| self.adapter(n).is_none()).unwrap()
+        (2..)
+            .map(|i| format!("{method}_{i}"))
+            .find(|n| self.adapter(n).is_none())
+            .unwrap()
     }
 
-    fn check_new_name(&self, name: &str) -> Result<()> {
+    pub(crate) fn check_new_name(&self, name: &str) -> Result<()> {
         if self.adapter(name).is_some() {
             return Err(Error::msg(format!(
                 "an adapter named `{name}` is already attached (adapters: {}); pass another name",
@@ -251,9 +267,15 @@ impl Model {
                 return;
             }
             let r = match m {
-                ModuleMut::Linear(l) => Lora::init(l, opts, seed, p, &ctx).map(|a| l.lora.push((name.to_string(), a))),
-                ModuleMut::Embedding(e) => LoraEmbedding::init(e, opts, seed, p).map(|a| e.lora.push((name.to_string(), a))),
-                other => Err(Error::msg(format!("{p}: LoRA needs a Linear or Embedding module, this is a {}", kind_of(&other)))),
+                ModuleMut::Linear(l) => {
+                    Lora::init(l, opts, seed, p, &ctx).map(|a| l.lora.push((name.to_string(), a)))
+                }
+                ModuleMut::Embedding(e) => LoraEmbedding::init(e, opts, seed, p)
+                    .map(|a| e.lora.push((name.to_string(), a))),
+                other => Err(Error::msg(format!(
+                    "{p}: LoRA needs a Linear or Embedding module, this is a {}",
+                    kind_of(&other)
+                ))),
             };
             match r {
                 Ok(()) => {
@@ -278,7 +300,12 @@ impl Model {
     }
 
     /// Injects IA3 into `paths`; those in `feedforward` scale their input.
-    pub fn attach_ia3(&mut self, name: &str, paths: &[String], feedforward: &[String]) -> Result<()> {
+    pub fn attach_ia3(
+        &mut self,
+        name: &str,
+        paths: &[String],
+        feedforward: &[String],
+    ) -> Result<()> {
         self.check_new_name(name)?;
         let want: BTreeSet<&str> = paths.iter().map(|s| s.as_str()).collect();
         let mut err = None;
@@ -295,7 +322,12 @@ impl Model {
                     }
                     Err(e) => err = Some(e),
                 },
-                other => err = Some(Error::msg(format!("{p}: IA3 needs a Linear module, this is a {}", kind_of(&other)))),
+                other => {
+                    err = Some(Error::msg(format!(
+                        "{p}: IA3 needs a Linear module, this is a {}",
+                        kind_of(&other)
+                    )))
+                }
             }
         });
         if let Some(e) = err {
@@ -315,13 +347,25 @@ impl Model {
         Ok(())
     }
 
-    pub fn attach_prefix(&mut self, name: &str, tokens: usize, projection: Option<usize>) -> Result<()> {
+    pub fn attach_prefix(
+        &mut self,
+        name: &str,
+        tokens: usize,
+        projection: Option<usize>,
+    ) -> Result<()> {
         self.check_new_name(name)?;
         if tokens == 0 {
             return Err(Error::msg("prefix: tokens must be at least 1"));
         }
-        let p = prefix::Prefix::init(tokens, &self.arch.dims(), projection, self.seed, &self.device)?;
-        self.prompts.push((name.to_string(), PromptLearning::Prefix(p)));
+        let p = prefix::Prefix::init(
+            tokens,
+            &self.arch.dims(),
+            projection,
+            self.seed,
+            &self.device,
+        )?;
+        self.prompts
+            .push((name.to_string(), PromptLearning::Prefix(p)));
         self.register(AdapterInfo {
             name: name.to_string(),
             method: Method::Prefix { tokens, projection },
@@ -332,7 +376,12 @@ impl Model {
         Ok(())
     }
 
-    pub fn attach_prompt(&mut self, name: &str, tokens: usize, init_text: Option<String>) -> Result<()> {
+    pub fn attach_prompt(
+        &mut self,
+        name: &str,
+        tokens: usize,
+        init_text: Option<String>,
+    ) -> Result<()> {
         self.check_new_name(name)?;
         if tokens == 0 {
             return Err(Error::msg("prompt: tokens must be at least 1"));
@@ -353,12 +402,22 @@ impl Model {
                 ids = ids.repeat(reps);
                 ids.truncate(tokens);
                 let idx = candle_core::Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-                let e = self.arch.word_embeddings().forward(&idx, &crate::model::Ctx::base())?;
+                let e = self
+                    .arch
+                    .word_embeddings()
+                    .forward(&idx, &crate::model::Ctx::base())?;
                 Some(e.squeeze(0)?.detach())
             }
         };
-        let p = prompt::Prompt::init(tokens, self.arch.dims().hidden, init, self.seed, &self.device)?;
-        self.prompts.push((name.to_string(), PromptLearning::Prompt(p)));
+        let p = prompt::Prompt::init(
+            tokens,
+            self.arch.dims().hidden,
+            init,
+            self.seed,
+            &self.device,
+        )?;
+        self.prompts
+            .push((name.to_string(), PromptLearning::Prompt(p)));
         self.register(AdapterInfo {
             name: name.to_string(),
             method: Method::Prompt { tokens, init_text },
@@ -395,7 +454,9 @@ impl Model {
             return Err(e);
         }
         if targets.is_empty() {
-            return Err(Error::msg(format!("adapter `{name}`: its configuration places it in no layer")));
+            return Err(Error::msg(format!(
+                "adapter `{name}`: its configuration places it in no layer"
+            )));
         }
         self.register(AdapterInfo {
             name: name.to_string(),
@@ -433,7 +494,11 @@ impl Model {
                         w.add_copy(name, None)?;
                         any.insert(m.clone());
                     }
-                    None => return Err(Error::msg(format!("modules_to_save: `{m}` has no parameters"))),
+                    None => {
+                        return Err(Error::msg(format!(
+                            "modules_to_save: `{m}` has no parameters"
+                        )))
+                    }
                 }
             }
         }
@@ -540,8 +605,16 @@ impl Model {
     /// Parameters the optimizer updates: unfrozen base weights, and the trainable parameters and
     /// `modules_to_save` copies of active adapters.
     pub fn trainable_params(&mut self) -> Vec<(String, Param)> {
-        let mut out: Vec<(String, Param)> = self.base_params().into_iter().filter(|(_, p)| p.is_trainable()).collect();
-        let active: Vec<String> = if self.enabled { self.active.clone() } else { Vec::new() };
+        let mut out: Vec<(String, Param)> = self
+            .base_params()
+            .into_iter()
+            .filter(|(_, p)| p.is_trainable())
+            .collect();
+        let active: Vec<String> = if self.enabled {
+            self.active.clone()
+        } else {
+            Vec::new()
+        };
         for n in active {
             for (pn, p) in self.adapter_params(&n) {
                 if p.is_trainable() && !out.iter().any(|(_, q)| q.same(&p)) {

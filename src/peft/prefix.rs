@@ -17,7 +17,13 @@ pub struct Prefix {
 
 impl Prefix {
     /// New random prefixes (N(0, 1), as `nn.Embedding`); the projection as `nn.Linear` inits.
-    pub fn init(tokens: usize, dims: &Dims, projection: Option<usize>, seed: u64, device: &Device) -> Result<Self> {
+    pub fn init(
+        tokens: usize,
+        dims: &Dims,
+        projection: Option<usize>,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
         use crate::peft::lora::{normal, rng_for, uniform};
         let token_dim = dims.kv_heads * dims.head_dim;
         let out = dims.layers * 2 * token_dim;
@@ -60,7 +66,13 @@ impl Prefix {
     }
 
     /// Per layer `(k, v)`, each `[b, tokens, kv_heads, head_dim]`, no rotary embedding.
-    pub fn past_key_values(&self, b: usize, dims: &Dims, dtype: DType, ctx: &Ctx) -> Result<Vec<(Tensor, Tensor)>> {
+    pub fn past_key_values(
+        &self,
+        b: usize,
+        dims: &Dims,
+        dtype: DType,
+        ctx: &Ctx,
+    ) -> Result<Vec<(Tensor, Tensor)>> {
         let flat = self.flat(ctx)?.to_dtype(dtype)?;
         let d = dims.kv_heads * dims.head_dim;
         let (n, width) = flat.dims2()?;
@@ -73,15 +85,28 @@ impl Prefix {
         let shape = (b, n, dims.kv_heads, dims.head_dim);
         (0..dims.layers)
             .map(|l| {
-                let k = flat.narrow(1, 2 * l * d, d)?.reshape((1, n, dims.kv_heads, dims.head_dim))?;
-                let v = flat.narrow(1, (2 * l + 1) * d, d)?.reshape((1, n, dims.kv_heads, dims.head_dim))?;
-                Ok((k.broadcast_as(shape)?.contiguous()?, v.broadcast_as(shape)?.contiguous()?))
+                let k =
+                    flat.narrow(1, 2 * l * d, d)?
+                        .reshape((1, n, dims.kv_heads, dims.head_dim))?;
+                let v = flat.narrow(1, (2 * l + 1) * d, d)?.reshape((
+                    1,
+                    n,
+                    dims.kv_heads,
+                    dims.head_dim,
+                ))?;
+                Ok((
+                    k.broadcast_as(shape)?.contiguous()?,
+                    v.broadcast_as(shape)?.contiguous()?,
+                ))
             })
             .collect()
     }
 
     pub fn params(&self) -> Vec<(String, Param)> {
-        let mut v = vec![("prompt_encoder.embedding.weight".to_string(), self.embedding.clone())];
+        let mut v = vec![(
+            "prompt_encoder.embedding.weight".to_string(),
+            self.embedding.clone(),
+        )];
         if let Some([w1, b1, w2, b2]) = &self.projection {
             v.push(("prompt_encoder.transform.0.weight".into(), w1.clone()));
             v.push(("prompt_encoder.transform.0.bias".into(), b1.clone()));

@@ -12,7 +12,13 @@ pub struct Prompt {
 
 impl Prompt {
     /// Random N(0, 1) embeddings (`nn.Embedding`), or `init` rows (the TEXT init).
-    pub fn init(tokens: usize, hidden: usize, init: Option<Tensor>, seed: u64, device: &Device) -> Result<Self> {
+    pub fn init(
+        tokens: usize,
+        hidden: usize,
+        init: Option<Tensor>,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
         let t = match init {
             Some(t) => t.to_dtype(candle_core::DType::F32)?,
             None => {
@@ -35,6 +41,9 @@ impl Prompt {
     }
 
     pub fn params(&self) -> Vec<(String, Param)> {
-        vec![("prompt_encoder.embedding.weight".to_string(), self.embedding.clone())]
+        vec![(
+            "prompt_encoder.embedding.weight".to_string(),
+            self.embedding.clone(),
+        )]
     }
 }

@@ -14,7 +14,10 @@ pub fn top_r(w: &Tensor, r: usize) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let k = (r + 8).min(m.min(n));
     // start from a deterministic pseudo-random block
     let mut rng = crate::peft::lora::rng_for(7, "svd");
-    let q0: Vec<f64> = crate::peft::lora::normal(&mut rng, n * k, 1.0).into_iter().map(|x| x as f64).collect();
+    let q0: Vec<f64> = crate::peft::lora::normal(&mut rng, n * k, 1.0)
+        .into_iter()
+        .map(|x| x as f64)
+        .collect();
     let mut q = orthonormalize(q0, n, k);
     let wt = w.t()?.contiguous()?;
     let mut prev = vec![0f64; k];
@@ -75,7 +78,10 @@ fn orthonormalize(mut a: Vec<f64>, n: usize, k: usize) -> Vec<f64> {
                 }
             }
         }
-        let nrm = (0..n).map(|i| a[i * k + j] * a[i * k + j]).sum::<f64>().sqrt();
+        let nrm = (0..n)
+            .map(|i| a[i * k + j] * a[i * k + j])
+            .sum::<f64>()
+            .sqrt();
         let inv = if nrm > 0.0 { 1.0 / nrm } else { 0.0 };
         for i in 0..n {
             a[i * k + j] *= inv;
@@ -91,7 +97,10 @@ fn jacobi_eigen(mut a: Vec<f64>, k: usize) -> (Vec<f64>, Vec<f64>) {
         v[i * k + i] = 1.0;
     }
     for _ in 0..100 {
-        let off: f64 = (0..k).flat_map(|i| (0..k).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i * k + j].powi(2)).sum();
+        let off: f64 = (0..k)
+            .flat_map(|i| (0..k).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i * k + j].powi(2))
+            .sum();
         if off < 1e-30 {
             break;
         }

@@ -29,7 +29,10 @@ impl Pattern {
         }
         let re = expand_braces(s)?
             .iter()
-            .map(|g| Regex::new(&glob_to_regex(g)).map_err(|e| Error::msg(format!("bad pattern `{s}`: {e}"))))
+            .map(|g| {
+                Regex::new(&glob_to_regex(g))
+                    .map_err(|e| Error::msg(format!("bad pattern `{s}`: {e}")))
+            })
             .collect::<Result<_>>()?;
         Ok(Pattern::Regex {
             source: s.to_string(),
@@ -74,11 +77,15 @@ impl Pattern {
 
 /// `path == t` or `path` ends with `.t`.
 pub fn suffix_match(path: &str, t: &str) -> bool {
-    path == t || (path.len() > t.len() && path.ends_with(t) && path.as_bytes()[path.len() - t.len() - 1] == b'.')
+    path == t
+        || (path.len() > t.len()
+            && path.ends_with(t)
+            && path.as_bytes()[path.len() - t.len() - 1] == b'.')
 }
 
 fn full_regex(r: &str) -> Result<Regex> {
-    Regex::new(&format!("^(?:{r})$")).map_err(|e| Error::msg(format!("bad regular expression `{r}`: {e}")))
+    Regex::new(&format!("^(?:{r})$"))
+        .map_err(|e| Error::msg(format!("bad regular expression `{r}`: {e}")))
 }
 
 /// Expands `{a,b}` and `{0..3}` alternatives into plain globs.
@@ -104,7 +111,12 @@ fn expand_braces(s: &str) -> Result<Vec<String>> {
     };
     let mut out = Vec::new();
     for a in alts {
-        out.extend(expand_braces(&format!("{}{}{}", &s[..open], a, &s[close + 1..]))?);
+        out.extend(expand_braces(&format!(
+            "{}{}{}",
+            &s[..open],
+            a,
+            &s[close + 1..]
+        ))?);
     }
     Ok(out)
 }
@@ -183,7 +195,11 @@ impl Selector {
 
     /// The matching `candidates`, or an error listing similar ones when none matches.
     pub fn select(&self, candidates: &[String], what: &str) -> Result<Vec<String>> {
-        let got: Vec<String> = candidates.iter().filter(|p| self.matches(p)).cloned().collect();
+        let got: Vec<String> = candidates
+            .iter()
+            .filter(|p| self.matches(p))
+            .cloned()
+            .collect();
         if got.is_empty() {
             let mut pat = self.pattern.describe();
             if let Some(l) = &self.layers {
@@ -205,10 +221,17 @@ impl Selector {
 pub fn parse_layers(s: &str) -> Result<Vec<usize>> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let bad = || Error::msg(format!("layers: cannot read `{part}` (use \"0-11\" or {{0, 5}})"));
+        let bad = || {
+            Error::msg(format!(
+                "layers: cannot read `{part}` (use \"0-11\" or {{0, 5}})"
+            ))
+        };
         match part.split_once('-') {
             Some((a, b)) => {
-                let (a, b): (usize, usize) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+                let (a, b): (usize, usize) = (
+                    a.trim().parse().map_err(|_| bad())?,
+                    b.trim().parse().map_err(|_| bad())?,
+                );
                 out.extend(a.min(b)..=a.max(b));
             }
             None => out.push(part.parse().map_err(|_| bad())?),
@@ -243,7 +266,13 @@ fn similar(p: &Pattern, candidates: &[String], what: &str) -> String {
             .iter()
             .map(|w| {
                 segs.iter()
-                    .map(|s| if s.contains(w.as_str()) || w.contains(s) { 0 } else { levenshtein(w, s) })
+                    .map(|s| {
+                        if s.contains(w.as_str()) || w.contains(s) {
+                            0
+                        } else {
+                            levenshtein(w, s)
+                        }
+                    })
                     .min()
                     .unwrap_or(usize::MAX)
             })
@@ -255,7 +284,11 @@ fn similar(p: &Pattern, candidates: &[String], what: &str) -> String {
     // prefer one example per distinct module kind (last segment) so layers do not crowd the list
     let mut seen = std::collections::HashSet::new();
     for (_, c) in &scored {
-        let kind: String = c.split('.').filter(|s| s.parse::<usize>().is_err()).collect::<Vec<_>>().join(".");
+        let kind: String = c
+            .split('.')
+            .filter(|s| s.parse::<usize>().is_err())
+            .collect::<Vec<_>>()
+            .join(".");
         if seen.insert(kind) {
             names.push(c);
         }
@@ -273,7 +306,12 @@ mod tests {
     fn paths() -> Vec<String> {
         let mut v = Vec::new();
         for i in 0..12 {
-            for m in ["self_attn.q_proj", "self_attn.v_proj", "mlp.up_proj", "mlp.down_proj"] {
+            for m in [
+                "self_attn.q_proj",
+                "self_attn.v_proj",
+                "mlp.up_proj",
+                "mlp.down_proj",
+            ] {
                 v.push(format!("model.layers.{i}.{m}"));
             }
         }
@@ -301,7 +339,11 @@ mod tests {
         let p = Pattern::parse("model.layers.{10,11}.**").unwrap();
         assert_eq!(paths().iter().filter(|x| p.matches(x)).count(), 8);
         let p = Pattern::parse("model.layers.1.*").unwrap();
-        assert_eq!(paths().iter().filter(|x| p.matches(x)).count(), 0, "* stays in one segment");
+        assert_eq!(
+            paths().iter().filter(|x| p.matches(x)).count(),
+            0,
+            "* stays in one segment"
+        );
         let p = Pattern::parse("model.layers.0.{self_attn.q_proj,mlp.up_proj}").unwrap();
         assert_eq!(paths().iter().filter(|x| p.matches(x)).count(), 2);
     }
@@ -320,7 +362,13 @@ mod tests {
         s.layers = Some(parse_layers("2-3").unwrap());
         s.exclude = Some(Pattern::parse("**.v_proj").unwrap());
         let got = s.select(&paths(), "modules").unwrap();
-        assert_eq!(got, vec!["model.layers.2.self_attn.q_proj", "model.layers.3.self_attn.q_proj"]);
+        assert_eq!(
+            got,
+            vec![
+                "model.layers.2.self_attn.q_proj",
+                "model.layers.3.self_attn.q_proj"
+            ]
+        );
     }
 
     #[test]

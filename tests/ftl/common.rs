@@ -27,7 +27,9 @@ pub struct Expected {
 
 impl Expected {
     pub fn get(&self, k: &str) -> &Tensor {
-        self.tensors.get(k).unwrap_or_else(|| panic!("expected.safetensors has no {k}"))
+        self.tensors
+            .get(k)
+            .unwrap_or_else(|| panic!("expected.safetensors has no {k}"))
     }
     pub fn opt(&self, k: &str) -> Option<&Tensor> {
         self.tensors.get(k)
@@ -55,18 +57,32 @@ pub fn rel(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
     let a = a.to_dtype(DType::F32).unwrap();
     let b = b.to_dtype(DType::F32).unwrap();
-    let d: f32 = (&a - &b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+    let d: f32 = (&a - &b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     let n: f32 = b.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
     (d / n.max(1e-30)).sqrt()
 }
 
 pub fn load(dir: &Path) -> ftl::Model {
-    ftl::model::hub::load(dir, &Default::default()).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+    ftl::model::hub::load(dir, &Default::default())
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
 
 /// Logits of `m` on the fixture's inputs (token types when present).
 pub fn logits(m: &ftl::Model, e: &Expected) -> Tensor {
     let ctx = m.ctx(false, 0);
-    m.forward_with(e.get("input_ids"), Some(e.get("attention_mask")), e.opt("token_type_ids"), &ctx, None)
-        .unwrap()
+    m.forward_with(
+        e.get("input_ids"),
+        Some(e.get("attention_mask")),
+        e.opt("token_type_ids"),
+        &ctx,
+        None,
+    )
+    .unwrap()
 }
