@@ -40,8 +40,17 @@ pub enum Error {
     #[error("{0}")]
     Msg(String),
 
-    #[error(transparent)]
+    #[error("{}", without_backtrace(&.0.to_string()))]
     Candle(#[from] candle_core::Error),
+}
+
+/// candle appends a captured backtrace to its messages when RUST_BACKTRACE is set: users get the
+/// message only.
+pub fn without_backtrace(s: &str) -> String {
+    match s.find("\n   0: ") {
+        Some(i) => s[..i].to_string(),
+        None => s.to_string(),
+    }
 }
 
 impl Error {

@@ -10,3 +10,6 @@ pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use model::Model;
+pub mod cli;
+pub mod lua;
+pub mod watch;

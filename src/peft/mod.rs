@@ -54,6 +54,26 @@ impl Method {
     }
 }
 
+/// PEFT's default LoRA `target_modules` per model type.
+pub fn default_lora_targets(model_type: &str) -> Option<Vec<&'static str>> {
+    Some(match model_type {
+        "llama" | "mistral" | "qwen2" => vec!["q_proj", "v_proj"],
+        "gpt2" => vec!["c_attn"],
+        "bert" => vec!["query", "value"],
+        _ => return None,
+    })
+}
+
+/// PEFT's default IA3 `(target_modules, feedforward_modules)` per model type.
+pub fn default_ia3(model_type: &str) -> Option<(Vec<&'static str>, Vec<&'static str>)> {
+    Some(match model_type {
+        "llama" | "mistral" | "qwen2" => (vec!["k_proj", "v_proj", "down_proj"], vec!["down_proj"]),
+        "gpt2" => (vec!["c_attn", "mlp.c_proj"], vec!["mlp.c_proj"]),
+        "bert" => (vec!["key", "value", "output.dense"], vec!["output.dense"]),
+        _ => return None,
+    })
+}
+
 /// A named adapter attached to a model.
 #[derive(Clone, Debug)]
 pub struct AdapterInfo {

@@ -178,6 +178,17 @@ impl Selector {
         }
     }
 
+    /// Only the `layers` and `exclude` parts (for "all-linear").
+    pub fn matches_filters(&self, path: &str) -> bool {
+        if self.exclude.as_ref().is_some_and(|ex| ex.matches(path)) {
+            return false;
+        }
+        match &self.layers {
+            Some(ls) => layer_of(path).is_some_and(|l| ls.contains(&l)),
+            None => true,
+        }
+    }
+
     pub fn matches(&self, path: &str) -> bool {
         if let Some(ex) = &self.exclude {
             if ex.matches(path) {

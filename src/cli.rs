@@ -1,0 +1,101 @@
+//! The command line: `ftl run`, `ftl watch`, `ftl bench`; logging set-up; exit codes.
+
+use crate::lua::{parse_args, Env, Outcome, Runtime};
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "ftl",
+    version,
+    about = "A fine-tuning lab for transformer models: Lua recipes, HF models, PEFT methods"
+)]
+pub struct Cli {
+    /// More log output (-v, -vv)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run a recipe
+    Run(RunArgs),
+    /// Rerun a recipe every time it (or a file it requires) is saved
+    Watch(RunArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct RunArgs {
+    /// The recipe file
+    pub recipe: PathBuf,
+    /// key=value arguments, available as ftl.args.key
+    pub args: Vec<String>,
+    /// Output directory (default: runs/<recipe name>/ next to the recipe)
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Let the recipe use all of Lua's io/os and read or write anywhere
+    #[arg(long)]
+    pub trust: bool,
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if quiet {
+        "warn"
+    } else {
+        match verbose {
+            0 => "info",
+            1 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = EnvFilter::try_from_env("FTL_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("ftl={default},warn")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .without_time()
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs a recipe once; the exit code the process should return.
+pub fn run_once(a: &RunArgs, quiet: bool) -> Result<ExitCode> {
+    let args = parse_args(&a.args)?;
+    if !a.recipe.exists() {
+        anyhow::bail!("{}: no such recipe file", a.recipe.display());
+    }
+    let mut env = Env::new(&a.recipe, a.out.as_deref(), a.trust);
+    env.quiet = quiet;
+    let rt = Runtime::new(env, &args).context("starting the Lua runtime")?;
+    match rt.run()? {
+        Outcome::Ok => Ok(ExitCode::SUCCESS),
+        Outcome::Exit(c) => Ok(ExitCode::from(c.clamp(0, 255) as u8)),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let r = match &cli.cmd {
+        Cmd::Run(a) => run_once(a, cli.quiet),
+        Cmd::Watch(a) => crate::watch::watch(a, cli.quiet),
+    };
+    match r {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! The Lua runtime that runs recipes: a sandboxed Lua 5.4 state with the `ftl` module (each API
+//! area registers itself), `require` next to the recipe then in the shipped stdlib, `ftl.args`,
+//! and errors that carry `recipe.lua:LINE`. The only place that imports mlua.
+
+mod args;
+mod data;
+mod fs;
+mod model;
+mod opts;
+mod peft;
+mod tensor;
+mod train;
+
+pub use args::parse_args;
+
+use crate::error::{Error, Result};
+use mlua::{Lua, LuaOptions, StdLib, Table, Value};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+/// Lua modules shipped with ftl, found by `require` after the recipe's own directory.
+pub const STDLIB: &[(&str, &str)] = &[("check", include_str!("../../stdlib/check.lua"))];
+
+/// Where a run reads and writes, and what it may touch.
+pub struct Env {
+    pub recipe: PathBuf,
+    pub recipe_dir: PathBuf,
+    pub out_dir: PathBuf,
+    pub trust: bool,
+    /// directories reads may come from (besides the recipe's and the output directory)
+    pub extra_roots: Vec<PathBuf>,
+    /// every file the run loaded with `require` (watch mode watches them)
+    pub required: Mutex<Vec<PathBuf>>,
+    /// set to stop a running training loop (watch mode)
+    pub cancel: Arc<AtomicBool>,
+    /// quiet progress output (tests, watch)
+    pub quiet: bool,
+}
+
+/// Lexically normalises `p` (no filesystem access): removes `.` and resolves `..`.
+pub fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            Component::CurDir => {}
+            c => out.push(c.as_os_str()),
+        }
+    }
+    out
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        normalize(p)
+    } else {
+        normalize(&std::env::current_dir().unwrap_or_default().join(p))
+    }
+}
+
+impl Env {
+    pub fn new(recipe: &Path, out_dir: Option<&Path>, trust: bool) -> Self {
+        let recipe = absolute(recipe);
+        let recipe_dir = recipe.parent().map(Path::to_path_buf).unwrap_or_default();
+        let stem = recipe
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| "recipe".into());
+        let out_dir = match out_dir {
+            Some(o) => absolute(o),
+            None => recipe_dir.join("runs").join(stem),
+        };
+        Env {
+            recipe,
+            recipe_dir,
+            out_dir,
+            trust,
+            extra_roots: Vec::new(),
+            required: Mutex::new(Vec::new()),
+            cancel: Arc::new(AtomicBool::new(false)),
+            quiet: false,
+        }
+    }
+
+    fn allowed(&self, p: &Path) -> bool {
+        self.trust
+            || p.starts_with(&self.recipe_dir)
+            || p.starts_with(&self.out_dir)
+            || self.extra_roots.iter().any(|r| p.starts_with(r))
+    }
+
+    /// A path the recipe reads: relative to the recipe's directory.
+    pub fn input(&self, p: &str) -> Result<PathBuf> {
+        let path = if Path::new(p).is_absolute() {
+            normalize(Path::new(p))
+        } else {
+            normalize(&self.recipe_dir.join(p))
+        };
+        if !self.allowed(&path) {
+            return Err(Error::msg(format!(
+                "{}: outside the recipe's directory, the command-line paths and the output directory (run with --trust to allow)",
+                path.display()
+            )));
+        }
+        Ok(path)
+    }
+
+    /// A path the recipe writes: relative to the output directory.
+    pub fn output(&self, p: &str) -> Result<PathBuf> {
+        let path = if Path::new(p).is_absolute() {
+            normalize(Path::new(p))
+        } else {
+            normalize(&self.out_dir.join(p))
+        };
+        if !self.allowed(&path) {
+            return Err(Error::msg(format!(
+                "{}: outside the output directory (run with --trust to write elsewhere)",
+                path.display()
+            )));
+        }
+        Ok(path)
+    }
+}
+
+/// `os.exit(code)` inside a recipe: unwinds to the runner, which exits with `code`.
+#[derive(Debug)]
+pub struct ExitRequest(pub i32);
+
+impl std::fmt::Display for ExitRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "os.exit({})", self.0)
+    }
+}
+
+impl std::error::Error for ExitRequest {}
+
+/// How a recipe run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Ok,
+    Exit(i32),
+}
+
+/// "recipe.lua:12" for the Lua code calling into Rust right now.
+pub(crate) fn location(lua: &Lua) -> Option<String> {
+    for level in 1..8 {
+        let r = lua.inspect_stack(level, |d| {
+            let src = d.source();
+            if src.what == "C" {
+                return None;
+            }
+            let file = src.short_src.map(|s| s.to_string()).unwrap_or_default();
+            d.current_line().map(|l| format!("{file}:{l}"))
+        });
+        match r {
+            Some(Some(s)) => return Some(s),
+            Some(None) => continue,
+            None => return None,
+        }
+    }
+    None
+}
+
+/// An error raised in Lua, prefixed with the calling line.
+pub(crate) fn lua_err(lua: &Lua, msg: impl std::fmt::Display) -> mlua::Error {
+    let msg = crate::error::without_backtrace(&msg.to_string());
+    match location(lua) {
+        Some(l) => mlua::Error::RuntimeError(format!("{l}: {msg}")),
+        None => mlua::Error::RuntimeError(msg.to_string()),
+    }
+}
+
+/// `result.lua(lua)?`: library errors become located Lua errors.
+pub(crate) trait LuaExt<T> {
+    fn lua(self, lua: &Lua) -> mlua::Result<T>;
+}
+
+impl<T, E: std::fmt::Display> LuaExt<T> for std::result::Result<T, E> {
+    fn lua(self, lua: &Lua) -> mlua::Result<T> {
+        self.map_err(|e| lua_err(lua, e))
+    }
+}
+
+/// The message of the innermost error, without mlua's wrapping.
+pub fn describe(e: &mlua::Error) -> String {
+    match e {
+        mlua::Error::CallbackError { cause, .. } => describe(cause),
+        mlua::Error::WithContext { cause, .. } => describe(cause),
+        mlua::Error::RuntimeError(m) => m.clone(),
+        mlua::Error::SyntaxError { message, .. } => message.clone(),
+        mlua::Error::ExternalError(x) => x.to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn exit_code(e: &mlua::Error) -> Option<i32> {
+    match e {
+        mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => {
+            exit_code(cause)
+        }
+        mlua::Error::ExternalError(x) => x.downcast_ref::<ExitRequest>().map(|r| r.0),
+        _ => None,
+    }
+}
+
+/// A Lua state with the `ftl` module for one recipe run.
+pub struct Runtime {
+    pub lua: Lua,
+    pub env: Arc<Env>,
+}
+
+impl Runtime {
+    pub fn new(env: Env, args: &[(String, String)]) -> Result<Self> {
+        let libs = if env.trust {
+            StdLib::ALL_SAFE
+        } else {
+            StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE
+        };
+        let lua =
+            Lua::new_with(libs, LuaOptions::default()).map_err(|e| Error::msg(e.to_string()))?;
+        let mut env = env;
+        // paths on the command line are the user's, relative to where ftl was started: the
+        // recipe sees them absolute, and may read them
+        let args: Vec<(String, String)> = args
+            .iter()
+            .map(|(k, v)| {
+                let p = Path::new(v);
+                if !v.is_empty() && !v.starts_with(['{', '"', '\'']) && p.exists() {
+                    let abs = absolute(p);
+                    env.extra_roots.push(abs.clone());
+                    (k.clone(), abs.display().to_string())
+                } else {
+                    (k.clone(), v.clone())
+                }
+            })
+            .collect();
+        let args = args.as_slice();
+        let env = Arc::new(env);
+        lua.set_app_data(env.clone());
+        let rt = Runtime { lua, env };
+        rt.install(args).map_err(|e| Error::msg(describe(&e)))?;
+        Ok(rt)
+    }
+
+    fn install(&self, args: &[(String, String)]) -> mlua::Result<()> {
+        let lua = &self.lua;
+        let g = lua.globals();
+        if !self.env.trust {
+            sandbox(lua, &g)?;
+        }
+        let ftl = lua.create_table()?;
+        tensor::register(lua, &ftl)?;
+        model::register(lua, &ftl)?;
+        peft::register(lua, &ftl)?;
+        fs::register(lua, &ftl)?;
+        data::register(lua, &ftl)?;
+        train::register(lua, &ftl)?;
+        ftl.set("args", args::to_table(lua, args)?)?;
+        ftl.set("out_dir", self.env.out_dir.display().to_string())?;
+        ftl.set("recipe_dir", self.env.recipe_dir.display().to_string())?;
+        ftl.set("version", env!("CARGO_PKG_VERSION"))?;
+        g.set("ftl", ftl.clone())?;
+        install_require(lua, &g, ftl)?;
+        Ok(())
+    }
+
+    /// Runs the recipe file.
+    pub fn run(&self) -> Result<Outcome> {
+        let path = &self.env.recipe;
+        let src = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        self.run_source(&src)
+    }
+
+    /// Runs `src` as the recipe (named after the recipe file in errors).
+    pub fn run_source(&self, src: &str) -> Result<Outcome> {
+        let name = chunk_name(&self.env.recipe);
+        match self.lua.load(src).set_name(format!("@{name}")).exec() {
+            Ok(()) => Ok(Outcome::Ok),
+            Err(e) => match exit_code(&e) {
+                Some(0) => Ok(Outcome::Ok),
+                Some(c) => Ok(Outcome::Exit(c)),
+                None => Err(Error::msg(describe(&e))),
+            },
+        }
+    }
+}
+
+/// The name errors show for a file: relative to the current directory when inside it.
+fn chunk_name(p: &Path) -> String {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    p.strip_prefix(&cwd).unwrap_or(p).display().to_string()
+}
+
+/// Removes what a recipe must not reach without `--trust`, and adds safe replacements.
+fn sandbox(lua: &Lua, g: &Table) -> mlua::Result<()> {
+    for name in ["dofile", "loadfile", "collectgarbage"] {
+        g.set(name, Value::Nil)?;
+    }
+    // `load` of text chunks only
+    let load = lua.create_function(|lua, (chunk, name): (mlua::LuaString, Option<String>)| {
+        let bytes = chunk.as_bytes();
+        if bytes.first() == Some(&0x1b) {
+            return Err(lua_err(
+                lua,
+                "load: binary chunks are not allowed in recipes",
+            ));
+        }
+        let f = lua
+            .load(bytes.to_vec())
+            .set_name(name.unwrap_or_else(|| "=(load)".into()))
+            .set_mode(mlua::chunk::ChunkMode::Text)
+            .into_function();
+        match f {
+            Ok(f) => Ok((Some(f), None)),
+            Err(e) => Ok((None, Some(describe(&e)))),
+        }
+    })?;
+    g.set("load", load)?;
+    // a small `os`: time, clock, date, getenv and exit
+    let os = lua.create_table()?;
+    os.set(
+        "time",
+        lua.create_function(|_, ()| {
+            Ok(std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0))
+        })?,
+    )?;
+    let start = std::time::Instant::now();
+    os.set(
+        "clock",
+        lua.create_function(move |_, ()| Ok(start.elapsed().as_secs_f64()))?,
+    )?;
+    os.set(
+        "getenv",
+        lua.create_function(|_, k: String| Ok(std::env::var(k).ok()))?,
+    )?;
+    os.set(
+        "exit",
+        lua.create_function(|_, code: Option<Value>| {
+            let c = match code {
+                None | Some(Value::Nil) | Some(Value::Boolean(true)) => 0,
+                Some(Value::Boolean(false)) => 1,
+                Some(Value::Integer(i)) => i as i32,
+                Some(Value::Number(n)) => n as i32,
+                _ => 1,
+            };
+            Err::<(), _>(mlua::Error::external(ExitRequest(c)))
+        })?,
+    )?;
+    g.set("os", os)?;
+    // `io` restricted to the allowed directories
+    let io = lua.create_table()?;
+    io.set(
+        "write",
+        lua.create_function(|_, args: mlua::Variadic<Value>| {
+            use std::io::Write;
+            let mut out = std::io::stdout();
+            for a in args {
+                match a {
+                    Value::String(s) => out.write_all(&s.as_bytes()).ok(),
+                    Value::Integer(i) => write!(out, "{i}").ok(),
+                    Value::Number(n) => write!(out, "{n}").ok(),
+                    _ => None,
+                };
+            }
+            Ok(())
+        })?,
+    )?;
+    io.set(
+        "read_file",
+        lua.create_function(|lua, p: String| {
+            let env = lua.app_data_ref::<Arc<Env>>().unwrap().clone();
+            let path = env.input(&p).lua(lua)?;
+            std::fs::read_to_string(&path)
+                .map_err(|e| lua_err(lua, format!("{}: {e}", path.display())))
+        })?,
+    )?;
+    io.set(
+        "write_file",
+        lua.create_function(|lua, (p, content): (String, mlua::LuaString)| {
+            let env = lua.app_data_ref::<Arc<Env>>().unwrap().clone();
+            let path = env.output(&p).lua(lua)?;
+            crate::st::write_atomic(&path, &content.as_bytes()).lua(lua)?;
+            Ok(path.display().to_string())
+        })?,
+    )?;
+    g.set("io", io)?;
+    Ok(())
+}
+
+/// `require(name)`: `name.lua` next to the recipe, then the shipped stdlib; `ftl` itself.
+fn install_require(lua: &Lua, g: &Table, ftl: Table) -> mlua::Result<()> {
+    let loaded = lua.create_table()?;
+    loaded.set("ftl", ftl)?;
+    let require = lua.create_function(move |lua, name: String| {
+        if let Some(v) = loaded.get::<Option<Value>>(name.as_str())? {
+            return Ok(v);
+        }
+        let env = lua.app_data_ref::<Arc<Env>>().unwrap().clone();
+        let rel = name.replace('.', "/");
+        let local = env.recipe_dir.join(format!("{rel}.lua"));
+        let (src, chunk) = if local.exists() {
+            env.required.lock().unwrap().push(local.clone());
+            let s = std::fs::read_to_string(&local).map_err(|e| lua_err(lua, format!("{}: {e}", local.display())))?;
+            (s, chunk_name(&local))
+        } else if let Some((_, s)) = STDLIB.iter().find(|(n, _)| *n == name) {
+            (s.to_string(), format!("stdlib/{name}.lua"))
+        } else {
+            return Err(lua_err(
+                lua,
+                format!(
+                    "module `{name}` not found: no {} and no stdlib module of that name (stdlib: {})",
+                    local.display(),
+                    STDLIB.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        };
+        let v: Value = lua.load(src).set_name(format!("@{chunk}")).call(name.clone())?;
+        let v = if v.is_nil() { Value::Boolean(true) } else { v };
+        loaded.set(name.as_str(), v.clone())?;
+        Ok(v)
+    })?;
+    g.set("require", require)?;
+    Ok(())
+}

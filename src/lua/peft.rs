@@ -1,0 +1,413 @@
+//! `ftl.lora`, `ftl.ia3`, `ftl.adapter`, `ftl.prefix`, `ftl.prompt`, `ftl.load_adapter`: each
+//! attaches a method to a model and returns a handle to it.
+
+use super::model::{env, layers, pattern, ModelHandle};
+use super::opts::Opts;
+use super::{lua_err, LuaExt};
+use crate::model::Task;
+use crate::peft::bottleneck::{factor_for_size, BnConfig};
+use crate::peft::lora::{LoraInit, LoraOpts};
+use crate::peft::target::{Pattern, Selector};
+use crate::peft::{self, Kind};
+use mlua::{Lua, Table, UserData, UserDataFields, UserDataMethods, Value};
+
+/// A handle to one attached adapter.
+#[derive(Clone)]
+pub struct AdapterHandle {
+    pub model: ModelHandle,
+    pub name: String,
+}
+
+impl UserData for AdapterHandle {
+    fn add_fields<F: UserDataFields<Self>>(f: &mut F) {
+        f.add_field_method_get("name", |_, a| Ok(a.name.clone()));
+    }
+
+    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
+        m.add_method("targets", |_, a, ()| {
+            Ok(a.model
+                .lock()
+                .adapter(&a.name)
+                .map(|i| i.targets.clone())
+                .unwrap_or_default())
+        });
+        m.add_method("trainable", |_, a, ()| {
+            let mut m = a.model.lock();
+            Ok(m.adapter_params(&a.name)
+                .iter()
+                .filter(|(_, p)| p.is_trainable())
+                .map(|(_, p)| p.elem_count())
+                .sum::<usize>())
+        });
+        m.add_method("parameters", |lua, a, ()| {
+            let mut m = a.model.lock();
+            let out = lua.create_table()?;
+            for (i, (n, p)) in m.adapter_params(&a.name).into_iter().enumerate() {
+                let r = lua.create_table()?;
+                r.set("name", n)?;
+                r.set("shape", p.dims())?;
+                r.set("trainable", p.is_trainable())?;
+                out.set(i + 1, r)?;
+            }
+            Ok(out)
+        });
+    }
+}
+
+fn model_arg(lua: &Lua, v: &Value) -> mlua::Result<ModelHandle> {
+    match v {
+        Value::UserData(u) => u
+            .borrow::<ModelHandle>()
+            .map(|m| m.clone())
+            .map_err(|_| lua_err(lua, "expected a model (from ftl.load or ftl.new)")),
+        _ => Err(lua_err(
+            lua,
+            "expected a model (from ftl.load or ftl.new) as the first argument",
+        )),
+    }
+}
+
+/// The target selector from `targets`/`layers`/`exclude` options, with a default per model type.
+fn targets(
+    lua: &Lua,
+    o: &Opts,
+    defaults: Option<Vec<&str>>,
+    mt: &str,
+    method: &str,
+) -> mlua::Result<(Selector, bool)> {
+    let v = o.value("targets")?;
+    let all_linear = matches!(&v, Value::String(s) if s.to_str().map(|s| s.eq_ignore_ascii_case("all-linear")).unwrap_or(false));
+    let pat = if all_linear {
+        Pattern::list(Vec::new())
+    } else {
+        match pattern(lua, &v)? {
+            Some(p) => p,
+            None => match defaults {
+                Some(d) => Pattern::list(d.into_iter().map(String::from).collect()),
+                None => {
+                    return Err(lua_err(
+                        lua,
+                        format!(
+                            "{method}: no default targets for model type `{mt}`; pass targets="
+                        ),
+                    ))
+                }
+            },
+        }
+    };
+    let mut s = Selector::new(pat);
+    s.layers = layers(lua, &o.value("layers")?)?;
+    s.exclude = pattern(lua, &o.value("exclude")?)?;
+    Ok((s, all_linear))
+}
+
+fn resolve(
+    lua: &Lua,
+    m: &mut crate::Model,
+    sel: &Selector,
+    all_linear: bool,
+    kind: Kind,
+) -> mlua::Result<Vec<String>> {
+    let cands = m.module_paths(kind);
+    if all_linear {
+        let heads = m.arch.head_modules();
+        let lin = m.module_paths(Kind::Linear);
+        let got: Vec<String> = lin
+            .into_iter()
+            .filter(|p| !heads.contains(p) && sel.matches_filters(p))
+            .collect();
+        if got.is_empty() {
+            return Err(lua_err(lua, "all-linear selects no module"));
+        }
+        return Ok(got);
+    }
+    sel.select(&cands, "modules").lua(lua)
+}
+
+/// `modules_to_save`, plus the classifier head for classification models (as PEFT's SEQ_CLS).
+fn modules_to_save(lua: &Lua, m: &mut crate::Model, v: &Value) -> mlua::Result<Vec<String>> {
+    let mut out = match pattern(lua, v)? {
+        Some(p) => Selector::new(p)
+            .select(&m.all_module_paths(), "modules")
+            .lua(lua)?,
+        None => Vec::new(),
+    };
+    if let Task::SeqCls { .. } = m.task() {
+        for h in m.arch.head_modules() {
+            if !out.contains(&h) {
+                out.push(h);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn name(lua: &Lua, o: &Opts, m: &crate::Model, method: &str) -> mlua::Result<String> {
+    let _ = lua;
+    Ok(match o.get::<String>("name")? {
+        Some(n) => n,
+        None => m.fresh_name(method),
+    })
+}
+
+pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
+    ftl.set(
+        "lora",
+        lua.create_function(|lua, (mv, o): (Value, Option<Table>)| {
+            let h = model_arg(lua, &mv)?;
+            let o = Opts::new(
+                lua,
+                o,
+                "ftl.lora",
+                &[
+                    "targets",
+                    "r",
+                    "alpha",
+                    "dropout",
+                    "rslora",
+                    "dora",
+                    "init",
+                    "layers",
+                    "exclude",
+                    "modules_to_save",
+                    "name",
+                    "lora_bias",
+                ],
+            )?;
+            let mut m = h.lock();
+            let mt = m.arch.model_type().to_string();
+            let (sel, all_linear) =
+                targets(lua, &o, peft::default_lora_targets(&mt), &mt, "ftl.lora")?;
+            let init = match o.or::<String>("init", "kaiming".into())?.as_str() {
+                "kaiming" | "default" => LoraInit::Kaiming,
+                "gaussian" => LoraInit::Gaussian,
+                "pissa" => LoraInit::Pissa,
+                other => {
+                    return Err(lua_err(
+                        lua,
+                        format!("ftl.lora: unknown init `{other}` (kaiming, gaussian, pissa)"),
+                    ))
+                }
+            };
+            let r: usize = o.or("r", 8)?;
+            if r == 0 {
+                return Err(lua_err(lua, "ftl.lora: r must be at least 1"));
+            }
+            let opts = LoraOpts {
+                r,
+                alpha: o.or("alpha", 8.0)?,
+                dropout: o.or("dropout", 0.0)?,
+                rslora: o.or("rslora", false)?,
+                dora: o.or("dora", false)?,
+                lora_bias: o.or("lora_bias", false)?,
+                init,
+            };
+            let name = name(lua, &o, &m, "lora")?;
+            let mts = modules_to_save(lua, &mut m, &o.value("modules_to_save")?)?;
+            let paths: Vec<String> = resolve(lua, &mut m, &sel, all_linear, Kind::Injectable)?
+                .into_iter()
+                .filter(|p| !mts.contains(p))
+                .collect();
+            m.attach_lora(&name, &paths, &opts).lua(lua)?;
+            if !mts.is_empty() {
+                m.add_modules_to_save(&name, &mts).lua(lua)?;
+            }
+            drop(m);
+            Ok(AdapterHandle { model: h, name })
+        })?,
+    )?;
+    ftl.set(
+        "ia3",
+        lua.create_function(|lua, (mv, o): (Value, Option<Table>)| {
+            let h = model_arg(lua, &mv)?;
+            let o = Opts::new(
+                lua,
+                o,
+                "ftl.ia3",
+                &[
+                    "targets",
+                    "feedforward",
+                    "layers",
+                    "exclude",
+                    "modules_to_save",
+                    "name",
+                ],
+            )?;
+            let mut m = h.lock();
+            let mt = m.arch.model_type().to_string();
+            let defaults = peft::default_ia3(&mt);
+            let (sel, all_linear) = targets(
+                lua,
+                &o,
+                defaults.as_ref().map(|d| d.0.clone()),
+                &mt,
+                "ftl.ia3",
+            )?;
+            let paths = resolve(lua, &mut m, &sel, all_linear, Kind::Linear)?;
+            let ff_pat = match pattern(lua, &o.value("feedforward")?)? {
+                Some(p) => Some(p),
+                None if o.value("targets")?.is_nil() => {
+                    defaults.map(|d| Pattern::list(d.1.into_iter().map(String::from).collect()))
+                }
+                None => None,
+            };
+            let ff: Vec<String> = match ff_pat {
+                Some(p) => paths.iter().filter(|x| p.matches(x)).cloned().collect(),
+                None => Vec::new(),
+            };
+            let name = name(lua, &o, &m, "ia3")?;
+            let mts = modules_to_save(lua, &mut m, &o.value("modules_to_save")?)?;
+            let paths: Vec<String> = paths.into_iter().filter(|p| !mts.contains(p)).collect();
+            m.attach_ia3(&name, &paths, &ff).lua(lua)?;
+            if !mts.is_empty() {
+                m.add_modules_to_save(&name, &mts).lua(lua)?;
+            }
+            drop(m);
+            Ok(AdapterHandle { model: h, name })
+        })?,
+    )?;
+    ftl.set(
+        "adapter",
+        lua.create_function(|lua, (mv, o): (Value, Option<Table>)| {
+            let h = model_arg(lua, &mv)?;
+            let o = Opts::new(
+                lua,
+                o,
+                "ftl.adapter",
+                &[
+                    "style",
+                    "reduction",
+                    "size",
+                    "activation",
+                    "layers",
+                    "name",
+                    "scaling",
+                    "dropout",
+                ],
+            )?;
+            let mut m = h.lock();
+            let style: String = o.or("style", "pfeiffer".to_string())?;
+            let mut raw = BnConfig::preset(&style).lua(lua)?;
+            // ftl starts from the identity: zero up-projection (AdapterHub's mam_adapter init)
+            raw["init_weights"] = "mam_adapter".into();
+            let hidden = m.arch.dims().hidden;
+            match (o.get::<f64>("reduction")?, o.get::<usize>("size")?) {
+                (Some(_), Some(_)) => {
+                    return Err(lua_err(
+                        lua,
+                        "ftl.adapter: give reduction= or size=, not both",
+                    ))
+                }
+                (Some(r), None) => {
+                    raw["reduction_factor"] = if r.fract() == 0.0 {
+                        (r as i64).into()
+                    } else {
+                        r.into()
+                    }
+                }
+                (None, Some(s)) => {
+                    if s == 0 || s > 16 * hidden {
+                        return Err(lua_err(
+                            lua,
+                            format!("ftl.adapter: size {s} is out of range"),
+                        ));
+                    }
+                    raw["reduction_factor"] = factor_for_size(hidden, s).into();
+                }
+                (None, None) => {}
+            }
+            if let Some(a) = o.get::<String>("activation")? {
+                if crate::ops::Activation::parse(&a).is_none() {
+                    return Err(lua_err(
+                        lua,
+                        format!("ftl.adapter: unknown activation `{a}`"),
+                    ));
+                }
+                raw["non_linearity"] = a.into();
+            }
+            if let Some(s) = o.get::<f64>("scaling")? {
+                raw["scaling"] = s.into();
+            }
+            if let Some(d) = o.get::<f64>("dropout")? {
+                raw["dropout"] = d.into();
+            }
+            if let Some(ls) = layers(lua, &o.value("layers")?)? {
+                let n = m.arch.dims().layers;
+                if let Some(bad) = ls.iter().find(|&&l| l >= n) {
+                    return Err(lua_err(
+                        lua,
+                        format!("ftl.adapter: layer {bad} does not exist (the model has {n})"),
+                    ));
+                }
+                let leave: Vec<usize> = (0..n).filter(|l| !ls.contains(l)).collect();
+                raw["leave_out"] = leave.into();
+            }
+            let cfg = BnConfig::from_json(&raw, false).lua(lua)?;
+            let name = name(lua, &o, &m, "adapter")?;
+            m.attach_bottleneck(&name, &cfg).lua(lua)?;
+            drop(m);
+            Ok(AdapterHandle { model: h, name })
+        })?,
+    )?;
+    ftl.set(
+        "prefix",
+        lua.create_function(|lua, (mv, o): (Value, Option<Table>)| {
+            let h = model_arg(lua, &mv)?;
+            let o = Opts::new(lua, o, "ftl.prefix", &["tokens", "projection", "name"])?;
+            let mut m = h.lock();
+            let projection: Option<usize> =
+                match o.value("projection")? {
+                    Value::Nil | Value::Boolean(false) => None,
+                    Value::Boolean(true) => Some(m.arch.dims().hidden),
+                    Value::Integer(i) if i > 0 => Some(i as usize),
+                    other => return Err(lua_err(
+                        lua,
+                        format!(
+                            "ftl.prefix: projection must be a hidden size or true, got {other:?}"
+                        ),
+                    )),
+                };
+            let name = name(lua, &o, &m, "prefix")?;
+            m.attach_prefix(&name, o.or("tokens", 20)?, projection)
+                .lua(lua)?;
+            let mts = modules_to_save(lua, &mut m, &Value::Nil)?;
+            if !mts.is_empty() {
+                m.add_modules_to_save(&name, &mts).lua(lua)?;
+            }
+            drop(m);
+            Ok(AdapterHandle { model: h, name })
+        })?,
+    )?;
+    ftl.set(
+        "prompt",
+        lua.create_function(|lua, (mv, o): (Value, Option<Table>)| {
+            let h = model_arg(lua, &mv)?;
+            let o = Opts::new(lua, o, "ftl.prompt", &["tokens", "init_text", "name"])?;
+            let mut m = h.lock();
+            let name = name(lua, &o, &m, "prompt")?;
+            m.attach_prompt(&name, o.or("tokens", 20)?, o.get("init_text")?)
+                .lua(lua)?;
+            let mts = modules_to_save(lua, &mut m, &Value::Nil)?;
+            if !mts.is_empty() {
+                m.add_modules_to_save(&name, &mts).lua(lua)?;
+            }
+            drop(m);
+            Ok(AdapterHandle { model: h, name })
+        })?,
+    )?;
+    ftl.set(
+        "load_adapter",
+        lua.create_function(|lua, (mv, dir, o): (Value, String, Option<Table>)| {
+            let h = model_arg(lua, &mv)?;
+            let o = Opts::new(lua, o, "ftl.load_adapter", &["name", "trainable"])?;
+            let path = env(lua).input(&dir).lua(lua)?;
+            let lo = crate::peft::io::LoadAdapterOpts {
+                name: o.get("name")?,
+                trainable: o.or("trainable", false)?,
+            };
+            let name = crate::peft::io::load_adapter(&mut h.lock(), &path, &lo).lua(lua)?;
+            Ok(AdapterHandle { model: h, name })
+        })?,
+    )?;
+    Ok(())
+}

@@ -1,0 +1,87 @@
+-- check: compare ftl against reference fixtures (HF transformers + PEFT / AdapterHub outputs).
+--
+-- A fixture directory holds model directories (config.json + model.safetensors +
+-- expected.safetensors with input_ids, attention_mask, logits) and adapter directories
+-- (adapter_config.json + weights + expected.safetensors whose metadata names the `base`).
+local ftl = require("ftl")
+local M = {}
+
+-- metadata values are JSON strings in some files and plain strings in others
+local function meta_value(v)
+  if v == nil then return nil end
+  local ok, d = pcall(ftl.json.decode, v)
+  if ok and type(d) == "string" then return d end
+  return v
+end
+
+local function find_base(name, roots)
+  for _, r in ipairs(roots) do
+    local p = ftl.fs.join(r, name)
+    if ftl.fs.exists(ftl.fs.join(p, "config.json")) then return p end
+  end
+  return nil
+end
+
+local function compare(m, e, key)
+  local logits = m:forward(e.input_ids, e.attention_mask, {token_type_ids = e.token_type_ids})
+  return logits:rel_err(e[key])
+end
+
+--- Checks one fixture directory; returns a list of {name=, what=, err=, ok=} rows.
+function M.case(path, opts)
+  opts = opts or {}
+  local tol = opts.tol or 1e-4
+  local rows = {}
+  local expected = ftl.fs.join(path, "expected.safetensors")
+  local e = ftl.tensor.load(expected)
+  local meta = ftl.tensor.metadata(expected)
+  local function row(what, err)
+    rows[#rows + 1] = {name = path, what = what, err = err, ok = err < tol}
+  end
+  if ftl.fs.exists(ftl.fs.join(path, "adapter_config.json")) then
+    local base_name = meta_value(meta.base)
+    local base = base_name and find_base(base_name, opts.roots or {})
+    if not base then error(path .. ": base model `" .. tostring(base_name) .. "` not found") end
+    local head = meta_value(meta.model_class) ~= "BertModel"
+    local m = ftl.load(base, {head = head})
+    ftl.load_adapter(m, path)
+    row("adapter", compare(m, e, "logits"))
+    if e.logits_merged then
+      m:merge()
+      row("merged", compare(m, e, "logits_merged"))
+    end
+  else
+    local m = ftl.load(path)
+    row("model", compare(m, e, "logits"))
+  end
+  return rows
+end
+
+--- Checks every fixture under `dir` (and `opts.extra` directories for bases); prints a table,
+--- returns {passed=, failed=, rows=}.
+function M.fixtures(dir, opts)
+  opts = opts or {}
+  local roots = {dir}
+  for _, r in ipairs(opts.extra or {}) do roots[#roots + 1] = r end
+  local report = {passed = 0, failed = 0, rows = {}}
+  for _, name in ipairs(ftl.fs.list(dir)) do
+    local path = ftl.fs.join(dir, name)
+    if ftl.fs.exists(ftl.fs.join(path, "expected.safetensors")) and
+       (ftl.fs.exists(ftl.fs.join(path, "config.json")) or ftl.fs.exists(ftl.fs.join(path, "adapter_config.json"))) then
+      local ok, rows = pcall(M.case, path, {tol = opts.tol, roots = roots})
+      if not ok then
+        rows = {{name = path, what = "error", err = math.huge, ok = false, msg = tostring(rows)}}
+      end
+      for _, r in ipairs(rows) do
+        report.rows[#report.rows + 1] = r
+        if r.ok then report.passed = report.passed + 1 else report.failed = report.failed + 1 end
+        print(string.format("%-4s %-40s %-8s %.2e%s", r.ok and "ok" or "FAIL", name, r.what, r.err,
+          r.msg and ("  " .. r.msg) or ""))
+      end
+    end
+  end
+  print(string.format("%d passed, %d failed (tolerance %.0e)", report.passed, report.failed, opts.tol or 1e-4))
+  return report
+end
+
+return M
