@@ -355,18 +355,19 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
             let h = model_arg(lua, &mv)?;
             let o = Opts::new(lua, o, "ftl.prefix", &["tokens", "projection", "name"])?;
             let mut m = h.lock();
-            let projection: Option<usize> =
-                match o.value("projection")? {
-                    Value::Nil | Value::Boolean(false) => None,
-                    Value::Boolean(true) => Some(m.arch.dims().hidden),
-                    Value::Integer(i) if i > 0 => Some(i as usize),
-                    other => return Err(lua_err(
+            let projection: Option<usize> = match o.value("projection")? {
+                Value::Nil | Value::Boolean(false) => None,
+                Value::Boolean(true) => Some(m.arch.dims().hidden),
+                Value::Integer(i) if i > 0 => Some(i as usize),
+                other => {
+                    return Err(lua_err(
                         lua,
                         format!(
                             "ftl.prefix: projection must be a hidden size or true, got {other:?}"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             let name = name(lua, &o, &m, "prefix")?;
             m.attach_prefix(&name, o.or("tokens", 20)?, projection)
                 .lua(lua)?;

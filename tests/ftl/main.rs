@@ -1,4 +1,7 @@
 //! ftl's integration tests: one binary, a module per area.
 
 mod common;
+mod errors;
 mod fixtures;
+mod invariants;
+mod recipes;

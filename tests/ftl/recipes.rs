@@ -1,0 +1,213 @@
+//! Recipes through the `ftl` binary: the fixture check recipe (and that it fails on a perturbed
+//! fixture), errors located at `recipe.lua:LINE`, the sandbox, arguments.
+
+use crate::common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn ftl_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ftl"))
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `ftl run` on a recipe; (exit code, stdout, stderr).
+pub fn run(recipe: &Path, args: &[&str]) -> (i32, String, String) {
+    let o = ftl_bin()
+        .arg("run")
+        .arg(recipe)
+        .args(args)
+        .arg("-q")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+fn write_recipe(dir: &Path, name: &str, src: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, src).unwrap();
+    p
+}
+
+#[test]
+fn check_recipe_passes_on_the_fixtures() {
+    let (code, out, err) = run(
+        &repo().join("recipes/check_fixtures.lua"),
+        &["dir=tests/fixtures/hf"],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("17 passed, 0 failed"), "{out}");
+}
+
+#[test]
+fn check_recipe_fails_on_a_perturbed_fixture() {
+    let t = tempfile::tempdir().unwrap();
+    for name in ["llama-tiny", "lora-qv"] {
+        let to = t.path().join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        for e in std::fs::read_dir(fixture(name)).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    // scale the adapter's reference logits by 1.001: a relative error of 1e-3
+    let p = t.path().join("lora-qv/expected.safetensors");
+    let f = ftl::st::StFile::open(&p).unwrap();
+    let mut ts = f.load_all(&candle_core::Device::Cpu).unwrap();
+    let meta = f.metadata.clone();
+    drop(f);
+    let l = (ts["logits"].clone() * 1.001).unwrap();
+    ts.insert("logits".into(), l);
+    ftl::st::save(&p, &ts, Some(meta)).unwrap();
+    let dir = t.path().display().to_string();
+    let (code, out, err) = run(
+        &repo().join("recipes/check_fixtures.lua"),
+        &[&format!("dir={dir}")],
+    );
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(out.contains("FAIL lora-qv"), "{out}");
+    assert!(out.contains("ok   llama-tiny"), "{out}");
+    assert!(out.contains("1 passed, 1 failed"), "{out}");
+}
+
+#[test]
+fn unknown_option_names_key_line_and_closest() {
+    let t = tempfile::tempdir().unwrap();
+    let fx = fixture("llama-tiny").display().to_string();
+    let r = write_recipe(
+        t.path(),
+        "bad.lua",
+        "local ftl = require('ftl')\nlocal m = ftl.load(ftl.args.m)\n\nftl.lora(m, {targets = {'q_proj'}, rank = 8})\n",
+    );
+    let (code, _, err) = run(&r, &[&format!("m={fx}")]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("bad.lua:4") && err.contains("`rank`") && err.contains("`r`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn syntax_and_runtime_errors_carry_the_line() {
+    let t = tempfile::tempdir().unwrap();
+    let r = write_recipe(t.path(), "syntax.lua", "local x = 1\nlocal y = = 2\n");
+    let (code, _, err) = run(&r, &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("syntax.lua:2"), "{err}");
+    let r = write_recipe(
+        t.path(),
+        "missing.lua",
+        "local ftl = require('ftl')\n\nftl.load('no/such/model')\n",
+    );
+    let (code, _, err) = run(&r, &[]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("missing.lua:3") && err.contains("no/such/model"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sandbox_blocks_outside_reads_and_os_execute() {
+    let t = tempfile::tempdir().unwrap();
+    let r = write_recipe(
+        t.path(),
+        "sb.lua",
+        "local ftl = require('ftl')\nftl.load('/etc')\n",
+    );
+    let (code, _, err) = run(&r, &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("sb.lua:2") && err.contains("--trust"), "{err}");
+    let r = write_recipe(
+        t.path(),
+        "ex.lua",
+        "assert(os.execute == nil and io.popen == nil and package == nil)\nprint('sandboxed')\n",
+    );
+    let (code, out, err) = run(&r, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sandboxed"));
+    let r = write_recipe(
+        t.path(),
+        "tr.lua",
+        "assert(type(os.execute) == 'function')\nprint('trusted')\n",
+    );
+    let o = ftl_bin()
+        .args(["run", "--trust", "-q"])
+        .arg(&r)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn args_are_lua_literals() {
+    let t = tempfile::tempdir().unwrap();
+    let r = write_recipe(
+        t.path(),
+        "args.lua",
+        "local a = ftl.args\nassert(a.n == 3 and math.type(a.n) == 'integer')\nassert(a.lr == 2e-4)\nassert(a.flag == true)\n\
+         assert(a.s == 'hello world')\nassert(a.plain == 'x/y')\nassert(a.t[2] == 2 and a.t.k == 'v')\nassert(a.opt.depth == 2)\nprint('args ok')\n",
+    );
+    let (code, out, err) = run(
+        &r,
+        &[
+            "n=3",
+            "lr=2e-4",
+            "flag=true",
+            "s=\"hello world\"",
+            "plain=x/y",
+            "t={1, 2, k='v'}",
+            "opt.depth=2",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("args ok"));
+}
+
+#[test]
+fn adapters_round_trip_through_a_recipe() {
+    let t = tempfile::tempdir().unwrap();
+    let fx = fixtures().join("hf").display().to_string();
+    let r = write_recipe(
+        t.path(),
+        "rt.lua",
+        r#"local ftl = require("ftl")
+local dir = ftl.args.fx
+local e = ftl.tensor.load(dir .. "/llama-tiny/expected.safetensors")
+local m = ftl.load(dir .. "/llama-tiny")
+local base = m:forward(e.input_ids, e.attention_mask)
+assert(base:rel_err(e.logits) < 1e-4)
+for _, kind in ipairs({"lora", "ia3", "adapter", "prefix", "prompt"}) do
+  local mm = ftl.load(dir .. "/llama-tiny")
+  local a = ftl[kind](mm, {name = kind})
+  -- away from the identity
+  local sd = mm:state_dict{trainable = true}
+  for k, v in pairs(sd) do sd[k] = v + 0.05 end
+  mm:load_state_dict(sd)
+  local before = mm:forward(e.input_ids, e.attention_mask)
+  mm:save_adapter(kind)
+  local fresh = ftl.load(dir .. "/llama-tiny")
+  ftl.load_adapter(fresh, ftl.out_dir .. "/" .. kind)
+  local after = fresh:forward(e.input_ids, e.attention_mask)
+  assert(after:rel_err(before) < 1e-6, kind .. " " .. after:rel_err(before))
+  print(kind, "round trip ok", a.name, #mm:adapters())
+end
+"#,
+    );
+    let out_dir = t.path().join("out");
+    let (code, out, err) = run(
+        &r,
+        &[&format!("fx={fx}"), "--out", out_dir.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(out.matches("round trip ok").count(), 5, "{out}");
+    assert!(out_dir.join("lora/adapter_model.safetensors").exists());
+    assert!(out_dir.join("adapter/adapter.safetensors").exists());
+}
