@@ -11,5 +11,7 @@ pub mod tokenizer;
 pub use error::{Error, Result};
 pub use model::Model;
 pub mod cli;
+pub mod data;
 pub mod lua;
+pub mod train;
 pub mod watch;

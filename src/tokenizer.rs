@@ -187,6 +187,35 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// Ids and token type ids of a text (and an optional second segment), special tokens added.
+    pub fn encode_pair(&self, text: &str, pair: Option<&str>) -> Result<(Vec<u32>, Vec<u32>)> {
+        match (&self.inner, pair) {
+            (Inner::Hf(t), Some(p)) => {
+                let e = t
+                    .encode((text, p), true)
+                    .map_err(|e| Error::msg(format!("tokenizer: {e}")))?;
+                Ok((e.get_ids().to_vec(), e.get_type_ids().to_vec()))
+            }
+            (_, None) => {
+                let ids = self.encode(text, true)?;
+                let n = ids.len();
+                Ok((ids, vec![0; n]))
+            }
+            (Inner::Bytes, Some(p)) => {
+                let mut ids = self.encode(text, true)?;
+                let n = ids.len();
+                ids.extend(self.encode(p, false)?);
+                let m = ids.len() - n;
+                Ok((
+                    ids,
+                    std::iter::repeat_n(0, n)
+                        .chain(std::iter::repeat_n(1, m))
+                        .collect(),
+                ))
+            }
+        }
+    }
+
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         match &self.inner {
             Inner::Hf(t) => t

@@ -167,7 +167,7 @@ pub fn save_adapter(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
             "exclude_modules": null, "fan_in_fan_out": transposed,
             "init_lora_weights": match o.init { LoraInit::Gaussian => json!("gaussian"), LoraInit::Pissa => json!("pissa"), _ => json!(true) },
             "kasa_config": null, "layer_replication": null, "layers_pattern": null,
-            "layers_to_transform": null, "loftq_config": {}, "lora_alpha": o.alpha,
+            "layers_to_transform": null, "loftq_config": {}, "lora_alpha": if o.alpha.fract() == 0.0 && o.alpha.abs() < 1e15 { json!(o.alpha as i64) } else { json!(o.alpha) },
             "lora_bias": o.lora_bias, "lora_dropout": o.dropout, "lora_ga_config": null,
             "megatron_config": null, "megatron_core": "megatron.core", "monteclora_config": null,
             "peft_type": "LORA", "qalora_group_size": 16, "r": o.r, "rank_pattern": {},

@@ -5,3 +5,4 @@ mod errors;
 mod fixtures;
 mod invariants;
 mod recipes;
+mod training;

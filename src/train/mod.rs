@@ -1,0 +1,494 @@
+//! The training loop: micro-batches → loss → backward → accumulated gradients → clip → optimizer
+//! step, with extras (progress, callbacks, evaluation, checkpoints) hanging off step events.
+
+pub mod optim;
+pub mod progress;
+pub mod schedule;
+
+use crate::data::{batch_indices, Batch, Ctx as DataCtx, Dataset, Example, Prep};
+use crate::error::{Error, Result};
+use crate::model::{Model, Param, Task};
+use crate::ops;
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, D};
+use optim::{OptimOpts, Optimizer};
+use schedule::Schedule;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct TrainOpts {
+    pub epochs: Option<usize>,
+    pub max_steps: Option<usize>,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub max_len: Option<usize>,
+    pub lr: f64,
+    pub optimizer: OptimOpts,
+    /// parameter names exempt from weight decay
+    pub no_decay: Option<crate::peft::target::Selector>,
+    pub clip: Option<f64>,
+    pub schedule: Schedule,
+    pub shuffle: bool,
+    pub group_by_length: bool,
+    pub seed: u64,
+    pub eval_every: Option<usize>,
+    pub eval_batch_size: usize,
+}
+
+impl Default for TrainOpts {
+    fn default() -> Self {
+        TrainOpts {
+            epochs: None,
+            max_steps: None,
+            batch_size: 8,
+            grad_accum: 1,
+            max_len: None,
+            lr: 1e-4,
+            optimizer: OptimOpts {
+                kind: optim::Kind::AdamW {
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                },
+                weight_decay: 0.01,
+            },
+            no_decay: None,
+            clip: None,
+            schedule: Schedule {
+                kind: schedule::Kind::Constant,
+                warmup: 0,
+                min_lr: None,
+            },
+            shuffle: true,
+            group_by_length: false,
+            seed: 0,
+            eval_every: None,
+            eval_batch_size: 8,
+        }
+    }
+}
+
+/// What a step event reports.
+#[derive(Clone, Debug)]
+pub struct StepInfo {
+    /// optimizer steps completed (1 after the first)
+    pub step: usize,
+    pub total_steps: usize,
+    pub epoch: usize,
+    /// mean loss over the label tokens of this step
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens: usize,
+    pub tokens_per_s: f64,
+    pub elapsed_s: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct EvalInfo {
+    pub step: usize,
+    pub loss: f64,
+    pub perplexity: f64,
+    pub accuracy: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct TrainResult {
+    pub steps: usize,
+    pub epochs: usize,
+    pub loss: f64,
+    pub eval_loss: Option<f64>,
+    pub tokens: usize,
+    pub tokens_per_s: f64,
+    pub time_s: f64,
+    pub peak_mem_bytes: u64,
+    pub trainable: usize,
+    pub grad_bytes: usize,
+    pub optimizer_bytes: usize,
+    pub forward_s: f64,
+    pub backward_s: f64,
+    pub optimizer_s: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Observers of the loop. Hooks run without the model locked, so they may change it (freeze,
+/// unfreeze, attach); the change applies from the next step.
+pub trait Hook {
+    fn on_step(&mut self, _s: &StepInfo) -> Result<Flow> {
+        Ok(Flow::Continue)
+    }
+    fn on_eval(&mut self, _e: &EvalInfo) -> Result<Flow> {
+        Ok(Flow::Continue)
+    }
+    /// After each backward pass, with what it stored and the parameters being trained.
+    fn on_backward(&mut self, _grads: &GradStore, _params: &[(String, Param)]) {}
+}
+
+fn lock(m: &Mutex<Model>) -> std::sync::MutexGuard<'_, Model> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Tokenizes `data` with the model's tokenizer.
+pub fn prepare(
+    model: &Mutex<Model>,
+    data: &Dataset,
+    max_len: Option<usize>,
+) -> Result<(Vec<Example>, u32)> {
+    let m = lock(model);
+    let bytes = crate::tokenizer::Tokenizer::bytes();
+    let tok = m.tokenizer.as_ref().unwrap_or(&bytes);
+    let num_labels = match m.task() {
+        Task::SeqCls { num_labels } => Some(num_labels),
+        _ => None,
+    };
+    if data.is_classification() != num_labels.is_some() {
+        return Err(Error::msg(if num_labels.is_some() {
+            "this classifier needs classification data (format = \"classification\")".to_string()
+        } else {
+            "classification data needs a model with a classification head".to_string()
+        }));
+    }
+    let mut d = data.clone();
+    if max_len.is_some() {
+        d.prep = Prep { max_len, ..d.prep };
+    }
+    let l2i = m.config.get("label2id").and_then(|v| v.as_object());
+    let ex = d.examples(&DataCtx {
+        tok,
+        num_labels,
+        label2id: l2i,
+    })?;
+    if let Some(bad) = ex.iter().position(|e| e.ids.is_empty()) {
+        return Err(Error::msg(format!(
+            "{}: example {} has no tokens",
+            data.origin,
+            bad + 1
+        )));
+    }
+    let pad = tok.pad.or(tok.eos).unwrap_or(0);
+    Ok((ex, pad))
+}
+
+/// Σ of the loss over a batch's label tokens (causal LM, labels shifted inside) or examples
+/// (classification).
+pub fn loss_sum(logits: &Tensor, b: &Batch) -> Result<Tensor> {
+    if b.labels.len() == b.rows && logits.rank() == 2 {
+        return Ok(ops::cross_entropy_sum(
+            &logits.to_dtype(DType::F32)?,
+            &b.labels,
+        )?);
+    }
+    let (rows, t, v) = logits.dims3()?;
+    // prompt tuning puts virtual positions in front: their labels are ignored
+    let extra = t - b.cols;
+    let mut targets = vec![ops::IGNORE_INDEX; rows * t];
+    for r in 0..rows {
+        for j in 0..b.cols.saturating_sub(1) {
+            targets[r * t + extra + j] = b.labels[r * b.cols + j + 1];
+        }
+        if extra > 0 {
+            targets[r * t + extra - 1] = b.labels[r * b.cols];
+        }
+    }
+    let flat = logits.reshape((rows * t, v))?;
+    Ok(ops::cross_entropy_sum(&flat, &targets)?)
+}
+
+/// Peak resident memory of this process (VmHWM).
+pub fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Which micro-batches each optimizer step takes.
+struct Plan {
+    steps: usize,
+    /// per step: (epoch, micro-batches as example indices)
+    schedule: Vec<(usize, Vec<Vec<usize>>)>,
+}
+
+impl Plan {
+    fn new(ex: &[Example], o: &TrainOpts) -> Result<Plan> {
+        let per_epoch_batches = ex.len().div_ceil(o.batch_size);
+        let per_epoch = per_epoch_batches.div_ceil(o.grad_accum).max(1);
+        let steps = match (o.max_steps, o.epochs) {
+            (Some(s), _) => s,
+            (None, e) => e.unwrap_or(1) * per_epoch,
+        };
+        let mut schedule = Vec::with_capacity(steps);
+        let mut epoch = 0;
+        while schedule.len() < steps {
+            let seed = o.shuffle.then_some(o.seed.wrapping_add(epoch as u64));
+            let batches = batch_indices(ex, o.batch_size, seed, o.group_by_length);
+            for group in batches.chunks(o.grad_accum) {
+                if schedule.len() == steps {
+                    break;
+                }
+                schedule.push((epoch, group.to_vec()));
+            }
+            epoch += 1;
+        }
+        Ok(Plan { steps, schedule })
+    }
+}
+
+/// Trains every trainable tensor of `model` on `data`.
+pub fn train(
+    model: &Arc<Mutex<Model>>,
+    data: &Dataset,
+    o: &TrainOpts,
+    eval: Option<&Dataset>,
+    hooks: &mut [&mut dyn Hook],
+    cancel: &AtomicBool,
+) -> Result<TrainResult> {
+    check_opts(o)?;
+    let (ex, pad) = prepare(model, data, o.max_len)?;
+    let eval_ex = match eval {
+        Some(d) => Some(prepare(model, d, o.max_len)?.0),
+        None => None,
+    };
+    let plan = Plan::new(&ex, o)?;
+    let device = lock(model).device.clone();
+    let mut opt = Optimizer::new(o.optimizer.clone());
+    let mut res = TrainResult::default();
+    let start = Instant::now();
+    for (k, (epoch, micro)) in plan.schedule.iter().enumerate() {
+        let params = trainable(model)?;
+        let lr = schedule::lr_at(&o.schedule, o.lr, k, plan.steps);
+        let batches: Vec<Batch> = micro
+            .iter()
+            .map(|idx| {
+                Batch::collate(
+                    &idx.iter().map(|&i| ex[i].clone()).collect::<Vec<_>>(),
+                    pad,
+                    &device,
+                )
+            })
+            .collect::<Result<_>>()?;
+        let denom = batches
+            .iter()
+            .map(|b| b.loss_tokens())
+            .sum::<usize>()
+            .max(1) as f64;
+        let (loss, mut grads) = accumulate(model, &batches, denom, &params, o, k, &mut res, hooks)?;
+        let t0 = Instant::now();
+        let grad_norm = optim::clip(&mut grads, o.clip)?;
+        for ((name, p), g) in params.iter().zip(&grads) {
+            let decay = !o.no_decay.as_ref().is_some_and(|s| s.matches(name));
+            opt.update(name, p, g, lr, decay)?;
+        }
+        opt.retain(&params.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>());
+        res.optimizer_s += t0.elapsed().as_secs_f64();
+        res.tokens += batches.iter().map(|b| b.tokens).sum::<usize>();
+        res.steps = k + 1;
+        res.epochs = epoch + 1;
+        res.loss = loss;
+        res.optimizer_bytes = res.optimizer_bytes.max(opt.state_bytes());
+        res.trainable = params.iter().map(|(_, p)| p.elem_count()).sum();
+        let elapsed = start.elapsed().as_secs_f64();
+        let info = StepInfo {
+            step: k + 1,
+            total_steps: plan.steps,
+            epoch: epoch + 1,
+            loss,
+            lr,
+            grad_norm,
+            tokens: res.tokens,
+            tokens_per_s: res.tokens as f64 / elapsed.max(1e-9),
+            elapsed_s: elapsed,
+        };
+        let mut flow = emit(hooks, |h| h.on_step(&info))?;
+        let due = o.eval_every.is_some_and(|e| (k + 1) % e == 0) || k + 1 == plan.steps;
+        if let (Some(eex), true) = (&eval_ex, due) {
+            let e = evaluate_examples(model, eex, pad, o.eval_batch_size, k + 1)?;
+            res.eval_loss = Some(e.loss);
+            if emit(hooks, |h| h.on_eval(&e))? == Flow::Stop {
+                flow = Flow::Stop;
+            }
+        }
+        if flow == Flow::Stop || cancel.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    res.time_s = start.elapsed().as_secs_f64();
+    res.tokens_per_s = res.tokens as f64 / res.time_s.max(1e-9);
+    res.peak_mem_bytes = peak_rss();
+    Ok(res)
+}
+
+fn check_opts(o: &TrainOpts) -> Result<()> {
+    if o.lr <= 0.0 || !o.lr.is_finite() {
+        return Err(Error::msg(format!("lr must be positive, got {}", o.lr)));
+    }
+    if o.batch_size == 0 || o.grad_accum == 0 {
+        return Err(Error::msg("batch_size and grad_accum must be at least 1"));
+    }
+    if o.max_steps == Some(0) || o.epochs == Some(0) {
+        return Err(Error::msg("nothing to do: max_steps/epochs is 0"));
+    }
+    if let Some(c) = o.clip {
+        if c <= 0.0 {
+            return Err(Error::msg(format!("clip must be positive, got {c}")));
+        }
+    }
+    Ok(())
+}
+
+fn trainable(model: &Mutex<Model>) -> Result<Vec<(String, Param)>> {
+    let p = lock(model).trainable_params();
+    if p.is_empty() {
+        return Err(Error::msg(
+            "nothing is trainable: attach a method (ftl.lora, ...) or unfreeze weights (m:unfreeze())",
+        ));
+    }
+    Ok(p)
+}
+
+fn emit(
+    hooks: &mut [&mut dyn Hook],
+    mut f: impl FnMut(&mut dyn Hook) -> Result<Flow>,
+) -> Result<Flow> {
+    let mut flow = Flow::Continue;
+    for h in hooks.iter_mut() {
+        if f(&mut **h)? == Flow::Stop {
+            flow = Flow::Stop;
+        }
+    }
+    Ok(flow)
+}
+
+/// Forward and backward over one step's micro-batches; the step's mean loss and the summed
+/// gradients of `params`.
+#[allow(clippy::too_many_arguments)]
+fn accumulate(
+    model: &Mutex<Model>,
+    batches: &[Batch],
+    denom: f64,
+    params: &[(String, Param)],
+    o: &TrainOpts,
+    step: usize,
+    res: &mut TrainResult,
+    hooks: &mut [&mut dyn Hook],
+) -> Result<(f64, Vec<Tensor>)> {
+    let mut total = 0f64;
+    let mut acc: Vec<Option<Tensor>> = vec![None; params.len()];
+    for (j, b) in batches.iter().enumerate() {
+        let t0 = Instant::now();
+        let m = lock(model);
+        let ctx = m.ctx(
+            true,
+            o.seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add((step * o.grad_accum + j) as u64),
+        );
+        let logits = m.forward_with(&b.ids, Some(&b.mask), b.types.as_ref(), &ctx, None)?;
+        let sum = loss_sum(&logits, b)?;
+        let loss = (sum / denom)?;
+        total += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let t1 = Instant::now();
+        res.forward_s += (t1 - t0).as_secs_f64();
+        let grads = loss.backward()?;
+        drop(m);
+        res.backward_s += t1.elapsed().as_secs_f64();
+        res.grad_bytes = res.grad_bytes.max(grad_bytes(&grads, params));
+        for h in hooks.iter_mut() {
+            h.on_backward(&grads, params);
+        }
+        for ((_, p), a) in params.iter().zip(acc.iter_mut()) {
+            let var = p.var().expect("trainable");
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            *a = Some(match a.take() {
+                None => g.clone(),
+                Some(prev) => (prev + g)?,
+            });
+        }
+    }
+    let grads = params
+        .iter()
+        .zip(acc)
+        .map(|((_, p), g)| match g {
+            Some(g) => Ok(g),
+            // unused in this step (e.g. an adapter on inactive positions): zero gradient
+            None => Ok(p.value().zeros_like()?),
+        })
+        .collect::<Result<_>>()?;
+    Ok((total, grads))
+}
+
+/// Bytes of gradient the backward pass stored for model parameters.
+fn grad_bytes(grads: &GradStore, params: &[(String, Param)]) -> usize {
+    params
+        .iter()
+        .filter_map(|(_, p)| p.var())
+        .filter_map(|v| grads.get(v.as_tensor()))
+        .map(|g| g.elem_count() * g.dtype().size_in_bytes())
+        .sum()
+}
+
+/// Loss, perplexity and (classification) accuracy over `data`.
+pub fn evaluate(
+    model: &Arc<Mutex<Model>>,
+    data: &Dataset,
+    batch_size: usize,
+    max_len: Option<usize>,
+) -> Result<EvalInfo> {
+    let (ex, pad) = prepare(model, data, max_len)?;
+    evaluate_examples(model, &ex, pad, batch_size, 0)
+}
+
+fn evaluate_examples(
+    model: &Mutex<Model>,
+    ex: &[Example],
+    pad: u32,
+    batch_size: usize,
+    step: usize,
+) -> Result<EvalInfo> {
+    let m = lock(model);
+    let ctx = m.ctx(false, 0);
+    let (mut sum, mut n, mut correct) = (0f64, 0usize, 0usize);
+    let cls = ex.first().is_some_and(|e| e.class.is_some());
+    for idx in batch_indices(ex, batch_size.max(1), None, false) {
+        let b = Batch::collate(
+            &idx.iter().map(|&i| ex[i].clone()).collect::<Vec<_>>(),
+            pad,
+            &m.device,
+        )?;
+        let logits = m.forward_with(&b.ids, Some(&b.mask), b.types.as_ref(), &ctx, None)?;
+        sum += loss_sum(&logits, &b)?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        n += b.loss_tokens();
+        if cls {
+            let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
+            correct += pred
+                .iter()
+                .zip(&b.labels)
+                .filter(|(p, l)| **p as i64 == **l)
+                .count();
+        }
+    }
+    let loss = sum / n.max(1) as f64;
+    Ok(EvalInfo {
+        step,
+        loss,
+        perplexity: loss.exp(),
+        accuracy: cls.then(|| correct as f64 / ex.len().max(1) as f64),
+    })
+}

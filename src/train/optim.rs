@@ -1,0 +1,310 @@
+//! Optimizers exactly as `torch.optim.AdamW` and `torch.optim.SGD` (momentum, coupled weight
+//! decay), updating each parameter in place in one parallel pass over its buffer.
+
+use crate::error::{Error, Result};
+use crate::model::Param;
+use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Tensor};
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+#[derive(Clone, Debug)]
+pub enum Kind {
+    AdamW { beta1: f64, beta2: f64, eps: f64 },
+    Sgd { momentum: f64 },
+}
+
+#[derive(Clone, Debug)]
+pub struct OptimOpts {
+    pub kind: Kind,
+    pub weight_decay: f64,
+}
+
+/// Per-parameter state: moments on the CPU as plain buffers, elsewhere as tensors.
+enum Buf {
+    Cpu(Vec<f32>),
+    Dev(Tensor),
+}
+
+struct State {
+    /// AdamW: first moment; SGD: momentum buffer
+    m: Option<Buf>,
+    v: Option<Buf>,
+    t: u64,
+}
+
+pub struct Optimizer {
+    pub opts: OptimOpts,
+    states: HashMap<String, State>,
+}
+
+struct AdamWStep<'a> {
+    s: RefCell<&'a mut State>,
+    lr: f32,
+    wd_factor: f32,
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+}
+
+const CHUNK: usize = 1 << 14;
+
+impl InplaceOp2 for AdamWStep<'_> {
+    fn name(&self) -> &'static str {
+        "ftl-adamw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        p: &mut CpuStorage,
+        lp: &Layout,
+        g: &CpuStorage,
+        lg: &Layout,
+    ) -> candle_core::Result<()> {
+        let (pa, pb) = lp
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("adamw: parameter not contiguous".into()))?;
+        let p = match p {
+            CpuStorage::F32(v) => &mut v[pa..pb],
+            _ => candle_core::bail!("adamw: f32 parameters only on the CPU path"),
+        };
+        let g = crate::ops::slice_f32(g, lg)?;
+        let mut s = self.s.borrow_mut();
+        let n = p.len();
+        let (Some(Buf::Cpu(m)), Some(Buf::Cpu(v))) = (s.m.take(), s.v.take()) else {
+            candle_core::bail!("adamw: missing state")
+        };
+        let (mut m, mut v) = (m, v);
+        let (wdf, b1, b2, eps, ss, bc2) = (
+            self.wd_factor,
+            self.b1,
+            self.b2,
+            self.eps,
+            self.step_size,
+            self.bc2_sqrt,
+        );
+        let _ = self.lr;
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+            .for_each(|((p, g), (m, v))| {
+                for i in 0..p.len() {
+                    p[i] *= wdf;
+                    m[i] += (g[i] - m[i]) * (1.0 - b1);
+                    v[i] = v[i] * b2 + (1.0 - b2) * g[i] * g[i];
+                    let denom = v[i].sqrt() / bc2 + eps;
+                    p[i] -= ss * (m[i] / denom);
+                }
+            });
+        debug_assert_eq!(m.len(), n);
+        s.m = Some(Buf::Cpu(m));
+        s.v = Some(Buf::Cpu(v));
+        Ok(())
+    }
+}
+
+struct SgdStep<'a> {
+    s: RefCell<&'a mut State>,
+    lr: f32,
+    wd: f32,
+    momentum: f32,
+}
+
+impl InplaceOp2 for SgdStep<'_> {
+    fn name(&self) -> &'static str {
+        "ftl-sgd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        p: &mut CpuStorage,
+        lp: &Layout,
+        g: &CpuStorage,
+        lg: &Layout,
+    ) -> candle_core::Result<()> {
+        let (pa, pb) = lp
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("sgd: parameter not contiguous".into()))?;
+        let p = match p {
+            CpuStorage::F32(v) => &mut v[pa..pb],
+            _ => candle_core::bail!("sgd: f32 parameters only on the CPU path"),
+        };
+        let g = crate::ops::slice_f32(g, lg)?;
+        let (lr, wd, mom) = (self.lr, self.wd, self.momentum);
+        let mut s = self.s.borrow_mut();
+        if mom == 0.0 {
+            p.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .for_each(|(p, g)| {
+                    for i in 0..p.len() {
+                        let d = if wd != 0.0 { g[i] + wd * p[i] } else { g[i] };
+                        p[i] -= lr * d;
+                    }
+                });
+            return Ok(());
+        }
+        let first = s.m.is_none();
+        let mut buf = match s.m.take() {
+            Some(Buf::Cpu(b)) => b,
+            _ => vec![0f32; p.len()],
+        };
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(buf.par_chunks_mut(CHUNK))
+            .for_each(|((p, g), b)| {
+                for i in 0..p.len() {
+                    let d = if wd != 0.0 { g[i] + wd * p[i] } else { g[i] };
+                    b[i] = if first { d } else { mom * b[i] + d };
+                    p[i] -= lr * b[i];
+                }
+            });
+        s.m = Some(Buf::Cpu(buf));
+        Ok(())
+    }
+}
+
+fn cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()
+}
+
+impl Optimizer {
+    pub fn new(opts: OptimOpts) -> Self {
+        Optimizer {
+            opts,
+            states: HashMap::new(),
+        }
+    }
+
+    /// Bytes of optimizer state held.
+    pub fn state_bytes(&self) -> usize {
+        let b = |x: &Option<Buf>| match x {
+            Some(Buf::Cpu(v)) => v.len() * 4,
+            Some(Buf::Dev(t)) => t.elem_count() * t.dtype().size_in_bytes(),
+            None => 0,
+        };
+        self.states.values().map(|s| b(&s.m) + b(&s.v)).sum()
+    }
+
+    /// Keeps state only for `names` (parameters dropped from training lose theirs).
+    pub fn retain(&mut self, names: &[String]) {
+        self.states.retain(|k, _| names.contains(k));
+    }
+
+    /// One update of `p` (named `name`) with gradient `g` at learning rate `lr`; `decay` says
+    /// whether weight decay applies to it.
+    pub fn update(
+        &mut self,
+        name: &str,
+        p: &Param,
+        g: &Tensor,
+        lr: f64,
+        decay: bool,
+    ) -> Result<()> {
+        let var = p
+            .var()
+            .ok_or_else(|| Error::msg(format!("optimizer: `{name}` is not trainable")))?;
+        let t = var.as_tensor();
+        let wd = if decay { self.opts.weight_decay } else { 0.0 };
+        let fast = cpu_f32(t) && cpu_f32(g);
+        let st = self.states.entry(name.to_string()).or_insert(State {
+            m: None,
+            v: None,
+            t: 0,
+        });
+        st.t += 1;
+        match self.opts.kind.clone() {
+            Kind::AdamW { beta1, beta2, eps } => {
+                if st.m.is_none() {
+                    st.m = Some(if fast {
+                        Buf::Cpu(vec![0.0; t.elem_count()])
+                    } else {
+                        Buf::Dev(t.to_dtype(DType::F32)?.zeros_like()?)
+                    });
+                    st.v = Some(if fast {
+                        Buf::Cpu(vec![0.0; t.elem_count()])
+                    } else {
+                        Buf::Dev(t.to_dtype(DType::F32)?.zeros_like()?)
+                    });
+                }
+                let bc1 = 1.0 - beta1.powi(st.t as i32);
+                let bc2 = 1.0 - beta2.powi(st.t as i32);
+                let step_size = lr / bc1;
+                if fast {
+                    let op = AdamWStep {
+                        lr: lr as f32,
+                        wd_factor: (1.0 - lr * wd) as f32,
+                        b1: beta1 as f32,
+                        b2: beta2 as f32,
+                        eps: eps as f32,
+                        step_size: step_size as f32,
+                        bc2_sqrt: bc2.sqrt() as f32,
+                        s: RefCell::new(st),
+                    };
+                    t.inplace_op2(g, &op)?;
+                } else {
+                    let (Some(Buf::Dev(m)), Some(Buf::Dev(v))) = (&st.m, &st.v) else {
+                        unreachable!()
+                    };
+                    let g = g.to_dtype(DType::F32)?;
+                    let pf = (t.to_dtype(DType::F32)? * (1.0 - lr * wd))?;
+                    let m = (m + ((&g - m)? * (1.0 - beta1))?)?;
+                    let v = ((v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+                    let denom = ((v.sqrt()? / bc2.sqrt())? + eps)?;
+                    let newp = (pf - ((&m / denom)? * step_size)?)?;
+                    var.set(&newp.to_dtype(t.dtype())?)?;
+                    st.m = Some(Buf::Dev(m));
+                    st.v = Some(Buf::Dev(v));
+                }
+            }
+            Kind::Sgd { momentum } => {
+                if fast {
+                    let op = SgdStep {
+                        lr: lr as f32,
+                        wd: wd as f32,
+                        momentum: momentum as f32,
+                        s: RefCell::new(st),
+                    };
+                    t.inplace_op2(g, &op)?;
+                } else {
+                    let g = g.to_dtype(DType::F32)?;
+                    let pf = t.to_dtype(DType::F32)?;
+                    let d = if wd != 0.0 { (&g + (&pf * wd)?)? } else { g };
+                    let d = if momentum != 0.0 {
+                        let b = match &st.m {
+                            Some(Buf::Dev(b)) => ((b * momentum)? + &d)?,
+                            _ => d,
+                        };
+                        st.m = Some(Buf::Dev(b.clone()));
+                        b
+                    } else {
+                        d
+                    };
+                    var.set(&(pf - (d * lr)?)?.to_dtype(t.dtype())?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Scales the gradients so their global L2 norm is at most `max` (torch's `clip_grad_norm_`);
+/// returns the norm before clipping.
+pub fn clip(grads: &mut [Tensor], max: Option<f64>) -> Result<f64> {
+    let mut sq = 0f64;
+    for g in grads.iter() {
+        let n: f32 = g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar()?;
+        sq += n as f64;
+    }
+    let norm = sq.sqrt();
+    if let Some(m) = max {
+        let coef = (m / (norm + 1e-6)).min(1.0);
+        if coef < 1.0 {
+            for g in grads.iter_mut() {
+                *g = (&*g * coef)?;
+            }
+        }
+    }
+    Ok(norm)
+}

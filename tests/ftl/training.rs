@@ -1,0 +1,543 @@
+//! Training step for step against PyTorch + PEFT: every `train-*` case of the shared fixtures and
+//! every case of tests/fixtures/train, through the public `ftl::train::train` path: first-step
+//! gradients, parameter updates after each step, losses, the learning-rate schedule, the data
+//! pipeline's batches, and the adapter saved after training.
+
+use crate::common::*;
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor};
+use ftl::data::{Dataset, Example};
+use ftl::model::Param;
+use ftl::peft::lora::{LoraInit, LoraOpts};
+use ftl::peft::target::{Pattern, Selector};
+use ftl::peft::Kind;
+use ftl::train::{self, optim, schedule, Flow, Hook, StepInfo, TrainOpts};
+use ftl::Model;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+/// Records the first step's raw gradients, every step's loss/lr and parameter values.
+struct Recorder {
+    names: Vec<String>,
+    grads: BTreeMap<String, Tensor>,
+    backward_calls: usize,
+    micro_per_step: usize,
+    values: Vec<BTreeMap<String, Tensor>>,
+    losses: Vec<f64>,
+    lrs: Vec<f64>,
+    params: Vec<(String, Param)>,
+}
+
+impl Hook for Recorder {
+    fn on_backward(&mut self, grads: &GradStore, params: &[(String, Param)]) {
+        self.backward_calls += 1;
+        if self.backward_calls > self.micro_per_step {
+            return;
+        }
+        for (n, p) in params {
+            if let Some(g) = grads.get(p.var().unwrap().as_tensor()) {
+                let g = g.clone();
+                let e = self.grads.remove(n).map(|a| (a + &g).unwrap()).unwrap_or(g);
+                self.grads.insert(n.clone(), e);
+            }
+        }
+    }
+
+    fn on_step(&mut self, s: &StepInfo) -> ftl::Result<Flow> {
+        self.losses.push(s.loss);
+        self.lrs.push(s.lr);
+        let mut snap = BTreeMap::new();
+        for (n, p) in &self.params {
+            if self.names.contains(n) {
+                snap.insert(n.clone(), p.value().copy().unwrap());
+            }
+        }
+        self.values.push(snap);
+        Ok(Flow::Continue)
+    }
+}
+
+/// Every parameter by state-dict name (base and adapters).
+fn all_params(m: &mut Model) -> Vec<(String, Param)> {
+    let mut v = m.base_params();
+    for n in m.adapter_names() {
+        v.extend(m.adapter_params(&n));
+    }
+    v
+}
+
+fn meta(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap()
+}
+
+/// The examples of micro-batches `batch{j}.*` (padding removed), in order.
+fn examples_of(e: &Expected, n: usize) -> Vec<Example> {
+    let mut out = Vec::new();
+    for j in 0..n {
+        let ids = e
+            .get(&format!("batch{j}.input_ids"))
+            .to_dtype(DType::I64)
+            .unwrap()
+            .to_vec2::<i64>()
+            .unwrap();
+        let mask = e
+            .get(&format!("batch{j}.attention_mask"))
+            .to_dtype(DType::I64)
+            .unwrap()
+            .to_vec2::<i64>()
+            .unwrap();
+        let labels = e
+            .get(&format!("batch{j}.labels"))
+            .to_dtype(DType::I64)
+            .unwrap();
+        for (r, row) in ids.iter().enumerate() {
+            let len = mask[r].iter().filter(|&&x| x == 1).count();
+            let mut ex = Example {
+                ids: row[..len].iter().map(|&x| x as u32).collect(),
+                ..Default::default()
+            };
+            if labels.rank() == 1 {
+                ex.class = Some(labels.to_vec1::<i64>().unwrap()[r]);
+            } else {
+                ex.labels = labels.to_vec2::<i64>().unwrap()[r][..len].to_vec();
+            }
+            out.push(ex);
+        }
+    }
+    out
+}
+
+fn opts_of(meta: &Value) -> TrainOpts {
+    let o = &meta["optimizer"];
+    let kind = match o["name"].as_str().unwrap() {
+        "sgd" => optim::Kind::Sgd {
+            momentum: o["momentum"].as_f64().unwrap_or(0.0),
+        },
+        _ => optim::Kind::AdamW {
+            beta1: o["betas"][0].as_f64().unwrap(),
+            beta2: o["betas"][1].as_f64().unwrap(),
+            eps: o["eps"].as_f64().unwrap(),
+        },
+    };
+    let s = &meta["schedule"];
+    let steps = meta.get("steps").and_then(|v| v.as_u64()).unwrap_or(3) as usize;
+    TrainOpts {
+        max_steps: Some(steps),
+        batch_size: meta.get("batch_size").and_then(|v| v.as_u64()).unwrap_or(3) as usize,
+        grad_accum: meta.get("grad_accum").and_then(|v| v.as_u64()).unwrap_or(1) as usize,
+        lr: o["lr"].as_f64().unwrap(),
+        optimizer: optim::OptimOpts {
+            kind,
+            weight_decay: o["weight_decay"].as_f64().unwrap(),
+        },
+        clip: meta.get("clip").and_then(|v| v.as_f64()),
+        schedule: schedule::Schedule {
+            kind: schedule::Kind::parse(
+                s.get("name").and_then(|v| v.as_str()).unwrap_or("constant"),
+            )
+            .unwrap(),
+            warmup: s.get("warmup").and_then(|v| v.as_u64()).unwrap_or(0) as usize,
+            min_lr: s.get("min_lr").and_then(|v| v.as_f64()),
+        },
+        shuffle: false,
+        ..Default::default()
+    }
+}
+
+/// Builds the trainable setup of one of our cases.
+fn setup(m: &mut Model, s: &Value) {
+    if s["method"] == "lora" {
+        let targets: Vec<String> = s["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect();
+        let mts: Vec<String> = s["modules_to_save"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect();
+        let paths = Selector::new(Pattern::list(targets))
+            .select(&m.module_paths(Kind::Linear), "modules")
+            .unwrap();
+        let paths: Vec<String> = paths
+            .into_iter()
+            .filter(|p| !mts.iter().any(|t| p.ends_with(t.as_str())))
+            .collect();
+        let o = LoraOpts {
+            r: s["r"].as_u64().unwrap() as usize,
+            alpha: s["alpha"].as_f64().unwrap(),
+            dropout: 0.0,
+            rslora: s["rslora"].as_bool().unwrap(),
+            dora: s["dora"].as_bool().unwrap(),
+            lora_bias: false,
+            init: LoraInit::Kaiming,
+        };
+        m.attach_lora("default", &paths, &o).unwrap();
+        if !mts.is_empty() {
+            m.add_modules_to_save("default", &mts).unwrap();
+        }
+    }
+    if s["method"] == "none" && s["unfreeze"].as_array().is_none_or(|a| a.is_empty()) {
+        m.set_trainable(None, true).unwrap();
+    }
+    for n in s["unfreeze"].as_array().into_iter().flatten() {
+        let n = n.as_str().unwrap();
+        let (_, p) = m
+            .base_params()
+            .into_iter()
+            .find(|(k, _)| k == n)
+            .unwrap_or_else(|| panic!("no parameter {n}"));
+        p.set_trainable(true).unwrap();
+    }
+}
+
+struct Case<'a> {
+    name: String,
+    model: Model,
+    data: Dataset,
+    e: &'a Expected,
+    meta: &'a Value,
+    opts: TrainOpts,
+    trainable: Vec<String>,
+}
+
+/// Trains and checks; returns the model for further checks.
+fn check(c: Case) -> Arc<Mutex<Model>> {
+    let Case {
+        name,
+        mut model,
+        data,
+        e,
+        meta,
+        opts,
+        trainable,
+    } = c;
+    // the references' initial values, loaded by name
+    let params = all_params(&mut model);
+    for n in &trainable {
+        let (_, p) = params
+            .iter()
+            .find(|(k, _)| k == n)
+            .unwrap_or_else(|| panic!("{name}: ftl has no parameter {n}"));
+        assert!(p.is_trainable(), "{name}: {n} is not trainable");
+        p.set(e.get(&format!("init.{n}"))).unwrap();
+    }
+    let got: Vec<String> = model
+        .trainable_params()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let mut want = trainable.clone();
+    want.sort();
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    assert_eq!(got_sorted, want, "{name}: trainable set");
+    let steps = opts.max_steps.unwrap();
+    let mut rec = Recorder {
+        names: trainable.clone(),
+        grads: BTreeMap::new(),
+        backward_calls: 0,
+        micro_per_step: opts.grad_accum,
+        values: Vec::new(),
+        losses: Vec::new(),
+        lrs: Vec::new(),
+        params: all_params(&mut model),
+    };
+    let model = Arc::new(Mutex::new(model));
+    let res = train::train(
+        &model,
+        &data,
+        &opts,
+        None,
+        &mut [&mut rec],
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert_eq!(res.steps, steps, "{name}");
+    let losses: Vec<f64> = meta
+        .get("losses")
+        .or_else(|| meta.get("losses_before_each_step_then_final"))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    for k in 0..steps {
+        assert!(
+            (rec.losses[k] - losses[k]).abs() < 1e-5,
+            "{name}: loss of step {k}: {} vs {}",
+            rec.losses[k],
+            losses[k]
+        );
+    }
+    if let Some(lrs) = meta.get("lrs").and_then(|v| v.as_array()) {
+        for (k, lr) in lrs.iter().enumerate() {
+            assert!(
+                (rec.lrs[k] - lr.as_f64().unwrap()).abs() < 1e-12,
+                "{name}: lr of step {k}"
+            );
+        }
+    }
+    for n in &trainable {
+        let g = rec
+            .grads
+            .get(n)
+            .unwrap_or_else(|| panic!("{name}: no gradient for {n}"));
+        let err = rel(g, e.get(&format!("grad.{n}")));
+        assert!(err < 1e-4, "{name}: gradient of {n}: {err}");
+        let init = e.get(&format!("init.{n}"));
+        for k in 1..=steps {
+            let Some(want) = e.opt(&format!("step{k}.{n}")) else {
+                continue;
+            };
+            let got_u = (&rec.values[k - 1][n] - init).unwrap();
+            let want_u = (want - init).unwrap();
+            if want_u
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                == 0.0
+            {
+                assert!(
+                    got_u
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                        == 0.0,
+                    "{name}: {n} moved at step {k}"
+                );
+                continue;
+            }
+            let err = rel(&got_u, &want_u);
+            assert!(err < 1e-2, "{name}: update of {n} after {k} steps: {err}");
+        }
+    }
+    eprintln!(
+        "{name:28} ok: {} trainable tensors, {steps} steps",
+        trainable.len()
+    );
+    model
+}
+
+fn names(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn shared_train_fixtures() {
+    for case in [
+        "train-full",
+        "train-lora",
+        "train-ia3",
+        "train-prefix",
+        "train-gpt2-lora",
+    ] {
+        let dir = fixture(case);
+        let e = expected(&dir);
+        let meta = meta(&dir);
+        let mut model = load(&fixture(meta["base"].as_str().unwrap()));
+        let after = dir.join("adapter_after_3_steps");
+        if after.exists() {
+            let o = ftl::peft::io::LoadAdapterOpts {
+                name: Some("default".into()),
+                trainable: true,
+            };
+            ftl::peft::io::load_adapter(&mut model, &after, &o).unwrap();
+        } else {
+            model.set_trainable(None, true).unwrap();
+        }
+        let ids = e
+            .get("input_ids")
+            .to_dtype(DType::I64)
+            .unwrap()
+            .to_vec2::<i64>()
+            .unwrap();
+        let mask = e
+            .get("attention_mask")
+            .to_dtype(DType::I64)
+            .unwrap()
+            .to_vec2::<i64>()
+            .unwrap();
+        let labels = e
+            .get("labels")
+            .to_dtype(DType::I64)
+            .unwrap()
+            .to_vec2::<i64>()
+            .unwrap();
+        let ex: Vec<Example> = ids
+            .iter()
+            .enumerate()
+            .map(|(r, row)| {
+                let len = mask[r].iter().filter(|&&x| x == 1).count();
+                Example {
+                    ids: row[..len].iter().map(|&x| x as u32).collect(),
+                    labels: labels[r][..len].to_vec(),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let mut m = meta.clone();
+        m["batch_size"] = ex.len().into();
+        m["steps"] = 3.into();
+        m["schedule"] = serde_json::json!({"name": "constant"});
+        let opts = opts_of(&m);
+        let trained = check(Case {
+            name: case.to_string(),
+            model,
+            data: Dataset::from_examples(ex, case).unwrap(),
+            e: &e,
+            meta: &m,
+            opts,
+            trainable: names(&meta["trainable"]),
+        });
+        if after.exists() {
+            // what ftl saves after the three steps is what PEFT saved
+            let tmp = tempfile::tempdir().unwrap();
+            ftl::peft::io::save_adapter(&mut trained.lock().unwrap(), tmp.path(), "default")
+                .unwrap();
+            let ours =
+                ftl::st::StFile::open(&tmp.path().join("adapter_model.safetensors")).unwrap();
+            let theirs = ftl::st::StFile::open(&after.join("adapter_model.safetensors")).unwrap();
+            assert_eq!(ours.names, theirs.names, "{case}: saved keys");
+            for k in &theirs.names {
+                let a = ours.load(k, &candle_core::Device::Cpu, None).unwrap();
+                let b = theirs.load(k, &candle_core::Device::Cpu, None).unwrap();
+                let init_name = k.strip_prefix("base_model.model.").unwrap_or(k);
+                let _ = init_name;
+                assert!(rel(&a, &b) < 1e-3, "{case}: saved {k}: {}", rel(&a, &b));
+            }
+            let read = |p: &Path| -> Value {
+                serde_json::from_str(
+                    &std::fs::read_to_string(p.join("adapter_config.json")).unwrap(),
+                )
+                .unwrap()
+            };
+            let (mut ca, cb) = (read(tmp.path()), read(&after));
+            // module lists are compared by the modules they select (ftl writes full paths)
+            let mut m = trained.lock().unwrap();
+            let modules = m.all_module_paths();
+            for k in ["target_modules", "feedforward_modules"] {
+                let sel = |v: &Value| -> Vec<String> {
+                    let p = Pattern::list(
+                        v.as_array()
+                            .map(|a| names(&Value::Array(a.clone())))
+                            .unwrap_or_default(),
+                    );
+                    modules.iter().filter(|x| p.matches(x)).cloned().collect()
+                };
+                if let Some(v) = ca.get(k) {
+                    assert_eq!(sel(v), sel(&cb[k]), "{case}: {k} selects other modules");
+                }
+            }
+            drop(m);
+            for k in [
+                "peft_version",
+                "base_model_name_or_path",
+                "target_modules",
+                "feedforward_modules",
+            ] {
+                ca.as_object_mut().unwrap().remove(k);
+            }
+            for (k, v) in ca.as_object().unwrap() {
+                assert_eq!(Some(v), cb.get(k), "{case}: adapter_config.json field {k}");
+            }
+            for (k, v) in cb.as_object().unwrap() {
+                if ![
+                    "peft_version",
+                    "base_model_name_or_path",
+                    "target_modules",
+                    "feedforward_modules",
+                ]
+                .contains(&k.as_str())
+                {
+                    assert!(
+                        ca.get(k).is_some(),
+                        "{case}: ftl's adapter_config.json lacks {k} ({v})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn own_train_references() {
+    let root = fixtures().join("train");
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("meta.json").exists())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 14);
+    for dir in dirs {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let e = expected(&dir);
+        let meta = meta(&dir);
+        let mut model = load(&fixture(meta["base"].as_str().unwrap()));
+        setup(&mut model, &meta["setup"]);
+        let opts = opts_of(&meta);
+        let n_batches = opts.max_steps.unwrap() * opts.grad_accum;
+        let want = examples_of(&e, n_batches);
+        let data = match meta["data"]["kind"].as_str().unwrap() {
+            "tokens" => Dataset::from_examples(want, &name).unwrap(),
+            _ => {
+                let d = Dataset::jsonl(
+                    &dir.join("data.jsonl"),
+                    meta["data"]["format"].as_str().unwrap(),
+                )
+                .unwrap();
+                // the data pipeline makes exactly the reference's examples
+                let m = Mutex::new(load(&fixture(meta["base"].as_str().unwrap())));
+                let (got, _) = train::prepare(&m, &d, None).unwrap();
+                assert_eq!(got.len(), want.len(), "{name}");
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!(g.ids, w.ids, "{name}: token ids");
+                    assert_eq!(g.labels, w.labels, "{name}: labels");
+                    assert_eq!(g.class, w.class, "{name}: class");
+                }
+                d
+            }
+        };
+        let trained = check(Case {
+            name: name.clone(),
+            model,
+            data: data.clone(),
+            e: &e,
+            meta: &meta,
+            opts,
+            trainable: names(&meta["trainable"]),
+        });
+        if let Some(fl) = meta.get("final_loss").and_then(|v| v.as_f64()) {
+            // the loss on the first step's batches after training
+            let first = Dataset::from_examples(
+                examples_of(&e, meta["grad_accum"].as_u64().unwrap() as usize),
+                "first",
+            )
+            .unwrap();
+            let ev = train::evaluate(&trained, &first, 64, None).unwrap();
+            assert!(
+                (ev.loss - fl).abs() < 1e-4,
+                "{name}: final loss {} vs {fl}",
+                ev.loss
+            );
+        }
+    }
+}
