@@ -39,6 +39,9 @@ fn token_str(v: Option<&Value>) -> Option<String> {
     }
 }
 
+/// `tokenizer_class` that marks ftl's byte-level tokenizer in a saved model directory.
+pub const BYTES_CLASS: &str = "ftl-bytes";
+
 pub const BYTES_BOS: u32 = 256;
 pub const BYTES_EOS: u32 = 257;
 pub const BYTES_PAD: u32 = 258;

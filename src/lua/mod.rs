@@ -36,6 +36,10 @@ pub struct Env {
     pub cancel: Arc<AtomicBool>,
     /// quiet progress output (tests, watch)
     pub quiet: bool,
+    /// the command-line arguments, as the recipe sees them
+    pub args: Vec<(String, String)>,
+    /// training runs so far (each writes its own run record)
+    pub runs: Mutex<usize>,
 }
 
 /// Lexically normalises `p` (no filesystem access): removes `.` and resolves `..`.
@@ -84,6 +88,8 @@ impl Env {
             required: Mutex::new(Vec::new()),
             cancel: Arc::new(AtomicBool::new(false)),
             quiet: false,
+            args: Vec::new(),
+            runs: Mutex::new(0),
         }
     }
 
@@ -239,6 +245,7 @@ impl Runtime {
                 }
             })
             .collect();
+        env.args = args.clone();
         let args = args.as_slice();
         let env = Arc::new(env);
         lua.set_app_data(env.clone());

@@ -515,11 +515,17 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
     ftl.set(
         "new",
         lua.create_function(|lua, (arch, cfg): (String, Table)| {
-            let mut json = json_of(lua, &Value::Table(cfg.clone()))?;
+            let settings = lua.create_table()?;
+            for p in cfg.pairs::<Value, Value>() {
+                let (k, v) = p?;
+                if !matches!(&k, Value::String(s) if s == "tokenizer") {
+                    settings.set(k, v)?;
+                }
+            }
+            let mut json = json_of(lua, &Value::Table(settings))?;
             let obj = json
                 .as_object_mut()
                 .ok_or_else(|| lua_err(lua, "ftl.new: the config must be a table of settings"))?;
-            let tok = obj.remove("tokenizer");
             let seed = obj.remove("seed").and_then(|s| s.as_u64()).unwrap_or(0);
             let dtype = obj
                 .remove("dtype")
@@ -546,7 +552,6 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
                         "ftl.new: tokenizer must be a tokenizer.json path or ftl.tokenizer.bytes()",
                     )),
                 };
-            let _ = tok;
             if let Some(t) = &tokenizer {
                 let vs = t.vocab_size();
                 let obj = json.as_object_mut().unwrap();

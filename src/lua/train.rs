@@ -1,7 +1,453 @@
-//! `ftl.train` and `ftl.evaluate`.
+//! `ftl.train` and `ftl.evaluate`: options from the recipe, Lua callbacks as step hooks,
+//! checkpoints, and the `run.ron` record of every run.
 
-use mlua::{Lua, Table};
+use super::data::DataHandle;
+use super::model::{env, pattern, ModelHandle};
+use super::opts::Opts;
+use super::{lua_err, Env, LuaExt};
+use crate::peft::target::Selector;
+use crate::train::optim::{Kind, OptimOpts};
+use crate::train::progress::Progress;
+use crate::train::schedule::{self, Schedule};
+use crate::train::{EvalInfo, Flow, Hook, StepInfo, TrainOpts, TrainResult};
+use mlua::{Function, Lua, Table, Value};
+use std::path::PathBuf;
 
-pub fn register(_lua: &Lua, _ftl: &Table) -> mlua::Result<()> {
+const TRAIN_KEYS: &[&str] = &[
+    "epochs",
+    "max_steps",
+    "batch_size",
+    "grad_accum",
+    "max_len",
+    "lr",
+    "optimizer",
+    "momentum",
+    "betas",
+    "eps",
+    "weight_decay",
+    "no_decay",
+    "clip",
+    "schedule",
+    "warmup",
+    "min_lr",
+    "shuffle",
+    "group_by_length",
+    "seed",
+    "eval",
+    "save",
+    "log_every",
+    "on_step",
+    "on_eval",
+];
+
+fn data_arg(lua: &Lua, v: &Value, what: &str) -> mlua::Result<crate::data::Dataset> {
+    match v {
+        Value::UserData(u) => u
+            .borrow::<DataHandle>()
+            .map(|d| d.0.clone())
+            .map_err(|_| lua_err(lua, format!("{what}: expected a dataset (ftl.data.*)"))),
+        _ => Err(lua_err(
+            lua,
+            format!(
+                "{what}: expected a dataset (ftl.data.*), got {}",
+                v.type_name()
+            ),
+        )),
+    }
+}
+
+fn model_arg(lua: &Lua, v: &Value) -> mlua::Result<ModelHandle> {
+    match v {
+        Value::UserData(u) => u
+            .borrow::<ModelHandle>()
+            .map(|m| m.clone())
+            .map_err(|_| lua_err(lua, "expected a model")),
+        _ => Err(lua_err(lua, "expected a model as the first argument")),
+    }
+}
+
+fn train_opts(lua: &Lua, o: &Opts) -> mlua::Result<TrainOpts> {
+    let d = TrainOpts::default();
+    let kind = match o.or::<String>("optimizer", "adamw".into())?.as_str() {
+        "adamw" => {
+            let betas: Vec<f64> = o.or("betas", vec![0.9, 0.999])?;
+            if betas.len() != 2 {
+                return Err(lua_err(lua, "ftl.train: betas must be {beta1, beta2}"));
+            }
+            Kind::AdamW {
+                beta1: betas[0],
+                beta2: betas[1],
+                eps: o.or("eps", 1e-8)?,
+            }
+        }
+        "sgd" => Kind::Sgd {
+            momentum: o.or("momentum", 0.0)?,
+        },
+        other => {
+            return Err(lua_err(
+                lua,
+                format!("ftl.train: unknown optimizer `{other}` (adamw, sgd)"),
+            ))
+        }
+    };
+    let sched = o.or::<String>("schedule", "constant".into())?;
+    let skind = schedule::Kind::parse(&sched).ok_or_else(|| {
+        lua_err(
+            lua,
+            format!("ftl.train: unknown schedule `{sched}` (constant, linear, cosine)"),
+        )
+    })?;
+    let min_lr: Option<f64> = o.get("min_lr")?;
+    if min_lr.is_some() && skind != schedule::Kind::Cosine {
+        return Err(lua_err(
+            lua,
+            "ftl.train: min_lr applies to the cosine schedule",
+        ));
+    }
+    let eval_every = match o.value("eval")? {
+        Value::Table(t) => t.get::<Option<usize>>("every")?,
+        _ => None,
+    };
+    let eval_bs = match o.value("eval")? {
+        Value::Table(t) => t.get::<Option<usize>>("batch_size")?,
+        _ => None,
+    };
+    let batch_size = o.or("batch_size", d.batch_size)?;
+    Ok(TrainOpts {
+        epochs: o.get("epochs")?,
+        max_steps: o.get("max_steps")?,
+        batch_size,
+        grad_accum: o.or("grad_accum", 1)?,
+        max_len: o.get("max_len")?,
+        lr: o
+            .get("lr")?
+            .ok_or_else(|| lua_err(lua, "ftl.train: lr is required"))?,
+        optimizer: OptimOpts {
+            kind,
+            weight_decay: o.or("weight_decay", 0.01)?,
+        },
+        no_decay: pattern(lua, &o.value("no_decay")?)?.map(Selector::new),
+        clip: o.get("clip")?,
+        schedule: Schedule {
+            kind: skind,
+            warmup: o.or("warmup", 0)?,
+            min_lr,
+        },
+        shuffle: o.or("shuffle", true)?,
+        group_by_length: o.or("group_by_length", false)?,
+        seed: o.or("seed", 0)?,
+        eval_every,
+        eval_batch_size: eval_bs.unwrap_or(batch_size),
+    })
+}
+
+/// `on_step` / `on_eval` from the recipe.
+struct LuaHooks<'a> {
+    lua: &'a Lua,
+    on_step: Option<Function>,
+    on_eval: Option<Function>,
+}
+
+fn flow(v: Value) -> Flow {
+    if matches!(v, Value::Boolean(false)) {
+        Flow::Stop
+    } else {
+        Flow::Continue
+    }
+}
+
+fn callback_err(e: mlua::Error) -> crate::Error {
+    crate::Error::msg(super::describe(&e))
+}
+
+impl Hook for LuaHooks<'_> {
+    fn on_step(&mut self, s: &StepInfo) -> crate::Result<Flow> {
+        let Some(f) = &self.on_step else {
+            return Ok(Flow::Continue);
+        };
+        let t = (|| -> mlua::Result<Table> {
+            let t = self.lua.create_table()?;
+            t.set("step", s.step)?;
+            t.set("total_steps", s.total_steps)?;
+            t.set("epoch", s.epoch)?;
+            t.set("loss", s.loss)?;
+            t.set("lr", s.lr)?;
+            t.set("grad_norm", s.grad_norm)?;
+            t.set("tokens", s.tokens)?;
+            t.set("tokens_per_s", s.tokens_per_s)?;
+            t.set("time_s", s.elapsed_s)?;
+            Ok(t)
+        })()
+        .map_err(callback_err)?;
+        f.call::<Value>(t).map(flow).map_err(callback_err)
+    }
+
+    fn on_eval(&mut self, e: &EvalInfo) -> crate::Result<Flow> {
+        let Some(f) = &self.on_eval else {
+            return Ok(Flow::Continue);
+        };
+        let t = eval_table(self.lua, e).map_err(callback_err)?;
+        f.call::<Value>(t).map(flow).map_err(callback_err)
+    }
+}
+
+fn eval_table(lua: &Lua, e: &EvalInfo) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    t.set("step", e.step)?;
+    t.set("loss", e.loss)?;
+    t.set("perplexity", e.perplexity)?;
+    t.set("accuracy", e.accuracy)?;
+    Ok(t)
+}
+
+/// Saves the trained state every `every` steps into `dir/step-N`.
+struct Checkpoints {
+    model: ModelHandle,
+    dir: PathBuf,
+    every: usize,
+}
+
+impl Checkpoints {
+    fn save(&self, step: usize) -> crate::Result<()> {
+        let dir = self.dir.join(format!("step-{step}"));
+        let mut m = self.model.lock();
+        let names = m.active.clone();
+        match names.len() {
+            0 => {
+                m.save(&dir)?;
+            }
+            1 => crate::peft::io::save_adapter(&mut m, &dir, &names[0])?,
+            _ => {
+                for n in &names {
+                    crate::peft::io::save_adapter(&mut m, &dir.join(n), n)?;
+                }
+            }
+        }
+        tracing::info!("saved {}", dir.display());
+        Ok(())
+    }
+}
+
+impl Hook for Checkpoints {
+    fn on_step(&mut self, s: &StepInfo) -> crate::Result<Flow> {
+        if s.step % self.every == 0 {
+            self.save(s.step)?;
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+fn result_table(lua: &Lua, r: &TrainResult) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    t.set("steps", r.steps)?;
+    t.set("epochs", r.epochs)?;
+    t.set("loss", r.loss)?;
+    t.set("eval_loss", r.eval_loss)?;
+    t.set("tokens", r.tokens)?;
+    t.set("tokens_per_s", r.tokens_per_s)?;
+    t.set("time_s", r.time_s)?;
+    t.set("peak_mem_bytes", r.peak_mem_bytes)?;
+    t.set("trainable", r.trainable)?;
+    t.set("grad_bytes", r.grad_bytes)?;
+    t.set("optimizer_bytes", r.optimizer_bytes)?;
+    t.set("forward_s", r.forward_s)?;
+    t.set("backward_s", r.backward_s)?;
+    t.set("optimizer_s", r.optimizer_s)?;
+    Ok(t)
+}
+
+/// A Lua value as JSON for the run record (functions and handles by name).
+fn record_value(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Nil => serde_json::Value::Null,
+        Value::Boolean(b) => (*b).into(),
+        Value::Integer(i) => (*i).into(),
+        Value::Number(n) => serde_json::json!(n),
+        Value::String(s) => s.to_string_lossy().to_string().into(),
+        Value::Table(t) => {
+            let mut m = serde_json::Map::new();
+            for (k, v) in t.pairs::<Value, Value>().flatten() {
+                let key = match &k {
+                    Value::String(s) => s.to_string_lossy().to_string(),
+                    Value::Integer(i) => i.to_string(),
+                    _ => continue,
+                };
+                m.insert(key, record_value(&v));
+            }
+            serde_json::Value::Object(m)
+        }
+        Value::UserData(u) => match u.borrow::<DataHandle>() {
+            Ok(d) => format!("dataset {}", d.0.origin).into(),
+            Err(_) => "<userdata>".into(),
+        },
+        Value::Function(_) => "<function>".into(),
+        other => other.type_name().into(),
+    }
+}
+
+#[derive(serde::Serialize)]
+struct RunRecord {
+    ftl_version: String,
+    recipe: String,
+    recipe_sha256: String,
+    args: Vec<(String, String)>,
+    model: String,
+    config: serde_json::Value,
+    methods: Vec<MethodRecord>,
+    data: String,
+    options: serde_json::Value,
+    metrics: serde_json::Value,
+}
+
+#[derive(serde::Serialize)]
+struct MethodRecord {
+    name: String,
+    method: String,
+    active: bool,
+    targets: Vec<String>,
+    modules_to_save: Vec<String>,
+}
+
+fn write_record(
+    env: &Env,
+    args: &[(String, String)],
+    m: &ModelHandle,
+    data: &str,
+    options: serde_json::Value,
+    r: &TrainResult,
+) -> crate::Result<PathBuf> {
+    use sha2::Digest;
+    let src = std::fs::read(&env.recipe).unwrap_or_default();
+    let hash = sha2::Sha256::digest(&src)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mm = m.lock();
+    let rec = RunRecord {
+        ftl_version: env!("CARGO_PKG_VERSION").into(),
+        recipe: env.recipe.display().to_string(),
+        recipe_sha256: hash,
+        args: args.to_vec(),
+        model: mm
+            .dir
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| "ftl.new".into()),
+        config: mm.config.clone(),
+        methods: mm
+            .adapters
+            .iter()
+            .map(|a| MethodRecord {
+                name: a.name.clone(),
+                method: a.method.kind().into(),
+                active: mm.active.contains(&a.name),
+                targets: a.targets.clone(),
+                modules_to_save: a.modules_to_save.clone(),
+            })
+            .collect(),
+        data: data.into(),
+        options,
+        metrics: serde_json::json!({
+            "steps": r.steps, "epochs": r.epochs, "loss": r.loss, "eval_loss": r.eval_loss, "tokens": r.tokens,
+            "tokens_per_s": r.tokens_per_s, "time_s": r.time_s, "peak_mem_bytes": r.peak_mem_bytes,
+            "trainable": r.trainable, "grad_bytes": r.grad_bytes, "optimizer_bytes": r.optimizer_bytes,
+        }),
+    };
+    drop(mm);
+    let text = ron::ser::to_string_pretty(&rec, ron::ser::PrettyConfig::default())
+        .map_err(|e| crate::Error::msg(e.to_string()))?;
+    let mut n = env.runs.lock().unwrap();
+    *n += 1;
+    let path = env.out_dir.join(if *n == 1 {
+        "run.ron".to_string()
+    } else {
+        format!("run-{n}.ron")
+    });
+    crate::st::write_atomic(&path, text.as_bytes())?;
+    Ok(path)
+}
+
+pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
+    ftl.set(
+        "train",
+        lua.create_function(|lua, (mv, dv, ot): (Value, Value, Option<Table>)| {
+            let h = model_arg(lua, &mv)?;
+            let data = data_arg(lua, &dv, "ftl.train")?;
+            let options = ot
+                .as_ref()
+                .map(|t| record_value(&Value::Table(t.clone())))
+                .unwrap_or_default();
+            let o = Opts::new(lua, ot, "ftl.train", TRAIN_KEYS)?;
+            let opts = train_opts(lua, &o)?;
+            let env = env(lua);
+            let eval = match o.value("eval")? {
+                Value::Table(t) => {
+                    let eo = Opts::new(
+                        lua,
+                        Some(t),
+                        "ftl.train eval",
+                        &["data", "every", "batch_size"],
+                    )?;
+                    Some(data_arg(lua, &eo.value("data")?, "ftl.train eval.data")?)
+                }
+                Value::Nil => None,
+                _ => {
+                    return Err(lua_err(
+                        lua,
+                        "ftl.train: eval must be a table {data=, every=}",
+                    ))
+                }
+            };
+            let mut ckpt = match o.value("save")? {
+                Value::Table(t) => {
+                    let so = Opts::new(lua, Some(t), "ftl.train save", &["dir", "every"])?;
+                    let dir: String = so.or("dir", "checkpoints".to_string())?;
+                    Some(Checkpoints {
+                        model: h.clone(),
+                        dir: env.output(&dir).lua(lua)?,
+                        every: so
+                            .get::<usize>("every")?
+                            .filter(|e| *e > 0)
+                            .ok_or_else(|| lua_err(lua, "ftl.train: save needs every= (steps)"))?,
+                    })
+                }
+                Value::Nil => None,
+                _ => {
+                    return Err(lua_err(
+                        lua,
+                        "ftl.train: save must be a table {dir=, every=}",
+                    ))
+                }
+            };
+            let mut hooks_lua = LuaHooks {
+                lua,
+                on_step: o.get("on_step")?,
+                on_eval: o.get("on_eval")?,
+            };
+            let total = opts.max_steps.unwrap_or(0);
+            let mut progress = Progress::new(total, o.or("log_every", 10)?, env.quiet);
+            let mut hooks: Vec<&mut dyn Hook> = vec![&mut progress, &mut hooks_lua];
+            if let Some(c) = ckpt.as_mut() {
+                hooks.push(c);
+            }
+            let r = crate::train::train(&h.0, &data, &opts, eval.as_ref(), &mut hooks, &env.cancel)
+                .lua(lua)?;
+            drop(hooks);
+            let args: Vec<(String, String)> = env.args.clone();
+            write_record(&env, &args, &h, &data.origin, options, &r).lua(lua)?;
+            result_table(lua, &r)
+        })?,
+    )?;
+    ftl.set(
+        "evaluate",
+        lua.create_function(|lua, (mv, dv, ot): (Value, Value, Option<Table>)| {
+            let h = model_arg(lua, &mv)?;
+            let data = data_arg(lua, &dv, "ftl.evaluate")?;
+            let o = Opts::new(lua, ot, "ftl.evaluate", &["batch_size", "max_len"])?;
+            let e = crate::train::evaluate(&h.0, &data, o.or("batch_size", 8)?, o.get("max_len")?)
+                .lua(lua)?;
+            eval_table(lua, &e)
+        })?,
+    )?;
     Ok(())
 }

@@ -231,8 +231,16 @@ pub fn load(dir: &Path, opts: &LoadOpts) -> Result<Model> {
     let mut m = build(&config, &cfg_path, &weights, dtype, &opts.device, opts.head)?;
     m.dir = Some(dir.to_path_buf());
     let tok = dir.join("tokenizer.json");
+    let tc = dir.join("tokenizer_config.json");
     if tok.exists() {
         m.tokenizer = Some(crate::tokenizer::Tokenizer::from_dir(dir)?);
+    } else if tc.exists()
+        && read_json(&tc)?
+            .get("tokenizer_class")
+            .and_then(|v| v.as_str())
+            == Some(crate::tokenizer::BYTES_CLASS)
+    {
+        m.tokenizer = Some(crate::tokenizer::Tokenizer::bytes());
     }
     Ok(m)
 }

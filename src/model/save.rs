@@ -130,7 +130,12 @@ impl Model {
                     }
                 }
             }
-            _ => notes.push("the model has no tokenizer files to copy (byte-level or none)".into()),
+            Some(t) if t.is_bytes() => {
+                // transformers cannot read it, but ftl.load restores the byte-level tokenizer
+                let tc = serde_json::json!({"tokenizer_class": crate::tokenizer::BYTES_CLASS});
+                crate::st::write_json(&dir.join("tokenizer_config.json"), &tc)?;
+            }
+            _ => notes.push("the model has no tokenizer to save".into()),
         }
         Ok(notes)
     }

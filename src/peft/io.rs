@@ -88,24 +88,33 @@ fn saved_tensors(m: &mut Model, name: &str) -> Result<Vec<(String, Param)>> {
         };
         out.push((key, p));
     }
-    // trained base weights travel as modules_to_save entries
+    // trained base weights travel too: as modules_to_save entries, or under PEFT's
+    // `base_layer` name inside a module the adapter wraps
     if !matches!(info.method, Method::Bottleneck(_)) {
         for (pname, p) in m.base_params() {
             if p.is_trainable() {
-                out.push((format!("{PREFIX}{pname}"), p));
+                let (module, suffix) = pname.rsplit_once('.').unwrap_or(("", &pname));
+                let key = if info.targets.iter().any(|t| t == module) {
+                    format!("{PREFIX}{module}.base_layer.{suffix}")
+                } else {
+                    format!("{PREFIX}{pname}")
+                };
+                out.push((key, p));
             }
         }
     }
     Ok(out)
 }
 
-/// Module paths of the trained base weights (saved as `modules_to_save`).
-fn trained_base_modules(m: &mut Model) -> Vec<String> {
+/// Module paths of trained base weights outside the adapter's targets (saved as
+/// `modules_to_save`).
+fn trained_base_modules(m: &mut Model, targets: &[String]) -> Vec<String> {
     let mut mods: Vec<String> = m
         .base_params()
         .into_iter()
         .filter(|(_, p)| p.is_trainable())
         .map(|(n, _)| n.rsplit_once('.').map(|x| x.0.to_string()).unwrap_or(n))
+        .filter(|module| !targets.contains(module))
         .collect();
     mods.dedup();
     mods
@@ -128,7 +137,7 @@ pub fn save_adapter(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
         .map(|d| d.display().to_string())
         .unwrap_or_else(|| m.arch.model_type().to_string());
     let mut mts: Vec<String> = info.modules_to_save.clone();
-    for x in trained_base_modules(m) {
+    for x in trained_base_modules(m, &info.targets) {
         if !mts.contains(&x) {
             mts.push(x);
         }

@@ -541,3 +541,335 @@ fn own_train_references() {
         }
     }
 }
+
+/// llama-tiny with LoRA on q,v and a small repeated dataset.
+fn small_setup(seed: u64) -> (Arc<Mutex<Model>>, Dataset) {
+    let mut m = load(&fixture("llama-tiny"));
+    m.seed = seed;
+    let paths = Selector::new(Pattern::list(vec!["q_proj".into(), "v_proj".into()]))
+        .select(&m.module_paths(Kind::Linear), "m")
+        .unwrap();
+    let o = LoraOpts {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+        rslora: false,
+        dora: false,
+        lora_bias: false,
+        init: LoraInit::Kaiming,
+    };
+    m.attach_lora("default", &paths, &o).unwrap();
+    let texts = [
+        "the cat sat on the mat",
+        "a dog ran in the park",
+        "the sun is warm today",
+        "we like green tea",
+    ];
+    let recs = texts
+        .iter()
+        .cycle()
+        .take(16)
+        .map(|t| ftl::data::Record::Text(t.to_string()))
+        .collect();
+    (
+        Arc::new(Mutex::new(m)),
+        Dataset::from_records(recs, "small").unwrap(),
+    )
+}
+
+fn opts(steps: usize) -> TrainOpts {
+    TrainOpts {
+        max_steps: Some(steps),
+        batch_size: 4,
+        lr: 1e-2,
+        seed: 5,
+        ..Default::default()
+    }
+}
+
+fn snapshot(m: &Mutex<Model>) -> BTreeMap<String, Tensor> {
+    all_params(&mut m.lock().unwrap())
+        .into_iter()
+        .map(|(n, p)| (n, p.value().copy().unwrap()))
+        .collect()
+}
+
+#[test]
+fn only_trainable_tensors_change_and_frozen_weights_get_no_gradient() {
+    struct Inspect {
+        checked: usize,
+        frozen: Vec<(String, Tensor)>,
+    }
+    impl Hook for Inspect {
+        fn on_backward(&mut self, grads: &GradStore, params: &[(String, Param)]) {
+            for (n, t) in &self.frozen {
+                assert!(
+                    grads.get(t).is_none(),
+                    "the backward pass stored a gradient for frozen {n}"
+                );
+            }
+            for (n, p) in params {
+                assert!(
+                    grads.get(p.var().unwrap().as_tensor()).is_some(),
+                    "no gradient for trainable {n}"
+                );
+            }
+            self.checked += 1;
+        }
+    }
+    let (m, data) = small_setup(0);
+    let before = snapshot(&m);
+    let frozen: Vec<(String, Tensor)> = m
+        .lock()
+        .unwrap()
+        .base_params()
+        .into_iter()
+        .map(|(n, p)| (n, p.value()))
+        .collect();
+    let mut h = Inspect { checked: 0, frozen };
+    let r = train::train(
+        &m,
+        &data,
+        &opts(3),
+        None,
+        &mut [&mut h],
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert_eq!(h.checked, 3);
+    let trainable: Vec<String> = m
+        .lock()
+        .unwrap()
+        .trainable_params()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let after = snapshot(&m);
+    for (n, t) in &before {
+        let changed = rel(&after[n], t) > 0.0;
+        assert_eq!(changed, trainable.contains(n), "{n}: changed={changed}");
+    }
+    // the stored gradients are exactly the trainable tensors' size
+    let tr_bytes: usize = m
+        .lock()
+        .unwrap()
+        .trainable_params()
+        .iter()
+        .map(|(_, p)| p.elem_count() * 4)
+        .sum();
+    assert_eq!(r.grad_bytes, tr_bytes);
+    assert_eq!(r.optimizer_bytes, 2 * tr_bytes);
+}
+
+#[test]
+fn unfreezing_in_a_callback_applies_from_the_next_step() {
+    struct Unfreeze {
+        model: Arc<Mutex<Model>>,
+        at: usize,
+        seen: Vec<usize>,
+    }
+    impl Hook for Unfreeze {
+        fn on_backward(&mut self, _g: &GradStore, params: &[(String, Param)]) {
+            self.seen.push(params.len());
+        }
+        fn on_step(&mut self, s: &StepInfo) -> ftl::Result<Flow> {
+            if s.step == self.at {
+                let sel = Selector::new(Pattern::parse("model.layers.1.mlp.**").unwrap());
+                self.model
+                    .lock()
+                    .unwrap()
+                    .set_trainable(Some(&sel), true)
+                    .unwrap();
+            }
+            Ok(Flow::Continue)
+        }
+    }
+    let (m, data) = small_setup(0);
+    let up = "model.layers.1.mlp.up_proj.weight";
+    let w0 = snapshot(&m)[up].clone();
+    let mut h = Unfreeze {
+        model: m.clone(),
+        at: 2,
+        seen: Vec::new(),
+    };
+    struct Watch(Arc<Mutex<Model>>, Tensor, Vec<bool>);
+    impl Hook for Watch {
+        fn on_step(&mut self, _s: &StepInfo) -> ftl::Result<Flow> {
+            let v = snapshot(&self.0)["model.layers.1.mlp.up_proj.weight"].clone();
+            self.2.push(rel(&v, &self.1) > 0.0);
+            Ok(Flow::Continue)
+        }
+    }
+    let mut w = Watch(m.clone(), w0, Vec::new());
+    train::train(
+        &m,
+        &data,
+        &opts(4),
+        None,
+        &mut [&mut w, &mut h],
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    // 8 LoRA tensors, then 3 more from step 3 on
+    assert_eq!(h.seen, vec![8, 8, 11, 11]);
+    assert_eq!(w.2, vec![false, false, true, true]);
+}
+
+#[test]
+fn loss_falls_on_a_small_dataset() {
+    let (m, data) = small_setup(0);
+    m.lock().unwrap().set_trainable(None, true).unwrap();
+    let before = train::evaluate(&m, &data, 8, None).unwrap().loss;
+    let mut o = opts(60);
+    o.lr = 1e-2;
+    let r = train::train(&m, &data, &o, None, &mut [], &AtomicBool::new(false)).unwrap();
+    let after = train::evaluate(&m, &data, 8, None).unwrap().loss;
+    eprintln!("loss {before:.3} -> {after:.3} (last step {:.3})", r.loss);
+    assert!(before > 6.0, "{before}");
+    assert!(after < 1.5, "loss only fell from {before} to {after}");
+}
+
+#[test]
+fn same_seed_same_run_bit_for_bit() {
+    let run = || {
+        let (m, data) = small_setup(0);
+        let mut o = opts(5);
+        o.shuffle = true;
+        let r = train::train(&m, &data, &o, None, &mut [], &AtomicBool::new(false)).unwrap();
+        (r.loss, snapshot(&m))
+    };
+    let (l1, a) = run();
+    let (l2, b) = run();
+    assert_eq!(l1.to_bits(), l2.to_bits());
+    for (n, t) in &a {
+        let d: f32 = (t - &b[n])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(d, 0.0, "{n}");
+    }
+    // another seed gives another run (dropout and shuffling follow it)
+    let (m, data) = small_setup(0);
+    let mut o = opts(5);
+    o.seed = 6;
+    let r = train::train(&m, &data, &o, None, &mut [], &AtomicBool::new(false)).unwrap();
+    assert_ne!(r.loss.to_bits(), l1.to_bits());
+}
+
+#[test]
+fn save_adapter_after_training_unfrozen_layers_saves_them() {
+    let (m, data) = small_setup(0);
+    let sel = Selector::new(Pattern::parse("model.layers.1.**").unwrap());
+    m.lock().unwrap().set_trainable(Some(&sel), true).unwrap();
+    train::train(&m, &data, &opts(2), None, &mut [], &AtomicBool::new(false)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    ftl::peft::io::save_adapter(&mut m.lock().unwrap(), tmp.path(), "default").unwrap();
+    let f = ftl::st::StFile::open(&tmp.path().join("adapter_model.safetensors")).unwrap();
+    assert!(
+        f.has("base_model.model.model.layers.1.mlp.up_proj.weight"),
+        "{:?}",
+        f.names
+    );
+    // a trained weight inside a LoRA-wrapped module keeps PEFT's base_layer name
+    assert!(
+        f.has("base_model.model.model.layers.1.self_attn.q_proj.base_layer.weight"),
+        "{:?}",
+        f.names
+    );
+    assert!(f.has("base_model.model.model.layers.1.input_layernorm.weight"));
+    let cfg: Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    let mts = names(&cfg["modules_to_save"]);
+    assert!(
+        mts.contains(&"model.layers.1.mlp.up_proj".to_string()),
+        "{mts:?}"
+    );
+    // reloading gives the trained model
+    let probe = Tensor::new(&[[0u32, 7, 9, 11, 13]], &candle_core::Device::Cpu).unwrap();
+    let want = m.lock().unwrap().forward(&probe, None).unwrap();
+    let mut fresh = load(&fixture("llama-tiny"));
+    ftl::peft::io::load_adapter(&mut fresh, tmp.path(), &Default::default()).unwrap();
+    assert!(rel(&fresh.forward(&probe, None).unwrap(), &want) < 1e-6);
+}
+
+#[test]
+fn bad_training_input_is_a_clear_error() {
+    let (m, data) = small_setup(0);
+    let err = |o: TrainOpts, d: &Dataset| {
+        train::train(&m, d, &o, None, &mut [], &AtomicBool::new(false))
+            .unwrap_err()
+            .to_string()
+    };
+    let mut o = opts(1);
+    o.lr = 0.0;
+    assert!(err(o, &data).contains("lr"));
+    let mut o = opts(1);
+    o.lr = -1.0;
+    assert!(err(o, &data).contains("lr"));
+    // nothing trainable
+    let frozen = Arc::new(Mutex::new(load(&fixture("llama-tiny"))));
+    let e = train::train(
+        &frozen,
+        &data,
+        &opts(1),
+        None,
+        &mut [],
+        &AtomicBool::new(false),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("nothing is trainable"), "{e}");
+    // empty dataset
+    assert!(Dataset::from_records(Vec::new(), "empty.jsonl")
+        .unwrap_err()
+        .to_string()
+        .contains("empty"));
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("d.jsonl");
+    std::fs::write(&p, "\n\n").unwrap();
+    assert!(Dataset::jsonl(&p, "instruction")
+        .unwrap_err()
+        .to_string()
+        .contains("empty"));
+    // a line with a missing field: the line number
+    std::fs::write(
+        &p,
+        "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"c\"}\n",
+    )
+    .unwrap();
+    let e = Dataset::jsonl(&p, "instruction").unwrap_err().to_string();
+    assert!(e.contains("d.jsonl:2") && e.contains("output"), "{e}");
+    std::fs::write(&p, "{\"text\": \"ok\", \"label\": 1}\nnot json\n").unwrap();
+    let e = Dataset::jsonl(&p, "classification")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("d.jsonl:2") && e.contains("JSON"), "{e}");
+    // a label outside the classifier's range
+    std::fs::write(
+        &p,
+        "{\"text\": \"ok\", \"label\": 1}\n{\"text\": \"bad\", \"label\": 7}\n",
+    )
+    .unwrap();
+    let mut bert = load(&fixture("bert-tiny-cls"));
+    bert.set_trainable(None, true).unwrap();
+    let bert = Arc::new(Mutex::new(bert));
+    let d = Dataset::jsonl(&p, "classification").unwrap();
+    let e = train::train(&bert, &d, &opts(1), None, &mut [], &AtomicBool::new(false))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("label 7") && e.contains("0..3") && e.contains("record 2"),
+        "{e}"
+    );
+    // classification data for a language model
+    let e = train::train(&m, &d, &opts(1), None, &mut [], &AtomicBool::new(false))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("classification"), "{e}");
+}
