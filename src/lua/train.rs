@@ -296,7 +296,7 @@ struct RunRecord {
     methods: Vec<MethodRecord>,
     data: String,
     options: serde_json::Value,
-    metrics: serde_json::Value,
+    metrics: TrainResult,
 }
 
 #[derive(serde::Serialize)]
@@ -347,11 +347,7 @@ fn write_record(
             .collect(),
         data: data.into(),
         options,
-        metrics: serde_json::json!({
-            "steps": r.steps, "epochs": r.epochs, "loss": r.loss, "eval_loss": r.eval_loss, "tokens": r.tokens,
-            "tokens_per_s": r.tokens_per_s, "time_s": r.time_s, "peak_mem_bytes": r.peak_mem_bytes,
-            "trainable": r.trainable, "grad_bytes": r.grad_bytes, "optimizer_bytes": r.optimizer_bytes,
-        }),
+        metrics: r.clone(),
     };
     drop(mm);
     let text = ron::ser::to_string_pretty(&rec, ron::ser::PrettyConfig::default())

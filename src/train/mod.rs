@@ -94,7 +94,7 @@ pub struct EvalInfo {
     pub accuracy: Option<f64>,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct TrainResult {
     pub steps: usize,
     pub epochs: usize,

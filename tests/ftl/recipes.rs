@@ -211,3 +211,103 @@ end
     assert!(out_dir.join("lora/adapter_model.safetensors").exists());
     assert!(out_dir.join("adapter/adapter.safetensors").exists());
 }
+
+#[test]
+fn training_through_a_recipe_matches_peft() {
+    let t = tempfile::tempdir().unwrap();
+    let fx = fixtures().join("hf").display().to_string();
+    let r = write_recipe(
+        t.path(),
+        "train.lua",
+        r#"local ftl = require("ftl")
+local dir = ftl.args.fx
+local case = dir .. "/train-lora"
+local e = ftl.tensor.load(case .. "/expected.safetensors")
+local meta = ftl.json.read(case .. "/meta.json")
+local m = ftl.load(dir .. "/llama-tiny")
+ftl.load_adapter(m, case .. "/adapter_after_3_steps", {trainable = true})
+local init = {}
+for _, name in ipairs(meta.trainable) do init[name] = e["init." .. name] end
+m:load_state_dict(init, {strict = true})
+local data = ftl.data.tokens{input_ids = e.input_ids, attention_mask = e.attention_mask, labels = e.labels}
+local losses, stopped_at = {}, nil
+local r = ftl.train(m, data, {max_steps = 5, batch_size = 3, lr = meta.optimizer.lr, shuffle = false,
+  on_step = function(s)
+    losses[#losses + 1] = s.loss
+    if s.step == 3 then stopped_at = s.step; return false end
+  end})
+assert(r.steps == 3 and stopped_at == 3, "returning false stops")
+for k = 1, 3 do
+  local want = meta.losses_before_each_step_then_final[k]
+  assert(math.abs(losses[k] - want) < 1e-5, string.format("step %d loss %.7f vs %.7f", k, losses[k], want))
+end
+local sd = m:state_dict{trainable = true}
+for _, name in ipairs(meta.trainable) do
+  local upd = sd[name] - e["init." .. name]
+  local want = e["step3." .. name] - e["init." .. name]
+  assert(upd:rel_err(want) < 1e-2, name)
+end
+print("recipe training matches", r.loss, r.trainable, r.grad_bytes)
+"#,
+    );
+    let out_dir = t.path().join("out");
+    let (code, out, err) = run(
+        &r,
+        &[&format!("fx={fx}"), "--out", out_dir.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("recipe training matches"), "{out}");
+    let ron = std::fs::read_to_string(out_dir.join("run.ron")).unwrap();
+    for k in [
+        "recipe_sha256",
+        "train.lua",
+        "methods",
+        "lora",
+        "q_proj",
+        "metrics",
+        "steps: 3",
+        "llama-tiny",
+    ] {
+        assert!(ron.contains(k), "run.ron lacks {k}:\n{ron}");
+    }
+}
+
+#[test]
+fn training_errors_in_recipes_name_the_line() {
+    let t = tempfile::tempdir().unwrap();
+    let fx = fixture("llama-tiny").display().to_string();
+    std::fs::write(
+        t.path().join("d.jsonl"),
+        "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"output\": \"c\"}\n",
+    )
+    .unwrap();
+    let r = write_recipe(t.path(), "e1.lua", "local m = ftl.load(ftl.args.m)\nftl.lora(m)\nlocal d = ftl.data.jsonl('d.jsonl', {format = 'instruction'})\n");
+    let (code, _, err) = run(&r, &[&format!("m={fx}")]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("e1.lua:3") && err.contains("d.jsonl:2") && err.contains("instruction"),
+        "{err}"
+    );
+    let r = write_recipe(
+        t.path(),
+        "e2.lua",
+        "local m = ftl.load(ftl.args.m)\nlocal d = ftl.data.from({{text = 'hello'}})\n\nftl.train(m, d, {lr = 1e-3, max_steps = 1})\n",
+    );
+    let (code, _, err) = run(&r, &[&format!("m={fx}")]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("e2.lua:4") && err.contains("nothing is trainable"),
+        "{err}"
+    );
+    let r = write_recipe(
+        t.path(),
+        "e3.lua",
+        "local m = ftl.load(ftl.args.m)\nftl.lora(m)\nlocal d = ftl.data.from({{text = 'hello'}})\nftl.train(m, d, {lr = 1e-3, max_step = 1})\n",
+    );
+    let (code, _, err) = run(&r, &[&format!("m={fx}")]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("e3.lua:4") && err.contains("`max_step`") && err.contains("max_steps"),
+        "{err}"
+    );
+}
