@@ -30,8 +30,8 @@ pub struct Env {
     pub trust: bool,
     /// directories reads may come from (besides the recipe's and the output directory)
     pub extra_roots: Vec<PathBuf>,
-    /// every file the run loaded with `require` (watch mode watches them)
-    pub required: Mutex<Vec<PathBuf>>,
+    /// every file the run loaded with `require`, with a hash of what it read (watch mode)
+    pub required: Mutex<Vec<(PathBuf, u64)>>,
     /// set to stop a running training loop (watch mode)
     pub cancel: Arc<AtomicBool>,
     /// quiet progress output (tests, watch)
@@ -40,6 +40,14 @@ pub struct Env {
     pub args: Vec<(String, String)>,
     /// training runs so far (each writes its own run record)
     pub runs: Mutex<usize>,
+}
+
+/// A hash of a file's content (watch mode compares them to tell saves from reads).
+pub fn content_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
 }
 
 /// Lexically normalises `p` (no filesystem access): removes `.` and resolves `..`.
@@ -276,6 +284,22 @@ impl Runtime {
         Ok(())
     }
 
+    /// Makes pure-Lua code stop with an error once `cancel` is set (Rust calls poll it themselves).
+    pub fn interrupt_on(&self, cancel: Arc<AtomicBool>) {
+        let _ = self.lua.set_hook(
+            mlua::HookTriggers::new().every_nth_instruction(10_000),
+            move |_, _| {
+                if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                    Err(mlua::Error::RuntimeError(
+                        "cancelled: the recipe changed".into(),
+                    ))
+                } else {
+                    Ok(mlua::VmState::Continue)
+                }
+            },
+        );
+    }
+
     /// Runs the recipe file.
     pub fn run(&self) -> Result<Outcome> {
         let path = &self.env.recipe;
@@ -414,8 +438,8 @@ fn install_require(lua: &Lua, g: &Table, ftl: Table) -> mlua::Result<()> {
         let rel = name.replace('.', "/");
         let local = env.recipe_dir.join(format!("{rel}.lua"));
         let (src, chunk) = if local.exists() {
-            env.required.lock().unwrap().push(local.clone());
             let s = std::fs::read_to_string(&local).map_err(|e| lua_err(lua, format!("{}: {e}", local.display())))?;
+            env.required.lock().unwrap().push((local.clone(), content_hash(s.as_bytes())));
             (s, chunk_name(&local))
         } else if let Some((_, s)) = STDLIB.iter().find(|(n, _)| *n == name) {
             (s.to_string(), format!("stdlib/{name}.lua"))

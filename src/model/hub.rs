@@ -31,6 +31,33 @@ pub trait Source {
     fn origin(&self) -> String;
 }
 
+/// Loaded base tensors kept across runs (`ftl watch`), keyed by file identity, tensor, dtype and
+/// device: a rerun that loads the same model finds them in memory. Frozen tensors are never
+/// written in place, so sharing them is safe.
+static CACHE: std::sync::OnceLock<std::sync::Mutex<HashMap<String, Tensor>>> =
+    std::sync::OnceLock::new();
+static CACHE_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn keep_weights_across_runs(on: bool) {
+    CACHE_ON.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn cache_key(f: &StFile, name: &str, dtype: DType, device: &Device) -> Option<String> {
+    let md = std::fs::metadata(&f.path).ok()?;
+    let mtime = md
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    Some(format!(
+        "{}|{}|{mtime}|{name}|{dtype:?}|{:?}",
+        f.path.display(),
+        md.len(),
+        device.location()
+    ))
+}
+
 /// The safetensors files of a model directory.
 pub struct Weights {
     pub dir: PathBuf,
@@ -150,7 +177,22 @@ impl Source for Weights {
                 want: shape.to_vec(),
             });
         }
-        f.load(&stored, &self.device, Some(self.dtype))
+        if !CACHE_ON.load(std::sync::atomic::Ordering::Relaxed) {
+            return f.load(&stored, &self.device, Some(self.dtype));
+        }
+        let key = cache_key(f, &stored, self.dtype, &self.device);
+        let cache = CACHE.get_or_init(Default::default);
+        if let Some(t) = key
+            .as_ref()
+            .and_then(|k| cache.lock().unwrap().get(k).cloned())
+        {
+            return Ok(t);
+        }
+        let t = f.load(&stored, &self.device, Some(self.dtype))?;
+        if let Some(k) = key {
+            cache.lock().unwrap().insert(k, t.clone());
+        }
+        Ok(t)
     }
 
     fn has(&self, name: &str) -> bool {

@@ -6,3 +6,4 @@ mod fixtures;
 mod invariants;
 mod recipes;
 mod training;
+mod watch;
