@@ -29,6 +29,8 @@ pub enum Cmd {
     Run(RunArgs),
     /// Rerun a recipe every time it (or a file it requires) is saved
     Watch(RunArgs),
+    /// Train a benchmark configuration and print one JSON line per method
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -87,6 +89,7 @@ pub fn main() -> ExitCode {
     let r = match &cli.cmd {
         Cmd::Run(a) => run_once(a, cli.quiet),
         Cmd::Watch(a) => crate::watch::watch(a, cli.quiet),
+        Cmd::Bench(a) => crate::bench::bench(a).map(|_| ExitCode::SUCCESS),
     };
     match r {
         Ok(c) => c,

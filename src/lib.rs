@@ -15,3 +15,4 @@ pub mod data;
 pub mod lua;
 pub mod train;
 pub mod watch;
+pub mod bench;

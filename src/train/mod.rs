@@ -215,6 +215,12 @@ pub fn peak_rss() -> u64 {
         .unwrap_or(0)
 }
 
+/// Peak device memory on a GPU, when the backend can tell.
+pub fn device_peak_bytes(dev: &candle_core::Device) -> Option<u64> {
+    let _ = dev;
+    None
+}
+
 /// Which micro-batches each optimizer step takes.
 struct Plan {
     steps: usize,

@@ -1,0 +1,150 @@
+//! `ftl bench`: trains the reference benchmark configurations (random weights, fixed seed,
+//! AdamW, one warm-up step not counted) and prints one JSON line per method.
+
+use crate::data::{Dataset, Example};
+use crate::model::hub::{self, RandomInit};
+use crate::peft::lora::{LoraInit, LoraOpts};
+use crate::peft::target::{Pattern, Selector};
+use crate::peft::Kind;
+use crate::train::{self, optim, TrainOpts};
+use anyhow::{bail, Result};
+use candle_core::{DType, Device};
+use clap::Args;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+#[derive(Args, Clone, Debug)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "llama")]
+    pub arch: String,
+    #[arg(long, default_value_t = 768)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 12)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 12)]
+    pub heads: usize,
+    #[arg(long = "kv-heads", default_value_t = 12)]
+    pub kv_heads: usize,
+    #[arg(long, default_value_t = 2048)]
+    pub intermediate: usize,
+    #[arg(long, default_value_t = 32000)]
+    pub vocab: usize,
+    /// full, lora-qv, lora-all, ia3, prefix (comma-separated for several)
+    #[arg(long, default_value = "lora-qv")]
+    pub method: String,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub seq: usize,
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// LoRA rank (the reference uses 8 on the CPU, 16 on the GPU)
+    #[arg(long)]
+    pub rank: Option<usize>,
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+fn device(s: &str) -> Result<Device> {
+    Ok(match s {
+        "cpu" => Device::Cpu,
+        s if s.starts_with("cuda") => Device::new_cuda(s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).unwrap_or(0))?,
+        other => bail!("unknown device {other}"),
+    })
+}
+
+fn select(m: &mut crate::Model, names: &[&str]) -> Vec<String> {
+    let s = Selector::new(Pattern::list(names.iter().map(|s| s.to_string()).collect()));
+    s.select(&m.module_paths(Kind::Linear), "modules").unwrap_or_default()
+}
+
+/// Runs one method; the JSON line.
+pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
+    let dev = device(&a.device)?;
+    let dtype = match a.dtype.as_str() {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        o => bail!("unknown dtype {o}"),
+    };
+    let cfg = serde_json::json!({
+        "model_type": a.arch, "hidden_size": a.hidden, "num_hidden_layers": a.layers,
+        "num_attention_heads": a.heads, "num_key_value_heads": a.kv_heads,
+        "intermediate_size": a.intermediate, "vocab_size": a.vocab, "max_position_embeddings": 2048,
+        "n_embd": a.hidden, "n_layer": a.layers, "n_head": a.heads, "n_positions": 2048,
+    });
+    let src = RandomInit { seed: 0, dtype, device: dev.clone() };
+    let mut m = hub::build(&cfg, std::path::Path::new("bench"), &src, dtype, &dev, true)?;
+    let gpu = !dev.is_cpu();
+    let r = a.rank.unwrap_or(if gpu { 16 } else { 8 });
+    let lora = LoraOpts { r, alpha: 2.0 * r as f64, dropout: 0.0, rslora: false, dora: false, lora_bias: false, init: LoraInit::Kaiming };
+    match method {
+        "full" => {
+            m.set_trainable(None, true)?;
+        }
+        "lora-qv" => {
+            let p = select(&mut m, &["q_proj", "v_proj"]);
+            m.attach_lora("default", &p, &lora)?;
+        }
+        "lora-all" => {
+            let heads = m.arch.head_modules();
+            let p: Vec<String> = m.module_paths(Kind::Linear).into_iter().filter(|p| !heads.contains(p)).collect();
+            m.attach_lora("default", &p, &lora)?;
+        }
+        "ia3" => {
+            let p = select(&mut m, &["k_proj", "v_proj", "down_proj"]);
+            let ff: Vec<String> = p.iter().filter(|x| x.ends_with("down_proj")).cloned().collect();
+            m.attach_ia3("default", &p, &ff)?;
+        }
+        "prefix" => m.attach_prefix("default", 16, None)?,
+        other => bail!("unknown method {other} (full, lora-qv, lora-all, ia3, prefix)"),
+    }
+    let params: usize = m.base_params().iter().map(|(_, p)| p.elem_count()).sum();
+    // random ids, every row full length (real tokens only)
+    let mut rng = crate::peft::lora::rng_for(0, "bench-data");
+    use rand::Rng;
+    let ex: Vec<Example> = (0..a.batch * (a.steps + 1))
+        .map(|_| {
+            let ids: Vec<u32> = (0..a.seq).map(|_| rng.random_range(0..a.vocab as u32)).collect();
+            Example { labels: ids.iter().map(|&x| x as i64).collect(), ids, ..Default::default() }
+        })
+        .collect();
+    let model = Arc::new(Mutex::new(m));
+    let opts = TrainOpts {
+        max_steps: Some(1),
+        batch_size: a.batch,
+        lr: 1e-4,
+        optimizer: optim::OptimOpts { kind: optim::Kind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, weight_decay: 0.01 },
+        shuffle: false,
+        ..Default::default()
+    };
+    let cancel = AtomicBool::new(false);
+    // warm-up step, not counted
+    let warm = Dataset::from_examples(ex[..a.batch].to_vec(), "bench")?;
+    train::train(&model, &warm, &opts, None, &mut [], &cancel)?;
+    let data = Dataset::from_examples(ex[a.batch..].to_vec(), "bench")?;
+    let o = TrainOpts { max_steps: Some(a.steps), ..opts };
+    let res = train::train(&model, &data, &o, None, &mut [], &cancel)?;
+    let step_s = res.time_s / a.steps as f64;
+    let peak = if gpu { crate::train::device_peak_bytes(&dev).unwrap_or(0) } else { res.peak_mem_bytes };
+    Ok(serde_json::json!({
+        "impl": "ftl", "method": method, "arch": a.arch, "hidden": a.hidden, "layers": a.layers,
+        "batch": a.batch, "seq": a.seq, "steps": a.steps, "dtype": a.dtype, "device": a.device,
+        "params": params, "trainable": res.trainable,
+        "tokens_per_s": (a.batch * a.seq) as f64 / step_s,
+        "step_s": step_s, "forward_s": res.forward_s / a.steps as f64,
+        "backward_s": res.backward_s / a.steps as f64, "optimizer_s": res.optimizer_s / a.steps as f64,
+        "peak_mem_bytes": peak, "grad_bytes": res.grad_bytes, "optimizer_bytes": res.optimizer_bytes,
+        "threads": rayon::current_num_threads(), "loss": res.loss,
+    }))
+}
+
+pub fn bench(a: &BenchArgs) -> Result<()> {
+    for method in a.method.split(',') {
+        let line = run_one(a, method.trim())?;
+        println!("{line}");
+    }
+    Ok(())
+}
