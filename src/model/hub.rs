@@ -218,8 +218,15 @@ impl Source for RandomInit {
             Init::Ones => vec![1f32; n],
             Init::Zeros => vec![0f32; n],
             Init::Normal(std) => {
-                let mut rng = crate::peft::lora::rng_for(self.seed, name);
-                crate::peft::lora::normal(&mut rng, n, std as f32)
+                // in parallel chunks, each with its own generator: deterministic and fast
+                use rayon::prelude::*;
+                const CHUNK: usize = 1 << 16;
+                let mut v = vec![0f32; n];
+                v.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| {
+                    let mut rng = crate::peft::lora::rng_for(self.seed, &format!("{name}#{i}"));
+                    c.copy_from_slice(&crate::peft::lora::normal(&mut rng, c.len(), std as f32));
+                });
+                v
             }
         };
         Ok(Tensor::from_vec(v, shape, &Device::Cpu)?

@@ -68,14 +68,18 @@ pub(crate) fn uniform(rng: &mut impl Rng, n: usize, bound: f32) -> Vec<f32> {
 }
 
 pub(crate) fn normal(rng: &mut impl Rng, n: usize, std: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            // Box–Muller
-            let u1: f64 = rng.random::<f64>().max(1e-300);
-            let u2: f64 = rng.random();
-            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32 * std
-        })
-        .collect()
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        // Box–Muller: two normals per pair of uniforms
+        let u1: f64 = rng.random::<f64>().max(1e-300);
+        let u2: f64 = rng.random();
+        let r = (-2.0 * u1.ln()).sqrt();
+        let (s, c) = (2.0 * std::f64::consts::PI * u2).sin_cos();
+        out.push((r * c) as f32 * std);
+        out.push((r * s) as f32 * std);
+    }
+    out.truncate(n);
+    out
 }
 
 fn param(v: Vec<f32>, shape: (usize, usize), dev: &Device, dtype: DType) -> Result<Param> {
