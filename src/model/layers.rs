@@ -55,6 +55,12 @@ impl Linear {
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let w = self.weight.get(ctx);
         let b = self.bias.as_ref().map(|b| b.get(ctx));
+        if let Some(l) = self.single_plain_lora(ctx) {
+            if ops::fused(x) && ops::fused(&w) {
+                let (a, bm) = (l.a.get(ctx), l.b.get(ctx));
+                return Ok(ops::lora_linear(x, &w, b.as_ref(), &a, &bm, l.scale, self.transposed)?);
+            }
+        }
         let ia3: Vec<&Ia3> = self
             .ia3
             .iter()
@@ -76,6 +82,18 @@ impl Linear {
             }
         }
         Ok(y)
+    }
+
+    /// The one active adapter when it is a plain LoRA (no DoRA, LoRA bias or live dropout) and
+    /// nothing else is active here: the case one fused op computes.
+    fn single_plain_lora(&self, ctx: &Ctx) -> Option<&Lora> {
+        if self.ia3.iter().any(|(n, _)| ctx.is_active(n)) {
+            return None;
+        }
+        let mut active = self.lora.iter().filter(|(n, _)| ctx.is_active(n));
+        let (_, l) = active.next()?;
+        let plain = l.magnitude.is_none() && l.bias.is_none() && (l.dropout == 0.0 || !ctx.train);
+        (plain && active.next().is_none()).then_some(l)
     }
 
     /// `(suffix, param)` of the base parameters, HF-named.

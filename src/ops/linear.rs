@@ -90,6 +90,27 @@ impl LinearOp {
         y
     }
 
+    /// `dX[m,k] = G[m,n]·W` (W viewed as `[n,k]`).
+    fn dx(&self, g: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut gx = super::zeros(m * k);
+        let (rs, cs) = if self.transposed { (1, n as isize) } else { (k as isize, 1) };
+        unsafe { gemm_f32(m, k, n, gx.as_mut_ptr(), k as isize, 1, false, g.as_ptr(), n as isize, 1, w.as_ptr(), rs, cs, 1.0) }
+        gx
+    }
+
+    /// The weight gradient in the weight's layout: `Gᵀ·X` (`[n,k]`) or `Xᵀ·G` (`[k,n]`).
+    fn dw(&self, g: &[f32], x: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut gw = super::zeros(n * k);
+        unsafe {
+            if self.transposed {
+                gemm_f32(k, n, m, gw.as_mut_ptr(), n as isize, 1, false, x.as_ptr(), 1, k as isize, g.as_ptr(), n as isize, 1, 1.0)
+            } else {
+                gemm_f32(n, k, m, gw.as_mut_ptr(), k as isize, 1, false, g.as_ptr(), 1, n as isize, x.as_ptr(), k as isize, 1, 1.0)
+            }
+        }
+        gw
+    }
+
     fn backward(
         &self,
         x: &Tensor,
@@ -102,82 +123,13 @@ impl LinearOp {
         let n = g.dim(D::Minus1)?;
         with_f32(g, |g_| {
             let gx = if needs_grad(x) {
-                let mut gx = super::zeros(m * k);
-                // dX[m,k] = G[m,n]·W viewed as [n,k]
-                let (rs, cs) = if self.transposed {
-                    (1, n as isize)
-                } else {
-                    (k as isize, 1)
-                };
-                with_f32(w, |w_| {
-                    unsafe {
-                        gemm_f32(
-                            m,
-                            k,
-                            n,
-                            gx.as_mut_ptr(),
-                            k as isize,
-                            1,
-                            false,
-                            g_.as_ptr(),
-                            n as isize,
-                            1,
-                            w_.as_ptr(),
-                            rs,
-                            cs,
-                            1.0,
-                        )
-                    }
-                    Ok(())
-                })?;
+                let gx = with_f32(w, |w_| Ok(self.dx(g_, w_, m, n, k)))?;
                 Some(super::from_vec(gx, x.shape())?)
             } else {
                 None
             };
             let gw = if needs_grad(w) {
-                let mut gw = super::zeros(n * k);
-                with_f32(x, |x_| {
-                    unsafe {
-                        if self.transposed {
-                            // dW[k,n] = Xᵀ[k,m]·G[m,n]
-                            gemm_f32(
-                                k,
-                                n,
-                                m,
-                                gw.as_mut_ptr(),
-                                n as isize,
-                                1,
-                                false,
-                                x_.as_ptr(),
-                                1,
-                                k as isize,
-                                g_.as_ptr(),
-                                n as isize,
-                                1,
-                                1.0,
-                            )
-                        } else {
-                            // dW[n,k] = Gᵀ[n,m]·X[m,k]
-                            gemm_f32(
-                                n,
-                                k,
-                                m,
-                                gw.as_mut_ptr(),
-                                k as isize,
-                                1,
-                                false,
-                                g_.as_ptr(),
-                                1,
-                                n as isize,
-                                x_.as_ptr(),
-                                k as isize,
-                                1,
-                                1.0,
-                            )
-                        }
-                    }
-                    Ok(())
-                })?;
+                let gw = with_f32(x, |x_| Ok(self.dw(g_, x_, m, n, k)))?;
                 Some(super::from_vec(gw, w.shape())?)
             } else {
                 None
@@ -320,6 +272,150 @@ mod tests {
         let g = y.sum_all()?.backward()?;
         assert!(g.get(&w).is_none());
         assert!(g.get(x.as_tensor()).is_some());
+        Ok(())
+    }
+}
+
+/// `y = x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ` in one op: LoRA without keeping the branch's intermediate
+/// outputs for the backward pass (it recomputes the small `x·Aᵀ`). `a` is `[r, in]`, `bm`
+/// `[out, r]`.
+pub fn lora_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, a: &Tensor, bm: &Tensor, scale: f64, transposed: bool) -> Result<Tensor> {
+    let r = a.dim(0)?;
+    let mut parts = vec![a.flatten_all()?, bm.flatten_all()?];
+    if let Some(b) = b {
+        parts.push(b.flatten_all()?);
+    }
+    let pack = Tensor::cat(&parts, 0)?;
+    let op = LoraLinearOp {
+        lin: LinearOp { transposed },
+        r,
+        scale: scale as f32,
+        bias: b.is_some(),
+    };
+    x.contiguous()?.apply_op3(&w.contiguous()?, &pack, op)
+}
+
+struct LoraLinearOp {
+    lin: LinearOp,
+    r: usize,
+    scale: f32,
+    bias: bool,
+}
+
+impl LoraLinearOp {
+    /// (A, B, bias) views of the packed parameters.
+    fn unpack<'a>(&self, p: &'a [f32], n: usize, k: usize) -> (&'a [f32], &'a [f32], Option<&'a [f32]>) {
+        let r = self.r;
+        let (a, rest) = p.split_at(r * k);
+        let (b, rest) = rest.split_at(n * r);
+        (a, b, if self.bias { Some(&rest[..n]) } else { None })
+    }
+
+    /// `h = x·Aᵀ` `[m, r]`.
+    fn h(&self, x: &[f32], a: &[f32], m: usize, k: usize) -> Vec<f32> {
+        let r = self.r;
+        let mut h = super::zeros(m * r);
+        unsafe { gemm_f32(m, r, k, h.as_mut_ptr(), r as isize, 1, false, x.as_ptr(), k as isize, 1, a.as_ptr(), 1, k as isize, 1.0) }
+        h
+    }
+}
+
+impl CustomOp3 for LoraLinearOp {
+    fn name(&self) -> &'static str {
+        "ftl-lora-linear"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (m, n, k, shape) = self.lin.dims(l1, l2)?;
+        let (x, w, p) = (slice_f32(s1, l1)?, slice_f32(s2, l2)?, slice_f32(s3, l3)?);
+        if p.len() != self.r * (k + n) + if self.bias { n } else { 0 } {
+            candle_core::bail!("lora_linear: packed parameters do not fit the layer");
+        }
+        let (a, bm, bias) = self.unpack(p, n, k);
+        let mut y = self.lin.forward(x, w, bias, m, n, k);
+        let h = self.h(x, a, m, k);
+        let r = self.r;
+        // y += s·h·Bᵀ
+        unsafe { gemm_f32(m, n, r, y.as_mut_ptr(), n as isize, 1, true, h.as_ptr(), r as isize, 1, bm.as_ptr(), 1, r as isize, self.scale) }
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, pack: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let k = x.dim(D::Minus1)?;
+        let m = x.elem_count() / k.max(1);
+        let n = g.dim(D::Minus1)?;
+        let r = self.r;
+        let s = self.scale;
+        let need_pack = needs_grad(pack);
+        let need_x = needs_grad(x);
+        let gx = with_f32(x, |x_| {
+            with_f32(g, |g_| {
+                with_f32(pack, |p_| {
+                    let (a, bm, _) = self.unpack(p_, n, k);
+                    let h = self.h(x_, a, m, k);
+                    // dh = s·g·B  [m, r]
+                    let mut dh = super::zeros(m * r);
+                    unsafe { gemm_f32(m, r, n, dh.as_mut_ptr(), r as isize, 1, false, g_.as_ptr(), n as isize, 1, bm.as_ptr(), r as isize, 1, s) }
+                    let gw = if needs_grad(w) { Some(super::from_vec(self.lin.dw(g_, x_, m, n, k), w.shape())?) } else { None };
+                    let gx = if need_x {
+                        // dx = g·W + dh·A
+                        let mut v = with_f32(w, |w_| Ok(self.lin.dx(g_, w_, m, n, k)))?;
+                        unsafe { gemm_f32(m, k, r, v.as_mut_ptr(), k as isize, 1, true, dh.as_ptr(), r as isize, 1, a.as_ptr(), k as isize, 1, 1.0) }
+                        Some(super::from_vec(v, x.shape())?)
+                    } else {
+                        None
+                    };
+                    let gpack = if need_pack {
+                        let mut gp = super::zeros(p_.len());
+                        let (ga, rest) = gp.split_at_mut(r * k);
+                        let (gb, gbias) = rest.split_at_mut(n * r);
+                        unsafe {
+                            // dA = dhᵀ·x  [r, k]
+                            gemm_f32(r, k, m, ga.as_mut_ptr(), k as isize, 1, false, dh.as_ptr(), 1, r as isize, x_.as_ptr(), k as isize, 1, 1.0);
+                            // dB = s·gᵀ·h  [n, r]
+                            gemm_f32(n, r, m, gb.as_mut_ptr(), r as isize, 1, false, g_.as_ptr(), 1, n as isize, h.as_ptr(), r as isize, 1, s);
+                        }
+                        if self.bias {
+                            gbias.copy_from_slice(&col_sums(g_, n));
+                        }
+                        Some(super::from_vec(gp, pack.shape())?)
+                    } else {
+                        None
+                    };
+                    Ok((gx, gw, gpack))
+                })
+            })
+        })?;
+        Ok((gx.0, gx.1, gx.2))
+    }
+}
+
+#[cfg(test)]
+mod lora_tests {
+    use super::super::testutil::*;
+    use super::*;
+
+    #[test]
+    fn fused_lora_matches_composed() -> Result<()> {
+        for (transposed, bias) in [(false, false), (false, true), (true, true)] {
+            let x = var(&[2, 5, 7], 1)?;
+            let w = var(if transposed { &[7, 6] } else { &[6, 7] }, 2)?;
+            let b = var(&[6], 3)?;
+            let a = var(&[3, 7], 4)?;
+            let bm = var(&[6, 3], 5)?;
+            let f = || -> Result<Tensor> {
+                let bb = if bias { Some(b.as_tensor()) } else { None };
+                if super::super::fused(x.as_tensor()) {
+                    lora_linear(x.as_tensor(), w.as_tensor(), bb, a.as_tensor(), bm.as_tensor(), 0.7, transposed)
+                } else {
+                    let y = linear(x.as_tensor(), w.as_tensor(), bb, transposed)?;
+                    let d = linear(&linear(x.as_tensor(), a.as_tensor(), None, false)?, bm.as_tensor(), None, false)?;
+                    y + (d * 0.7)?
+                }
+            };
+            let vars: Vec<&candle_core::Var> = if bias { vec![&x, &w, &b, &a, &bm] } else { vec![&x, &w, &a, &bm] };
+            check_fused_vs_composed(&vars, f, 1e-5)?;
+        }
         Ok(())
     }
 }

@@ -17,7 +17,7 @@ use std::cell::Cell;
 
 pub use act::{gelu, gelu_tanh, silu_mul, Activation};
 pub use attention::{attention, AttnMask};
-pub use linear::linear;
+pub use linear::{linear, lora_linear};
 pub use loss::{cross_entropy_sum, IGNORE_INDEX};
 pub use norm::{layer_norm, rms_norm};
 pub use rope::{rope, Rope};
@@ -51,7 +51,7 @@ pub(crate) fn slice_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> 
 }
 
 /// Runs `f` on the f32 contents of a contiguous CPU tensor.
-pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let t = t.contiguous()?;
     let (s, l) = t.storage_and_layout();
     match &*s {
