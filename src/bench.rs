@@ -6,7 +6,7 @@ use crate::model::hub::{self, RandomInit};
 use crate::peft::lora::{LoraInit, LoraOpts};
 use crate::peft::target::{Pattern, Selector};
 use crate::peft::Kind;
-use crate::train::{self, optim, TrainOpts};
+use crate::train::{self, optim, Flow, Hook, StepInfo, TrainOpts};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 use clap::Args;
@@ -50,14 +50,19 @@ pub struct BenchArgs {
 fn device(s: &str) -> Result<Device> {
     Ok(match s {
         "cpu" => Device::Cpu,
-        s if s.starts_with("cuda") => Device::new_cuda(s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).unwrap_or(0))?,
+        s if s.starts_with("cuda") => Device::new_cuda(
+            s.strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+        )?,
         other => bail!("unknown device {other}"),
     })
 }
 
 fn select(m: &mut crate::Model, names: &[&str]) -> Vec<String> {
     let s = Selector::new(Pattern::list(names.iter().map(|s| s.to_string()).collect()));
-    s.select(&m.module_paths(Kind::Linear), "modules").unwrap_or_default()
+    s.select(&m.module_paths(Kind::Linear), "modules")
+        .unwrap_or_default()
 }
 
 /// Runs one method; the JSON line.
@@ -75,11 +80,23 @@ pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
         "intermediate_size": a.intermediate, "vocab_size": a.vocab, "max_position_embeddings": 2048,
         "n_embd": a.hidden, "n_layer": a.layers, "n_head": a.heads, "n_positions": 2048,
     });
-    let src = RandomInit { seed: 0, dtype, device: dev.clone() };
+    let src = RandomInit {
+        seed: 0,
+        dtype,
+        device: dev.clone(),
+    };
     let mut m = hub::build(&cfg, std::path::Path::new("bench"), &src, dtype, &dev, true)?;
     let gpu = !dev.is_cpu();
     let r = a.rank.unwrap_or(if gpu { 16 } else { 8 });
-    let lora = LoraOpts { r, alpha: 2.0 * r as f64, dropout: 0.0, rslora: false, dora: false, lora_bias: false, init: LoraInit::Kaiming };
+    let lora = LoraOpts {
+        r,
+        alpha: 2.0 * r as f64,
+        dropout: 0.0,
+        rslora: false,
+        dora: false,
+        lora_bias: false,
+        init: LoraInit::Kaiming,
+    };
     match method {
         "full" => {
             m.set_trainable(None, true)?;
@@ -90,12 +107,20 @@ pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
         }
         "lora-all" => {
             let heads = m.arch.head_modules();
-            let p: Vec<String> = m.module_paths(Kind::Linear).into_iter().filter(|p| !heads.contains(p)).collect();
+            let p: Vec<String> = m
+                .module_paths(Kind::Linear)
+                .into_iter()
+                .filter(|p| !heads.contains(p))
+                .collect();
             m.attach_lora("default", &p, &lora)?;
         }
         "ia3" => {
             let p = select(&mut m, &["k_proj", "v_proj", "down_proj"]);
-            let ff: Vec<String> = p.iter().filter(|x| x.ends_with("down_proj")).cloned().collect();
+            let ff: Vec<String> = p
+                .iter()
+                .filter(|x| x.ends_with("down_proj"))
+                .cloned()
+                .collect();
             m.attach_ia3("default", &p, &ff)?;
         }
         "prefix" => m.attach_prefix("default", 16, None)?,
@@ -107,35 +132,69 @@ pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
     use rand::Rng;
     let ex: Vec<Example> = (0..a.batch * (a.steps + 1))
         .map(|_| {
-            let ids: Vec<u32> = (0..a.seq).map(|_| rng.random_range(0..a.vocab as u32)).collect();
-            Example { labels: ids.iter().map(|&x| x as i64).collect(), ids, ..Default::default() }
+            let ids: Vec<u32> = (0..a.seq)
+                .map(|_| rng.random_range(0..a.vocab as u32))
+                .collect();
+            Example {
+                labels: ids.iter().map(|&x| x as i64).collect(),
+                ids,
+                ..Default::default()
+            }
         })
         .collect();
     let model = Arc::new(Mutex::new(m));
     let opts = TrainOpts {
-        max_steps: Some(1),
+        max_steps: Some(a.steps + 1),
         batch_size: a.batch,
         lr: 1e-4,
-        optimizer: optim::OptimOpts { kind: optim::Kind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, weight_decay: 0.01 },
+        optimizer: optim::OptimOpts {
+            kind: optim::Kind::AdamW {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+            weight_decay: 0.01,
+        },
         shuffle: false,
         ..Default::default()
     };
-    let cancel = AtomicBool::new(false);
-    // warm-up step, not counted
-    let warm = Dataset::from_examples(ex[..a.batch].to_vec(), "bench")?;
-    train::train(&model, &warm, &opts, None, &mut [], &cancel)?;
-    let data = Dataset::from_examples(ex[a.batch..].to_vec(), "bench")?;
-    let o = TrainOpts { max_steps: Some(a.steps), ..opts };
-    let res = train::train(&model, &data, &o, None, &mut [], &cancel)?;
-    let step_s = res.time_s / a.steps as f64;
-    let peak = if gpu { crate::train::device_peak_bytes(&dev).unwrap_or(0) } else { res.peak_mem_bytes };
+    // one run, as the reference's: the first (warm-up) step is not counted
+    struct Times(Vec<StepInfo>);
+    impl Hook for Times {
+        fn on_step(&mut self, s: &StepInfo) -> crate::Result<Flow> {
+            self.0.push(s.clone());
+            Ok(Flow::Continue)
+        }
+    }
+    let mut times = Times(Vec::new());
+    let data = Dataset::from_examples(ex, "bench")?;
+    let res = train::train(
+        &model,
+        &data,
+        &opts,
+        None,
+        &mut [&mut times],
+        &AtomicBool::new(false),
+    )?;
+    let (w, l) = (&times.0[0], &times.0[a.steps]);
+    let n = a.steps as f64;
+    let step_s = (l.elapsed_s - w.elapsed_s) / n;
+    let peak = if gpu {
+        crate::train::device_peak_bytes(&dev).unwrap_or(0)
+    } else {
+        res.peak_mem_bytes
+    };
+    let (fwd, bwd, opt) = (
+        (l.forward_s - w.forward_s) / n,
+        (l.backward_s - w.backward_s) / n,
+        (l.optimizer_s - w.optimizer_s) / n,
+    );
     Ok(serde_json::json!({
         "impl": "ftl", "method": method, "arch": a.arch, "hidden": a.hidden, "layers": a.layers,
         "batch": a.batch, "seq": a.seq, "steps": a.steps, "dtype": a.dtype, "device": a.device,
         "params": params, "trainable": res.trainable,
         "tokens_per_s": (a.batch * a.seq) as f64 / step_s,
-        "step_s": step_s, "forward_s": res.forward_s / a.steps as f64,
-        "backward_s": res.backward_s / a.steps as f64, "optimizer_s": res.optimizer_s / a.steps as f64,
+        "step_s": step_s, "forward_s": fwd, "backward_s": bwd, "optimizer_s": opt,
         "peak_mem_bytes": peak, "grad_bytes": res.grad_bytes, "optimizer_bytes": res.optimizer_bytes,
         "threads": rayon::current_num_threads(), "loss": res.loss,
     }))

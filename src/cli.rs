@@ -84,6 +84,11 @@ pub fn run_once(a: &RunArgs, quiet: bool) -> Result<ExitCode> {
 }
 
 pub fn main() -> ExitCode {
+    // candle's own CPU pool spins waiting for work on every core while our kernels (rayon) run:
+    // with 2 cores that steals a core. Its element-wise ops are small next to ours: one thread.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let r = match &cli.cmd {

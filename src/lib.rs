@@ -10,9 +10,9 @@ pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use model::Model;
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod lua;
 pub mod train;
 pub mod watch;
-pub mod bench;

@@ -247,6 +247,7 @@ impl Arch for Bert {
         let key_valid = Arc::new(key_mask.to_vec());
         let (nh, hd) = (cfg.heads, hid / cfg.heads);
         for (l, layer) in self.layers.iter().enumerate() {
+            h = ctx.boundary(h)?;
             let mask = AttnMask {
                 causal: false,
                 offset: past.len,
@@ -265,6 +266,7 @@ impl Arch for Bert {
             let o = ctx.dropout(&layer.output.forward(&i, ctx)?, cfg.hidden_dropout)?;
             h = bottleneck::post_norm(&layer.bn_out, &o, &a, &layer.output_ln, ctx)?;
         }
+        let h = ctx.boundary(h)?;
         match (&self.pooler, &self.classifier) {
             (Some(p), Some(c)) => {
                 let first = h.narrow(1, 0, 1)?.squeeze(1)?;

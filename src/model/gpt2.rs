@@ -170,6 +170,7 @@ impl Arch for Gpt2 {
         let key_valid = Arc::new(key_mask.to_vec());
         let (nh, hd) = (cfg.n_head, e / cfg.n_head);
         for (l, blk) in self.h.iter().enumerate() {
+            h = ctx.boundary(h)?;
             let mask = AttnMask {
                 causal: true,
                 offset: past.len,
@@ -198,7 +199,7 @@ impl Arch for Gpt2 {
             let m = ctx.dropout(&blk.mlp_c_proj.forward(&m, ctx)?, cfg.resid_pdrop)?;
             h = bottleneck::pre_norm(&blk.bn_out, &m, &h, ctx)?;
         }
-        let h = self.ln_f.forward(&h, ctx)?;
+        let h = self.ln_f.forward(&ctx.boundary(h)?, ctx)?;
         self.lm_head.forward(&h, ctx)
     }
 

@@ -58,7 +58,15 @@ impl Linear {
         if let Some(l) = self.single_plain_lora(ctx) {
             if ops::fused(x) && ops::fused(&w) {
                 let (a, bm) = (l.a.get(ctx), l.b.get(ctx));
-                return Ok(ops::lora_linear(x, &w, b.as_ref(), &a, &bm, l.scale, self.transposed)?);
+                return Ok(ops::lora_linear(
+                    x,
+                    &w,
+                    b.as_ref(),
+                    &a,
+                    &bm,
+                    l.scale,
+                    self.transposed,
+                )?);
             }
         }
         let ia3: Vec<&Ia3> = self

@@ -338,6 +338,7 @@ impl Arch for Llama {
         let key_valid = Arc::new(key_mask.to_vec());
         let mut h = h.clone();
         for (l, layer) in self.layers.iter().enumerate() {
+            h = ctx.boundary(h)?;
             let mask = AttnMask {
                 causal: true,
                 offset: past.len,
@@ -358,7 +359,7 @@ impl Arch for Llama {
                 .forward(&ops::act::act_mul(self.cfg.act, &gate, &up)?, ctx)?;
             h = bottleneck::pre_norm(&layer.bn_out, &m, &h, ctx)?;
         }
-        let h = self.norm.forward(&h, ctx)?;
+        let h = self.norm.forward(&ctx.boundary(h)?, ctx)?;
         self.lm_head.forward(&h, ctx)
     }
 

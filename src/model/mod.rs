@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::peft::bottleneck::Bottleneck;
 use crate::peft::{AdapterInfo, PromptLearning};
 use crate::tokenizer::Tokenizer;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use layers::{Embedding, Linear, Norm};
 use rand::SeedableRng;
 use std::path::PathBuf;
@@ -29,6 +29,10 @@ pub struct Ctx {
     pub enabled: bool,
     pub train: bool,
     rng: Mutex<rand::rngs::StdRng>,
+    /// Segment boundaries between layers (training): each layer's input as a fresh leaf, with the
+    /// tensor it stands for, so the backward pass can run one layer at a time and free each
+    /// layer's activations as soon as it is done.
+    segments: Option<Mutex<Vec<(Var, Tensor)>>>,
 }
 
 impl Ctx {
@@ -38,6 +42,35 @@ impl Ctx {
             enabled,
             train,
             rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
+            segments: None,
+        }
+    }
+
+    /// Records layer boundaries (see `boundary`) in this forward pass.
+    pub fn segmented(mut self) -> Self {
+        self.segments = Some(Mutex::new(Vec::new()));
+        self
+    }
+
+    /// At a layer boundary: with segments on and `h` depending on trainable tensors, a new leaf
+    /// holding `h`'s values (the graph below it is backpropagated separately).
+    pub fn boundary(&self, h: Tensor) -> Result<Tensor> {
+        match &self.segments {
+            Some(seg) if h.track_op() => {
+                let v = Var::from_tensor(&h.detach())?;
+                let t = v.as_tensor().clone();
+                seg.lock().unwrap().push((v, h));
+                Ok(t)
+            }
+            _ => Ok(h),
+        }
+    }
+
+    /// The recorded boundaries, in forward order.
+    pub fn take_segments(&self) -> Vec<(Var, Tensor)> {
+        match &self.segments {
+            Some(seg) => std::mem::take(&mut *seg.lock().unwrap()),
+            None => Vec::new(),
         }
     }
 

@@ -93,8 +93,29 @@ impl LinearOp {
     /// `dX[m,k] = G[m,n]·W` (W viewed as `[n,k]`).
     fn dx(&self, g: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
         let mut gx = super::zeros(m * k);
-        let (rs, cs) = if self.transposed { (1, n as isize) } else { (k as isize, 1) };
-        unsafe { gemm_f32(m, k, n, gx.as_mut_ptr(), k as isize, 1, false, g.as_ptr(), n as isize, 1, w.as_ptr(), rs, cs, 1.0) }
+        let (rs, cs) = if self.transposed {
+            (1, n as isize)
+        } else {
+            (k as isize, 1)
+        };
+        unsafe {
+            gemm_f32(
+                m,
+                k,
+                n,
+                gx.as_mut_ptr(),
+                k as isize,
+                1,
+                false,
+                g.as_ptr(),
+                n as isize,
+                1,
+                w.as_ptr(),
+                rs,
+                cs,
+                1.0,
+            )
+        }
         gx
     }
 
@@ -103,9 +124,39 @@ impl LinearOp {
         let mut gw = super::zeros(n * k);
         unsafe {
             if self.transposed {
-                gemm_f32(k, n, m, gw.as_mut_ptr(), n as isize, 1, false, x.as_ptr(), 1, k as isize, g.as_ptr(), n as isize, 1, 1.0)
+                gemm_f32(
+                    k,
+                    n,
+                    m,
+                    gw.as_mut_ptr(),
+                    n as isize,
+                    1,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    g.as_ptr(),
+                    n as isize,
+                    1,
+                    1.0,
+                )
             } else {
-                gemm_f32(n, k, m, gw.as_mut_ptr(), k as isize, 1, false, g.as_ptr(), 1, n as isize, x.as_ptr(), k as isize, 1, 1.0)
+                gemm_f32(
+                    n,
+                    k,
+                    m,
+                    gw.as_mut_ptr(),
+                    k as isize,
+                    1,
+                    false,
+                    g.as_ptr(),
+                    1,
+                    n as isize,
+                    x.as_ptr(),
+                    k as isize,
+                    1,
+                    1.0,
+                )
             }
         }
         gw
@@ -279,7 +330,15 @@ mod tests {
 /// `y = x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ` in one op: LoRA without keeping the branch's intermediate
 /// outputs for the backward pass (it recomputes the small `x·Aᵀ`). `a` is `[r, in]`, `bm`
 /// `[out, r]`.
-pub fn lora_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, a: &Tensor, bm: &Tensor, scale: f64, transposed: bool) -> Result<Tensor> {
+pub fn lora_linear(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &Tensor,
+    bm: &Tensor,
+    scale: f64,
+    transposed: bool,
+) -> Result<Tensor> {
     let r = a.dim(0)?;
     let mut parts = vec![a.flatten_all()?, bm.flatten_all()?];
     if let Some(b) = b {
@@ -304,7 +363,12 @@ struct LoraLinearOp {
 
 impl LoraLinearOp {
     /// (A, B, bias) views of the packed parameters.
-    fn unpack<'a>(&self, p: &'a [f32], n: usize, k: usize) -> (&'a [f32], &'a [f32], Option<&'a [f32]>) {
+    fn unpack<'a>(
+        &self,
+        p: &'a [f32],
+        n: usize,
+        k: usize,
+    ) -> (&'a [f32], &'a [f32], Option<&'a [f32]>) {
         let r = self.r;
         let (a, rest) = p.split_at(r * k);
         let (b, rest) = rest.split_at(n * r);
@@ -315,7 +379,24 @@ impl LoraLinearOp {
     fn h(&self, x: &[f32], a: &[f32], m: usize, k: usize) -> Vec<f32> {
         let r = self.r;
         let mut h = super::zeros(m * r);
-        unsafe { gemm_f32(m, r, k, h.as_mut_ptr(), r as isize, 1, false, x.as_ptr(), k as isize, 1, a.as_ptr(), 1, k as isize, 1.0) }
+        unsafe {
+            gemm_f32(
+                m,
+                r,
+                k,
+                h.as_mut_ptr(),
+                r as isize,
+                1,
+                false,
+                x.as_ptr(),
+                k as isize,
+                1,
+                a.as_ptr(),
+                1,
+                k as isize,
+                1.0,
+            )
+        }
         h
     }
 }
@@ -325,7 +406,15 @@ impl CustomOp3 for LoraLinearOp {
         "ftl-lora-linear"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (m, n, k, shape) = self.lin.dims(l1, l2)?;
         let (x, w, p) = (slice_f32(s1, l1)?, slice_f32(s2, l2)?, slice_f32(s3, l3)?);
         if p.len() != self.r * (k + n) + if self.bias { n } else { 0 } {
@@ -336,11 +425,35 @@ impl CustomOp3 for LoraLinearOp {
         let h = self.h(x, a, m, k);
         let r = self.r;
         // y += s·h·Bᵀ
-        unsafe { gemm_f32(m, n, r, y.as_mut_ptr(), n as isize, 1, true, h.as_ptr(), r as isize, 1, bm.as_ptr(), 1, r as isize, self.scale) }
+        unsafe {
+            gemm_f32(
+                m,
+                n,
+                r,
+                y.as_mut_ptr(),
+                n as isize,
+                1,
+                true,
+                h.as_ptr(),
+                r as isize,
+                1,
+                bm.as_ptr(),
+                1,
+                r as isize,
+                self.scale,
+            )
+        }
         Ok((CpuStorage::F32(y), shape))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, pack: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        pack: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let k = x.dim(D::Minus1)?;
         let m = x.elem_count() / k.max(1);
         let n = g.dim(D::Minus1)?;
@@ -355,12 +468,50 @@ impl CustomOp3 for LoraLinearOp {
                     let h = self.h(x_, a, m, k);
                     // dh = s·g·B  [m, r]
                     let mut dh = super::zeros(m * r);
-                    unsafe { gemm_f32(m, r, n, dh.as_mut_ptr(), r as isize, 1, false, g_.as_ptr(), n as isize, 1, bm.as_ptr(), r as isize, 1, s) }
-                    let gw = if needs_grad(w) { Some(super::from_vec(self.lin.dw(g_, x_, m, n, k), w.shape())?) } else { None };
+                    unsafe {
+                        gemm_f32(
+                            m,
+                            r,
+                            n,
+                            dh.as_mut_ptr(),
+                            r as isize,
+                            1,
+                            false,
+                            g_.as_ptr(),
+                            n as isize,
+                            1,
+                            bm.as_ptr(),
+                            r as isize,
+                            1,
+                            s,
+                        )
+                    }
+                    let gw = if needs_grad(w) {
+                        Some(super::from_vec(self.lin.dw(g_, x_, m, n, k), w.shape())?)
+                    } else {
+                        None
+                    };
                     let gx = if need_x {
                         // dx = g·W + dh·A
                         let mut v = with_f32(w, |w_| Ok(self.lin.dx(g_, w_, m, n, k)))?;
-                        unsafe { gemm_f32(m, k, r, v.as_mut_ptr(), k as isize, 1, true, dh.as_ptr(), r as isize, 1, a.as_ptr(), k as isize, 1, 1.0) }
+                        unsafe {
+                            gemm_f32(
+                                m,
+                                k,
+                                r,
+                                v.as_mut_ptr(),
+                                k as isize,
+                                1,
+                                true,
+                                dh.as_ptr(),
+                                r as isize,
+                                1,
+                                a.as_ptr(),
+                                k as isize,
+                                1,
+                                1.0,
+                            )
+                        }
                         Some(super::from_vec(v, x.shape())?)
                     } else {
                         None
@@ -371,9 +522,39 @@ impl CustomOp3 for LoraLinearOp {
                         let (gb, gbias) = rest.split_at_mut(n * r);
                         unsafe {
                             // dA = dhᵀ·x  [r, k]
-                            gemm_f32(r, k, m, ga.as_mut_ptr(), k as isize, 1, false, dh.as_ptr(), 1, r as isize, x_.as_ptr(), k as isize, 1, 1.0);
+                            gemm_f32(
+                                r,
+                                k,
+                                m,
+                                ga.as_mut_ptr(),
+                                k as isize,
+                                1,
+                                false,
+                                dh.as_ptr(),
+                                1,
+                                r as isize,
+                                x_.as_ptr(),
+                                k as isize,
+                                1,
+                                1.0,
+                            );
                             // dB = s·gᵀ·h  [n, r]
-                            gemm_f32(n, r, m, gb.as_mut_ptr(), r as isize, 1, false, g_.as_ptr(), 1, n as isize, h.as_ptr(), r as isize, 1, s);
+                            gemm_f32(
+                                n,
+                                r,
+                                m,
+                                gb.as_mut_ptr(),
+                                r as isize,
+                                1,
+                                false,
+                                g_.as_ptr(),
+                                1,
+                                n as isize,
+                                h.as_ptr(),
+                                r as isize,
+                                1,
+                                s,
+                            );
                         }
                         if self.bias {
                             gbias.copy_from_slice(&col_sums(g_, n));
@@ -406,14 +587,31 @@ mod lora_tests {
             let f = || -> Result<Tensor> {
                 let bb = if bias { Some(b.as_tensor()) } else { None };
                 if super::super::fused(x.as_tensor()) {
-                    lora_linear(x.as_tensor(), w.as_tensor(), bb, a.as_tensor(), bm.as_tensor(), 0.7, transposed)
+                    lora_linear(
+                        x.as_tensor(),
+                        w.as_tensor(),
+                        bb,
+                        a.as_tensor(),
+                        bm.as_tensor(),
+                        0.7,
+                        transposed,
+                    )
                 } else {
                     let y = linear(x.as_tensor(), w.as_tensor(), bb, transposed)?;
-                    let d = linear(&linear(x.as_tensor(), a.as_tensor(), None, false)?, bm.as_tensor(), None, false)?;
+                    let d = linear(
+                        &linear(x.as_tensor(), a.as_tensor(), None, false)?,
+                        bm.as_tensor(),
+                        None,
+                        false,
+                    )?;
                     y + (d * 0.7)?
                 }
             };
-            let vars: Vec<&candle_core::Var> = if bias { vec![&x, &w, &b, &a, &bm] } else { vec![&x, &w, &a, &bm] };
+            let vars: Vec<&candle_core::Var> = if bias {
+                vec![&x, &w, &b, &a, &bm]
+            } else {
+                vec![&x, &w, &a, &bm]
+            };
             check_fused_vs_composed(&vars, f, 1e-5)?;
         }
         Ok(())

@@ -84,6 +84,10 @@ pub struct StepInfo {
     pub tokens: usize,
     pub tokens_per_s: f64,
     pub elapsed_s: f64,
+    /// time spent so far in forward passes, backward passes and optimizer steps
+    pub forward_s: f64,
+    pub backward_s: f64,
+    pub optimizer_s: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -127,7 +131,8 @@ pub trait Hook {
     fn on_eval(&mut self, _e: &EvalInfo) -> Result<Flow> {
         Ok(Flow::Continue)
     }
-    /// After each backward pass, with what it stored and the parameters being trained.
+    /// After each backward pass, with what it stored and the parameters being trained (a
+    /// micro-batch is backpropagated one layer segment at a time: several calls).
     fn on_backward(&mut self, _grads: &GradStore, _params: &[(String, Param)]) {}
 }
 
@@ -317,6 +322,9 @@ pub fn train(
             tokens: res.tokens,
             tokens_per_s: res.tokens as f64 / elapsed.max(1e-9),
             elapsed_s: elapsed,
+            forward_s: res.forward_s,
+            backward_s: res.backward_s,
+            optimizer_s: res.optimizer_s,
         };
         let mut flow = emit(hooks, |h| h.on_step(&info))?;
         let due = o.eval_every.is_some_and(|e| (k + 1) % e == 0) || k + 1 == plan.steps;
@@ -396,35 +404,50 @@ fn accumulate(
     for (j, b) in batches.iter().enumerate() {
         let t0 = Instant::now();
         let m = lock(model);
-        let ctx = m.ctx(
-            true,
-            o.seed
-                .wrapping_mul(1_000_003)
-                .wrapping_add((step * o.grad_accum + j) as u64),
-        );
+        let seed = o
+            .seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add((step * o.grad_accum + j) as u64);
+        let ctx = m.ctx(true, seed).segmented();
         let logits = m.forward_with(&b.ids, Some(&b.mask), b.types.as_ref(), &ctx, None)?;
-        let sum = loss_sum(&logits, b)?;
-        let loss = (sum / denom)?;
+        let loss = (loss_sum(&logits, b)? / denom)?;
+        drop(logits);
         total += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let t1 = Instant::now();
         res.forward_s += (t1 - t0).as_secs_f64();
-        let grads = loss.backward()?;
+        // backward one layer segment at a time, top down: each segment's activations are freed
+        // as soon as its gradients are out
+        let mut segments = ctx.take_segments();
+        let mut top = Some(loss);
+        let mut bytes = 0;
+        while let Some(t) = top.take() {
+            let grads = t.backward()?;
+            drop(t);
+            bytes += grad_bytes(&grads, params);
+            for h in hooks.iter_mut() {
+                h.on_backward(&grads, params);
+            }
+            for ((_, p), a) in params.iter().zip(acc.iter_mut()) {
+                let var = p.var().expect("trainable");
+                let Some(g) = grads.get(var.as_tensor()) else {
+                    continue;
+                };
+                *a = Some(match a.take() {
+                    None => g.clone(),
+                    Some(prev) => (prev + g)?,
+                });
+            }
+            // the gradient that reached the next boundary down continues below it
+            while let Some((var, out)) = segments.pop() {
+                if let Some(g) = grads.get(var.as_tensor()) {
+                    top = Some(out.mul(g)?.sum_all()?);
+                    break;
+                }
+            }
+        }
         drop(m);
         res.backward_s += t1.elapsed().as_secs_f64();
-        res.grad_bytes = res.grad_bytes.max(grad_bytes(&grads, params));
-        for h in hooks.iter_mut() {
-            h.on_backward(&grads, params);
-        }
-        for ((_, p), a) in params.iter().zip(acc.iter_mut()) {
-            let var = p.var().expect("trainable");
-            let Some(g) = grads.get(var.as_tensor()) else {
-                continue;
-            };
-            *a = Some(match a.take() {
-                None => g.clone(),
-                Some(prev) => (prev + g)?,
-            });
-        }
+        res.grad_bytes = res.grad_bytes.max(bytes);
     }
     let grads = params
         .iter()

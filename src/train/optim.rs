@@ -296,9 +296,17 @@ pub fn clip(grads: &mut [Tensor], max: Option<f64>) -> Result<f64> {
     for g in grads.iter() {
         sq += if cpu_f32(g) {
             // one parallel pass, no temporary
-            crate::ops::with_f32(g, |v| Ok(v.par_chunks(CHUNK).map(|c| c.iter().map(|x| (x * x) as f64).sum::<f64>()).sum::<f64>()))?
+            crate::ops::with_f32(g, |v| {
+                Ok(v.par_chunks(CHUNK)
+                    .map(|c| c.iter().map(|x| (x * x) as f64).sum::<f64>())
+                    .sum::<f64>())
+            })?
         } else {
-            g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?
+            g.to_dtype(DType::F32)?
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?
         };
     }
     let norm = sq.sqrt();
