@@ -245,15 +245,10 @@ impl Arch for Bert {
             .broadcast_add(&self.token_type_embeddings.forward(&tt, ctx)?)?;
         let mut h = ctx.dropout(&self.emb_ln.forward(&e, ctx)?, cfg.hidden_dropout)?;
         let key_valid = Arc::new(key_mask.to_vec());
+        let mask = AttnMask::new(false, past.len, Some(key_valid), None);
         let (nh, hd) = (cfg.heads, hid / cfg.heads);
         for (l, layer) in self.layers.iter().enumerate() {
             h = ctx.boundary(h)?;
-            let mask = AttnMask {
-                causal: false,
-                offset: past.len,
-                key_valid: Some(key_valid.clone()),
-                window: None,
-            };
             let q = layer.query.forward(&h, ctx)?.reshape((b, t, nh, hd))?;
             let k = layer.key.forward(&h, ctx)?.reshape((b, t, nh, hd))?;
             let v = layer.value.forward(&h, ctx)?.reshape((b, t, nh, hd))?;

@@ -168,15 +168,10 @@ impl Arch for Gpt2 {
         let pe = self.wpe.forward(&pos, ctx)?;
         let mut h = ctx.dropout(&h.broadcast_add(&pe)?, cfg.embd_pdrop)?;
         let key_valid = Arc::new(key_mask.to_vec());
+        let mask = AttnMask::new(true, past.len, Some(key_valid), None);
         let (nh, hd) = (cfg.n_head, e / cfg.n_head);
         for (l, blk) in self.h.iter().enumerate() {
             h = ctx.boundary(h)?;
-            let mask = AttnMask {
-                causal: true,
-                offset: past.len,
-                key_valid: Some(key_valid.clone()),
-                window: None,
-            };
             let x = blk.ln_1.forward(&h, ctx)?;
             let qkv = blk.c_attn.forward(&x, ctx)?;
             let q = qkv.narrow(2, 0, e)?.reshape((b, t, nh, hd))?;

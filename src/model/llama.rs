@@ -336,14 +336,19 @@ impl Arch for Llama {
         ctx: &Ctx,
     ) -> Result<Tensor> {
         let key_valid = Arc::new(key_mask.to_vec());
+        // one mask per distinct window, shared by the layers (the device path caches its bias)
+        let mut masks: Vec<(Option<usize>, AttnMask)> = Vec::new();
         let mut h = h.clone();
         for (l, layer) in self.layers.iter().enumerate() {
             h = ctx.boundary(h)?;
-            let mask = AttnMask {
-                causal: true,
-                offset: past.len,
-                key_valid: Some(key_valid.clone()),
-                window: self.cfg.windows[l],
+            let window = self.cfg.windows[l];
+            let mask = match masks.iter().find(|(w, _)| *w == window) {
+                Some((_, m)) => m.clone(),
+                None => {
+                    let m = AttnMask::new(true, past.len, Some(key_valid.clone()), window);
+                    masks.push((window, m.clone()));
+                    m
+                }
             };
             let x = layer.input_layernorm.forward(&h, ctx)?;
             let a = layer

@@ -153,6 +153,9 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if fused(gate) && fused(up) && gate.shape() == up.shape() {
         return gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMul);
     }
+    if !super::composed_only() {
+        return super::generic::silu_mul(gate, up);
+    }
     gate.silu()?.mul(up)
 }
 

@@ -15,11 +15,29 @@ pub struct AttnMask {
     pub key_valid: Option<Arc<Vec<u8>>>,
     /// Sliding window (Mistral): query at position p sees keys with `p - j < window`.
     pub window: Option<usize>,
+    /// the device path's additive bias, built once per mask and shared by its clones
+    #[allow(clippy::type_complexity)]
+    pub(crate) cache: Arc<Mutex<Option<((usize, usize, usize, String), Tensor, Tensor)>>>,
 }
 
 impl AttnMask {
+    pub fn new(
+        causal: bool,
+        offset: usize,
+        key_valid: Option<Arc<Vec<u8>>>,
+        window: Option<usize>,
+    ) -> Self {
+        AttnMask {
+            causal,
+            offset,
+            key_valid,
+            window,
+            cache: Default::default(),
+        }
+    }
+
     #[inline]
-    fn visible(&self, b: usize, tk: usize, i: usize, j: usize) -> bool {
+    pub(crate) fn visible(&self, b: usize, tk: usize, i: usize, j: usize) -> bool {
         let p = self.offset + i;
         if self.causal && j > p {
             return false;
@@ -97,7 +115,10 @@ pub fn attention(
             .contiguous()?
             .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
     }
-    composed(q, k, v, mask, scale)
+    if super::composed_only() {
+        return composed(q, k, v, mask, scale);
+    }
+    super::generic::attention(q, k, v, mask, scale)
 }
 
 fn composed(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, scale: f32) -> Result<Tensor> {
@@ -429,12 +450,14 @@ mod tests {
                 offset: 2,
                 key_valid: Some(Arc::new(vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0])),
                 window: Some(3),
+                ..Default::default()
             },
             AttnMask {
                 causal: false,
                 offset: 0,
                 key_valid: Some(Arc::new(vec![1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1])),
                 window: None,
+                ..Default::default()
             },
             // every key of row 1 hidden: zero output
             AttnMask {
@@ -442,6 +465,7 @@ mod tests {
                 offset: 0,
                 key_valid: Some(Arc::new(vec![1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])),
                 window: None,
+                ..Default::default()
             },
         ];
         for m in masks {

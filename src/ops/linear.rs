@@ -15,7 +15,10 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> R
             None => x.apply_op2(&w, op),
         };
     }
-    composed(x, w, b, transposed)
+    if super::composed_only() {
+        return composed(x, w, b, transposed);
+    }
+    super::generic::linear(x, w, b, transposed)
 }
 
 fn composed(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> Result<Tensor> {
@@ -339,6 +342,9 @@ pub fn lora_linear(
     scale: f64,
     transposed: bool,
 ) -> Result<Tensor> {
+    if !(fused(x) && fused(w) && fused(a)) {
+        return super::generic::lora_linear(x, w, b, a, bm, scale, transposed);
+    }
     let r = a.dim(0)?;
     let mut parts = vec![a.flatten_all()?, bm.flatten_all()?];
     if let Some(b) = b {

@@ -7,6 +7,7 @@
 
 pub mod act;
 pub mod attention;
+pub mod generic;
 pub mod linear;
 pub mod loss;
 pub mod norm;
@@ -22,18 +23,43 @@ pub use loss::{cross_entropy_sum, IGNORE_INDEX};
 pub use norm::{layer_norm, rms_norm};
 pub use rope::{rope, Rope};
 
+/// Which implementation the ops take (tests compare them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// fused CPU kernels for f32 on the CPU, the device path otherwise
+    Auto,
+    /// the device path (`generic`) everywhere
+    Device,
+    /// plain composed candle ops differentiated by candle: the reference
+    Composed,
+}
+
 thread_local! {
-    static FORCE_COMPOSED: Cell<bool> = const { Cell::new(false) };
+    static PATH: Cell<Path> = const { Cell::new(Path::Auto) };
+}
+
+/// Routes every op on this thread through one implementation, for tests.
+pub fn set_path(p: Path) {
+    PATH.with(|c| c.set(p));
 }
 
 /// Routes every op on this thread through composed candle ops (the reference), for tests.
 pub fn force_composed(on: bool) {
-    FORCE_COMPOSED.with(|c| c.set(on));
+    set_path(if on { Path::Composed } else { Path::Auto });
+}
+
+fn path() -> Path {
+    PATH.with(|c| c.get())
 }
 
 /// True when `t` takes the fused CPU path.
-pub(crate) fn fused(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32 && !FORCE_COMPOSED.with(|c| c.get())
+pub fn fused(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && path() == Path::Auto
+}
+
+/// True when ops must use the composed reference.
+pub(crate) fn composed_only() -> bool {
+    path() == Path::Composed
 }
 
 /// Whether the backward pass must produce a gradient for `t`: it is a variable or depends on one.
@@ -157,6 +183,24 @@ pub(crate) mod testutil {
         };
         let (yf, gf) = run(false)?;
         let (yc, gc) = run(true)?;
+        // the device path too
+        super::set_path(super::Path::Device);
+        let yd = f()?;
+        let loss = (yd.clone() * &weights)?.sum_all()?;
+        let gd = loss.backward()?;
+        super::set_path(super::Path::Auto);
+        let e = rel(&yd, &yc);
+        assert!(e < tol, "device path: output differs: {e}");
+        for (i, (v, b)) in vars.iter().zip(gc.iter()).enumerate() {
+            match (gd.get(v.as_tensor()), b) {
+                (Some(a), Some(b)) => {
+                    let e = rel(a, b);
+                    assert!(e < tol, "device path: grad {i} differs: {e}")
+                }
+                (None, None) => {}
+                (a, _) => panic!("device path: grad {i}: present {:?}", a.is_some()),
+            }
+        }
         let e = rel(&yf, &yc);
         assert!(e < tol, "output differs: {e}");
         for (i, (a, b)) in gf.iter().zip(gc.iter()).enumerate() {

@@ -11,6 +11,9 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
             .contiguous()?
             .apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 });
     }
+    if !super::composed_only() {
+        return super::generic::rms_norm(x, w, eps);
+    }
     let dt = x.dtype();
     let xf = x.to_dtype(DType::F32)?;
     let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
@@ -26,6 +29,9 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
             &b.contiguous()?,
             LayerNorm { eps: eps as f32 },
         );
+    }
+    if !super::composed_only() {
+        return super::generic::layer_norm(x, w, b, eps);
     }
     let dt = x.dtype();
     let xf = x.to_dtype(DType::F32)?;

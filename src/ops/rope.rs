@@ -79,6 +79,9 @@ pub fn rope(x: &Tensor, r: &Rope, offset: usize) -> Result<Tensor> {
             inverse: false,
         });
     }
+    if !super::composed_only() {
+        return super::generic::rope(x, r, offset);
+    }
     let h = d / 2;
     let dev = x.device();
     let cos = Tensor::from_vec(cos, (t, h), &Device::Cpu)?.to_device(dev)?;

@@ -296,13 +296,37 @@ pub fn train(
             .map(|b| b.loss_tokens())
             .sum::<usize>()
             .max(1) as f64;
-        let (loss, mut grads) = accumulate(model, &batches, denom, &params, o, k, &mut res, hooks)?;
+        // without accumulation or clipping, a layer's parameters are updated as soon as their
+        // gradients are out, so the gradients of all layers never exist at once
+        let early = o.grad_accum == 1 && o.clip.is_none();
+        let decay = |name: &str| !o.no_decay.as_ref().is_some_and(|s| s.matches(name));
+        let mut sq = 0f64;
+        let mut opt_s = 0f64;
+        let mut apply = |i: usize, g: &Tensor| -> Result<()> {
+            let t = Instant::now();
+            let (name, p) = &params[i];
+            sq += optim::sum_sq(g)?;
+            opt.update(name, p, g, lr, decay(name))?;
+            opt_s += t.elapsed().as_secs_f64();
+            Ok(())
+        };
+        let early_fn: Option<&mut dyn FnMut(usize, &Tensor) -> Result<()>> =
+            if early { Some(&mut apply) } else { None };
+        let (loss, grads) = accumulate(
+            model, &batches, denom, &params, o, k, &mut res, hooks, early_fn,
+        )?;
         let t0 = Instant::now();
-        let grad_norm = optim::clip(&mut grads, o.clip)?;
-        for ((name, p), g) in params.iter().zip(&grads) {
-            let decay = !o.no_decay.as_ref().is_some_and(|s| s.matches(name));
-            opt.update(name, p, g, lr, decay)?;
+        let (idx, mut rest): (Vec<usize>, Vec<Tensor>) = grads
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, g)| g.map(|g| (i, g)))
+            .unzip();
+        let grad_norm = (optim::clip(&mut rest, o.clip)?.powi(2) + sq).sqrt();
+        for (i, g) in idx.into_iter().zip(rest) {
+            let (name, p) = &params[i];
+            opt.update(name, p, &g, lr, decay(name))?;
         }
+        res.optimizer_s += opt_s;
         opt.retain(&params.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>());
         res.optimizer_s += t0.elapsed().as_secs_f64();
         res.tokens += batches.iter().map(|b| b.tokens).sum::<usize>();
@@ -398,9 +422,16 @@ fn accumulate(
     step: usize,
     res: &mut TrainResult,
     hooks: &mut [&mut dyn Hook],
-) -> Result<(f64, Vec<Tensor>)> {
+    mut early: Option<&mut dyn FnMut(usize, &Tensor) -> Result<()>>,
+) -> Result<(f64, Vec<Option<Tensor>>)> {
     let mut total = 0f64;
     let mut acc: Vec<Option<Tensor>> = vec![None; params.len()];
+    let mut done = vec![false; params.len()];
+    // parameters inside one layer get their whole gradient from that layer's segment
+    let layered: Vec<bool> = params
+        .iter()
+        .map(|(n, _)| crate::peft::target::layer_of(n).is_some())
+        .collect();
     for (j, b) in batches.iter().enumerate() {
         let t0 = Instant::now();
         let m = lock(model);
@@ -427,11 +458,16 @@ fn accumulate(
             for h in hooks.iter_mut() {
                 h.on_backward(&grads, params);
             }
-            for ((_, p), a) in params.iter().zip(acc.iter_mut()) {
+            for (i, ((_, p), a)) in params.iter().zip(acc.iter_mut()).enumerate() {
                 let var = p.var().expect("trainable");
                 let Some(g) = grads.get(var.as_tensor()) else {
                     continue;
                 };
+                if let (Some(f), true) = (early.as_mut(), layered[i]) {
+                    f(i, g)?;
+                    done[i] = true;
+                    continue;
+                }
                 *a = Some(match a.take() {
                     None => g.clone(),
                     Some(prev) => (prev + g)?,
@@ -452,10 +488,12 @@ fn accumulate(
     let grads = params
         .iter()
         .zip(acc)
-        .map(|((_, p), g)| match g {
-            Some(g) => Ok(g),
+        .zip(done)
+        .map(|(((_, p), g), done)| match (g, done) {
+            (_, true) => Ok(None),
+            (Some(g), _) => Ok(Some(g)),
             // unused in this step (e.g. an adapter on inactive positions): zero gradient
-            None => Ok(p.value().zeros_like()?),
+            (None, false) => Ok(Some(p.value().zeros_like()?)),
         })
         .collect::<Result<_>>()?;
     Ok((total, grads))

@@ -289,25 +289,29 @@ impl Optimizer {
     }
 }
 
+/// Σ g² of one gradient (one parallel pass, no temporary, on the CPU).
+pub fn sum_sq(g: &Tensor) -> Result<f64> {
+    Ok(if cpu_f32(g) {
+        crate::ops::with_f32(g, |v| {
+            Ok(v.par_chunks(CHUNK)
+                .map(|c| c.iter().map(|x| (x * x) as f64).sum::<f64>())
+                .sum::<f64>())
+        })?
+    } else {
+        g.to_dtype(DType::F32)?
+            .sqr()?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?
+    })
+}
+
 /// Scales the gradients so their global L2 norm is at most `max` (torch's `clip_grad_norm_`);
 /// returns the norm before clipping.
 pub fn clip(grads: &mut [Tensor], max: Option<f64>) -> Result<f64> {
     let mut sq = 0f64;
     for g in grads.iter() {
-        sq += if cpu_f32(g) {
-            // one parallel pass, no temporary
-            crate::ops::with_f32(g, |v| {
-                Ok(v.par_chunks(CHUNK)
-                    .map(|c| c.iter().map(|x| (x * x) as f64).sum::<f64>())
-                    .sum::<f64>())
-            })?
-        } else {
-            g.to_dtype(DType::F32)?
-                .sqr()?
-                .sum_all()?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?
-        };
+        sq += sum_sq(g)?;
     }
     let norm = sq.sqrt();
     if let Some(m) = max {

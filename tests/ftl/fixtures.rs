@@ -22,6 +22,10 @@ fn base_dirs() -> Vec<std::path::PathBuf> {
 
 #[test]
 fn base_models_match_transformers() {
+    check_base_models();
+}
+
+pub fn check_base_models() {
     let dirs = base_dirs();
     assert!(dirs.len() >= 16, "{dirs:?}");
     let mut failures = Vec::new();
@@ -68,6 +72,10 @@ fn with_adapter(dir: &std::path::Path, e: &Expected) -> ftl::Model {
 
 #[test]
 fn adapters_match_peft_and_adapterhub() {
+    check_adapters();
+}
+
+pub fn check_adapters() {
     let dirs = adapter_dirs();
     assert!(dirs.len() >= 40, "{}", dirs.len());
     let mut failures = Vec::new();

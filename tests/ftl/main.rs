@@ -1,6 +1,7 @@
 //! ftl's integration tests: one binary, a module per area.
 
 mod common;
+mod device;
 mod errors;
 mod fixtures;
 mod invariants;

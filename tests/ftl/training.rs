@@ -338,6 +338,10 @@ fn names(v: &Value) -> Vec<String> {
 
 #[test]
 fn shared_train_fixtures() {
+    check_shared_train_fixtures();
+}
+
+pub fn check_shared_train_fixtures() {
     for case in [
         "train-full",
         "train-lora",
@@ -475,6 +479,10 @@ fn shared_train_fixtures() {
 
 #[test]
 fn own_train_references() {
+    check_own_train_references();
+}
+
+pub fn check_own_train_references() {
     let root = fixtures().join("train");
     let mut dirs: Vec<_> = std::fs::read_dir(&root)
         .unwrap()

@@ -1,0 +1,577 @@
+//! The device path of every op (CUDA, and any non-f32 dtype): the forward pass runs as candle ops
+//! on detached inputs, so no intermediate is kept, and one attached op carries the backward pass,
+//! which recomputes what it needs from the inputs. Only the inputs are kept for the backward
+//! pass, as with the fused CPU kernels, and frozen inputs get no gradient.
+
+use super::{needs_grad, AttnMask};
+use crate::ops::rope::Rope;
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Storage,
+    Tensor, D,
+};
+use std::sync::Arc;
+
+type Grads = Vec<Option<Tensor>>;
+type Bwd = Arc<dyn Fn(&[&Tensor], &Tensor) -> Result<Grads> + Send + Sync>;
+
+/// An op whose output was computed already and whose backward pass is `bwd`.
+struct Attach {
+    out: Tensor,
+    bwd: Bwd,
+}
+
+impl Attach {
+    fn copy_cpu(&self) -> Result<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (s, l) = self.out.storage_and_layout();
+        match &*s {
+            Storage::Cpu(c) => Ok((c.try_clone(l)?, self.out.shape().clone())),
+            _ => candle_core::bail!("attach: output on another device"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn copy_cuda(&self) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (s, l) = self.out.storage_and_layout();
+        match &*s {
+            Storage::Cuda(c) => Ok((c.try_clone(l)?, self.out.shape().clone())),
+            _ => candle_core::bail!("attach: output on another device"),
+        }
+    }
+
+    fn grads(&self, args: &[&Tensor], g: &Tensor) -> Result<Grads> {
+        let mut v = (self.bwd)(args, &g.detach())?;
+        for (i, a) in args.iter().enumerate() {
+            if !needs_grad(a) {
+                v[i] = None;
+            }
+        }
+        Ok(v)
+    }
+}
+
+impl CustomOp1 for Attach {
+    fn name(&self) -> &'static str {
+        "ftl-attach"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.copy_cpu()
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.copy_cuda()
+    }
+    fn bwd(&self, a: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(self.grads(&[a], g)?.remove(0))
+    }
+}
+
+impl CustomOp2 for Attach {
+    fn name(&self) -> &'static str {
+        "ftl-attach"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.copy_cpu()
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.copy_cuda()
+    }
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let mut v = self.grads(&[a, b], g)?;
+        let y = v.pop().unwrap();
+        Ok((v.pop().unwrap(), y))
+    }
+}
+
+impl CustomOp3 for Attach {
+    fn name(&self) -> &'static str {
+        "ftl-attach"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.copy_cpu()
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.copy_cuda()
+    }
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let mut v = self.grads(&[a, b, c], g)?;
+        let z = v.pop().unwrap();
+        let y = v.pop().unwrap();
+        Ok((v.pop().unwrap(), y, z))
+    }
+}
+
+/// `out` (computed without a graph from `args`) with `bwd` as its backward pass.
+fn attach(args: &[&Tensor], out: Tensor, bwd: Bwd) -> Result<Tensor> {
+    if !args.iter().any(|a| needs_grad(a)) {
+        return Ok(out);
+    }
+    let op = Attach {
+        out: out.contiguous()?,
+        bwd,
+    };
+    match args {
+        [a] => a.apply_op1(op),
+        [a, b] => a.apply_op2(b, op),
+        [a, b, c] => a.apply_op3(b, c, op),
+        _ => candle_core::bail!("attach: 1 to 3 inputs"),
+    }
+}
+
+fn rows(t: &Tensor) -> Result<Tensor> {
+    let n = t.dim(D::Minus1)?;
+    t.reshape((t.elem_count() / n.max(1), n))
+}
+
+/// `x·Wᵀ` (`x·W` for a transposed weight) on detached inputs.
+fn mm(x: &Tensor, w: &Tensor, transposed: bool) -> Result<Tensor> {
+    let wt = if transposed { w.clone() } else { w.t()? };
+    x.broadcast_matmul(&wt)
+}
+
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> Result<Tensor> {
+    let (xd, wd) = (x.detach(), w.detach());
+    let mut y = mm(&xd, &wd, transposed)?;
+    if let Some(b) = b {
+        y = y.broadcast_add(&b.detach())?;
+    }
+    let bwd: Bwd = Arc::new(move |a: &[&Tensor], g: &Tensor| {
+        let (x, w) = (a[0].detach(), a[1].detach());
+        let g2 = rows(g)?;
+        let x2 = rows(&x)?;
+        let dx = if needs_grad(a[0]) {
+            let wv = if transposed { w.t()? } else { w.clone() };
+            Some(g2.matmul(&wv)?.reshape(x.shape())?)
+        } else {
+            None
+        };
+        let dw = if needs_grad(a[1]) {
+            Some(if transposed {
+                x2.t()?.matmul(&g2)?
+            } else {
+                g2.t()?.matmul(&x2)?
+            })
+        } else {
+            None
+        };
+        let mut v = vec![dx, dw];
+        if a.len() == 3 {
+            v.push(if needs_grad(a[2]) {
+                Some(g2.to_dtype(DType::F32)?.sum(0)?.to_dtype(a[2].dtype())?)
+            } else {
+                None
+            });
+        }
+        Ok(v)
+    });
+    match b {
+        Some(b) => attach(&[x, w, b], y, bwd),
+        None => attach(&[x, w], y, bwd),
+    }
+}
+
+/// `y = x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ`; the adapter (`a` `[r, in]`, `bm` `[out, r]`) may be f32 on a
+/// bf16 model: its branch runs in the adapter's dtype, as PEFT's.
+pub fn lora_linear(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &Tensor,
+    bm: &Tensor,
+    scale: f64,
+    transposed: bool,
+) -> Result<Tensor> {
+    let (r, k) = a.dims2()?;
+    let n = bm.dim(0)?;
+    let adt = a.dtype();
+    let pack = Tensor::cat(&[a.flatten_all()?, bm.flatten_all()?], 0)?;
+    let unpack = move |p: &Tensor| -> Result<(Tensor, Tensor)> {
+        Ok((
+            p.narrow(0, 0, r * k)?.reshape((r, k))?,
+            p.narrow(0, r * k, n * r)?.reshape((n, r))?,
+        ))
+    };
+    let (xd, wd) = (x.detach(), w.detach());
+    let (ad, bd) = unpack(&pack.detach())?;
+    // a trained bias gets its gradient from a plain add outside the op
+    let inner_bias = b.filter(|b| !needs_grad(b)).map(|b| b.detach());
+    let mut y = mm(&xd, &wd, transposed)?;
+    if let Some(b) = &inner_bias {
+        y = y.broadcast_add(b)?;
+    }
+    let h = xd.to_dtype(adt)?.broadcast_matmul(&ad.t()?)?;
+    let d = (h.broadcast_matmul(&bd.t()?)? * scale)?;
+    let y = (y + d.to_dtype(x.dtype())?)?;
+    let bwd: Bwd = Arc::new(move |args: &[&Tensor], g: &Tensor| {
+        let (x, w) = (args[0].detach(), args[1].detach());
+        let (a, bm) = unpack(&args[2].detach())?;
+        let g2 = rows(g)?;
+        let x2 = rows(&x)?;
+        let ga = g2.to_dtype(adt)?;
+        let xa = x2.to_dtype(adt)?;
+        let h = xa.matmul(&a.t()?)?;
+        let dh = (ga.matmul(&bm)? * scale)?;
+        let dx = if needs_grad(args[0]) {
+            let wv = if transposed { w.t()? } else { w.clone() };
+            let base = g2.matmul(&wv)?;
+            Some((base + dh.matmul(&a)?.to_dtype(x.dtype())?)?.reshape(x.shape())?)
+        } else {
+            None
+        };
+        let dw = if needs_grad(args[1]) {
+            Some(if transposed {
+                x2.t()?.matmul(&g2)?
+            } else {
+                g2.t()?.matmul(&x2)?
+            })
+        } else {
+            None
+        };
+        let dpack = if needs_grad(args[2]) {
+            let da = dh.t()?.matmul(&xa)?;
+            let db = (ga.t()?.matmul(&h)? * scale)?;
+            Some(Tensor::cat(&[da.flatten_all()?, db.flatten_all()?], 0)?)
+        } else {
+            None
+        };
+        Ok(vec![dx, dw, dpack])
+    });
+    let y = attach(&[x, w, &pack], y, bwd)?;
+    match b {
+        Some(b) if needs_grad(b) => y.broadcast_add(b),
+        _ => Ok(y),
+    }
+}
+
+/// HF's `LlamaRMSNorm`: normalised in f32, cast back, scaled by `w`.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let dt = x.dtype();
+    let xf = x.detach().to_dtype(DType::F32)?;
+    let r = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+        .sqrt()?
+        .recip()?;
+    let y = xf
+        .broadcast_mul(&r)?
+        .to_dtype(dt)?
+        .broadcast_mul(&w.detach())?;
+    let bwd: Bwd = Arc::new(move |a: &[&Tensor], g: &Tensor| {
+        let xf = a[0].detach().to_dtype(DType::F32)?;
+        let wf = a[1].detach().to_dtype(DType::F32)?;
+        let gf = g.to_dtype(DType::F32)?;
+        let r = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+            .sqrt()?
+            .recip()?;
+        let xh = xf.broadcast_mul(&r)?;
+        let dx = if needs_grad(a[0]) {
+            let gw = gf.broadcast_mul(&wf)?;
+            let c = (&gw * &xh)?.mean_keepdim(D::Minus1)?;
+            Some(
+                gw.sub(&xh.broadcast_mul(&c)?)?
+                    .broadcast_mul(&r)?
+                    .to_dtype(a[0].dtype())?,
+            )
+        } else {
+            None
+        };
+        let dw = if needs_grad(a[1]) {
+            Some(rows(&(gf * xh)?)?.sum(0)?.to_dtype(a[1].dtype())?)
+        } else {
+            None
+        };
+        Ok(vec![dx, dw])
+    });
+    attach(&[x, w], y, bwd)
+}
+
+/// `torch.nn.LayerNorm` over the last dimension.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let dt = x.dtype();
+    let stats = move |xf: &Tensor| -> Result<(Tensor, Tensor)> {
+        let mu = xf.mean_keepdim(D::Minus1)?;
+        let xc = xf.broadcast_sub(&mu)?;
+        let r = (xc.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+            .sqrt()?
+            .recip()?;
+        Ok((xc.broadcast_mul(&r)?, r))
+    };
+    let (xh, _) = stats(&x.detach().to_dtype(DType::F32)?)?;
+    let y = xh
+        .to_dtype(dt)?
+        .broadcast_mul(&w.detach())?
+        .broadcast_add(&b.detach())?;
+    let bwd: Bwd = Arc::new(move |a: &[&Tensor], g: &Tensor| {
+        let (xh, r) = stats(&a[0].detach().to_dtype(DType::F32)?)?;
+        let wf = a[1].detach().to_dtype(DType::F32)?;
+        let gf = g.to_dtype(DType::F32)?;
+        let dx = if needs_grad(a[0]) {
+            let gw = gf.broadcast_mul(&wf)?;
+            let m1 = gw.mean_keepdim(D::Minus1)?;
+            let m2 = (&gw * &xh)?.mean_keepdim(D::Minus1)?;
+            Some(
+                gw.broadcast_sub(&m1)?
+                    .sub(&xh.broadcast_mul(&m2)?)?
+                    .broadcast_mul(&r)?
+                    .to_dtype(a[0].dtype())?,
+            )
+        } else {
+            None
+        };
+        let dw = if needs_grad(a[1]) {
+            Some(rows(&(&gf * &xh)?)?.sum(0)?.to_dtype(a[1].dtype())?)
+        } else {
+            None
+        };
+        let db = if needs_grad(a[2]) {
+            Some(rows(&gf)?.sum(0)?.to_dtype(a[2].dtype())?)
+        } else {
+            None
+        };
+        Ok(vec![dx, dw, db])
+    });
+    attach(&[x, w, b], y, bwd)
+}
+
+/// Rotary embeddings on `[b, t, h, d]`: `(x1, x2) → (x1·c − x2·s, x2·c + x1·s)`.
+pub fn rope(x: &Tensor, r: &Rope, offset: usize) -> Result<Tensor> {
+    let (_, t, _, d) = x.dims4()?;
+    let (cos, sin) = r.tables(offset, t);
+    let dev = x.device();
+    let cos = Tensor::from_vec(cos, (t, d / 2), &Device::Cpu)?.to_device(dev)?;
+    let sin = Tensor::from_vec(sin, (t, d / 2), &Device::Cpu)?.to_device(dev)?;
+    let rot = move |x: &Tensor, sign: f64| -> Result<Tensor> {
+        let h = d / 2;
+        let dt = x.dtype();
+        let xf = x.to_dtype(DType::F32)?;
+        let (c, s) = (
+            cos.reshape((1, t, 1, h))?,
+            (sin.reshape((1, t, 1, h))? * sign)?,
+        );
+        let x1 = xf.narrow(D::Minus1, 0, h)?;
+        let x2 = xf.narrow(D::Minus1, h, h)?;
+        let y1 = x1.broadcast_mul(&c)?.sub(&x2.broadcast_mul(&s)?)?;
+        let y2 = x2.broadcast_mul(&c)?.add(&x1.broadcast_mul(&s)?)?;
+        Tensor::cat(&[&y1, &y2], D::Minus1)?.to_dtype(dt)
+    };
+    let rot = Arc::new(rot);
+    let y = rot(&x.detach(), 1.0)?;
+    let rb = rot.clone();
+    attach(
+        &[x],
+        y,
+        Arc::new(move |_a: &[&Tensor], g: &Tensor| Ok(vec![Some(rb(g, -1.0)?)])),
+    )
+}
+
+/// `silu(gate) · up`.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let y = gate.detach().silu()?.mul(&up.detach())?;
+    let bwd: Bwd = Arc::new(|a: &[&Tensor], g: &Tensor| {
+        let dt = a[0].dtype();
+        let gt = a[0].detach().to_dtype(DType::F32)?;
+        let up = a[1].detach().to_dtype(DType::F32)?;
+        let gf = g.to_dtype(DType::F32)?;
+        let s = candle_nn::ops::sigmoid(&gt)?;
+        let dg = if needs_grad(a[0]) {
+            let one_minus = (1.0 - &s)?;
+            let ds = (&s * ((&gt * one_minus)? + 1.0)?)?;
+            Some((&gf * &up)?.mul(&ds)?.to_dtype(dt)?)
+        } else {
+            None
+        };
+        let du = if needs_grad(a[1]) {
+            Some((gf * (gt * s)?)?.to_dtype(a[1].dtype())?)
+        } else {
+            None
+        };
+        Ok(vec![dg, du])
+    });
+    attach(&[gate, up], y, bwd)
+}
+
+impl AttnMask {
+    /// Additive f32 bias `[b, 1, 1, tq, tk]` and the `[b, 1, 1, tq, 1]` factor zeroing queries with
+    /// no visible key, on `dev`; computed once per mask.
+    fn device_bias(
+        &self,
+        b: usize,
+        tq: usize,
+        tk: usize,
+        dev: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let mut cache = self.cache.lock().unwrap();
+        if let Some((key, bias, rows)) = cache.as_ref() {
+            if *key == (b, tq, tk, format!("{:?}", dev.location())) {
+                return Ok((bias.clone(), rows.clone()));
+            }
+        }
+        let mut v = vec![0f32; b * tq * tk];
+        let mut r = vec![0f32; b * tq];
+        for bi in 0..b {
+            for i in 0..tq {
+                for j in 0..tk {
+                    if self.visible(bi, tk, i, j) {
+                        r[bi * tq + i] = 1.0;
+                    } else {
+                        v[(bi * tq + i) * tk + j] = f32::MIN;
+                    }
+                }
+            }
+        }
+        let bias = Tensor::from_vec(v, (b, 1, 1, tq, tk), &Device::Cpu)?.to_device(dev)?;
+        let rows = Tensor::from_vec(r, (b, 1, 1, tq, 1), &Device::Cpu)?.to_device(dev)?;
+        *cache = Some((
+            (b, tq, tk, format!("{:?}", dev.location())),
+            bias.clone(),
+            rows.clone(),
+        ));
+        Ok((bias, rows))
+    }
+}
+
+/// Attention with GQA by grouping: the queries of the `rep` heads that share a key/value head are
+/// stacked, so keys and values are never repeated. `q` `[b, tq, h, d]`, `k`/`v` `[b, tk, hkv, d]`.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &AttnMask,
+    scale: f32,
+) -> Result<Tensor> {
+    let (b, tq, h, d) = q.dims4()?;
+    let (_, tk, hkv, _) = k.dims4()?;
+    let rep = h / hkv;
+    let mask = mask.clone();
+    // [b, tq, h, d] → [b, hkv, rep·tq, d] and back
+    let group = move |x: &Tensor| -> Result<Tensor> {
+        x.reshape((b, tq, hkv, rep, d))?
+            .permute((0, 2, 3, 1, 4))?
+            .reshape((b, hkv, rep * tq, d))
+    };
+    let ungroup = move |x: &Tensor| -> Result<Tensor> {
+        x.reshape((b, hkv, rep, tq, d))?
+            .permute((0, 3, 1, 2, 4))?
+            .reshape((b, tq, h, d))
+    };
+    let heads = |x: &Tensor| -> Result<Tensor> { x.transpose(1, 2)?.contiguous() };
+    let probs = {
+        let mask = mask.clone();
+        move |qg: &Tensor, kh: &Tensor| -> Result<Tensor> {
+            let s = qg.matmul(&kh.t()?)?.to_dtype(DType::F32)?; // [b, hkv, rep·tq, tk]
+            let s = (s * scale as f64)?.reshape((b, hkv, rep, tq, tk))?;
+            let (bias, rows) = mask.device_bias(b, tq, tk, s.device())?;
+            let p =
+                candle_nn::ops::softmax_last_dim(&s.broadcast_add(&bias)?)?.broadcast_mul(&rows)?;
+            p.reshape((b, hkv, rep * tq, tk))
+        }
+    };
+    let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
+    let qg = group(&qd)?.contiguous()?;
+    let (kh, vh) = (heads(&kd)?, heads(&vd)?);
+    let p = probs(&qg, &kh)?;
+    let o = p.to_dtype(v.dtype())?.matmul(&vh)?;
+    let y = ungroup(&o)?;
+    let probs = Arc::new(probs);
+    let bwd: Bwd = Arc::new(move |a: &[&Tensor], g: &Tensor| {
+        let (q, k, v) = (a[0].detach(), a[1].detach(), a[2].detach());
+        let qg = group(&q)?.contiguous()?;
+        let (kh, vh) = (heads(&k)?, heads(&v)?);
+        let p = probs(&qg, &kh)?; // f32
+        let dt = q.dtype();
+        let go = group(g)?.contiguous()?.to_dtype(DType::F32)?;
+        let vf = vh.to_dtype(DType::F32)?;
+        let dv = p.t()?.matmul(&go)?; // [b, hkv, tk, d]
+        let dp = go.matmul(&vf.t()?)?;
+        let dot = (&dp * &p)?.sum_keepdim(D::Minus1)?;
+        let ds = (p.mul(&dp.broadcast_sub(&dot)?)? * scale as f64)?;
+        let dq = ds.matmul(&kh.to_dtype(DType::F32)?)?;
+        let dk = ds.t()?.matmul(&qg.to_dtype(DType::F32)?)?;
+        let back = |x: Tensor| -> Result<Tensor> { x.transpose(1, 2)?.contiguous()?.to_dtype(dt) };
+        Ok(vec![
+            Some(ungroup(&dq)?.to_dtype(dt)?),
+            Some(back(dk)?),
+            Some(back(dv)?),
+        ])
+    });
+    attach(&[q, k, v], y, bwd)
+}
+
+/// Σ −log softmax(logits)[label] over labelled rows; `logits` `[n, vocab]`.
+pub fn cross_entropy_sum(logits: &Tensor, labels: &[i64]) -> Result<Tensor> {
+    let (n, v) = logits.dims2()?;
+    let dev = logits.device().clone();
+    let keep: Vec<f32> = labels
+        .iter()
+        .map(|&l| if l < 0 { 0.0 } else { 1.0 })
+        .collect();
+    let idx: Vec<u32> = labels
+        .iter()
+        .map(|&l| if l < 0 { 0 } else { l as u32 })
+        .collect();
+    let keep = Tensor::from_vec(keep, (n, 1), &Device::Cpu)?.to_device(&dev)?;
+    let idx = Tensor::from_vec(idx, (n, 1), &Device::Cpu)?.to_device(&dev)?;
+    let lf = logits.detach().to_dtype(DType::F32)?;
+    let lsm = candle_nn::ops::log_softmax(&lf, D::Minus1)?;
+    let loss = lsm.gather(&idx, 1)?.mul(&keep)?.sum_all()?.neg()?;
+    let bwd: Bwd = Arc::new(move |a: &[&Tensor], g: &Tensor| {
+        let lf = a[0].detach().to_dtype(DType::F32)?;
+        let p = candle_nn::ops::softmax_last_dim(&lf)?;
+        let onehot = Tensor::zeros((n, v), DType::F32, &dev)?.scatter_add(
+            &idx,
+            &Tensor::ones((n, 1), DType::F32, &dev)?,
+            1,
+        )?;
+        let d = (p - onehot)?
+            .broadcast_mul(&keep)?
+            .broadcast_mul(&g.to_dtype(DType::F32)?)?;
+        Ok(vec![Some(d.to_dtype(a[0].dtype())?)])
+    });
+    attach(&[logits], loss, bwd)
+}
