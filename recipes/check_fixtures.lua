@@ -1,12 +1,15 @@
 -- Checks ftl against every reference fixture in a directory: models, PEFT and AdapterHub adapters,
 -- merged adapters. Exits non-zero when any case is out of tolerance.
 --   ftl run recipes/check_fixtures.lua dir=tests/fixtures/hf [tol=1e-4] [extra=tests/fixtures/ref]
--- (`extra`: more directories to look for base models in)
+--       [training=true] [device=cuda]
+-- (`extra`: more directories to look for base models in; `training`: also train the `train-*`
+-- cases three steps and compare losses and updates)
 local ftl = require("ftl")
 local check = require("check")
 
 local dir = ftl.args.dir or error("pass dir=<fixture directory>, e.g. dir=tests/fixtures/hf")
 local extra = ftl.args.extra
 if type(extra) == "string" then extra = {extra} end
-local report = check.fixtures(dir, {tol = ftl.args.tol or 1e-4, extra = extra})
+local report = check.fixtures(dir, {tol = ftl.args.tol or 1e-4, extra = extra, device = ftl.args.device,
+  training = ftl.args.training, loss_tol = ftl.args.loss_tol})
 if report.failed > 0 then os.exit(1) end

@@ -38,6 +38,9 @@ pub struct BenchArgs {
     pub seq: usize,
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
+    /// warm-up steps before the timed ones (the GPU reference uses 3)
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
     /// LoRA rank (the reference uses 8 on the CPU, 16 on the GPU)
     #[arg(long)]
     pub rank: Option<usize>,
@@ -80,6 +83,7 @@ pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
         "intermediate_size": a.intermediate, "vocab_size": a.vocab, "max_position_embeddings": 2048,
         "n_embd": a.hidden, "n_layer": a.layers, "n_head": a.heads, "n_positions": 2048,
     });
+    crate::train::sample_device_memory(&dev);
     let src = RandomInit {
         seed: 0,
         dtype,
@@ -130,7 +134,7 @@ pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
     // random ids, every row full length (real tokens only)
     let mut rng = crate::peft::lora::rng_for(0, "bench-data");
     use rand::Rng;
-    let ex: Vec<Example> = (0..a.batch * (a.steps + 1))
+    let ex: Vec<Example> = (0..a.batch * (a.steps + a.warmup.max(1)))
         .map(|_| {
             let ids: Vec<u32> = (0..a.seq)
                 .map(|_| rng.random_range(0..a.vocab as u32))
@@ -144,7 +148,7 @@ pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
         .collect();
     let model = Arc::new(Mutex::new(m));
     let opts = TrainOpts {
-        max_steps: Some(a.steps + 1),
+        max_steps: Some(a.steps + a.warmup.max(1)),
         batch_size: a.batch,
         lr: 1e-4,
         optimizer: optim::OptimOpts {
@@ -176,7 +180,8 @@ pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
         &mut [&mut times],
         &AtomicBool::new(false),
     )?;
-    let (w, l) = (&times.0[0], &times.0[a.steps]);
+    let warm = a.warmup.max(1);
+    let (w, l) = (&times.0[warm - 1], &times.0[a.steps + warm - 1]);
     let n = a.steps as f64;
     let step_s = (l.elapsed_s - w.elapsed_s) / n;
     let peak = if gpu {

@@ -43,7 +43,7 @@ function M.case(path, opts)
     local base = base_name and find_base(base_name, opts.roots or {})
     if not base then error(path .. ": base model `" .. tostring(base_name) .. "` not found") end
     local head = meta_value(meta.model_class) ~= "BertModel"
-    local m = ftl.load(base, {head = head})
+    local m = ftl.load(base, {head = head, device = opts.device})
     ftl.load_adapter(m, path)
     row("adapter", compare(m, e, "logits"))
     if e.logits_merged then
@@ -51,7 +51,7 @@ function M.case(path, opts)
       row("merged", compare(m, e, "logits_merged"))
     end
   else
-    local m = ftl.load(path)
+    local m = ftl.load(path, {device = opts.device})
     row("model", compare(m, e, "logits"))
   end
   return rows
@@ -66,9 +66,16 @@ function M.fixtures(dir, opts)
   local report = {passed = 0, failed = 0, rows = {}}
   for _, name in ipairs(ftl.fs.list(dir)) do
     local path = ftl.fs.join(dir, name)
-    if ftl.fs.exists(ftl.fs.join(path, "expected.safetensors")) and
-       (ftl.fs.exists(ftl.fs.join(path, "config.json")) or ftl.fs.exists(ftl.fs.join(path, "adapter_config.json"))) then
-      local ok, rows = pcall(M.case, path, {tol = opts.tol, roots = roots})
+    local has = function(f) return ftl.fs.exists(ftl.fs.join(path, f)) end
+    local fn = nil
+    if has("expected.safetensors") and (has("config.json") or has("adapter_config.json")) then
+      fn = M.case
+    elseif has("expected.safetensors") and has("meta.json") and opts.training then
+      fn = M.train_case
+    end
+    if fn then
+      local ok, rows = pcall(fn, path, {tol = opts.tol, roots = roots, device = opts.device,
+        loss_tol = opts.loss_tol})
       if not ok then
         rows = {{name = path, what = "error", err = math.huge, ok = false, msg = tostring(rows)}}
       end
@@ -82,6 +89,45 @@ function M.fixtures(dir, opts)
   end
   print(string.format("%d passed, %d failed (tolerance %.0e)", report.passed, report.failed, opts.tol or 1e-4))
   return report
+end
+
+--- Trains a `train-*` fixture (meta.json, expected.safetensors with init./step3. tensors, and
+--- adapter_after_3_steps/ for PEFT cases) for three steps; returns rows as `case` does.
+function M.train_case(path, opts)
+  opts = opts or {}
+  local tol = opts.update_tol or 1e-2
+  local meta = ftl.json.read(ftl.fs.join(path, "meta.json"))
+  local e = ftl.tensor.load(ftl.fs.join(path, "expected.safetensors"))
+  local base = find_base(meta.base, opts.roots or {})
+  if not base then error(path .. ": base model `" .. tostring(meta.base) .. "` not found") end
+  local m = ftl.load(base, {device = opts.device})
+  local after = ftl.fs.join(path, "adapter_after_3_steps")
+  if ftl.fs.exists(after) then
+    ftl.load_adapter(m, after, {trainable = true})
+  else
+    m:unfreeze()
+  end
+  local init = {}
+  for _, name in ipairs(meta.trainable) do init[name] = e["init." .. name] end
+  m:load_state_dict(init)
+  local o = meta.optimizer
+  local data = ftl.data.tokens{input_ids = e.input_ids, attention_mask = e.attention_mask, labels = e.labels}
+  local losses = {}
+  ftl.train(m, data, {max_steps = 3, batch_size = #e.input_ids, lr = o.lr, betas = o.betas, eps = o.eps,
+    weight_decay = o.weight_decay, shuffle = false, log_every = 1000, on_step = function(s) losses[#losses + 1] = s.loss end})
+  local rows = {}
+  local want = meta.losses_before_each_step_then_final
+  local worst = 0
+  for k = 1, 3 do worst = math.max(worst, math.abs(losses[k] - want[k])) end
+  rows[#rows + 1] = {name = path, what = "losses", err = worst, ok = worst < (opts.loss_tol or 1e-5)}
+  local sd = m:state_dict{trainable = true}
+  worst = 0
+  for _, name in ipairs(meta.trainable) do
+    local upd = sd[name] - e["init." .. name]
+    worst = math.max(worst, upd:rel_err(e["step3." .. name] - e["init." .. name]))
+  end
+  rows[#rows + 1] = {name = path, what = "updates", err = worst, ok = worst < tol}
+  return rows
 end
 
 return M

@@ -524,21 +524,18 @@ pub fn attention(
         let qg = group(&q)?.contiguous()?;
         let (kh, vh) = (heads(&k)?, heads(&v)?);
         let p = probs(&qg, &kh)?; // f32
+                                  // the matrix products in the inputs' dtype (bf16 on a GPU), the softmax part in f32
         let dt = q.dtype();
-        let go = group(g)?.contiguous()?.to_dtype(DType::F32)?;
-        let vf = vh.to_dtype(DType::F32)?;
-        let dv = p.t()?.matmul(&go)?; // [b, hkv, tk, d]
-        let dp = go.matmul(&vf.t()?)?;
+        let go = group(&g.to_dtype(dt)?)?.contiguous()?;
+        let pd = p.to_dtype(dt)?;
+        let dv = pd.t()?.matmul(&go)?; // [b, hkv, tk, d]
+        let dp = go.matmul(&vh.t()?)?.to_dtype(DType::F32)?;
         let dot = (&dp * &p)?.sum_keepdim(D::Minus1)?;
-        let ds = (p.mul(&dp.broadcast_sub(&dot)?)? * scale as f64)?;
-        let dq = ds.matmul(&kh.to_dtype(DType::F32)?)?;
-        let dk = ds.t()?.matmul(&qg.to_dtype(DType::F32)?)?;
-        let back = |x: Tensor| -> Result<Tensor> { x.transpose(1, 2)?.contiguous()?.to_dtype(dt) };
-        Ok(vec![
-            Some(ungroup(&dq)?.to_dtype(dt)?),
-            Some(back(dk)?),
-            Some(back(dv)?),
-        ])
+        let ds = (p.mul(&dp.broadcast_sub(&dot)?)? * scale as f64)?.to_dtype(dt)?;
+        let dq = ds.matmul(&kh)?;
+        let dk = ds.t()?.matmul(&qg)?;
+        let back = |x: Tensor| -> Result<Tensor> { x.transpose(1, 2)?.contiguous() };
+        Ok(vec![Some(ungroup(&dq)?), Some(back(dk)?), Some(back(dv)?)])
     });
     attach(&[q, k, v], y, bwd)
 }

@@ -220,10 +220,37 @@ pub fn peak_rss() -> u64 {
         .unwrap_or(0)
 }
 
-/// Peak device memory on a GPU, when the backend can tell.
+static DEVICE_PEAK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static DEVICE_BASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// Device memory in use now (all of it: the context and the allocator's cache included).
+fn device_used(dev: &candle_core::Device) -> Option<u64> {
+    match dev {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(d) => {
+            let (free, total) = d.cuda_stream().context().mem_get_info().ok()?;
+            Some((total - free) as u64)
+        }
+        _ => None,
+    }
+}
+
+/// Records device memory use; training samples it after every forward and backward pass. The
+/// first sample (before any model memory, after the context) is the baseline.
+pub fn sample_device_memory(dev: &candle_core::Device) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if let Some(u) = device_used(dev) {
+        DEVICE_BASE.fetch_min(u, Relaxed);
+        DEVICE_PEAK.fetch_max(u, Relaxed);
+    }
+}
+
+/// Peak device memory above the baseline sampled first (the CUDA context excluded).
 pub fn device_peak_bytes(dev: &candle_core::Device) -> Option<u64> {
-    let _ = dev;
-    None
+    use std::sync::atomic::Ordering::Relaxed;
+    sample_device_memory(dev);
+    let (p, b) = (DEVICE_PEAK.load(Relaxed), DEVICE_BASE.load(Relaxed));
+    (b != u64::MAX).then(|| p.saturating_sub(b))
 }
 
 /// Which micro-batches each optimizer step takes.
@@ -327,6 +354,9 @@ pub fn train(
             opt.update(name, p, &g, lr, decay(name))?;
         }
         res.optimizer_s += opt_s;
+        if !device.is_cpu() {
+            device.synchronize()?;
+        }
         opt.retain(&params.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>());
         res.optimizer_s += t0.elapsed().as_secs_f64();
         res.tokens += batches.iter().map(|b| b.tokens).sum::<usize>();
@@ -365,7 +395,11 @@ pub fn train(
     }
     res.time_s = start.elapsed().as_secs_f64();
     res.tokens_per_s = res.tokens as f64 / res.time_s.max(1e-9);
-    res.peak_mem_bytes = peak_rss();
+    res.peak_mem_bytes = if device.is_cpu() {
+        peak_rss()
+    } else {
+        device_peak_bytes(&device).unwrap_or(0)
+    };
     Ok(res)
 }
 
@@ -443,6 +477,7 @@ fn accumulate(
         let logits = m.forward_with(&b.ids, Some(&b.mask), b.types.as_ref(), &ctx, None)?;
         let loss = (loss_sum(&logits, b)? / denom)?;
         drop(logits);
+        sample_device_memory(&b.ids.device().clone());
         total += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let t1 = Instant::now();
         res.forward_s += (t1 - t0).as_secs_f64();
@@ -455,6 +490,7 @@ fn accumulate(
             let grads = t.backward()?;
             drop(t);
             bytes += grad_bytes(&grads, params);
+            sample_device_memory(&b.ids.device().clone());
             for h in hooks.iter_mut() {
                 h.on_backward(&grads, params);
             }

@@ -165,6 +165,14 @@ impl InplaceOp2 for SgdStep<'_> {
     }
 }
 
+/// Optimizer state in f32, except for half-precision weights, whose state has their dtype.
+fn state_dtype(param: DType) -> DType {
+    match param {
+        DType::BF16 | DType::F16 => param,
+        _ => DType::F32,
+    }
+}
+
 fn cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()
 }
@@ -220,12 +228,12 @@ impl Optimizer {
                     st.m = Some(if fast {
                         Buf::Cpu(vec![0.0; t.elem_count()])
                     } else {
-                        Buf::Dev(t.to_dtype(DType::F32)?.zeros_like()?)
+                        Buf::Dev(t.to_dtype(state_dtype(t.dtype()))?.zeros_like()?)
                     });
                     st.v = Some(if fast {
                         Buf::Cpu(vec![0.0; t.elem_count()])
                     } else {
-                        Buf::Dev(t.to_dtype(DType::F32)?.zeros_like()?)
+                        Buf::Dev(t.to_dtype(state_dtype(t.dtype()))?.zeros_like()?)
                     });
                 }
                 let bc1 = 1.0 - beta1.powi(st.t as i32);
@@ -247,15 +255,18 @@ impl Optimizer {
                     let (Some(Buf::Dev(m)), Some(Buf::Dev(v))) = (&st.m, &st.v) else {
                         unreachable!()
                     };
+                    // in f32, stored in the state's dtype (bf16 for bf16 weights, as torch's AdamW)
+                    let sdt = m.dtype();
                     let g = g.to_dtype(DType::F32)?;
+                    let (mf, vf) = (m.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
                     let pf = (t.to_dtype(DType::F32)? * (1.0 - lr * wd))?;
-                    let m = (m + ((&g - m)? * (1.0 - beta1))?)?;
-                    let v = ((v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+                    let m = (&mf + ((&g - &mf)? * (1.0 - beta1))?)?;
+                    let v = ((vf * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
                     let denom = ((v.sqrt()? / bc2.sqrt())? + eps)?;
                     let newp = (pf - ((&m / denom)? * step_size)?)?;
                     var.set(&newp.to_dtype(t.dtype())?)?;
-                    st.m = Some(Buf::Dev(m));
-                    st.v = Some(Buf::Dev(v));
+                    st.m = Some(Buf::Dev(m.to_dtype(sdt)?));
+                    st.v = Some(Buf::Dev(v.to_dtype(sdt)?));
                 }
             }
             Kind::Sgd { momentum } => {
