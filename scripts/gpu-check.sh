@@ -14,8 +14,8 @@ gunzip -c .device/ftl.gz > /tmp/ftl && chmod +x /tmp/ftl
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 if [ "$what" = check ] || [ "$what" = all ]; then
-  /tmp/ftl -q run recipes/check_fixtures.lua dir=tests/fixtures/hf training=true device=cuda 2>&1 | tee "$OUT/check-hf.txt" | tail -4
-  /tmp/ftl -q run recipes/check_fixtures.lua dir=tests/fixtures/ref extra=tests/fixtures/hf device=cuda 2>&1 | tee "$OUT/check-ref.txt" | grep -E "FAIL|passed"
+  /tmp/ftl -q run recipes/check_fixtures.lua dir=tests/fixtures/hf training=true device=cuda dtype=f32 2>&1 | tee "$OUT/check-hf.txt" | tail -4
+  /tmp/ftl -q run recipes/check_fixtures.lua dir=tests/fixtures/ref extra=tests/fixtures/hf device=cuda dtype=f32 2>&1 | tee "$OUT/check-ref.txt" | grep -E "FAIL|passed"
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   shape="--hidden 2048 --layers 22 --heads 32 --kv-heads 4 --intermediate 5632 --vocab 32000"

@@ -53,7 +53,7 @@ pub struct BenchArgs {
 fn device(s: &str) -> Result<Device> {
     Ok(match s {
         "cpu" => Device::Cpu,
-        s if s.starts_with("cuda") => Device::new_cuda(
+        s if s.starts_with("cuda") => crate::model::cuda_device(
             s.strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0),

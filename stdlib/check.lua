@@ -43,7 +43,7 @@ function M.case(path, opts)
     local base = base_name and find_base(base_name, opts.roots or {})
     if not base then error(path .. ": base model `" .. tostring(base_name) .. "` not found") end
     local head = meta_value(meta.model_class) ~= "BertModel"
-    local m = ftl.load(base, {head = head, device = opts.device})
+    local m = ftl.load(base, {head = head, device = opts.device, dtype = opts.dtype})
     ftl.load_adapter(m, path)
     row("adapter", compare(m, e, "logits"))
     if e.logits_merged then
@@ -51,7 +51,7 @@ function M.case(path, opts)
       row("merged", compare(m, e, "logits_merged"))
     end
   else
-    local m = ftl.load(path, {device = opts.device})
+    local m = ftl.load(path, {device = opts.device, dtype = opts.dtype})
     row("model", compare(m, e, "logits"))
   end
   return rows
@@ -74,7 +74,7 @@ function M.fixtures(dir, opts)
       fn = M.train_case
     end
     if fn then
-      local ok, rows = pcall(fn, path, {tol = opts.tol, roots = roots, device = opts.device,
+      local ok, rows = pcall(fn, path, {tol = opts.tol, roots = roots, device = opts.device, dtype = opts.dtype,
         loss_tol = opts.loss_tol})
       if not ok then
         rows = {{name = path, what = "error", err = math.huge, ok = false, msg = tostring(rows)}}
@@ -100,7 +100,7 @@ function M.train_case(path, opts)
   local e = ftl.tensor.load(ftl.fs.join(path, "expected.safetensors"))
   local base = find_base(meta.base, opts.roots or {})
   if not base then error(path .. ": base model `" .. tostring(meta.base) .. "` not found") end
-  local m = ftl.load(base, {device = opts.device})
+  local m = ftl.load(base, {device = opts.device, dtype = opts.dtype})
   local after = ftl.fs.join(path, "adapter_after_3_steps")
   if ftl.fs.exists(after) then
     ftl.load_adapter(m, after, {trainable = true})

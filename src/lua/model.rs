@@ -33,13 +33,13 @@ pub fn env(lua: &Lua) -> Arc<Env> {
 pub fn parse_device(lua: &Lua, s: &str) -> mlua::Result<Device> {
     match s {
         "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        "auto" => Ok(crate::model::cuda_device(0).unwrap_or(Device::Cpu)),
         s if s == "cuda" || s.starts_with("cuda:") => {
             let n: usize = s
                 .strip_prefix("cuda:")
                 .map(|x| x.parse().unwrap_or(0))
                 .unwrap_or(0);
-            Device::new_cuda(n).map_err(|e| {
+            crate::model::cuda_device(n).map_err(|e| {
                 lua_err(
                     lua,
                     format!("device `{s}`: {e} (is ftl built with --features cuda?)"),

@@ -147,7 +147,10 @@ fn arith(lua: &Lua, a: Value, b: Value, op: &str) -> mlua::Result<LTensor> {
     };
     let r = match (as_t(&a), as_t(&b), as_n(&a), as_n(&b)) {
         (Some(x), Some(y), _, _) => {
-            let y = y.to_dtype(x.dtype()).lua(lua)?;
+            let y = y
+                .to_dtype(x.dtype())
+                .and_then(|y| y.to_device(x.device()))
+                .lua(lua)?;
             match op {
                 "+" => x.broadcast_add(&y),
                 "-" => x.broadcast_sub(&y),
@@ -264,6 +267,7 @@ impl UserData for LTensor {
         m.add_method("rel_err", |lua, t, r: Value| {
             let r = from_value(lua, r, DType::F64)?
                 .to_dtype(DType::F64)
+                .and_then(|r| r.to_device(&Device::Cpu))
                 .lua(lua)?;
             if r.dims() != t.0.dims() {
                 return Err(super::lua_err(
@@ -271,7 +275,10 @@ impl UserData for LTensor {
                     format!("rel_err: shapes differ: {:?} vs {:?}", t.0.dims(), r.dims()),
                 ));
             }
-            let a = t.0.to_dtype(DType::F64).lua(lua)?;
+            let a =
+                t.0.to_dtype(DType::F64)
+                    .and_then(|a| a.to_device(&Device::Cpu))
+                    .lua(lua)?;
             let d: f64 = (&a - &r)
                 .and_then(|x| x.sqr())
                 .and_then(|x| x.sum_all())

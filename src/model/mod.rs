@@ -23,6 +23,25 @@ use rand::SeedableRng;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+/// The CUDA device `ordinal`, one per process: ftl runs everything on that device's one stream, so
+/// candle's per-allocation CUDA events (multi-stream safety, a cost on every op) are turned off.
+pub fn cuda_device(ordinal: usize) -> candle_core::Result<Device> {
+    static DEVICES: std::sync::OnceLock<Mutex<std::collections::HashMap<usize, Device>>> =
+        std::sync::OnceLock::new();
+    let mut map = DEVICES.get_or_init(Default::default).lock().unwrap();
+    if let Some(d) = map.get(&ordinal) {
+        return Ok(d.clone());
+    }
+    let d = Device::new_cuda(ordinal)?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(c) = &d {
+        // SAFETY: one stream per device in this process (the map above), so no cross-stream use
+        unsafe { c.disable_event_tracking() }
+    }
+    map.insert(ordinal, d.clone());
+    Ok(d)
+}
+
 /// What a forward pass runs under: the active adapters, train mode (dropout) and its randomness.
 pub struct Ctx {
     pub active: Vec<String>,

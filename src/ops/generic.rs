@@ -12,20 +12,41 @@ use candle_core::{
 use std::sync::Arc;
 
 type Grads = Vec<Option<Tensor>>;
+
+/// Size of the f32 working copies the device path makes at once (logits, attention scores).
+static CHUNK_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(256 << 20);
+
+/// Sets the working-copy budget (tests set it tiny to exercise the chunked loops).
+pub fn set_chunk_bytes(n: usize) {
+    CHUNK_BYTES.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+fn chunk_bytes() -> usize {
+    CHUNK_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+}
 type Bwd = Arc<dyn Fn(&[&Tensor], &Tensor) -> Result<Grads> + Send + Sync>;
 
 /// An op whose output was computed already and whose backward pass is `bwd`.
 struct Attach {
-    out: Tensor,
+    /// the precomputed output, handed over (and dropped here) by the forward call
+    out: std::sync::Mutex<Option<Tensor>>,
     bwd: Bwd,
 }
 
 impl Attach {
+    fn take(&self) -> Result<Tensor> {
+        match self.out.lock().unwrap().take() {
+            Some(t) => Ok(t),
+            None => candle_core::bail!("attach: output taken twice"),
+        }
+    }
+
     fn copy_cpu(&self) -> Result<(CpuStorage, Shape)> {
         use candle_core::backend::BackendStorage;
-        let (s, l) = self.out.storage_and_layout();
+        let out = self.take()?;
+        let (s, l) = out.storage_and_layout();
         match &*s {
-            Storage::Cpu(c) => Ok((c.try_clone(l)?, self.out.shape().clone())),
+            Storage::Cpu(c) => Ok((c.try_clone(l)?, out.shape().clone())),
             _ => candle_core::bail!("attach: output on another device"),
         }
     }
@@ -33,9 +54,10 @@ impl Attach {
     #[cfg(feature = "cuda")]
     fn copy_cuda(&self) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::backend::BackendStorage;
-        let (s, l) = self.out.storage_and_layout();
+        let out = self.take()?;
+        let (s, l) = out.storage_and_layout();
         match &*s {
-            Storage::Cuda(c) => Ok((c.try_clone(l)?, self.out.shape().clone())),
+            Storage::Cuda(c) => Ok((c.try_clone(l)?, out.shape().clone())),
             _ => candle_core::bail!("attach: output on another device"),
         }
     }
@@ -155,7 +177,7 @@ fn attach(args: &[&Tensor], out: Tensor, bwd: Bwd) -> Result<Tensor> {
         return Ok(out);
     }
     let op = Attach {
-        out: out.contiguous()?,
+        out: std::sync::Mutex::new(Some(out.contiguous()?)),
         bwd,
     };
     match args {
@@ -178,6 +200,7 @@ fn mm(x: &Tensor, w: &Tensor, transposed: bool) -> Result<Tensor> {
 }
 
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> Result<Tensor> {
+    let x = &x.contiguous()?;
     let (xd, wd) = (x.detach(), w.detach());
     let mut y = mm(&xd, &wd, transposed)?;
     if let Some(b) = b {
@@ -229,6 +252,7 @@ pub fn lora_linear(
     scale: f64,
     transposed: bool,
 ) -> Result<Tensor> {
+    let x = &x.contiguous()?;
     let (r, k) = a.dims2()?;
     let n = bm.dim(0)?;
     let adt = a.dtype();
@@ -485,59 +509,153 @@ pub fn attention(
     mask: &AttnMask,
     scale: f32,
 ) -> Result<Tensor> {
-    let (b, tq, h, d) = q.dims4()?;
-    let (_, tk, hkv, _) = k.dims4()?;
-    let rep = h / hkv;
-    let mask = mask.clone();
-    // [b, tq, h, d] → [b, hkv, rep·tq, d] and back
-    let group = move |x: &Tensor| -> Result<Tensor> {
-        x.reshape((b, tq, hkv, rep, d))?
-            .permute((0, 2, 3, 1, 4))?
-            .reshape((b, hkv, rep * tq, d))
-    };
-    let ungroup = move |x: &Tensor| -> Result<Tensor> {
-        x.reshape((b, hkv, rep, tq, d))?
-            .permute((0, 3, 1, 2, 4))?
-            .reshape((b, tq, h, d))
-    };
-    let heads = |x: &Tensor| -> Result<Tensor> { x.transpose(1, 2)?.contiguous() };
-    let probs = {
-        let mask = mask.clone();
-        move |qg: &Tensor, kh: &Tensor| -> Result<Tensor> {
-            let s = qg.matmul(&kh.t()?)?.to_dtype(DType::F32)?; // [b, hkv, rep·tq, tk]
-            let s = (s * scale as f64)?.reshape((b, hkv, rep, tq, tk))?;
-            let (bias, rows) = mask.device_bias(b, tq, tk, s.device())?;
-            let p =
-                candle_nn::ops::softmax_last_dim(&s.broadcast_add(&bias)?)?.broadcast_mul(&rows)?;
-            p.reshape((b, hkv, rep * tq, tk))
+    let (b, tq, h, _) = q.dims4()?;
+    let (_, tk, _, _) = k.dims4()?;
+    // samples in chunks, so the f32 scores stay small
+    let bchunk = (chunk_bytes() / (h * tq * tk * 4).max(1)).clamp(1, b);
+    let (bias, rows) = mask.device_bias(b, tq, tk, q.device())?;
+    let chunks: Vec<(usize, usize)> = (0..b)
+        .step_by(bchunk)
+        .map(|s| (s, bchunk.min(b - s)))
+        .collect();
+    let cut = move |t: &Tensor, s: usize, n: usize| -> Result<Tensor> {
+        if n == b {
+            Ok(t.clone())
+        } else {
+            t.narrow(0, s, n)
         }
     };
     let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
-    let qg = group(&qd)?.contiguous()?;
-    let (kh, vh) = (heads(&kd)?, heads(&vd)?);
-    let p = probs(&qg, &kh)?;
-    let o = p.to_dtype(v.dtype())?.matmul(&vh)?;
-    let y = ungroup(&o)?;
-    let probs = Arc::new(probs);
+    let mut outs = Vec::with_capacity(chunks.len());
+    for &(s, n) in &chunks {
+        let (bs, rs) = (cut(&bias, s, n)?, cut(&rows, s, n)?);
+        outs.push(attn_fwd(
+            &cut(&qd, s, n)?,
+            &cut(&kd, s, n)?,
+            &cut(&vd, s, n)?,
+            &bs,
+            &rs,
+            scale,
+        )?);
+    }
+    let y = if outs.len() == 1 {
+        outs.pop().unwrap()
+    } else {
+        Tensor::cat(&outs, 0)?
+    };
     let bwd: Bwd = Arc::new(move |a: &[&Tensor], g: &Tensor| {
         let (q, k, v) = (a[0].detach(), a[1].detach(), a[2].detach());
-        let qg = group(&q)?.contiguous()?;
-        let (kh, vh) = (heads(&k)?, heads(&v)?);
-        let p = probs(&qg, &kh)?; // f32
-                                  // the matrix products in the inputs' dtype (bf16 on a GPU), the softmax part in f32
-        let dt = q.dtype();
-        let go = group(&g.to_dtype(dt)?)?.contiguous()?;
-        let pd = p.to_dtype(dt)?;
-        let dv = pd.t()?.matmul(&go)?; // [b, hkv, tk, d]
-        let dp = go.matmul(&vh.t()?)?.to_dtype(DType::F32)?;
-        let dot = (&dp * &p)?.sum_keepdim(D::Minus1)?;
-        let ds = (p.mul(&dp.broadcast_sub(&dot)?)? * scale as f64)?.to_dtype(dt)?;
-        let dq = ds.matmul(&kh)?;
-        let dk = ds.t()?.matmul(&qg)?;
-        let back = |x: Tensor| -> Result<Tensor> { x.transpose(1, 2)?.contiguous() };
-        Ok(vec![Some(ungroup(&dq)?), Some(back(dk)?), Some(back(dv)?)])
+        let (mut dq, mut dk, mut dv) = (Vec::new(), Vec::new(), Vec::new());
+        for &(s, n) in &chunks {
+            let (bs, rs) = (cut(&bias, s, n)?, cut(&rows, s, n)?);
+            let (a, b_, c) = attn_bwd(
+                &cut(&q, s, n)?,
+                &cut(&k, s, n)?,
+                &cut(&v, s, n)?,
+                &cut(g, s, n)?,
+                &bs,
+                &rs,
+                scale,
+            )?;
+            dq.push(a);
+            dk.push(b_);
+            dv.push(c);
+        }
+        let cat = |mut v: Vec<Tensor>| -> Result<Tensor> {
+            if v.len() == 1 {
+                Ok(v.pop().unwrap())
+            } else {
+                Tensor::cat(&v, 0)
+            }
+        };
+        Ok(vec![Some(cat(dq)?), Some(cat(dk)?), Some(cat(dv)?)])
     });
     attach(&[q, k, v], y, bwd)
+}
+
+/// `[b, tq, h, d]` → `[b, hkv, rep·tq, d]` and back.
+fn group(x: &Tensor, hkv: usize) -> Result<Tensor> {
+    let (b, tq, h, d) = x.dims4()?;
+    x.reshape((b, tq, hkv, h / hkv, d))?
+        .permute((0, 2, 3, 1, 4))?
+        .reshape((b, hkv, h / hkv * tq, d))?
+        .contiguous()
+}
+
+fn ungroup(x: &Tensor, tq: usize) -> Result<Tensor> {
+    let (b, hkv, rt, d) = x.dims4()?;
+    let rep = rt / tq;
+    x.reshape((b, hkv, rep, tq, d))?
+        .permute((0, 3, 1, 2, 4))?
+        .reshape((b, tq, hkv * rep, d))
+}
+
+/// Probabilities `[b, hkv, rep·tq, tk]` (f32) of grouped queries against head-major keys.
+fn attn_probs(
+    qg: &Tensor,
+    kh: &Tensor,
+    bias: &Tensor,
+    rows: &Tensor,
+    tq: usize,
+    scale: f32,
+) -> Result<Tensor> {
+    let (b, hkv, rt, _) = qg.dims4()?;
+    let tk = kh.dim(2)?;
+    let s = qg.matmul(&kh.t()?)?.to_dtype(DType::F32)?;
+    let s = (s * scale as f64)?.reshape((b, hkv, rt / tq, tq, tk))?;
+    let p = candle_nn::ops::softmax_last_dim(&s.broadcast_add(bias)?)?.broadcast_mul(rows)?;
+    p.reshape((b, hkv, rt, tk))
+}
+
+fn attn_fwd(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    rows: &Tensor,
+    scale: f32,
+) -> Result<Tensor> {
+    let (_, tq, _, _) = q.dims4()?;
+    let hkv = k.dim(2)?;
+    let qg = group(q, hkv)?;
+    let (kh, vh) = (
+        k.transpose(1, 2)?.contiguous()?,
+        v.transpose(1, 2)?.contiguous()?,
+    );
+    let p = attn_probs(&qg, &kh, bias, rows, tq, scale)?;
+    ungroup(&p.to_dtype(v.dtype())?.matmul(&vh)?, tq)
+}
+
+/// Gradients of q, k, v, recomputing the probabilities; the matrix products in the inputs' dtype
+/// (bf16 on a GPU), the softmax part in f32.
+fn attn_bwd(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    bias: &Tensor,
+    rows: &Tensor,
+    scale: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (_, tq, _, _) = q.dims4()?;
+    let hkv = k.dim(2)?;
+    let dt = q.dtype();
+    let qg = group(q, hkv)?;
+    let (kh, vh) = (
+        k.transpose(1, 2)?.contiguous()?,
+        v.transpose(1, 2)?.contiguous()?,
+    );
+    let p = attn_probs(&qg, &kh, bias, rows, tq, scale)?;
+    let go = group(&g.to_dtype(dt)?, hkv)?;
+    let pd = p.to_dtype(dt)?;
+    let dv = pd.t()?.matmul(&go)?; // [b, hkv, tk, d]
+    let dp = go.matmul(&vh.t()?)?.to_dtype(DType::F32)?;
+    let dot = (&dp * &p)?.sum_keepdim(D::Minus1)?;
+    let ds = (p.mul(&dp.broadcast_sub(&dot)?)? * scale as f64)?.to_dtype(dt)?;
+    let dq = ds.matmul(&kh)?;
+    let dk = ds.t()?.matmul(&qg)?;
+    let back = |x: Tensor| -> Result<Tensor> { x.transpose(1, 2)?.contiguous() };
+    Ok((ungroup(&dq, tq)?.contiguous()?, back(dk)?, back(dv)?))
 }
 
 /// Σ −log softmax(logits)[label] over labelled rows; `logits` `[n, vocab]`.
@@ -554,21 +672,44 @@ pub fn cross_entropy_sum(logits: &Tensor, labels: &[i64]) -> Result<Tensor> {
         .collect();
     let keep = Tensor::from_vec(keep, (n, 1), &Device::Cpu)?.to_device(&dev)?;
     let idx = Tensor::from_vec(idx, (n, 1), &Device::Cpu)?.to_device(&dev)?;
-    let lf = logits.detach().to_dtype(DType::F32)?;
-    let lsm = candle_nn::ops::log_softmax(&lf, D::Minus1)?;
-    let loss = lsm.gather(&idx, 1)?.mul(&keep)?.sum_all()?.neg()?;
+    // rows in chunks, so the f32 copies of the logits stay small
+    let chunk = (chunk_bytes() / (v * 4)).clamp(1, n.max(1));
+    let starts: Vec<usize> = (0..n).step_by(chunk).collect();
+    let ld = logits.detach();
+    let mut loss = Tensor::zeros((), DType::F32, &dev)?;
+    for &s in &starts {
+        let len = chunk.min(n - s);
+        let lf = ld.narrow(0, s, len)?.to_dtype(DType::F32)?;
+        let mx = lf.max_keepdim(D::Minus1)?;
+        let lse = lf
+            .broadcast_sub(&mx)?
+            .exp()?
+            .sum_keepdim(D::Minus1)?
+            .log()?
+            .add(&mx)?;
+        let picked = lf.gather(&idx.narrow(0, s, len)?, 1)?;
+        loss = (loss + (lse - picked)?.mul(&keep.narrow(0, s, len)?)?.sum_all()?)?;
+    }
     let bwd: Bwd = Arc::new(move |a: &[&Tensor], g: &Tensor| {
-        let lf = a[0].detach().to_dtype(DType::F32)?;
-        let p = candle_nn::ops::softmax_last_dim(&lf)?;
-        let onehot = Tensor::zeros((n, v), DType::F32, &dev)?.scatter_add(
-            &idx,
-            &Tensor::ones((n, 1), DType::F32, &dev)?,
-            1,
-        )?;
-        let d = (p - onehot)?
-            .broadcast_mul(&keep)?
-            .broadcast_mul(&g.to_dtype(DType::F32)?)?;
-        Ok(vec![Some(d.to_dtype(a[0].dtype())?)])
+        let gf = g.to_dtype(DType::F32)?;
+        let ld = a[0].detach();
+        let mut parts = Vec::with_capacity(starts.len());
+        for &s in &starts {
+            let len = chunk.min(n - s);
+            let lf = ld.narrow(0, s, len)?.to_dtype(DType::F32)?;
+            let p = candle_nn::ops::softmax_last_dim(&lf)?;
+            let ones = Tensor::ones((len, 1), DType::F32, &dev)?;
+            let onehot = Tensor::zeros((len, v), DType::F32, &dev)?.scatter_add(
+                &idx.narrow(0, s, len)?,
+                &ones,
+                1,
+            )?;
+            let d = (p - onehot)?
+                .broadcast_mul(&keep.narrow(0, s, len)?)?
+                .broadcast_mul(&gf)?;
+            parts.push(d.to_dtype(a[0].dtype())?);
+        }
+        Ok(vec![Some(Tensor::cat(&parts, 0)?)])
     });
     attach(&[logits], loss, bwd)
 }

@@ -386,6 +386,15 @@ impl Bottleneck {
     /// The block output at this location for sub-layer output `f` and residual `r`; `ln` is the
     /// post-LayerNorm of post-norm models (BERT), None for pre-norm ones.
     pub fn forward(&self, f: &Tensor, r: &Tensor, ln: Option<&Norm>, ctx: &Ctx) -> Result<Tensor> {
+        // the adapter computes in its own dtype (f32 on a bf16 model), the model's LayerNorm in
+        // the model's
+        let (mdt, adt) = (f.dtype(), self.down_w.dtype());
+        let (f, r) = (&f.to_dtype(adt)?, &r.to_dtype(adt)?);
+        let model_ln = |n: &Norm, h: &Tensor| -> Result<Tensor> {
+            n.forward(&h.to_dtype(mdt)?, ctx)?
+                .to_dtype(adt)
+                .map_err(Into::into)
+        };
         let c = &self.cfg;
         let post = |h: Tensor| -> Result<Tensor> {
             if !c.original_ln_after {
@@ -393,38 +402,39 @@ impl Bottleneck {
             }
             let h = (h + r)?;
             match ln {
-                Some(n) => n.forward(&h, ctx),
+                Some(n) => model_ln(n, &h),
                 None => Ok(h),
             }
         };
-        if c.is_parallel {
-            let mut out = self.core_parallel(r, ctx)?;
-            out = (out + f)?;
-            return post(out);
-        }
-        let mut h = f.clone();
-        let mut res = if c.residual_before_ln == Residual::Before {
-            Some(h.clone())
+        let out = if c.is_parallel {
+            let out = (self.core_parallel(r, ctx)? + f)?;
+            post(out)?
         } else {
-            None
-        };
-        if c.original_ln_before {
-            h = (h + r)?;
-            if let Some(n) = ln {
-                if c.residual_before_ln == Residual::PostAdd {
-                    res = Some(h.clone());
+            let mut h = f.clone();
+            let mut res = if c.residual_before_ln == Residual::Before {
+                Some(h.clone())
+            } else {
+                None
+            };
+            if c.original_ln_before {
+                h = (h + r)?;
+                if let Some(n) = ln {
+                    if c.residual_before_ln == Residual::PostAdd {
+                        res = Some(h.clone());
+                    }
+                    h = model_ln(n, &h)?;
                 }
-                h = n.forward(&h, ctx)?;
             }
-        }
-        if c.residual_before_ln == Residual::After {
-            res = Some(h.clone());
-        }
-        let res = res.ok_or_else(|| {
-            Error::msg("bottleneck: residual_before_ln=\"post_add\" needs original_ln_before and a post-LayerNorm model")
-        })?;
-        let out = self.core(&h, &res, ctx)?;
-        post(out)
+            if c.residual_before_ln == Residual::After {
+                res = Some(h.clone());
+            }
+            let res = res.ok_or_else(|| {
+                Error::msg("bottleneck: residual_before_ln=\"post_add\" needs original_ln_before and a post-LayerNorm model")
+            })?;
+            let out = self.core(&h, &res, ctx)?;
+            post(out)?
+        };
+        Ok(out.to_dtype(mdt)?)
     }
 
     /// `ParallelAdapter`: the core on the un-normalised residual, without its own residual.

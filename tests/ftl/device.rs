@@ -8,6 +8,7 @@ struct Reset;
 impl Drop for Reset {
     fn drop(&mut self) {
         set_path(Path::Auto);
+        ftl::ops::generic::set_chunk_bytes(256 << 20);
     }
 }
 
@@ -15,6 +16,8 @@ impl Drop for Reset {
 fn device_path_reproduces_every_reference() {
     let _reset = Reset;
     set_path(Path::Device);
+    // tiny working copies: the chunked loops (rows of logits, samples of attention) run too
+    ftl::ops::generic::set_chunk_bytes(4096);
     crate::fixtures::check_base_models();
     crate::fixtures::check_adapters();
     crate::training::check_shared_train_fixtures();
