@@ -142,6 +142,7 @@ impl<'a> Cfg<'a> {
             inv_freq: Arc::new(base_inv.clone()),
             attention_scaling: 1.0,
             dynamic: None,
+            device_tables: Default::default(),
         };
         match kind {
             "default" => {}

@@ -42,6 +42,18 @@ pub fn cuda_device(ordinal: usize) -> candle_core::Result<Device> {
     Ok(d)
 }
 
+/// While alive, candle reuses device copies of the small layout vectors every CUDA op uploads,
+/// instead of copying them from pageable host memory each time (which waits for the GPU).
+pub struct SmallUploads(#[allow(dead_code)] Option<Box<dyn std::any::Any>>);
+
+pub fn keep_small_uploads(dev: &Device) -> SmallUploads {
+    match dev {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => SmallUploads(Some(Box::new(d.enable_cuda_graph_htod_cache()))),
+        _ => SmallUploads(None),
+    }
+}
+
 /// What a forward pass runs under: the active adapters, train mode (dropout) and its randomness.
 pub struct Ctx {
     pub active: Vec<String>,
@@ -298,7 +310,8 @@ impl Model {
         ctx: &Ctx,
         cache: Option<&mut Past>,
     ) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
+                let (b, t) = ids.dims2()?;
+        let _uploads = keep_small_uploads(&self.device);
         let ids = ids.to_dtype(DType::U32)?.to_device(&self.device)?;
         let mut key_mask: Vec<u8> = match mask {
             Some(m) => {

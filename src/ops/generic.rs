@@ -406,10 +406,7 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
 /// Rotary embeddings on `[b, t, h, d]`: `(x1, x2) → (x1·c − x2·s, x2·c + x1·s)`.
 pub fn rope(x: &Tensor, r: &Rope, offset: usize) -> Result<Tensor> {
     let (_, t, _, d) = x.dims4()?;
-    let (cos, sin) = r.tables(offset, t);
-    let dev = x.device();
-    let cos = Tensor::from_vec(cos, (t, d / 2), &Device::Cpu)?.to_device(dev)?;
-    let sin = Tensor::from_vec(sin, (t, d / 2), &Device::Cpu)?.to_device(dev)?;
+        let (cos, sin) = r.tables_on(offset, t, x.device())?;
     let rot = move |x: &Tensor, sign: f64| -> Result<Tensor> {
         let h = d / 2;
         let dt = x.dtype();

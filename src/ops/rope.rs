@@ -11,8 +11,11 @@ use std::sync::Arc;
 pub struct Rope {
     pub inv_freq: Arc<Vec<f32>>,
     pub attention_scaling: f32,
-    /// dynamic NTK: (base, dim, factor, original max positions) to recompute for long inputs
+        /// dynamic NTK: (base, dim, factor, original max positions) to recompute for long inputs
     pub dynamic: Option<(f64, usize, f64, usize)>,
+    /// the device path's cos/sin tables for the last (offset, length, device)
+    #[allow(clippy::type_complexity)]
+    pub device_tables: Arc<std::sync::Mutex<Option<((usize, usize, String), Tensor, Tensor)>>>,
 }
 
 impl Rope {
@@ -31,6 +34,23 @@ impl Rope {
             }
             _ => self.inv_freq.clone(),
         }
+    }
+
+        /// cos/sin tables `[t, d/2]` (f32) on `dev`, uploaded once per (offset, length).
+    pub fn tables_on(&self, offset: usize, t: usize, dev: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+        let key = (offset, t, format!("{:?}", dev.location()));
+        let mut c = self.device_tables.lock().unwrap();
+        if let Some((k, cos, sin)) = c.as_ref() {
+            if *k == key {
+                return Ok((cos.clone(), sin.clone()));
+            }
+        }
+        let (cos, sin) = self.tables(offset, t);
+        let h = self.inv_freq.len();
+        let cos = Tensor::from_vec(cos, (t, h), &Device::Cpu)?.to_device(dev)?;
+        let sin = Tensor::from_vec(sin, (t, h), &Device::Cpu)?.to_device(dev)?;
+        *c = Some((key, cos.clone(), sin.clone()));
+        Ok((cos, sin))
     }
 
     /// cos/sin tables `[t, d/2]` for positions `offset..offset+t`.
@@ -163,6 +183,7 @@ mod tests {
             inv_freq: Arc::new(default_inv_freq(10000.0, 8)),
             attention_scaling: 1.0,
             dynamic: None,
+            device_tables: Default::default(),
         };
         let x = var(&[2, 5, 3, 8], 1)?;
         check_fused_vs_composed(&[&x], || rope(x.as_tensor(), &r, 3), 1e-5)

@@ -300,6 +300,37 @@ impl Optimizer {
     }
 }
 
+/// Σ g² over several gradients, kept on the device until asked for (reading it back would wait
+/// for the GPU after every parameter).
+#[derive(Default)]
+pub struct SumSq {
+    host: f64,
+    dev: Option<Tensor>,
+}
+
+impl SumSq {
+    pub fn add(&mut self, g: &Tensor) -> Result<()> {
+        if g.device().is_cpu() {
+            self.host += sum_sq(g)?;
+        } else {
+            let s = g.to_dtype(DType::F32)?.sqr()?.sum_all()?;
+            self.dev = Some(match self.dev.take() {
+                Some(d) => (d + s)?,
+                None => s,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn total(&self) -> Result<f64> {
+        Ok(self.host
+            + match &self.dev {
+                Some(d) => d.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+                None => 0.0,
+            })
+    }
+}
+
 /// Σ g² of one gradient (one parallel pass, no temporary, on the CPU).
 pub fn sum_sq(g: &Tensor) -> Result<f64> {
     Ok(if cpu_f32(g) {
