@@ -48,6 +48,9 @@ pub struct BenchArgs {
     pub dtype: String,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// run the device path on the CPU too (to study what the GPU path keeps alive)
+    #[arg(long, hide = true)]
+    pub device_path: bool,
 }
 
 fn device(s: &str) -> Result<Device> {
@@ -71,6 +74,9 @@ fn select(m: &mut crate::Model, names: &[&str]) -> Vec<String> {
 /// Runs one method; the JSON line.
 pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
     let dev = device(&a.device)?;
+    if a.device_path {
+        crate::ops::set_path(crate::ops::Path::Device);
+    }
     let dtype = match a.dtype.as_str() {
         "f32" => DType::F32,
         "bf16" => DType::BF16,

@@ -56,7 +56,9 @@ impl Linear {
         let w = self.weight.get(ctx);
         let b = self.bias.as_ref().map(|b| b.get(ctx));
         if let Some(l) = self.single_plain_lora(ctx) {
-            if ops::fused(x) && ops::fused(&w) {
+            // one op with its own backward (fused on the CPU, the device path elsewhere) keeps
+            // only the input alive, where the composed branch keeps an f32 copy of it
+            if !ops::composed_only() {
                 let (a, bm) = (l.a.get(ctx), l.b.get(ctx));
                 return Ok(ops::lora_linear(
                     x,

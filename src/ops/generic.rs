@@ -29,12 +29,40 @@ type Bwd = Arc<dyn Fn(&[&Tensor], &Tensor) -> Result<Grads> + Send + Sync>;
 /// An op whose output was computed already and whose backward pass is `bwd`.
 struct Attach {
     /// the precomputed output, handed over (and dropped here) by the forward call
-    out: std::sync::Mutex<Option<Tensor>>,
+    out: std::sync::Mutex<Option<Out>>,
     bwd: Bwd,
 }
 
+/// A precomputed output: a tensor to copy, or the storage taken from a fresh one.
+enum Out {
+    Copy(Tensor),
+    Moved(Storage, Shape),
+}
+
+/// Takes the storage out of a tensor, leaving a one-element stand-in (see `attach_fresh`).
+struct Steal(std::sync::Mutex<Option<Storage>>);
+
+impl candle_core::InplaceOp1 for Steal {
+    fn name(&self) -> &'static str {
+        "ftl-steal"
+    }
+    fn cpu_fwd(&self, s: &mut CpuStorage, _: &Layout) -> Result<()> {
+        let taken = std::mem::replace(s, CpuStorage::U8(vec![0]));
+        *self.0.lock().unwrap() = Some(Storage::Cpu(taken));
+        Ok(())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &mut candle_core::CudaStorage, _: &Layout) -> Result<()> {
+        use candle_core::backend::{BackendDevice, BackendStorage};
+        let stand_in = s.device().zeros_impl(&Shape::from(1usize), s.dtype())?;
+        let taken = std::mem::replace(s, stand_in);
+        *self.0.lock().unwrap() = Some(Storage::Cuda(taken));
+        Ok(())
+    }
+}
+
 impl Attach {
-    fn take(&self) -> Result<Tensor> {
+    fn take(&self) -> Result<Out> {
         match self.out.lock().unwrap().take() {
             Some(t) => Ok(t),
             None => candle_core::bail!("attach: output taken twice"),
@@ -43,10 +71,15 @@ impl Attach {
 
     fn copy_cpu(&self) -> Result<(CpuStorage, Shape)> {
         use candle_core::backend::BackendStorage;
-        let out = self.take()?;
-        let (s, l) = out.storage_and_layout();
-        match &*s {
-            Storage::Cpu(c) => Ok((c.try_clone(l)?, out.shape().clone())),
+        match self.take()? {
+            Out::Moved(Storage::Cpu(c), shape) => Ok((c, shape)),
+            Out::Copy(out) => {
+                let (s, l) = out.storage_and_layout();
+                match &*s {
+                    Storage::Cpu(c) => Ok((c.try_clone(l)?, out.shape().clone())),
+                    _ => candle_core::bail!("attach: output on another device"),
+                }
+            }
             _ => candle_core::bail!("attach: output on another device"),
         }
     }
@@ -54,10 +87,15 @@ impl Attach {
     #[cfg(feature = "cuda")]
     fn copy_cuda(&self) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::backend::BackendStorage;
-        let out = self.take()?;
-        let (s, l) = out.storage_and_layout();
-        match &*s {
-            Storage::Cuda(c) => Ok((c.try_clone(l)?, out.shape().clone())),
+        match self.take()? {
+            Out::Moved(Storage::Cuda(c), shape) => Ok((c, shape)),
+            Out::Copy(out) => {
+                let (s, l) = out.storage_and_layout();
+                match &*s {
+                    Storage::Cuda(c) => Ok((c.try_clone(l)?, out.shape().clone())),
+                    _ => candle_core::bail!("attach: output on another device"),
+                }
+            }
             _ => candle_core::bail!("attach: output on another device"),
         }
     }
@@ -173,11 +211,33 @@ impl CustomOp3 for Attach {
 
 /// `out` (computed without a graph from `args`) with `bwd` as its backward pass.
 fn attach(args: &[&Tensor], out: Tensor, bwd: Bwd) -> Result<Tensor> {
+    attach_out(args, out, bwd, false)
+}
+
+/// `attach` for an `out` whose storage nothing else shares (a fresh result, not a view of an
+/// input): its storage moves into the graph instead of being copied.
+fn attach_fresh(args: &[&Tensor], out: Tensor, bwd: Bwd) -> Result<Tensor> {
+    attach_out(args, out, bwd, true)
+}
+
+fn attach_out(args: &[&Tensor], out: Tensor, bwd: Bwd, fresh: bool) -> Result<Tensor> {
     if !args.iter().any(|a| needs_grad(a)) {
         return Ok(out);
     }
+    let out = out.contiguous()?;
+    let out = if fresh && out.layout().start_offset() == 0 {
+        let steal = Steal(std::sync::Mutex::new(None));
+        out.inplace_op1(&steal)?;
+        let taken = steal.0.lock().unwrap().take();
+        match taken {
+            Some(s) => Out::Moved(s, out.shape().clone()),
+            None => candle_core::bail!("attach: storage not taken"),
+        }
+    } else {
+        Out::Copy(out)
+    };
     let op = Attach {
-        out: std::sync::Mutex::new(Some(out.contiguous()?)),
+        out: std::sync::Mutex::new(Some(out)),
         bwd,
     };
     match args {
@@ -185,6 +245,28 @@ fn attach(args: &[&Tensor], out: Tensor, bwd: Bwd) -> Result<Tensor> {
         [a, b] => a.apply_op2(b, op),
         [a, b, c] => a.apply_op3(b, c, op),
         _ => candle_core::bail!("attach: 1 to 3 inputs"),
+    }
+}
+
+/// A scalar whose backward pass hands `g` to `out` as its gradient: how a backward pass continues
+/// below a layer boundary, without a product and a sum over the whole activation.
+pub fn seed_grad(out: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let g = g.detach();
+    let zero = Tensor::zeros((), out.dtype(), out.device())?;
+    let bwd: Bwd = Arc::new(move |_: &[&Tensor], _: &Tensor| Ok(vec![Some(g.clone())]));
+    attach(&[out], zero, bwd)
+}
+
+/// Whether `t` takes ftl's own CUDA kernels.
+fn kernels(t: &Tensor) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        super::cuda::usable(t)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = t;
+        false
     }
 }
 
@@ -236,8 +318,8 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> R
         Ok(v)
     });
     match b {
-        Some(b) => attach(&[x, w, b], y, bwd),
-        None => attach(&[x, w], y, bwd),
+        Some(b) => attach_fresh(&[x, w, b], y, bwd),
+        None => attach_fresh(&[x, w], y, bwd),
     }
 }
 
@@ -308,7 +390,7 @@ pub fn lora_linear(
         };
         Ok(vec![dx, dw, dpack])
     });
-    let y = attach(&[x, w, &pack], y, bwd)?;
+    let y = attach_fresh(&[x, w, &pack], y, bwd)?;
     match b {
         Some(b) if needs_grad(b) => y.broadcast_add(b),
         _ => Ok(y),
@@ -317,6 +399,16 @@ pub fn lora_linear(
 
 /// HF's `LlamaRMSNorm`: normalised in f32, cast back, scaled by `w`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if kernels(x) {
+        let x = &x.contiguous()?;
+        let y = super::cuda::rms_fwd(&x.detach(), &w.detach(), eps)?;
+        let bwd: Bwd = Arc::new(move |a: &[&Tensor], g: &Tensor| {
+            let (dx, dw) = super::cuda::rms_bwd(&a[0].detach(), &a[1].detach(), g, eps, needs_grad(a[0]), needs_grad(a[1]))?;
+            Ok(vec![dx, dw.map(|d| d.to_dtype(a[1].dtype())).transpose()?])
+        });
+        return attach_fresh(&[x, w], y, bwd);
+    }
     let dt = x.dtype();
     let xf = x.detach().to_dtype(DType::F32)?;
     let r = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?
@@ -406,7 +498,13 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
 /// Rotary embeddings on `[b, t, h, d]`: `(x1, x2) → (x1·c − x2·s, x2·c + x1·s)`.
 pub fn rope(x: &Tensor, r: &Rope, offset: usize) -> Result<Tensor> {
     let (_, t, _, d) = x.dims4()?;
-        let (cos, sin) = r.tables_on(offset, t, x.device())?;
+            let (cos, sin) = r.tables_on(offset, t, x.device())?;
+    #[cfg(feature = "cuda")]
+    if kernels(x) {
+        let x = &x.contiguous()?;
+        let y = super::cuda::rope(&x.detach(), &cos, &sin, 1.0)?;
+        return attach_fresh(&[x], y, Arc::new(move |_a: &[&Tensor], g: &Tensor| Ok(vec![Some(super::cuda::rope(g, &cos, &sin, -1.0)?)])));
+    }
     let rot = move |x: &Tensor, sign: f64| -> Result<Tensor> {
         let h = d / 2;
         let dt = x.dtype();
@@ -433,6 +531,16 @@ pub fn rope(x: &Tensor, r: &Rope, offset: usize) -> Result<Tensor> {
 
 /// `silu(gate) · up`.
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if kernels(gate) && gate.shape() == up.shape() {
+        let (gate, up) = (&gate.contiguous()?, &up.contiguous()?);
+        let y = super::cuda::silu_mul(&gate.detach(), &up.detach())?;
+        let bwd: Bwd = Arc::new(|a: &[&Tensor], g: &Tensor| {
+            let (dg, du) = super::cuda::silu_mul_bwd(&a[0].detach(), &a[1].detach(), g, needs_grad(a[0]), needs_grad(a[1]))?;
+            Ok(vec![dg, du.map(|d| d.to_dtype(a[1].dtype())).transpose()?])
+        });
+        return attach_fresh(&[gate, up], y, bwd);
+    }
     let y = gate.detach().silu()?.mul(&up.detach())?;
     let bwd: Bwd = Arc::new(|a: &[&Tensor], g: &Tensor| {
         let dt = a[0].dtype();
@@ -458,6 +566,24 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 }
 
 impl AttnMask {
+    /// The key mask `[b, tk]` as u8 on `dev` (all ones without padding), once per mask.
+    fn device_key_valid(&self, b: usize, tk: usize, dev: &Device) -> Result<Tensor> {
+        let key = (b, tk, format!("{:?}", dev.location()));
+        let mut cache = self.kv_cache.lock().unwrap();
+        if let Some((k, t)) = cache.as_ref() {
+            if *k == key {
+                return Ok(t.clone());
+            }
+        }
+        let v: Vec<u8> = match &self.key_valid {
+            Some(kv) => kv.iter().map(|&x| (x != 0) as u8).collect(),
+            None => vec![1; b * tk],
+        };
+        let t = Tensor::from_vec(v, (b, tk), &Device::Cpu)?.to_device(dev)?;
+        *cache = Some((key, t.clone()));
+        Ok(t)
+    }
+
     /// Additive f32 bias `[b, 1, 1, tq, tk]` and the `[b, 1, 1, tq, 1]` factor zeroing queries with
     /// no visible key, on `dev`; computed once per mask.
     fn device_bias(
@@ -497,158 +623,142 @@ impl AttnMask {
     }
 }
 
+/// How attention hides keys: an additive bias (composed ops), or the kernel's own test.
+#[derive(Clone)]
+enum Masking {
+    Bias(Tensor, Tensor),
+    #[allow(dead_code)]
+    Kernel { kv: Tensor, causal: bool, offset: usize, window: Option<usize> },
+}
+
+impl Masking {
+    /// Samples `s..s+n` of the batch.
+    fn cut(&self, s: usize, n: usize) -> Result<Masking> {
+        Ok(match self {
+            Masking::Bias(b, r) => Masking::Bias(b.narrow(0, s, n)?, r.narrow(0, s, n)?),
+            Masking::Kernel { kv, causal, offset, window } => Masking::Kernel {
+                kv: kv.narrow(0, s, n)?,
+                causal: *causal,
+                offset: *offset,
+                window: *window,
+            },
+        })
+    }
+}
+
 /// Attention with GQA by grouping: the queries of the `rep` heads that share a key/value head are
 /// stacked, so keys and values are never repeated. `q` `[b, tq, h, d]`, `k`/`v` `[b, tk, hkv, d]`.
-pub fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: &AttnMask,
-    scale: f32,
-) -> Result<Tensor> {
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, scale: f32) -> Result<Tensor> {
     let (b, tq, h, _) = q.dims4()?;
     let (_, tk, _, _) = k.dims4()?;
     // samples in chunks, so the f32 scores stay small
     let bchunk = (chunk_bytes() / (h * tq * tk * 4).max(1)).clamp(1, b);
-    let (bias, rows) = mask.device_bias(b, tq, tk, q.device())?;
-    let chunks: Vec<(usize, usize)> = (0..b)
-        .step_by(bchunk)
-        .map(|s| (s, bchunk.min(b - s)))
-        .collect();
-    let cut = move |t: &Tensor, s: usize, n: usize| -> Result<Tensor> {
-        if n == b {
-            Ok(t.clone())
-        } else {
-            t.narrow(0, s, n)
+    let masking = if kernels(q) {
+        Masking::Kernel {
+            kv: mask.device_key_valid(b, tk, q.device())?,
+            causal: mask.causal,
+            offset: mask.offset,
+            window: mask.window,
         }
+    } else {
+        let (bias, rows) = mask.device_bias(b, tq, tk, q.device())?;
+        Masking::Bias(bias, rows)
     };
+    let chunks: Vec<(usize, usize)> = (0..b).step_by(bchunk).map(|s| (s, bchunk.min(b - s))).collect();
+    let whole = chunks.len() == 1;
+    let cut = move |t: &Tensor, s: usize, n: usize| -> Result<Tensor> { if whole { Ok(t.clone()) } else { t.narrow(0, s, n) } };
+    let cut_mask = move |m: &Masking, s: usize, n: usize| -> Result<Masking> { if whole { Ok(m.clone()) } else { m.cut(s, n) } };
     let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
     let mut outs = Vec::with_capacity(chunks.len());
     for &(s, n) in &chunks {
-        let (bs, rs) = (cut(&bias, s, n)?, cut(&rows, s, n)?);
-        outs.push(attn_fwd(
-            &cut(&qd, s, n)?,
-            &cut(&kd, s, n)?,
-            &cut(&vd, s, n)?,
-            &bs,
-            &rs,
-            scale,
-        )?);
+        let m = cut_mask(&masking, s, n)?;
+        outs.push(attn_fwd(&cut(&qd, s, n)?, &cut(&kd, s, n)?, &cut(&vd, s, n)?, &m, scale)?);
     }
-    let y = if outs.len() == 1 {
-        outs.pop().unwrap()
-    } else {
-        Tensor::cat(&outs, 0)?
-    };
+    let cat = |mut v: Vec<Tensor>| -> Result<Tensor> { if v.len() == 1 { Ok(v.pop().unwrap()) } else { Tensor::cat(&v, 0) } };
+    let y = cat(outs)?;
     let bwd: Bwd = Arc::new(move |a: &[&Tensor], g: &Tensor| {
         let (q, k, v) = (a[0].detach(), a[1].detach(), a[2].detach());
         let (mut dq, mut dk, mut dv) = (Vec::new(), Vec::new(), Vec::new());
         for &(s, n) in &chunks {
-            let (bs, rs) = (cut(&bias, s, n)?, cut(&rows, s, n)?);
-            let (a, b_, c) = attn_bwd(
-                &cut(&q, s, n)?,
-                &cut(&k, s, n)?,
-                &cut(&v, s, n)?,
-                &cut(g, s, n)?,
-                &bs,
-                &rs,
-                scale,
-            )?;
+            let m = cut_mask(&masking, s, n)?;
+            let (a, b_, c) = attn_bwd(&cut(&q, s, n)?, &cut(&k, s, n)?, &cut(&v, s, n)?, &cut(g, s, n)?, &m, scale)?;
             dq.push(a);
             dk.push(b_);
             dv.push(c);
         }
-        let cat = |mut v: Vec<Tensor>| -> Result<Tensor> {
-            if v.len() == 1 {
-                Ok(v.pop().unwrap())
-            } else {
-                Tensor::cat(&v, 0)
-            }
-        };
         Ok(vec![Some(cat(dq)?), Some(cat(dk)?), Some(cat(dv)?)])
     });
-    attach(&[q, k, v], y, bwd)
+    attach_fresh(&[q, k, v], y, bwd)
 }
 
 /// `[b, tq, h, d]` → `[b, hkv, rep·tq, d]` and back.
 fn group(x: &Tensor, hkv: usize) -> Result<Tensor> {
     let (b, tq, h, d) = x.dims4()?;
-    x.reshape((b, tq, hkv, h / hkv, d))?
-        .permute((0, 2, 3, 1, 4))?
-        .reshape((b, hkv, h / hkv * tq, d))?
-        .contiguous()
+    x.reshape((b, tq, hkv, h / hkv, d))?.permute((0, 2, 3, 1, 4))?.reshape((b, hkv, h / hkv * tq, d))?.contiguous()
 }
 
 fn ungroup(x: &Tensor, tq: usize) -> Result<Tensor> {
     let (b, hkv, rt, d) = x.dims4()?;
     let rep = rt / tq;
-    x.reshape((b, hkv, rep, tq, d))?
-        .permute((0, 3, 1, 2, 4))?
-        .reshape((b, tq, hkv * rep, d))
+    x.reshape((b, hkv, rep, tq, d))?.permute((0, 3, 1, 2, 4))?.reshape((b, tq, hkv * rep, d))
 }
 
-/// Probabilities `[b, hkv, rep·tq, tk]` (f32) of grouped queries against head-major keys.
-fn attn_probs(
-    qg: &Tensor,
-    kh: &Tensor,
-    bias: &Tensor,
-    rows: &Tensor,
-    tq: usize,
-    scale: f32,
-) -> Result<Tensor> {
+/// Probabilities `[b, hkv, rep·tq, tk]` of grouped queries against head-major keys, in `out`.
+/// The scores are f32 (as the fused attention of PyTorch keeps them).
+fn attn_probs(qg: &Tensor, kh: &Tensor, m: &Masking, tq: usize, scale: f32, out: DType) -> Result<Tensor> {
     let (b, hkv, rt, _) = qg.dims4()?;
     let tk = kh.dim(2)?;
-    let s = qg.matmul(&kh.t()?)?.to_dtype(DType::F32)?;
-    let s = (s * scale as f64)?.reshape((b, hkv, rt / tq, tq, tk))?;
-    let p = candle_nn::ops::softmax_last_dim(&s.broadcast_add(bias)?)?.broadcast_mul(rows)?;
-    p.reshape((b, hkv, rt, tk))
+    match m {
+        Masking::Bias(bias, rows) => {
+            let s = qg.matmul(&kh.t()?)?.to_dtype(DType::F32)?;
+            let s = (s * scale as f64)?.reshape((b, hkv, rt / tq, tq, tk))?;
+            let p = candle_nn::ops::softmax_last_dim(&s.broadcast_add(bias)?)?.broadcast_mul(rows)?;
+            p.reshape((b, hkv, rt, tk))?.to_dtype(out)
+        }
+        #[cfg(feature = "cuda")]
+        Masking::Kernel { kv, causal, offset, window } => {
+            let s = qg.to_dtype(DType::F32)?.matmul(&kh.to_dtype(DType::F32)?.t()?)?;
+            let p = super::cuda::attn_softmax(&s.reshape((b * hkv * rt, tk))?, kv, out, tq, hkv * rt, *causal, *offset, *window, scale)?;
+            p.reshape((b, hkv, rt, tk))
+        }
+        #[cfg(not(feature = "cuda"))]
+        Masking::Kernel { .. } => candle_core::bail!("attention kernels need the cuda feature"),
+    }
 }
 
-fn attn_fwd(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    bias: &Tensor,
-    rows: &Tensor,
-    scale: f32,
-) -> Result<Tensor> {
+fn attn_fwd(q: &Tensor, k: &Tensor, v: &Tensor, m: &Masking, scale: f32) -> Result<Tensor> {
     let (_, tq, _, _) = q.dims4()?;
     let hkv = k.dim(2)?;
     let qg = group(q, hkv)?;
-    let (kh, vh) = (
-        k.transpose(1, 2)?.contiguous()?,
-        v.transpose(1, 2)?.contiguous()?,
-    );
-    let p = attn_probs(&qg, &kh, bias, rows, tq, scale)?;
-    ungroup(&p.to_dtype(v.dtype())?.matmul(&vh)?, tq)
+    let (kh, vh) = (k.transpose(1, 2)?.contiguous()?, v.transpose(1, 2)?.contiguous()?);
+    let p = attn_probs(&qg, &kh, m, tq, scale, v.dtype())?;
+    ungroup(&p.matmul(&vh)?, tq)
 }
 
 /// Gradients of q, k, v, recomputing the probabilities; the matrix products in the inputs' dtype
 /// (bf16 on a GPU), the softmax part in f32.
-fn attn_bwd(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    g: &Tensor,
-    bias: &Tensor,
-    rows: &Tensor,
-    scale: f32,
-) -> Result<(Tensor, Tensor, Tensor)> {
+fn attn_bwd(q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor, m: &Masking, scale: f32) -> Result<(Tensor, Tensor, Tensor)> {
     let (_, tq, _, _) = q.dims4()?;
     let hkv = k.dim(2)?;
     let dt = q.dtype();
     let qg = group(q, hkv)?;
-    let (kh, vh) = (
-        k.transpose(1, 2)?.contiguous()?,
-        v.transpose(1, 2)?.contiguous()?,
-    );
-    let p = attn_probs(&qg, &kh, bias, rows, tq, scale)?;
+    let (kh, vh) = (k.transpose(1, 2)?.contiguous()?, v.transpose(1, 2)?.contiguous()?);
+    let p = attn_probs(&qg, &kh, m, tq, scale, DType::F32)?;
     let go = group(&g.to_dtype(dt)?, hkv)?;
-    let pd = p.to_dtype(dt)?;
-    let dv = pd.t()?.matmul(&go)?; // [b, hkv, tk, d]
-    let dp = go.matmul(&vh.t()?)?.to_dtype(DType::F32)?;
-    let dot = (&dp * &p)?.sum_keepdim(D::Minus1)?;
-    let ds = (p.mul(&dp.broadcast_sub(&dot)?)? * scale as f64)?.to_dtype(dt)?;
+    let dv = p.to_dtype(dt)?.t()?.matmul(&go)?; // [b, hkv, tk, d]
+    let dp = go.matmul(&vh.t()?)?;
+    let ds = match m {
+        #[cfg(feature = "cuda")]
+        Masking::Kernel { .. } => {
+            let (b, h, r, t) = p.dims4()?;
+            super::cuda::attn_softmax_bwd(&p.reshape((b * h * r, t))?, &dp.reshape((b * h * r, t))?, scale)?.reshape((b, h, r, t))?
+        }
+        _ => {
+            let dp = dp.to_dtype(DType::F32)?;
+            let dot = (&dp * &p)?.sum_keepdim(D::Minus1)?;
+            (p.mul(&dp.broadcast_sub(&dot)?)? * scale as f64)?.to_dtype(dt)?
+        }
+    };
     let dq = ds.matmul(&kh)?;
     let dk = ds.t()?.matmul(&qg)?;
     let back = |x: Tensor| -> Result<Tensor> { x.transpose(1, 2)?.contiguous() };
@@ -658,6 +768,17 @@ fn attn_bwd(
 /// Σ −log softmax(logits)[label] over labelled rows; `logits` `[n, vocab]`.
 pub fn cross_entropy_sum(logits: &Tensor, labels: &[i64]) -> Result<Tensor> {
     let (n, v) = logits.dims2()?;
+    #[cfg(feature = "cuda")]
+    if kernels(logits) {
+        let logits = &logits.contiguous()?;
+        // labels as i32 bit patterns (-100: ignored)
+        let lab: Vec<u32> = labels.iter().map(|&l| l as i32 as u32).collect();
+        let lab = Tensor::from_vec(lab, n, &Device::Cpu)?.to_device(logits.device())?;
+        let loss = super::cuda::ce_rows(&logits.detach(), &lab)?.sum_all()?;
+        let bwd: Bwd = Arc::new(move |a: &[&Tensor], g: &Tensor| Ok(vec![Some(super::cuda::ce_bwd(&a[0].detach(), &lab, g)?)]));
+        let _ = v;
+        return attach(&[logits], loss, bwd);
+    }
     let dev = logits.device().clone();
     let keep: Vec<f32> = labels
         .iter()

@@ -7,6 +7,8 @@
 
 pub mod act;
 pub mod attention;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod generic;
 pub mod linear;
 pub mod loss;
@@ -18,6 +20,7 @@ use std::cell::Cell;
 
 pub use act::{gelu, gelu_tanh, silu_mul, Activation};
 pub use attention::{attention, AttnMask};
+pub use generic::seed_grad;
 pub use linear::{linear, lora_linear};
 pub use loss::{cross_entropy_sum, IGNORE_INDEX};
 pub use norm::{layer_norm, rms_norm};
@@ -58,7 +61,7 @@ pub fn fused(t: &Tensor) -> bool {
 }
 
 /// True when ops must use the composed reference.
-pub(crate) fn composed_only() -> bool {
+pub fn composed_only() -> bool {
     path() == Path::Composed
 }
 

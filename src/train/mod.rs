@@ -513,7 +513,7 @@ fn accumulate(
             // the gradient that reached the next boundary down continues below it
             while let Some((var, out)) = segments.pop() {
                 if let Some(g) = grads.get(var.as_tensor()) {
-                    top = Some(out.mul(g)?.sum_all()?);
+                    top = Some(crate::ops::seed_grad(&out, g)?);
                     break;
                 }
             }

@@ -255,6 +255,22 @@ impl Optimizer {
                     let (Some(Buf::Dev(m)), Some(Buf::Dev(v))) = (&st.m, &st.v) else {
                         unreachable!()
                     };
+                                        #[cfg(feature = "cuda")]
+                    if crate::ops::cuda::usable(t) && m.dtype() == t.dtype() {
+                        crate::ops::cuda::adamw(
+                            t,
+                            g,
+                            m,
+                            v,
+                            (1.0 - lr * wd) as f32,
+                            beta1 as f32,
+                            beta2 as f32,
+                            eps as f32,
+                            step_size as f32,
+                            bc2.sqrt() as f32,
+                        )?;
+                        return Ok(());
+                    }
                     // in f32, stored in the state's dtype (bf16 for bf16 weights, as torch's AdamW)
                     let sdt = m.dtype();
                     let g = g.to_dtype(DType::F32)?;

@@ -1,0 +1,414 @@
+//! CUDA kernels of the device path (`kernels.cu`, compiled to PTX by build.rs): one launch
+//! instead of a chain of candle ops for the element-wise parts of attention, cross-entropy,
+//! RMSNorm, rotary embeddings, SwiGLU and AdamW. Tensors must be contiguous, f32 or bf16.
+
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
+};
+use std::sync::Arc;
+use candle_core::cuda_backend::WrapErr;
+use candle_core::op::BackpropOp;
+use candle_core::{CudaDevice, CudaStorage, DType, Result, Shape, Storage, Tensor};
+use half::bf16;
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
+
+/// Whether `t` (and its dtype) takes the kernels.
+pub fn usable(t: &Tensor) -> bool {
+    t.device().is_cuda() && matches!(t.dtype(), DType::F32 | DType::BF16)
+}
+
+fn sfx(dt: DType) -> Result<&'static str> {
+    Ok(match dt {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        other => candle_core::bail!("ftl kernels: dtype {other:?}"),
+    })
+}
+
+fn dev_of(t: &Tensor) -> Result<CudaDevice> {
+    match t.device() {
+        candle_core::Device::Cuda(d) => Ok(d.clone()),
+        _ => candle_core::bail!("ftl kernels: not a CUDA tensor"),
+    }
+}
+
+/// A loaded kernel and the stream it launches on (candle's own `CudaFunc` is not exported).
+struct Func {
+    func: CudaFunction,
+    stream: Arc<CudaStream>,
+}
+
+impl Func {
+    fn builder(&self) -> LaunchArgs<'_> {
+        self.stream.launch_builder(&self.func)
+    }
+}
+
+fn func(dev: &CudaDevice, name: &str, dt: DType) -> Result<Func> {
+    let f = dev.get_or_load_custom_func(&format!("{name}_{}", sfx(dt)?), "ftl_kernels", PTX)?;
+    Ok(Func { func: f.into_cuda_function(), stream: dev.cuda_stream() })
+}
+
+fn rows_cfg(rows: usize, cols: usize) -> LaunchConfig {
+    let threads = cols.next_power_of_two().clamp(32, 1024) as u32;
+    LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Longest row the one-warp-per-row kernels hold in registers (32 lanes × 32).
+const WARP_ROW: usize = 1024;
+
+/// Eight rows (warps) per block.
+fn warp_rows_cfg(rows: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (rows.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn elem_cfg(n: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (n.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// A view of a contiguous CUDA tensor's data.
+macro_rules! view {
+    ($guard:ident, $t:expr, $ty:ty) => {{
+        let (o1, o2) = $t.layout().contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("ftl kernels: input not contiguous".into()))?;
+        match &*$guard {
+            Storage::Cuda(c) => c.as_cuda_slice::<$ty>()?.slice(o1..o2),
+            _ => candle_core::bail!("ftl kernels: not a CUDA tensor"),
+        }
+    }};
+}
+
+fn wrap<T: candle_core::cuda_backend::CudaDType + DeviceRepr>(s: CudaSlice<T>, dev: &CudaDevice, shape: impl Into<Shape>) -> Tensor {
+    Tensor::from_storage(Storage::Cuda(CudaStorage::wrap_cuda_slice(s, dev.clone())), shape, BackpropOp::none(), false)
+}
+
+/// Runs `f` with a typed view of `t`; dispatches on f32 / bf16.
+macro_rules! typed {
+    ($t:expr, |$v:ident: $ty:ident| $body:expr) => {{
+        let t = $t.contiguous()?;
+        let (g, _) = t.storage_and_layout();
+        match t.dtype() {
+            DType::F32 => {
+                type $ty = f32;
+                let $v: CudaView<'_, f32> = view!(g, t, f32);
+                $body
+            }
+            DType::BF16 => {
+                type $ty = bf16;
+                let $v: CudaView<'_, bf16> = view!(g, t, bf16);
+                $body
+            }
+            other => candle_core::bail!("ftl kernels: dtype {other:?}"),
+        }
+    }};
+}
+
+/// Masked softmax of attention scores `s` `[rows, tk]` (f32) into `out` dtype; `kv` `[b, tk]` u8.
+#[allow(clippy::too_many_arguments)]
+pub fn attn_softmax(s: &Tensor, kv: &Tensor, out: DType, tq: usize, rows_per_b: usize, causal: bool, offset: usize, window: Option<usize>, scale: f32) -> Result<Tensor> {
+    let dev = dev_of(s)?;
+    let s = s.contiguous()?;
+    let kv = kv.contiguous()?;
+    let (rows, tk) = s.dims2()?;
+    let (gs, _) = s.storage_and_layout();
+    let (gk, _) = kv.storage_and_layout();
+    let sv = view!(gs, s, f32);
+    let kvv = view!(gk, kv, u8);
+    // rows that fit a warp's registers take the one-warp-per-row kernel
+    let warp = tk <= WARP_ROW;
+    let f = func(&dev, if warp { "attn_softmax_fwd_w" } else { "attn_softmax_fwd" }, out)?;
+    let (tk_, tq_, rpb, causal_, offset_, window_) = (tk as i32, tq as i32, rows_per_b as i32, causal as i32, offset as i32, window.unwrap_or(0) as i32);
+    let rows_ = rows as i64;
+    let n = rows * tk;
+    macro_rules! go {
+        ($ty:ty) => {{
+            let dst = unsafe { dev.alloc::<$ty>(n)? };
+            let mut b = f.builder();
+            b.arg(&sv);
+            b.arg(&dst);
+            b.arg(&kvv);
+            if warp {
+                b.arg(&rows_);
+            }
+            b.arg(&tk_);
+            b.arg(&tq_);
+            b.arg(&rpb);
+            b.arg(&causal_);
+            b.arg(&offset_);
+            b.arg(&window_);
+            b.arg(&scale);
+            let cfg = if warp { warp_rows_cfg(rows) } else { rows_cfg(rows, tk) };
+            unsafe { b.launch(cfg) }.w()?;
+            Ok(wrap(dst, &dev, (rows, tk)))
+        }};
+    }
+    match out {
+        DType::F32 => go!(f32),
+        DType::BF16 => go!(bf16),
+        o => candle_core::bail!("attn_softmax: dtype {o:?}"),
+    }
+}
+
+/// `dS = P ⊙ (dP − Σ P⊙dP) · scale`, P f32, dS of dP's dtype.
+pub fn attn_softmax_bwd(p: &Tensor, dp: &Tensor, scale: f32) -> Result<Tensor> {
+    let dev = dev_of(p)?;
+    let p = p.contiguous()?;
+    let (rows, tk) = p.dims2()?;
+    let (gp, _) = p.storage_and_layout();
+    let pv = view!(gp, p, f32);
+    let warp = tk <= WARP_ROW;
+    let f = func(&dev, if warp { "attn_softmax_bwd_w" } else { "attn_softmax_bwd" }, dp.dtype())?;
+    let tk_ = tk as i32;
+    let rows_ = rows as i64;
+    typed!(dp, |dv: Ty| {
+        let dst = unsafe { dev.alloc::<Ty>(rows * tk)? };
+        let mut b = f.builder();
+        b.arg(&pv);
+        b.arg(&dv);
+        b.arg(&dst);
+        if warp {
+            b.arg(&rows_);
+        }
+        b.arg(&tk_);
+        b.arg(&scale);
+        let cfg = if warp { warp_rows_cfg(rows) } else { rows_cfg(rows, tk) };
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(wrap(dst, &dev, (rows, tk)))
+    })
+}
+
+/// Per-row cross-entropy `lse − x[label]` (0 where label < 0) `[n]` f32; labels i32 on the device.
+pub fn ce_rows(x: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let dev = dev_of(x)?;
+    let (n, v) = x.dims2()?;
+    let labels = labels.contiguous()?;
+    let (gl, _) = labels.storage_and_layout();
+    let lv = view!(gl, labels, u32);
+    let f = func(&dev, "ce_fwd", x.dtype())?;
+    let v_ = v as i32;
+    typed!(x, |xv: _Ty| {
+        let dst = unsafe { dev.alloc::<f32>(n)? };
+        let mut b = f.builder();
+        b.arg(&xv);
+        b.arg(&lv);
+        b.arg(&dst);
+        b.arg(&v_);
+        unsafe { b.launch(rows_cfg(n, v)) }.w()?;
+        Ok(wrap(dst, &dev, n))
+    })
+}
+
+/// `(softmax(x) − onehot(label)) · g` per row (0 for ignored rows); `g` a 1-element f32 tensor.
+pub fn ce_bwd(x: &Tensor, labels: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let dev = dev_of(x)?;
+    let (n, v) = x.dims2()?;
+    let labels = labels.contiguous()?;
+    let g = g.to_dtype(DType::F32)?.reshape(1)?.contiguous()?;
+    let (gl, _) = labels.storage_and_layout();
+    let lv = view!(gl, labels, u32);
+    let (gg, _) = g.storage_and_layout();
+    let gv = view!(gg, g, f32);
+    let f = func(&dev, "ce_bwd", x.dtype())?;
+    let v_ = v as i32;
+    typed!(x, |xv: Ty| {
+        let dst = unsafe { dev.alloc::<Ty>(n * v)? };
+        let mut b = f.builder();
+        b.arg(&xv);
+        b.arg(&lv);
+        b.arg(&gv);
+        b.arg(&dst);
+        b.arg(&v_);
+        unsafe { b.launch(rows_cfg(n, v)) }.w()?;
+        Ok(wrap(dst, &dev, (n, v)))
+    })
+}
+
+fn rows_of(t: &Tensor) -> Result<(usize, usize)> {
+    let n = t.dim(candle_core::D::Minus1)?;
+    Ok((t.elem_count() / n.max(1), n))
+}
+
+pub fn rms_fwd(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let dev = dev_of(x)?;
+    let (rows, n) = rows_of(x)?;
+    let w = w.to_dtype(x.dtype())?.contiguous()?;
+    let (gw, _) = w.storage_and_layout();
+    let f = func(&dev, "rms_fwd", x.dtype())?;
+    let (n_, eps_) = (n as i32, eps as f32);
+    let shape = x.shape().clone();
+    typed!(x, |xv: Ty| {
+        let wv = view!(gw, w, Ty);
+        let dst = unsafe { dev.alloc::<Ty>(rows * n)? };
+        let mut b = f.builder();
+        b.arg(&xv);
+        b.arg(&wv);
+        b.arg(&dst);
+        b.arg(&n_);
+        b.arg(&eps_);
+        unsafe { b.launch(rows_cfg(rows, n)) }.w()?;
+        Ok(wrap(dst, &dev, shape))
+    })
+}
+
+/// `(dx, dw)` of RMSNorm; `dw` in f32.
+pub fn rms_bwd(x: &Tensor, w: &Tensor, g: &Tensor, eps: f64, need_dx: bool, need_dw: bool) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let dev = dev_of(x)?;
+    let (rows, n) = rows_of(x)?;
+    let w = w.to_dtype(x.dtype())?.contiguous()?;
+    let g = g.to_dtype(x.dtype())?.contiguous()?;
+    let (gw, _) = w.storage_and_layout();
+    let (gg, _) = g.storage_and_layout();
+    let f = func(&dev, "rms_bwd", x.dtype())?;
+    let (n_, eps_) = (n as i32, eps as f32);
+    let shape = x.shape().clone();
+    let dw = if need_dw { Some(dev.alloc_zeros::<f32>(n)?) } else { None };
+    let null = 0u64;
+    typed!(x, |xv: Ty| {
+        let wv = view!(gw, w, Ty);
+        let gv = view!(gg, g, Ty);
+        let dx = if need_dx { Some(unsafe { dev.alloc::<Ty>(rows * n)? }) } else { None };
+        let mut b = f.builder();
+        b.arg(&xv);
+        b.arg(&wv);
+        b.arg(&gv);
+        match &dx {
+            Some(d) => b.arg(d),
+            None => b.arg(&null),
+        };
+        match &dw {
+            Some(d) => b.arg(d),
+            None => b.arg(&null),
+        };
+        b.arg(&n_);
+        b.arg(&eps_);
+        unsafe { b.launch(rows_cfg(rows, n)) }.w()?;
+        Ok((dx.map(|d| wrap(d, &dev, shape.clone())), dw.map(|d| wrap(d, &dev, n))))
+    })
+}
+
+/// Rotary embeddings of `x` `[b, t, h, d]` with tables `[t, d/2]` (f32); `sign` −1 inverts.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, sign: f32) -> Result<Tensor> {
+    let dev = dev_of(x)?;
+    let (b_, t, h, d) = x.dims4()?;
+    let rows = b_ * t * h;
+    let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
+    let (gc, _) = cos.storage_and_layout();
+    let (gs, _) = sin.storage_and_layout();
+    let (cv, sv) = (view!(gc, cos, f32), view!(gs, sin, f32));
+    let f = func(&dev, "rope", x.dtype())?;
+    let (rows_, t_, h_, d_) = (rows as i64, t as i32, h as i32, d as i32);
+    let shape = x.shape().clone();
+    typed!(x, |xv: Ty| {
+        let dst = unsafe { dev.alloc::<Ty>(rows * d)? };
+        let mut b = f.builder();
+        b.arg(&xv);
+        b.arg(&dst);
+        b.arg(&cv);
+        b.arg(&sv);
+        b.arg(&rows_);
+        b.arg(&t_);
+        b.arg(&h_);
+        b.arg(&d_);
+        b.arg(&sign);
+        unsafe { b.launch(elem_cfg(rows * d / 2)) }.w()?;
+        Ok(wrap(dst, &dev, shape))
+    })
+}
+
+pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    let dev = dev_of(g)?;
+    let n = g.elem_count();
+    let u = u.to_dtype(g.dtype())?.contiguous()?;
+    let (gu, _) = u.storage_and_layout();
+    let f = func(&dev, "silu_mul_fwd", g.dtype())?;
+    let n_ = n as i64;
+    let shape = g.shape().clone();
+    typed!(g, |gv: Ty| {
+        let uv = view!(gu, u, Ty);
+        let dst = unsafe { dev.alloc::<Ty>(n)? };
+        let mut b = f.builder();
+        b.arg(&gv);
+        b.arg(&uv);
+        b.arg(&dst);
+        b.arg(&n_);
+        unsafe { b.launch(elem_cfg(n)) }.w()?;
+        Ok(wrap(dst, &dev, shape))
+    })
+}
+
+pub fn silu_mul_bwd(g: &Tensor, u: &Tensor, d: &Tensor, need_g: bool, need_u: bool) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let dev = dev_of(g)?;
+    let n = g.elem_count();
+    let u = u.to_dtype(g.dtype())?.contiguous()?;
+    let d = d.to_dtype(g.dtype())?.contiguous()?;
+    let (gu, _) = u.storage_and_layout();
+    let (gd, _) = d.storage_and_layout();
+    let f = func(&dev, "silu_mul_bwd", g.dtype())?;
+    let n_ = n as i64;
+    let null = 0u64;
+    let shape = g.shape().clone();
+    typed!(g, |gv: Ty| {
+        let uv = view!(gu, u, Ty);
+        let dv = view!(gd, d, Ty);
+        let dg = if need_g { Some(unsafe { dev.alloc::<Ty>(n)? }) } else { None };
+        let du = if need_u { Some(unsafe { dev.alloc::<Ty>(n)? }) } else { None };
+        let mut b = f.builder();
+        b.arg(&gv);
+        b.arg(&uv);
+        b.arg(&dv);
+        match &dg {
+            Some(x) => b.arg(x),
+            None => b.arg(&null),
+        };
+        match &du {
+            Some(x) => b.arg(x),
+            None => b.arg(&null),
+        };
+        b.arg(&n_);
+        unsafe { b.launch(elem_cfg(n)) }.w()?;
+        Ok((dg.map(|x| wrap(x, &dev, shape.clone())), du.map(|x| wrap(x, &dev, shape.clone()))))
+    })
+}
+
+/// One AdamW update in place: `p`, `m`, `v` are written (all of `p`'s dtype), `g` read.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, wd_factor: f32, b1: f32, b2: f32, eps: f32, step_size: f32, bc2_sqrt: f32) -> Result<()> {
+    let dev = dev_of(p)?;
+    for t in [p, m, v] {
+        if !t.is_contiguous() || t.dtype() != p.dtype() {
+            candle_core::bail!("adamw: parameter and state must be contiguous and of one dtype");
+        }
+    }
+    let g = g.to_dtype(p.dtype())?.contiguous()?;
+    let n = p.elem_count();
+    let (gp, _) = p.storage_and_layout();
+    let (gg, _) = g.storage_and_layout();
+    let (gm, _) = m.storage_and_layout();
+    let (gv, _) = v.storage_and_layout();
+    let f = func(&dev, "adamw", p.dtype())?;
+    let n_ = n as i64;
+    macro_rules! go {
+        ($ty:ty) => {{
+            let (pv, gvv, mv, vv) = (view!(gp, p, $ty), view!(gg, g, $ty), view!(gm, m, $ty), view!(gv, v, $ty));
+            let mut b = f.builder();
+            b.arg(&pv);
+            b.arg(&gvv);
+            b.arg(&mv);
+            b.arg(&vv);
+            b.arg(&n_);
+            b.arg(&wd_factor);
+            b.arg(&b1);
+            b.arg(&b2);
+            b.arg(&eps);
+            b.arg(&step_size);
+            b.arg(&bc2_sqrt);
+            unsafe { b.launch(elem_cfg(n)) }.w()?;
+            Ok(())
+        }};
+    }
+    match p.dtype() {
+        DType::F32 => go!(f32),
+        DType::BF16 => go!(bf16),
+        o => candle_core::bail!("adamw: dtype {o:?}"),
+    }
+}

@@ -1,0 +1,327 @@
+// CUDA kernels for ftl's device path: masked softmax for attention, cross-entropy over the
+// vocabulary, RMSNorm, rotary embeddings, SwiGLU and AdamW, each with its backward pass.
+// Every kernel computes in f32 and reads/writes f32 or bf16 (suffix _f32 / _bf16).
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+__device__ __forceinline__ float ld(const float* p, long i) { return p[i]; }
+__device__ __forceinline__ float ld(const __nv_bfloat16* p, long i) { return __bfloat162float(p[i]); }
+__device__ __forceinline__ void st(float* p, long i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(__nv_bfloat16* p, long i, float v) { p[i] = __float2bfloat16(v); }
+__device__ __forceinline__ float rnd(float v, const float*) { return v; }
+__device__ __forceinline__ float rnd(float v, const __nv_bfloat16*) { return __bfloat162float(__float2bfloat16(v)); }
+
+// Block-wide reductions (blockDim.x a multiple of 32, at most 1024).
+__device__ float block_sum(float v) {
+    __shared__ float sh[32];
+    __syncthreads();
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    int w = threadIdx.x / 32, l = threadIdx.x % 32;
+    if (l == 0) sh[w] = v;
+    __syncthreads();
+    int nw = blockDim.x / 32;
+    v = (threadIdx.x < nw) ? sh[threadIdx.x] : 0.0f;
+    if (w == 0)
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    if (threadIdx.x == 0) sh[0] = v;
+    __syncthreads();
+    return sh[0];
+}
+
+__device__ float block_max(float v) {
+    __shared__ float sh[32];
+    __syncthreads();
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    int w = threadIdx.x / 32, l = threadIdx.x % 32;
+    if (l == 0) sh[w] = v;
+    __syncthreads();
+    int nw = blockDim.x / 32;
+    v = (threadIdx.x < nw) ? sh[threadIdx.x] : -INFINITY;
+    if (w == 0)
+        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    if (threadIdx.x == 0) sh[0] = v;
+    __syncthreads();
+    return sh[0];
+}
+
+// ---- attention: P = softmax(scale·S) over the visible keys of each query row ----------------
+// S: [rows, tk] f32, rows = b · (heads grouped) · tq with tq innermost; a row's query sits at
+// absolute position offset + (row % tq); key j is visible when causal allows it (j <= pos), the
+// sliding window allows it (pos - j < window, window > 0) and key_valid[b·tk + j] != 0. A row with
+// no visible key is all zeros.
+template <typename T>
+__device__ void attn_softmax_fwd(const float* S, T* P, const uint8_t* kv, int tk, int tq, int rows_per_b,
+                                 int causal, int offset, int window, float scale) {
+    long r = blockIdx.x;
+    int b = r / rows_per_b;
+    int pos = offset + (int)(r % tq);
+    const float* s = S + r * (long)tk;
+    T* p = P + r * (long)tk;
+    const uint8_t* valid = kv + (long)b * tk;
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < tk; j += blockDim.x) {
+        bool vis = valid[j] && (!causal || j <= pos) && (window <= 0 || pos - j < window);
+        if (vis) mx = fmaxf(mx, s[j] * scale);
+    }
+    mx = block_max(mx);
+    if (mx == -INFINITY) {
+        for (int j = threadIdx.x; j < tk; j += blockDim.x) st(p, j, 0.0f);
+        return;
+    }
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < tk; j += blockDim.x) {
+        bool vis = valid[j] && (!causal || j <= pos) && (window <= 0 || pos - j < window);
+        if (vis) sum += __expf(s[j] * scale - mx);
+    }
+    sum = block_sum(sum);
+    float inv = 1.0f / sum;
+    for (int j = threadIdx.x; j < tk; j += blockDim.x) {
+        bool vis = valid[j] && (!causal || j <= pos) && (window <= 0 || pos - j < window);
+        st(p, j, vis ? __expf(s[j] * scale - mx) * inv : 0.0f);
+    }
+}
+
+// dS = P ⊙ (dP − Σ P⊙dP) · scale per row; P f32, dP and dS of type T.
+template <typename T>
+__device__ void attn_softmax_bwd(const float* P, const T* dP, T* dS, int tk, float scale) {
+    long r = blockIdx.x;
+    const float* p = P + r * (long)tk;
+    const T* dp = dP + r * (long)tk;
+    T* ds = dS + r * (long)tk;
+    float dot = 0.0f;
+    for (int j = threadIdx.x; j < tk; j += blockDim.x) dot += p[j] * ld(dp, j);
+    dot = block_sum(dot);
+    for (int j = threadIdx.x; j < tk; j += blockDim.x) st(ds, j, p[j] * (ld(dp, j) - dot) * scale);
+}
+
+// The same two with one warp per row, the row held in registers (tk <= 1024): one read of S.
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    return v;
+}
+
+template <typename T>
+__device__ void attn_softmax_fwd_w(const float* S, T* P, const uint8_t* kv, long rows, int tk, int tq,
+                                   int rows_per_b, int causal, int offset, int window, float scale) {
+    long r = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (r >= rows) return;
+    int b = r / rows_per_b;
+    int pos = offset + (int)(r % tq);
+    const float* s = S + r * (long)tk;
+    T* p = P + r * (long)tk;
+    const uint8_t* valid = kv + (long)b * tk;
+    float v[32];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < 32; i++) {
+        int j = lane + 32 * i;
+        float x = -INFINITY;
+        if (j < tk && valid[j] && (!causal || j <= pos) && (window <= 0 || pos - j < window)) x = s[j] * scale;
+        v[i] = x;
+        mx = fmaxf(mx, x);
+    }
+    mx = warp_max(mx);
+    float sum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 32; i++) {
+        v[i] = mx == -INFINITY || v[i] == -INFINITY ? 0.0f : __expf(v[i] - mx);
+        sum += v[i];
+    }
+    sum = warp_sum(sum);
+    float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+#pragma unroll
+    for (int i = 0; i < 32; i++) {
+        int j = lane + 32 * i;
+        if (j < tk) st(p, j, v[i] * inv);
+    }
+}
+
+template <typename T>
+__device__ void attn_softmax_bwd_w(const float* P, const T* dP, T* dS, long rows, int tk, float scale) {
+    long r = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (r >= rows) return;
+    const float* p = P + r * (long)tk;
+    const T* dp = dP + r * (long)tk;
+    T* ds = dS + r * (long)tk;
+    float pv[32], dv[32];
+    float dot = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 32; i++) {
+        int j = lane + 32 * i;
+        pv[i] = j < tk ? p[j] : 0.0f;
+        dv[i] = j < tk ? ld(dp, j) : 0.0f;
+        dot += pv[i] * dv[i];
+    }
+    dot = warp_sum(dot);
+#pragma unroll
+    for (int i = 0; i < 32; i++) {
+        int j = lane + 32 * i;
+        if (j < tk) st(ds, j, pv[i] * (dv[i] - dot) * scale);
+    }
+}
+
+// ---- cross-entropy: per row lse − x[label] (0 for label < 0) and its gradient ---------------
+template <typename T>
+__device__ void ce_fwd(const T* X, const int32_t* labels, float* loss, int v) {
+    long r = blockIdx.x;
+    const T* x = X + r * (long)v;
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < v; j += blockDim.x) mx = fmaxf(mx, ld(x, j));
+    mx = block_max(mx);
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < v; j += blockDim.x) sum += __expf(ld(x, j) - mx);
+    sum = block_sum(sum);
+    if (threadIdx.x == 0) {
+        int lab = labels[r];
+        loss[r] = lab < 0 ? 0.0f : (mx + logf(sum) - ld(x, lab));
+    }
+}
+
+template <typename T>
+__device__ void ce_bwd(const T* X, const int32_t* labels, const float* g, T* D, int v) {
+    long r = blockIdx.x;
+    const T* x = X + r * (long)v;
+    T* d = D + r * (long)v;
+    int lab = labels[r];
+    if (lab < 0) {
+        for (int j = threadIdx.x; j < v; j += blockDim.x) st(d, j, 0.0f);
+        return;
+    }
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < v; j += blockDim.x) mx = fmaxf(mx, ld(x, j));
+    mx = block_max(mx);
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < v; j += blockDim.x) sum += __expf(ld(x, j) - mx);
+    sum = block_sum(sum);
+    float inv = 1.0f / sum, gs = g[0];
+    for (int j = threadIdx.x; j < v; j += blockDim.x) {
+        float pj = __expf(ld(x, j) - mx) * inv;
+        st(d, j, (pj - (j == lab ? 1.0f : 0.0f)) * gs);
+    }
+}
+
+// ---- RMSNorm (HF: normalised in f32, cast to the input dtype, then scaled by w) -------------
+template <typename T>
+__device__ float rstd_row(const T* x, int n, float eps) {
+    float ss = 0.0f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        float a = ld(x, j);
+        ss += a * a;
+    }
+    ss = block_sum(ss);
+    return rsqrtf(ss / n + eps);
+}
+
+template <typename T>
+__device__ void rms_fwd(const T* X, const T* W, T* Y, int n, float eps) {
+    long r = blockIdx.x;
+    const T* x = X + r * (long)n;
+    T* y = Y + r * (long)n;
+    float rs = rstd_row(x, n, eps);
+    for (int j = threadIdx.x; j < n; j += blockDim.x) st(y, j, ld(W, j) * rnd(ld(x, j) * rs, x));
+}
+
+// dx = rstd·(g⊙w − x̂·mean(g⊙w⊙x̂)); with dw != null also dw += g⊙x̂ (f32, atomically).
+template <typename T>
+__device__ void rms_bwd(const T* X, const T* W, const T* G, T* DX, float* DW, int n, float eps) {
+    long r = blockIdx.x;
+    const T* x = X + r * (long)n;
+    const T* g = G + r * (long)n;
+    float rs = rstd_row(x, n, eps);
+    float dot = 0.0f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) dot += ld(g, j) * ld(W, j) * ld(x, j) * rs;
+    dot = block_sum(dot) / n;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        float xh = ld(x, j) * rs;
+        if (DX) st(DX + r * (long)n, j, rs * (ld(g, j) * ld(W, j) - xh * dot));
+        if (DW) atomicAdd(DW + j, ld(g, j) * xh);
+    }
+}
+
+// ---- rotary embeddings on [b, t, h, d]: (x1, x2) → (x1·c − s·x2·σ, x2·c + s·x1·σ) --------------
+template <typename T>
+__device__ void rope(const T* X, T* Y, const float* C, const float* S, long rows, int t, int h, int d, float sign) {
+    int half = d / 2;
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows * half) return;
+    long row = i / half;
+    int k = i % half;
+    int pos = (row / h) % t;
+    float c = C[pos * half + k], s = S[pos * half + k] * sign;
+    long o = row * d;
+    float a = ld(X, o + k), b = ld(X, o + half + k);
+    st(Y, o + k, a * c - b * s);
+    st(Y, o + half + k, b * c + a * s);
+}
+
+// ---- SwiGLU: y = silu(g)·u; backward dg, du ---------------------------------------------------
+template <typename T>
+__device__ void silu_mul_fwd(const T* G, const T* U, T* Y, long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float g = ld(G, i);
+    st(Y, i, g / (1.0f + __expf(-g)) * ld(U, i));
+}
+
+template <typename T>
+__device__ void silu_mul_bwd(const T* G, const T* U, const T* D, T* DG, T* DU, long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float g = ld(G, i), u = ld(U, i), d = ld(D, i);
+    float s = 1.0f / (1.0f + __expf(-g));
+    if (DG) st(DG, i, d * u * s * (1.0f + g * (1.0f - s)));
+    if (DU) st(DU, i, d * g * s);
+}
+
+// ---- AdamW as torch.optim.AdamW: decoupled decay, bias correction, eps outside the root ------
+template <typename T>
+__device__ void adamw(T* P, const T* G, T* M, T* V, long n, float wd_factor, float b1, float b2, float eps,
+                      float step_size, float bc2_sqrt) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float p = ld(P, i) * wd_factor, g = ld(G, i);
+    float m = ld(M, i), v = ld(V, i);
+    m += (g - m) * (1.0f - b1);
+    v = v * b2 + (1.0f - b2) * g * g;
+    p -= step_size * (m / (sqrtf(v) / bc2_sqrt + eps));
+    st(P, i, p);
+    st(M, i, m);
+    st(V, i, v);
+}
+
+#define BOTH(NAME, ARGS, CALL)                                                                     \
+    extern "C" __global__ void NAME##_f32 ARGS { using T = float; CALL; }                          \
+    extern "C" __global__ void NAME##_bf16 ARGS { using T = __nv_bfloat16; CALL; }
+
+BOTH(attn_softmax_fwd, (const float* S, void* P, const uint8_t* kv, int tk, int tq, int rows_per_b, int causal,
+                        int offset, int window, float scale),
+     attn_softmax_fwd<T>(S, (T*)P, kv, tk, tq, rows_per_b, causal, offset, window, scale))
+BOTH(attn_softmax_bwd, (const float* P, const void* dP, void* dS, int tk, float scale),
+     attn_softmax_bwd<T>(P, (const T*)dP, (T*)dS, tk, scale))
+BOTH(attn_softmax_fwd_w, (const float* S, void* P, const uint8_t* kv, long rows, int tk, int tq, int rows_per_b,
+                          int causal, int offset, int window, float scale),
+     attn_softmax_fwd_w<T>(S, (T*)P, kv, rows, tk, tq, rows_per_b, causal, offset, window, scale))
+BOTH(attn_softmax_bwd_w, (const float* P, const void* dP, void* dS, long rows, int tk, float scale),
+     attn_softmax_bwd_w<T>(P, (const T*)dP, (T*)dS, rows, tk, scale))
+BOTH(ce_fwd, (const void* X, const int32_t* labels, float* loss, int v), ce_fwd<T>((const T*)X, labels, loss, v))
+BOTH(ce_bwd, (const void* X, const int32_t* labels, const float* g, void* D, int v),
+     ce_bwd<T>((const T*)X, labels, g, (T*)D, v))
+BOTH(rms_fwd, (const void* X, const void* W, void* Y, int n, float eps),
+     rms_fwd<T>((const T*)X, (const T*)W, (T*)Y, n, eps))
+BOTH(rms_bwd, (const void* X, const void* W, const void* G, void* DX, float* DW, int n, float eps),
+     rms_bwd<T>((const T*)X, (const T*)W, (const T*)G, (T*)DX, DW, n, eps))
+BOTH(rope, (const void* X, void* Y, const float* C, const float* S, long rows, int t, int h, int d, float sign),
+     rope<T>((const T*)X, (T*)Y, C, S, rows, t, h, d, sign))
+BOTH(silu_mul_fwd, (const void* G, const void* U, void* Y, long n), silu_mul_fwd<T>((const T*)G, (const T*)U, (T*)Y, n))
+BOTH(silu_mul_bwd, (const void* G, const void* U, const void* D, void* DG, void* DU, long n),
+     silu_mul_bwd<T>((const T*)G, (const T*)U, (const T*)D, (T*)DG, (T*)DU, n))
+BOTH(adamw, (void* P, const void* G, void* M, void* V, long n, float wd_factor, float b1, float b2, float eps,
+             float step_size, float bc2_sqrt),
+     adamw<T>((T*)P, (const T*)G, (T*)M, (T*)V, n, wd_factor, b1, b2, eps, step_size, bc2_sqrt))
