@@ -321,7 +321,7 @@ pub fn build(
             ))
         }
     };
-        if device.is_cuda() && matches!(dtype, DType::BF16 | DType::F16) {
+    if device.is_cuda() && matches!(dtype, DType::BF16 | DType::F16) {
         // a half-precision model: f32 products (attention scores, f32 adapters) may use TF32
         candle_core::cuda::set_gemm_reduced_precision_f32(true);
     }

@@ -310,7 +310,7 @@ impl Model {
         ctx: &Ctx,
         cache: Option<&mut Past>,
     ) -> Result<Tensor> {
-                let (b, t) = ids.dims2()?;
+        let (b, t) = ids.dims2()?;
         let _uploads = keep_small_uploads(&self.device);
         let ids = ids.to_dtype(DType::U32)?.to_device(&self.device)?;
         let mut key_mask: Vec<u8> = match mask {

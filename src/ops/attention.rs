@@ -17,7 +17,7 @@ pub struct AttnMask {
     pub window: Option<usize>,
     /// the device path's additive bias, built once per mask and shared by its clones
     #[allow(clippy::type_complexity)]
-        pub(crate) cache: Arc<Mutex<Option<((usize, usize, usize, String), Tensor, Tensor)>>>,
+    pub(crate) cache: Arc<Mutex<Option<((usize, usize, usize, String), Tensor, Tensor)>>>,
     /// the kernels' key mask `[b, tk]` (u8) on the device
     #[allow(clippy::type_complexity)]
     pub(crate) kv_cache: Arc<Mutex<Option<((usize, usize, String), Tensor)>>>,
@@ -34,7 +34,7 @@ impl AttnMask {
             causal,
             offset,
             key_valid,
-                        window,
+            window,
             cache: Default::default(),
             kv_cache: Default::default(),
         }

@@ -3,13 +3,14 @@
 //! RMSNorm, rotary embeddings, SwiGLU and AdamW. Tensors must be contiguous, f32 or bf16.
 
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig,
+    PushKernelArg,
 };
-use std::sync::Arc;
 use candle_core::cuda_backend::WrapErr;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, DType, Result, Shape, Storage, Tensor};
 use half::bf16;
+use std::sync::Arc;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
 
@@ -47,12 +48,19 @@ impl Func {
 
 fn func(dev: &CudaDevice, name: &str, dt: DType) -> Result<Func> {
     let f = dev.get_or_load_custom_func(&format!("{name}_{}", sfx(dt)?), "ftl_kernels", PTX)?;
-    Ok(Func { func: f.into_cuda_function(), stream: dev.cuda_stream() })
+    Ok(Func {
+        func: f.into_cuda_function(),
+        stream: dev.cuda_stream(),
+    })
 }
 
 fn rows_cfg(rows: usize, cols: usize) -> LaunchConfig {
     let threads = cols.next_power_of_two().clamp(32, 1024) as u32;
-    LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// Longest row the one-warp-per-row kernels hold in registers (32 lanes × 32).
@@ -60,17 +68,28 @@ const WARP_ROW: usize = 1024;
 
 /// Eight rows (warps) per block.
 fn warp_rows_cfg(rows: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (rows.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (rows.div_ceil(8) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 fn elem_cfg(n: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (n.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// A view of a contiguous CUDA tensor's data.
 macro_rules! view {
     ($guard:ident, $t:expr, $ty:ty) => {{
-        let (o1, o2) = $t.layout().contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("ftl kernels: input not contiguous".into()))?;
+        let (o1, o2) = $t
+            .layout()
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("ftl kernels: input not contiguous".into()))?;
         match &*$guard {
             Storage::Cuda(c) => c.as_cuda_slice::<$ty>()?.slice(o1..o2),
             _ => candle_core::bail!("ftl kernels: not a CUDA tensor"),
@@ -78,8 +97,17 @@ macro_rules! view {
     }};
 }
 
-fn wrap<T: candle_core::cuda_backend::CudaDType + DeviceRepr>(s: CudaSlice<T>, dev: &CudaDevice, shape: impl Into<Shape>) -> Tensor {
-    Tensor::from_storage(Storage::Cuda(CudaStorage::wrap_cuda_slice(s, dev.clone())), shape, BackpropOp::none(), false)
+fn wrap<T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
+    s: CudaSlice<T>,
+    dev: &CudaDevice,
+    shape: impl Into<Shape>,
+) -> Tensor {
+    Tensor::from_storage(
+        Storage::Cuda(CudaStorage::wrap_cuda_slice(s, dev.clone())),
+        shape,
+        BackpropOp::none(),
+        false,
+    )
 }
 
 /// Runs `f` with a typed view of `t`; dispatches on f32 / bf16.
@@ -105,7 +133,17 @@ macro_rules! typed {
 
 /// Masked softmax of attention scores `s` `[rows, tk]` (f32) into `out` dtype; `kv` `[b, tk]` u8.
 #[allow(clippy::too_many_arguments)]
-pub fn attn_softmax(s: &Tensor, kv: &Tensor, out: DType, tq: usize, rows_per_b: usize, causal: bool, offset: usize, window: Option<usize>, scale: f32) -> Result<Tensor> {
+pub fn attn_softmax(
+    s: &Tensor,
+    kv: &Tensor,
+    out: DType,
+    tq: usize,
+    rows_per_b: usize,
+    causal: bool,
+    offset: usize,
+    window: Option<usize>,
+    scale: f32,
+) -> Result<Tensor> {
     let dev = dev_of(s)?;
     let s = s.contiguous()?;
     let kv = kv.contiguous()?;
@@ -116,8 +154,23 @@ pub fn attn_softmax(s: &Tensor, kv: &Tensor, out: DType, tq: usize, rows_per_b: 
     let kvv = view!(gk, kv, u8);
     // rows that fit a warp's registers take the one-warp-per-row kernel
     let warp = tk <= WARP_ROW;
-    let f = func(&dev, if warp { "attn_softmax_fwd_w" } else { "attn_softmax_fwd" }, out)?;
-    let (tk_, tq_, rpb, causal_, offset_, window_) = (tk as i32, tq as i32, rows_per_b as i32, causal as i32, offset as i32, window.unwrap_or(0) as i32);
+    let f = func(
+        &dev,
+        if warp {
+            "attn_softmax_fwd_w"
+        } else {
+            "attn_softmax_fwd"
+        },
+        out,
+    )?;
+    let (tk_, tq_, rpb, causal_, offset_, window_) = (
+        tk as i32,
+        tq as i32,
+        rows_per_b as i32,
+        causal as i32,
+        offset as i32,
+        window.unwrap_or(0) as i32,
+    );
     let rows_ = rows as i64;
     let n = rows * tk;
     macro_rules! go {
@@ -137,7 +190,11 @@ pub fn attn_softmax(s: &Tensor, kv: &Tensor, out: DType, tq: usize, rows_per_b: 
             b.arg(&offset_);
             b.arg(&window_);
             b.arg(&scale);
-            let cfg = if warp { warp_rows_cfg(rows) } else { rows_cfg(rows, tk) };
+            let cfg = if warp {
+                warp_rows_cfg(rows)
+            } else {
+                rows_cfg(rows, tk)
+            };
             unsafe { b.launch(cfg) }.w()?;
             Ok(wrap(dst, &dev, (rows, tk)))
         }};
@@ -157,7 +214,15 @@ pub fn attn_softmax_bwd(p: &Tensor, dp: &Tensor, scale: f32) -> Result<Tensor> {
     let (gp, _) = p.storage_and_layout();
     let pv = view!(gp, p, f32);
     let warp = tk <= WARP_ROW;
-    let f = func(&dev, if warp { "attn_softmax_bwd_w" } else { "attn_softmax_bwd" }, dp.dtype())?;
+    let f = func(
+        &dev,
+        if warp {
+            "attn_softmax_bwd_w"
+        } else {
+            "attn_softmax_bwd"
+        },
+        dp.dtype(),
+    )?;
     let tk_ = tk as i32;
     let rows_ = rows as i64;
     typed!(dp, |dv: Ty| {
@@ -171,7 +236,11 @@ pub fn attn_softmax_bwd(p: &Tensor, dp: &Tensor, scale: f32) -> Result<Tensor> {
         }
         b.arg(&tk_);
         b.arg(&scale);
-        let cfg = if warp { warp_rows_cfg(rows) } else { rows_cfg(rows, tk) };
+        let cfg = if warp {
+            warp_rows_cfg(rows)
+        } else {
+            rows_cfg(rows, tk)
+        };
         unsafe { b.launch(cfg) }.w()?;
         Ok(wrap(dst, &dev, (rows, tk)))
     })
@@ -251,7 +320,14 @@ pub fn rms_fwd(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// `(dx, dw)` of RMSNorm; `dw` in f32.
-pub fn rms_bwd(x: &Tensor, w: &Tensor, g: &Tensor, eps: f64, need_dx: bool, need_dw: bool) -> Result<(Option<Tensor>, Option<Tensor>)> {
+pub fn rms_bwd(
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+    eps: f64,
+    need_dx: bool,
+    need_dw: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let dev = dev_of(x)?;
     let (rows, n) = rows_of(x)?;
     let w = w.to_dtype(x.dtype())?.contiguous()?;
@@ -261,12 +337,20 @@ pub fn rms_bwd(x: &Tensor, w: &Tensor, g: &Tensor, eps: f64, need_dx: bool, need
     let f = func(&dev, "rms_bwd", x.dtype())?;
     let (n_, eps_) = (n as i32, eps as f32);
     let shape = x.shape().clone();
-    let dw = if need_dw { Some(dev.alloc_zeros::<f32>(n)?) } else { None };
+    let dw = if need_dw {
+        Some(dev.alloc_zeros::<f32>(n)?)
+    } else {
+        None
+    };
     let null = 0u64;
     typed!(x, |xv: Ty| {
         let wv = view!(gw, w, Ty);
         let gv = view!(gg, g, Ty);
-        let dx = if need_dx { Some(unsafe { dev.alloc::<Ty>(rows * n)? }) } else { None };
+        let dx = if need_dx {
+            Some(unsafe { dev.alloc::<Ty>(rows * n)? })
+        } else {
+            None
+        };
         let mut b = f.builder();
         b.arg(&xv);
         b.arg(&wv);
@@ -282,7 +366,10 @@ pub fn rms_bwd(x: &Tensor, w: &Tensor, g: &Tensor, eps: f64, need_dx: bool, need
         b.arg(&n_);
         b.arg(&eps_);
         unsafe { b.launch(rows_cfg(rows, n)) }.w()?;
-        Ok((dx.map(|d| wrap(d, &dev, shape.clone())), dw.map(|d| wrap(d, &dev, n))))
+        Ok((
+            dx.map(|d| wrap(d, &dev, shape.clone())),
+            dw.map(|d| wrap(d, &dev, n)),
+        ))
     })
 }
 
@@ -336,7 +423,13 @@ pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     })
 }
 
-pub fn silu_mul_bwd(g: &Tensor, u: &Tensor, d: &Tensor, need_g: bool, need_u: bool) -> Result<(Option<Tensor>, Option<Tensor>)> {
+pub fn silu_mul_bwd(
+    g: &Tensor,
+    u: &Tensor,
+    d: &Tensor,
+    need_g: bool,
+    need_u: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let dev = dev_of(g)?;
     let n = g.elem_count();
     let u = u.to_dtype(g.dtype())?.contiguous()?;
@@ -350,8 +443,16 @@ pub fn silu_mul_bwd(g: &Tensor, u: &Tensor, d: &Tensor, need_g: bool, need_u: bo
     typed!(g, |gv: Ty| {
         let uv = view!(gu, u, Ty);
         let dv = view!(gd, d, Ty);
-        let dg = if need_g { Some(unsafe { dev.alloc::<Ty>(n)? }) } else { None };
-        let du = if need_u { Some(unsafe { dev.alloc::<Ty>(n)? }) } else { None };
+        let dg = if need_g {
+            Some(unsafe { dev.alloc::<Ty>(n)? })
+        } else {
+            None
+        };
+        let du = if need_u {
+            Some(unsafe { dev.alloc::<Ty>(n)? })
+        } else {
+            None
+        };
         let mut b = f.builder();
         b.arg(&gv);
         b.arg(&uv);
@@ -366,13 +467,27 @@ pub fn silu_mul_bwd(g: &Tensor, u: &Tensor, d: &Tensor, need_g: bool, need_u: bo
         };
         b.arg(&n_);
         unsafe { b.launch(elem_cfg(n)) }.w()?;
-        Ok((dg.map(|x| wrap(x, &dev, shape.clone())), du.map(|x| wrap(x, &dev, shape.clone()))))
+        Ok((
+            dg.map(|x| wrap(x, &dev, shape.clone())),
+            du.map(|x| wrap(x, &dev, shape.clone())),
+        ))
     })
 }
 
 /// One AdamW update in place: `p`, `m`, `v` are written (all of `p`'s dtype), `g` read.
 #[allow(clippy::too_many_arguments)]
-pub fn adamw(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, wd_factor: f32, b1: f32, b2: f32, eps: f32, step_size: f32, bc2_sqrt: f32) -> Result<()> {
+pub fn adamw(
+    p: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    wd_factor: f32,
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+) -> Result<()> {
     let dev = dev_of(p)?;
     for t in [p, m, v] {
         if !t.is_contiguous() || t.dtype() != p.dtype() {
@@ -389,7 +504,12 @@ pub fn adamw(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, wd_factor: f32, b1:
     let n_ = n as i64;
     macro_rules! go {
         ($ty:ty) => {{
-            let (pv, gvv, mv, vv) = (view!(gp, p, $ty), view!(gg, g, $ty), view!(gm, m, $ty), view!(gv, v, $ty));
+            let (pv, gvv, mv, vv) = (
+                view!(gp, p, $ty),
+                view!(gg, g, $ty),
+                view!(gm, m, $ty),
+                view!(gv, v, $ty),
+            );
             let mut b = f.builder();
             b.arg(&pv);
             b.arg(&gvv);
@@ -411,4 +531,27 @@ pub fn adamw(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, wd_factor: f32, b1:
         DType::BF16 => go!(bf16),
         o => candle_core::bail!("adamw: dtype {o:?}"),
     }
+}
+
+/// `Σ x²` as an f32 scalar on the device, in one pass (a gradient norm without an f32 copy).
+pub fn sum_sq(x: &Tensor) -> Result<Tensor> {
+    let dev = dev_of(x)?;
+    let n = x.elem_count();
+    let f = func(&dev, "sumsq", x.dtype())?;
+    let n_ = n as i64;
+    let blocks = n.div_ceil(256 * 8).clamp(1, 2048) as u32;
+    typed!(x, |xv: _Ty| {
+        let dst = dev.alloc_zeros::<f32>(1)?;
+        let mut b = f.builder();
+        b.arg(&xv);
+        b.arg(&dst);
+        b.arg(&n_);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(wrap(dst, &dev, ()))
+    })
 }

@@ -404,7 +404,14 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
         let x = &x.contiguous()?;
         let y = super::cuda::rms_fwd(&x.detach(), &w.detach(), eps)?;
         let bwd: Bwd = Arc::new(move |a: &[&Tensor], g: &Tensor| {
-            let (dx, dw) = super::cuda::rms_bwd(&a[0].detach(), &a[1].detach(), g, eps, needs_grad(a[0]), needs_grad(a[1]))?;
+            let (dx, dw) = super::cuda::rms_bwd(
+                &a[0].detach(),
+                &a[1].detach(),
+                g,
+                eps,
+                needs_grad(a[0]),
+                needs_grad(a[1]),
+            )?;
             Ok(vec![dx, dw.map(|d| d.to_dtype(a[1].dtype())).transpose()?])
         });
         return attach_fresh(&[x, w], y, bwd);
@@ -498,12 +505,18 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
 /// Rotary embeddings on `[b, t, h, d]`: `(x1, x2) → (x1·c − x2·s, x2·c + x1·s)`.
 pub fn rope(x: &Tensor, r: &Rope, offset: usize) -> Result<Tensor> {
     let (_, t, _, d) = x.dims4()?;
-            let (cos, sin) = r.tables_on(offset, t, x.device())?;
+    let (cos, sin) = r.tables_on(offset, t, x.device())?;
     #[cfg(feature = "cuda")]
     if kernels(x) {
         let x = &x.contiguous()?;
         let y = super::cuda::rope(&x.detach(), &cos, &sin, 1.0)?;
-        return attach_fresh(&[x], y, Arc::new(move |_a: &[&Tensor], g: &Tensor| Ok(vec![Some(super::cuda::rope(g, &cos, &sin, -1.0)?)])));
+        return attach_fresh(
+            &[x],
+            y,
+            Arc::new(move |_a: &[&Tensor], g: &Tensor| {
+                Ok(vec![Some(super::cuda::rope(g, &cos, &sin, -1.0)?)])
+            }),
+        );
     }
     let rot = move |x: &Tensor, sign: f64| -> Result<Tensor> {
         let h = d / 2;
@@ -536,7 +549,13 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         let (gate, up) = (&gate.contiguous()?, &up.contiguous()?);
         let y = super::cuda::silu_mul(&gate.detach(), &up.detach())?;
         let bwd: Bwd = Arc::new(|a: &[&Tensor], g: &Tensor| {
-            let (dg, du) = super::cuda::silu_mul_bwd(&a[0].detach(), &a[1].detach(), g, needs_grad(a[0]), needs_grad(a[1]))?;
+            let (dg, du) = super::cuda::silu_mul_bwd(
+                &a[0].detach(),
+                &a[1].detach(),
+                g,
+                needs_grad(a[0]),
+                needs_grad(a[1]),
+            )?;
             Ok(vec![dg, du.map(|d| d.to_dtype(a[1].dtype())).transpose()?])
         });
         return attach_fresh(&[gate, up], y, bwd);
@@ -628,7 +647,12 @@ impl AttnMask {
 enum Masking {
     Bias(Tensor, Tensor),
     #[allow(dead_code)]
-    Kernel { kv: Tensor, causal: bool, offset: usize, window: Option<usize> },
+    Kernel {
+        kv: Tensor,
+        causal: bool,
+        offset: usize,
+        window: Option<usize>,
+    },
 }
 
 impl Masking {
@@ -636,7 +660,12 @@ impl Masking {
     fn cut(&self, s: usize, n: usize) -> Result<Masking> {
         Ok(match self {
             Masking::Bias(b, r) => Masking::Bias(b.narrow(0, s, n)?, r.narrow(0, s, n)?),
-            Masking::Kernel { kv, causal, offset, window } => Masking::Kernel {
+            Masking::Kernel {
+                kv,
+                causal,
+                offset,
+                window,
+            } => Masking::Kernel {
                 kv: kv.narrow(0, s, n)?,
                 causal: *causal,
                 offset: *offset,
@@ -648,7 +677,13 @@ impl Masking {
 
 /// Attention with GQA by grouping: the queries of the `rep` heads that share a key/value head are
 /// stacked, so keys and values are never repeated. `q` `[b, tq, h, d]`, `k`/`v` `[b, tk, hkv, d]`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, scale: f32) -> Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &AttnMask,
+    scale: f32,
+) -> Result<Tensor> {
     let (b, tq, h, _) = q.dims4()?;
     let (_, tk, _, _) = k.dims4()?;
     // samples in chunks, so the f32 scores stay small
@@ -664,24 +699,58 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, scale: f32
         let (bias, rows) = mask.device_bias(b, tq, tk, q.device())?;
         Masking::Bias(bias, rows)
     };
-    let chunks: Vec<(usize, usize)> = (0..b).step_by(bchunk).map(|s| (s, bchunk.min(b - s))).collect();
+    let chunks: Vec<(usize, usize)> = (0..b)
+        .step_by(bchunk)
+        .map(|s| (s, bchunk.min(b - s)))
+        .collect();
     let whole = chunks.len() == 1;
-    let cut = move |t: &Tensor, s: usize, n: usize| -> Result<Tensor> { if whole { Ok(t.clone()) } else { t.narrow(0, s, n) } };
-    let cut_mask = move |m: &Masking, s: usize, n: usize| -> Result<Masking> { if whole { Ok(m.clone()) } else { m.cut(s, n) } };
+    let cut = move |t: &Tensor, s: usize, n: usize| -> Result<Tensor> {
+        if whole {
+            Ok(t.clone())
+        } else {
+            t.narrow(0, s, n)
+        }
+    };
+    let cut_mask = move |m: &Masking, s: usize, n: usize| -> Result<Masking> {
+        if whole {
+            Ok(m.clone())
+        } else {
+            m.cut(s, n)
+        }
+    };
     let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
     let mut outs = Vec::with_capacity(chunks.len());
     for &(s, n) in &chunks {
         let m = cut_mask(&masking, s, n)?;
-        outs.push(attn_fwd(&cut(&qd, s, n)?, &cut(&kd, s, n)?, &cut(&vd, s, n)?, &m, scale)?);
+        outs.push(attn_fwd(
+            &cut(&qd, s, n)?,
+            &cut(&kd, s, n)?,
+            &cut(&vd, s, n)?,
+            &m,
+            scale,
+        )?);
     }
-    let cat = |mut v: Vec<Tensor>| -> Result<Tensor> { if v.len() == 1 { Ok(v.pop().unwrap()) } else { Tensor::cat(&v, 0) } };
+    let cat = |mut v: Vec<Tensor>| -> Result<Tensor> {
+        if v.len() == 1 {
+            Ok(v.pop().unwrap())
+        } else {
+            Tensor::cat(&v, 0)
+        }
+    };
     let y = cat(outs)?;
     let bwd: Bwd = Arc::new(move |a: &[&Tensor], g: &Tensor| {
         let (q, k, v) = (a[0].detach(), a[1].detach(), a[2].detach());
         let (mut dq, mut dk, mut dv) = (Vec::new(), Vec::new(), Vec::new());
         for &(s, n) in &chunks {
             let m = cut_mask(&masking, s, n)?;
-            let (a, b_, c) = attn_bwd(&cut(&q, s, n)?, &cut(&k, s, n)?, &cut(&v, s, n)?, &cut(g, s, n)?, &m, scale)?;
+            let (a, b_, c) = attn_bwd(
+                &cut(&q, s, n)?,
+                &cut(&k, s, n)?,
+                &cut(&v, s, n)?,
+                &cut(g, s, n)?,
+                &m,
+                scale,
+            )?;
             dq.push(a);
             dk.push(b_);
             dv.push(c);
@@ -694,31 +763,61 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, scale: f32
 /// `[b, tq, h, d]` → `[b, hkv, rep·tq, d]` and back.
 fn group(x: &Tensor, hkv: usize) -> Result<Tensor> {
     let (b, tq, h, d) = x.dims4()?;
-    x.reshape((b, tq, hkv, h / hkv, d))?.permute((0, 2, 3, 1, 4))?.reshape((b, hkv, h / hkv * tq, d))?.contiguous()
+    x.reshape((b, tq, hkv, h / hkv, d))?
+        .permute((0, 2, 3, 1, 4))?
+        .reshape((b, hkv, h / hkv * tq, d))?
+        .contiguous()
 }
 
 fn ungroup(x: &Tensor, tq: usize) -> Result<Tensor> {
     let (b, hkv, rt, d) = x.dims4()?;
     let rep = rt / tq;
-    x.reshape((b, hkv, rep, tq, d))?.permute((0, 3, 1, 2, 4))?.reshape((b, tq, hkv * rep, d))
+    x.reshape((b, hkv, rep, tq, d))?
+        .permute((0, 3, 1, 2, 4))?
+        .reshape((b, tq, hkv * rep, d))
 }
 
 /// Probabilities `[b, hkv, rep·tq, tk]` of grouped queries against head-major keys, in `out`.
 /// The scores are f32 (as the fused attention of PyTorch keeps them).
-fn attn_probs(qg: &Tensor, kh: &Tensor, m: &Masking, tq: usize, scale: f32, out: DType) -> Result<Tensor> {
+fn attn_probs(
+    qg: &Tensor,
+    kh: &Tensor,
+    m: &Masking,
+    tq: usize,
+    scale: f32,
+    out: DType,
+) -> Result<Tensor> {
     let (b, hkv, rt, _) = qg.dims4()?;
     let tk = kh.dim(2)?;
     match m {
         Masking::Bias(bias, rows) => {
             let s = qg.matmul(&kh.t()?)?.to_dtype(DType::F32)?;
             let s = (s * scale as f64)?.reshape((b, hkv, rt / tq, tq, tk))?;
-            let p = candle_nn::ops::softmax_last_dim(&s.broadcast_add(bias)?)?.broadcast_mul(rows)?;
+            let p =
+                candle_nn::ops::softmax_last_dim(&s.broadcast_add(bias)?)?.broadcast_mul(rows)?;
             p.reshape((b, hkv, rt, tk))?.to_dtype(out)
         }
         #[cfg(feature = "cuda")]
-        Masking::Kernel { kv, causal, offset, window } => {
-            let s = qg.to_dtype(DType::F32)?.matmul(&kh.to_dtype(DType::F32)?.t()?)?;
-            let p = super::cuda::attn_softmax(&s.reshape((b * hkv * rt, tk))?, kv, out, tq, hkv * rt, *causal, *offset, *window, scale)?;
+        Masking::Kernel {
+            kv,
+            causal,
+            offset,
+            window,
+        } => {
+            let s = qg
+                .to_dtype(DType::F32)?
+                .matmul(&kh.to_dtype(DType::F32)?.t()?)?;
+            let p = super::cuda::attn_softmax(
+                &s.reshape((b * hkv * rt, tk))?,
+                kv,
+                out,
+                tq,
+                hkv * rt,
+                *causal,
+                *offset,
+                *window,
+                scale,
+            )?;
             p.reshape((b, hkv, rt, tk))
         }
         #[cfg(not(feature = "cuda"))]
@@ -730,19 +829,32 @@ fn attn_fwd(q: &Tensor, k: &Tensor, v: &Tensor, m: &Masking, scale: f32) -> Resu
     let (_, tq, _, _) = q.dims4()?;
     let hkv = k.dim(2)?;
     let qg = group(q, hkv)?;
-    let (kh, vh) = (k.transpose(1, 2)?.contiguous()?, v.transpose(1, 2)?.contiguous()?);
+    let (kh, vh) = (
+        k.transpose(1, 2)?.contiguous()?,
+        v.transpose(1, 2)?.contiguous()?,
+    );
     let p = attn_probs(&qg, &kh, m, tq, scale, v.dtype())?;
     ungroup(&p.matmul(&vh)?, tq)
 }
 
 /// Gradients of q, k, v, recomputing the probabilities; the matrix products in the inputs' dtype
 /// (bf16 on a GPU), the softmax part in f32.
-fn attn_bwd(q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor, m: &Masking, scale: f32) -> Result<(Tensor, Tensor, Tensor)> {
+fn attn_bwd(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    m: &Masking,
+    scale: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (_, tq, _, _) = q.dims4()?;
     let hkv = k.dim(2)?;
     let dt = q.dtype();
     let qg = group(q, hkv)?;
-    let (kh, vh) = (k.transpose(1, 2)?.contiguous()?, v.transpose(1, 2)?.contiguous()?);
+    let (kh, vh) = (
+        k.transpose(1, 2)?.contiguous()?,
+        v.transpose(1, 2)?.contiguous()?,
+    );
     let p = attn_probs(&qg, &kh, m, tq, scale, DType::F32)?;
     let go = group(&g.to_dtype(dt)?, hkv)?;
     let dv = p.to_dtype(dt)?.t()?.matmul(&go)?; // [b, hkv, tk, d]
@@ -751,7 +863,12 @@ fn attn_bwd(q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor, m: &Masking, scale: 
         #[cfg(feature = "cuda")]
         Masking::Kernel { .. } => {
             let (b, h, r, t) = p.dims4()?;
-            super::cuda::attn_softmax_bwd(&p.reshape((b * h * r, t))?, &dp.reshape((b * h * r, t))?, scale)?.reshape((b, h, r, t))?
+            super::cuda::attn_softmax_bwd(
+                &p.reshape((b * h * r, t))?,
+                &dp.reshape((b * h * r, t))?,
+                scale,
+            )?
+            .reshape((b, h, r, t))?
         }
         _ => {
             let dp = dp.to_dtype(DType::F32)?;
@@ -775,7 +892,9 @@ pub fn cross_entropy_sum(logits: &Tensor, labels: &[i64]) -> Result<Tensor> {
         let lab: Vec<u32> = labels.iter().map(|&l| l as i32 as u32).collect();
         let lab = Tensor::from_vec(lab, n, &Device::Cpu)?.to_device(logits.device())?;
         let loss = super::cuda::ce_rows(&logits.detach(), &lab)?.sum_all()?;
-        let bwd: Bwd = Arc::new(move |a: &[&Tensor], g: &Tensor| Ok(vec![Some(super::cuda::ce_bwd(&a[0].detach(), &lab, g)?)]));
+        let bwd: Bwd = Arc::new(move |a: &[&Tensor], g: &Tensor| {
+            Ok(vec![Some(super::cuda::ce_bwd(&a[0].detach(), &lab, g)?)])
+        });
         let _ = v;
         return attach(&[logits], loss, bwd);
     }

@@ -167,6 +167,18 @@ __device__ void attn_softmax_bwd_w(const float* P, const T* dP, T* dS, long rows
     }
 }
 
+// ---- Σ x² (gradient norms): block partial sums added atomically into out[0] -----------------
+template <typename T>
+__device__ void sumsq(const T* x, float* out, long n) {
+    float s = 0.0f;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)blockDim.x * gridDim.x) {
+        float v = ld(x, i);
+        s += v * v;
+    }
+    s = block_sum(s);
+    if (threadIdx.x == 0) atomicAdd(out, s);
+}
+
 // ---- cross-entropy: per row lse − x[label] (0 for label < 0) and its gradient ---------------
 template <typename T>
 __device__ void ce_fwd(const T* X, const int32_t* labels, float* loss, int v) {
@@ -310,6 +322,7 @@ BOTH(attn_softmax_fwd_w, (const float* S, void* P, const uint8_t* kv, long rows,
      attn_softmax_fwd_w<T>(S, (T*)P, kv, rows, tk, tq, rows_per_b, causal, offset, window, scale))
 BOTH(attn_softmax_bwd_w, (const float* P, const void* dP, void* dS, long rows, int tk, float scale),
      attn_softmax_bwd_w<T>(P, (const T*)dP, (T*)dS, rows, tk, scale))
+BOTH(sumsq, (const void* X, float* out, long n), sumsq<T>((const T*)X, out, n))
 BOTH(ce_fwd, (const void* X, const int32_t* labels, float* loss, int v), ce_fwd<T>((const T*)X, labels, loss, v))
 BOTH(ce_bwd, (const void* X, const int32_t* labels, const float* g, void* D, int v),
      ce_bwd<T>((const T*)X, labels, g, (T*)D, v))

@@ -11,7 +11,7 @@ use std::sync::Arc;
 pub struct Rope {
     pub inv_freq: Arc<Vec<f32>>,
     pub attention_scaling: f32,
-        /// dynamic NTK: (base, dim, factor, original max positions) to recompute for long inputs
+    /// dynamic NTK: (base, dim, factor, original max positions) to recompute for long inputs
     pub dynamic: Option<(f64, usize, f64, usize)>,
     /// the device path's cos/sin tables for the last (offset, length, device)
     #[allow(clippy::type_complexity)]
@@ -36,8 +36,13 @@ impl Rope {
         }
     }
 
-        /// cos/sin tables `[t, d/2]` (f32) on `dev`, uploaded once per (offset, length).
-    pub fn tables_on(&self, offset: usize, t: usize, dev: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+    /// cos/sin tables `[t, d/2]` (f32) on `dev`, uploaded once per (offset, length).
+    pub fn tables_on(
+        &self,
+        offset: usize,
+        t: usize,
+        dev: &candle_core::Device,
+    ) -> Result<(Tensor, Tensor)> {
         let key = (offset, t, format!("{:?}", dev.location()));
         let mut c = self.device_tables.lock().unwrap();
         if let Some((k, cos, sin)) = c.as_ref() {

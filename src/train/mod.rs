@@ -300,7 +300,7 @@ pub fn train(
         Some(d) => Some(prepare(model, d, o.max_len)?.0),
         None => None,
     };
-        let plan = Plan::new(&ex, o)?;
+    let plan = Plan::new(&ex, o)?;
     let _uploads = crate::model::keep_small_uploads(&lock(model).device);
     let device = lock(model).device.clone();
     let mut opt = Optimizer::new(o.optimizer.clone());
@@ -328,7 +328,7 @@ pub fn train(
         // gradients are out, so the gradients of all layers never exist at once
         let early = o.grad_accum == 1 && o.clip.is_none();
         let decay = |name: &str| !o.no_decay.as_ref().is_some_and(|s| s.matches(name));
-                let mut sq = optim::SumSq::default();
+        let mut sq = optim::SumSq::default();
         let mut opt_s = 0f64;
         let mut apply = |i: usize, g: &Tensor| -> Result<()> {
             let t = Instant::now();
@@ -349,7 +349,7 @@ pub fn train(
             .enumerate()
             .filter_map(|(i, g)| g.map(|g| (i, g)))
             .unzip();
-                let grad_norm = (optim::clip(&mut rest, o.clip)?.powi(2) + sq.total()?).sqrt();
+        let grad_norm = (optim::clip(&mut rest, o.clip)?.powi(2) + sq.total()?).sqrt();
         for (i, g) in idx.into_iter().zip(rest) {
             let (name, p) = &params[i];
             opt.update(name, p, &g, lr, decay(name))?;

@@ -255,7 +255,7 @@ impl Optimizer {
                     let (Some(Buf::Dev(m)), Some(Buf::Dev(v))) = (&st.m, &st.v) else {
                         unreachable!()
                     };
-                                        #[cfg(feature = "cuda")]
+                    #[cfg(feature = "cuda")]
                     if crate::ops::cuda::usable(t) && m.dtype() == t.dtype() {
                         crate::ops::cuda::adamw(
                             t,
@@ -329,7 +329,7 @@ impl SumSq {
         if g.device().is_cpu() {
             self.host += sum_sq(g)?;
         } else {
-            let s = g.to_dtype(DType::F32)?.sqr()?.sum_all()?;
+            let s = dev_sum_sq(g)?;
             self.dev = Some(match self.dev.take() {
                 Some(d) => (d + s)?,
                 None => s,
@@ -347,6 +347,18 @@ impl SumSq {
     }
 }
 
+/// Σ g² as an f32 scalar on g's device (one kernel on a GPU; candle's `sum_all` reduces in a
+/// single block there).
+fn dev_sum_sq(g: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::ops::cuda::usable(g) {
+        return Ok(crate::ops::cuda::sum_sq(g)?);
+    }
+    let n = g.dims().last().copied().unwrap_or(1).max(1);
+    let rows = g.to_dtype(DType::F32)?.reshape((g.elem_count() / n, n))?;
+    Ok(rows.sqr()?.sum(1)?.sum_all()?)
+}
+
 /// Σ g² of one gradient (one parallel pass, no temporary, on the CPU).
 pub fn sum_sq(g: &Tensor) -> Result<f64> {
     Ok(if cpu_f32(g) {
@@ -356,11 +368,7 @@ pub fn sum_sq(g: &Tensor) -> Result<f64> {
                 .sum::<f64>())
         })?
     } else {
-        g.to_dtype(DType::F32)?
-            .sqr()?
-            .sum_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?
+        dev_sum_sq(g)?.to_dtype(DType::F64)?.to_scalar::<f64>()?
     })
 }
 
