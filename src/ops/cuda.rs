@@ -555,3 +555,107 @@ pub fn sum_sq(x: &Tensor) -> Result<Tensor> {
         Ok(wrap(dst, &dev, ()))
     })
 }
+
+/// Largest LoRA rank the low-rank kernels take.
+pub const LORA_RMAX: usize = 64;
+
+/// The kernel instance for rank `r`: `{name}_r{R}` with R the next of 8, 16, 32, 64.
+fn lora_func(dev: &CudaDevice, name: &str, r: usize, dt: DType) -> Result<Func> {
+    let rr = [8, 16, 32, 64]
+        .into_iter()
+        .find(|&x| r <= x)
+        .ok_or_else(|| {
+            candle_core::Error::Msg(format!("ftl kernels: LoRA rank {r} above {LORA_RMAX}"))
+        })?;
+    func(dev, &format!("{name}_r{rr}"), dt)
+}
+
+fn block_cfg(grid: (usize, usize)) -> Result<LaunchConfig> {
+    if grid.1 > 65535 {
+        candle_core::bail!("ftl kernels: {} row blocks exceed the grid", grid.1);
+    }
+    Ok(LaunchConfig {
+        grid_dim: (grid.0 as u32, grid.1 as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// `x [M, K] · aᵀ` for `a [r, K]` f32: `[M, r]` f32, reading `x` in its own dtype.
+pub fn lora_down(x: &Tensor, a: &Tensor) -> Result<Tensor> {
+    let dev = dev_of(x)?;
+    let (m, k) = x.dims2()?;
+    let r = a.dim(0)?;
+    let a = a.contiguous()?;
+    let (ga, _) = a.storage_and_layout();
+    let av = view!(ga, a, f32);
+    let f = lora_func(&dev, "lora_down", r, x.dtype())?;
+    let (m_, k_, r_) = (m as i64, k as i32, r as i32);
+    typed!(x, |xv: _Ty| {
+        let dst = unsafe { dev.alloc::<f32>(m * r)? };
+        let mut b = f.builder();
+        b.arg(&xv);
+        b.arg(&av);
+        b.arg(&dst);
+        b.arg(&m_);
+        b.arg(&k_);
+        b.arg(&r_);
+        unsafe { b.launch(block_cfg((m.div_ceil(8), 1))?) }.w()?;
+        Ok(wrap(dst, &dev, (m, r)))
+    })
+}
+
+/// `y [M, N] + s · h [M, r] · bᵀ` for `b [N, r]` f32, summed in f32 and rounded once to y's dtype.
+pub fn lora_up_add(y: &Tensor, h: &Tensor, bm: &Tensor, s: f32) -> Result<Tensor> {
+    let dev = dev_of(y)?;
+    let (m, n) = y.dims2()?;
+    let r = h.dim(1)?;
+    let (h, bm) = (h.contiguous()?, bm.contiguous()?);
+    let (gh, _) = h.storage_and_layout();
+    let (gb, _) = bm.storage_and_layout();
+    let (hv, bv) = (view!(gh, h, f32), view!(gb, bm, f32));
+    let f = lora_func(&dev, "lora_up_add", r, y.dtype())?;
+    let (m_, n_, r_) = (m as i64, n as i32, r as i32);
+    typed!(y, |yv: Ty| {
+        let dst = unsafe { dev.alloc::<Ty>(m * n)? };
+        let mut b = f.builder();
+        b.arg(&yv);
+        b.arg(&hv);
+        b.arg(&bv);
+        b.arg(&dst);
+        b.arg(&m_);
+        b.arg(&n_);
+        b.arg(&r_);
+        b.arg(&s);
+        unsafe { b.launch(block_cfg((n.div_ceil(256), m.div_ceil(32)))?) }.w()?;
+        Ok(wrap(dst, &dev, (m, n)))
+    })
+}
+
+/// `s · lᵀ · x` for `l [M, r]` f32 and `x [M, K]`: `[r, K]` f32 (a LoRA weight gradient), summed
+/// over 128-row slices then across them, in a fixed order.
+pub fn lora_outer(l: &Tensor, x: &Tensor, s: f32) -> Result<Tensor> {
+    let dev = dev_of(x)?;
+    let (m, k) = x.dims2()?;
+    let r = l.dim(1)?;
+    let l = l.contiguous()?;
+    let (gl, _) = l.storage_and_layout();
+    let lv = view!(gl, l, f32);
+    let f = lora_func(&dev, "lora_outer", r, x.dtype())?;
+    let (m_, k_, r_) = (m as i64, k as i32, r as i32);
+    let splits = m.div_ceil(128);
+    let parts = typed!(x, |xv: _Ty| {
+        let dst = unsafe { dev.alloc::<f32>(splits * r * k)? };
+        let mut b = f.builder();
+        b.arg(&lv);
+        b.arg(&xv);
+        b.arg(&dst);
+        b.arg(&m_);
+        b.arg(&k_);
+        b.arg(&r_);
+        b.arg(&s);
+        unsafe { b.launch(block_cfg((k.div_ceil(256), splits))?) }.w()?;
+        Ok::<_, candle_core::Error>(wrap(dst, &dev, (splits, r, k)))
+    })?;
+    parts.sum(0)
+}

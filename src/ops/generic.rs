@@ -334,6 +334,14 @@ pub fn lora_linear(
     scale: f64,
     transposed: bool,
 ) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if kernels(x)
+        && a.dtype() == DType::F32
+        && bm.dtype() == DType::F32
+        && a.dim(0)? <= super::cuda::LORA_RMAX
+    {
+        return lora_linear_cuda(x, w, b, a, bm, scale, transposed);
+    }
     let x = &x.contiguous()?;
     let (r, k) = a.dims2()?;
     let n = bm.dim(0)?;
@@ -384,6 +392,81 @@ pub fn lora_linear(
         let dpack = if needs_grad(args[2]) {
             let da = dh.t()?.matmul(&xa)?;
             let db = (ga.t()?.matmul(&h)? * scale)?;
+            Some(Tensor::cat(&[da.flatten_all()?, db.flatten_all()?], 0)?)
+        } else {
+            None
+        };
+        Ok(vec![dx, dw, dpack])
+    });
+    let y = attach_fresh(&[x, w, &pack], y, bwd)?;
+    match b {
+        Some(b) if needs_grad(b) => y.broadcast_add(b),
+        _ => Ok(y),
+    }
+}
+
+/// `lora_linear` with f32 adapters on the GPU: the low-rank branch in ftl's kernels, which read the
+/// activations and gradients in their own dtype (no f32 copies) and add the branch to the base
+/// output in f32, rounding once.
+#[cfg(feature = "cuda")]
+fn lora_linear_cuda(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &Tensor,
+    bm: &Tensor,
+    scale: f64,
+    transposed: bool,
+) -> Result<Tensor> {
+    use super::cuda;
+    let x = &x.contiguous()?;
+    let (r, k) = a.dims2()?;
+    let n = bm.dim(0)?;
+    let s = scale as f32;
+    let pack = Tensor::cat(&[a.flatten_all()?, bm.flatten_all()?], 0)?;
+    let unpack = move |p: &Tensor| -> Result<(Tensor, Tensor)> {
+        Ok((
+            p.narrow(0, 0, r * k)?.reshape((r, k))?,
+            p.narrow(0, r * k, n * r)?.reshape((n, r))?,
+        ))
+    };
+    let (xd, wd) = (x.detach(), w.detach());
+    let (ad, bd) = unpack(&pack.detach())?;
+    let inner_bias = b.filter(|b| !needs_grad(b)).map(|b| b.detach());
+    let mut y = mm(&xd, &wd, transposed)?;
+    if let Some(b) = &inner_bias {
+        y = y.broadcast_add(b)?;
+    }
+    let shape = y.shape().clone();
+    let h = cuda::lora_down(&rows(&xd)?, &ad)?;
+    let y = cuda::lora_up_add(&rows(&y)?, &h, &bd, s)?.reshape(shape)?;
+    let bwd: Bwd = Arc::new(move |args: &[&Tensor], g: &Tensor| {
+        let (x, w) = (args[0].detach(), args[1].detach());
+        let (a, bm) = unpack(&args[2].detach())?;
+        let g2 = rows(g)?.contiguous()?;
+        let x2 = rows(&x)?;
+        // g·B, unscaled: the scale goes into each use below
+        let gb = cuda::lora_down(&g2, &bm.t()?.contiguous()?)?;
+        let dx = if needs_grad(args[0]) {
+            let wv = if transposed { w.t()? } else { w.clone() };
+            let base = g2.matmul(&wv)?;
+            Some(cuda::lora_up_add(&base, &gb, &a.t()?.contiguous()?, s)?.reshape(x.shape())?)
+        } else {
+            None
+        };
+        let dw = if needs_grad(args[1]) {
+            Some(if transposed {
+                x2.t()?.matmul(&g2)?
+            } else {
+                g2.t()?.matmul(&x2)?
+            })
+        } else {
+            None
+        };
+        let dpack = if needs_grad(args[2]) {
+            let da = cuda::lora_outer(&gb, &x2, s)?;
+            let h = cuda::lora_down(&x2, &a)?;
+            let db = cuda::lora_outer(&h, &g2, s)?.t()?;
             Some(Tensor::cat(&[da.flatten_all()?, db.flatten_all()?], 0)?)
         } else {
             None

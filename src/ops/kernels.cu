@@ -179,6 +179,100 @@ __device__ void sumsq(const T* x, float* out, long n) {
     if (threadIdx.x == 0) atomicAdd(out, s);
 }
 
+// ---- LoRA's low-rank branch without f32 copies of the activations --------------------------
+// Instantiated for R = 8, 16, 32, 64: a rank r <= R is zero-padded to R, so the inner loops have
+// a fixed length and no predicates.
+// lora_down: H[M, r] (f32) = X[M, K] · A[r, K]ᵀ. One warp per row, eight rows per block; A is
+// staged in shared memory 128 columns at a time.
+template <typename T, int R>
+__device__ void lora_down(const T* X, const float* A, float* H, long M, int K, int r) {
+    __shared__ float sA[R * 128];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    long row = (long)blockIdx.x * 8 + warp;
+    float acc[R];
+#pragma unroll
+    for (int j = 0; j < R; j++) acc[j] = 0.0f;
+    for (int k0 = 0; k0 < K; k0 += 128) {
+        int kn = min(128, K - k0);
+        __syncthreads();
+        for (int t = threadIdx.x; t < R * 128; t += blockDim.x) {
+            int j = t / 128, kk = t % 128;
+            sA[t] = (kk < kn && j < r) ? A[(long)j * K + k0 + kk] : 0.0f;
+        }
+        __syncthreads();
+        if (row < M) {
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                int kk = lane + 32 * q;
+                float xv = kk < kn ? ld(X, row * K + k0 + kk) : 0.0f;
+#pragma unroll
+                for (int j = 0; j < R; j++) acc[j] += xv * sA[j * 128 + kk];
+            }
+        }
+    }
+    if (row >= M) return;
+#pragma unroll
+    for (int j = 0; j < R; j++) {
+        float v = warp_sum(acc[j]);
+        if (j < r && lane == (j & 31)) H[row * r + j] = v;
+    }
+}
+
+// lora_up_add: O[M, N] = Y[M, N] + s · (H[M, r] · B[N, r]ᵀ), summed in f32 and rounded once (PEFT
+// adds the f32 branch to the base output, then casts back). A thread owns one column (its row of
+// B in registers) for 32 rows.
+template <typename T, int R>
+__device__ void lora_up_add(const T* Y, const float* H, const float* B, T* O, long M, int N, int r, float s) {
+    __shared__ float sH[32 * R];
+    int n = blockIdx.x * blockDim.x + threadIdx.x;
+    long i0 = (long)blockIdx.y * 32;
+    int rows = (int)min((long)32, M - i0);
+    for (int t = threadIdx.x; t < 32 * R; t += blockDim.x) {
+        int ii = t / R, j = t % R;
+        sH[t] = (ii < rows && j < r) ? H[(i0 + ii) * r + j] : 0.0f;
+    }
+    __syncthreads();
+    if (n >= N) return;
+    float b[R];
+#pragma unroll
+    for (int j = 0; j < R; j++) b[j] = j < r ? B[(long)n * r + j] : 0.0f;
+    for (int ii = 0; ii < rows; ii++) {
+        float d = 0.0f;
+#pragma unroll
+        for (int j = 0; j < R; j++) d += sH[ii * R + j] * b[j];
+        long o = (i0 + ii) * N + n;
+        st(O, o, ld(Y, o) + d * s);
+    }
+}
+
+// lora_outer: P[split, r, K] = s · L[rows of split, r]ᵀ · X[rows of split, K] (f32 partial sums
+// over 128-row slices; the caller adds the slices, so the result does not depend on scheduling).
+template <typename T, int R>
+__device__ void lora_outer(const float* L, const T* X, float* P, long M, int K, int r, float s) {
+    __shared__ float sL[128 * R];
+    int k = blockIdx.x * blockDim.x + threadIdx.x;
+    long i0 = (long)blockIdx.y * 128;
+    int rows = (int)min((long)128, M - i0);
+    for (int t = threadIdx.x; t < 128 * R; t += blockDim.x) {
+        int ii = t / R, j = t % R;
+        sL[t] = (ii < rows && j < r) ? L[(i0 + ii) * r + j] : 0.0f;
+    }
+    __syncthreads();
+    if (k >= K) return;
+    float acc[R];
+#pragma unroll
+    for (int j = 0; j < R; j++) acc[j] = 0.0f;
+    for (int ii = 0; ii < rows; ii++) {
+        float xv = ld(X, (i0 + ii) * K + k);
+#pragma unroll
+        for (int j = 0; j < R; j++) acc[j] += sL[ii * R + j] * xv;
+    }
+    float* p = P + (long)blockIdx.y * r * K;
+#pragma unroll
+    for (int j = 0; j < R; j++)
+        if (j < r) p[(long)j * K + k] = acc[j] * s;
+}
+
 // ---- cross-entropy: per row lse − x[label] (0 for label < 0) and its gradient ---------------
 template <typename T>
 __device__ void ce_fwd(const T* X, const int32_t* labels, float* loss, int v) {
@@ -323,6 +417,24 @@ BOTH(attn_softmax_fwd_w, (const float* S, void* P, const uint8_t* kv, long rows,
 BOTH(attn_softmax_bwd_w, (const float* P, const void* dP, void* dS, long rows, int tk, float scale),
      attn_softmax_bwd_w<T>(P, (const T*)dP, (T*)dS, rows, tk, scale))
 BOTH(sumsq, (const void* X, float* out, long n), sumsq<T>((const T*)X, out, n))
+#define LORA_K(NAME, TY, SFX, R)                                                                      \
+    extern "C" __global__ void lora_down_r##R##_##SFX(const void* X, const float* A, float* H, long M, int K,   \
+                                                      int r) {                                       \
+        lora_down<TY, R>((const TY*)X, A, H, M, K, r);                                               \
+    }                                                                                                \
+    extern "C" __global__ void lora_up_add_r##R##_##SFX(const void* Y, const float* H, const float* B, void* O, \
+                                                        long M, int N, int r, float s) {             \
+        lora_up_add<TY, R>((const TY*)Y, H, B, (TY*)O, M, N, r, s);                                  \
+    }                                                                                                \
+    extern "C" __global__ void lora_outer_r##R##_##SFX(const float* L, const void* X, float* P, long M, int K,  \
+                                                       int r, float s) {                             \
+        lora_outer<TY, R>(L, (const TY*)X, P, M, K, r, s);                                           \
+    }
+#define LORA_R(R) LORA_K(lora, float, f32, R) LORA_K(lora, __nv_bfloat16, bf16, R)
+LORA_R(8)
+LORA_R(16)
+LORA_R(32)
+LORA_R(64)
 BOTH(ce_fwd, (const void* X, const int32_t* labels, float* loss, int v), ce_fwd<T>((const T*)X, labels, loss, v))
 BOTH(ce_bwd, (const void* X, const int32_t* labels, const float* g, void* D, int v),
      ce_bwd<T>((const T*)X, labels, g, (T*)D, v))
