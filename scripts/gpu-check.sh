@@ -20,7 +20,7 @@ fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   shape="--hidden 2048 --layers 22 --heads 32 --kv-heads 4 --intermediate 5632 --vocab 32000"
   for m in ${methods//,/ }; do
-    /tmp/ftl bench --device cuda --dtype bf16 $shape --batch 8 --seq 512 --steps 10 --warmup 3 --method "$m" 2>&1 | tee -a "$OUT/ftl-gpu.jsonl" | tail -1
+    /tmp/ftl bench --device cuda --dtype bf16 $shape --batch 8 --seq 512 --steps 10 --warmup 3 --method "$m" ${BENCH_ARGS:-} 2>&1 | tee -a "$OUT/ftl-gpu.jsonl" | tail -1
   done
   if [ -f .device/bench/pytorch_peft_gpu.py ] && [ "${REF:-1}" = 1 ]; then
     python3 .device/bench/pytorch_peft_gpu.py "$OUT/pytorch-gpu.json" 2>&1 | tee "$OUT/pytorch-gpu.txt" | grep -v "^torch"

@@ -48,6 +48,9 @@ pub struct BenchArgs {
     pub dtype: String,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// activation checkpointing (recompute each layer in the backward pass)
+    #[arg(long)]
+    pub checkpoint: bool,
     /// run the device path on the CPU too (to study what the GPU path keeps alive)
     #[arg(long, hide = true)]
     pub device_path: bool,
@@ -166,6 +169,7 @@ pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
             weight_decay: 0.01,
         },
         shuffle: false,
+        checkpoint: a.checkpoint,
         ..Default::default()
     };
     // one run, as the reference's: the first (warm-up) step is not counted
@@ -201,7 +205,7 @@ pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
         (l.optimizer_s - w.optimizer_s) / n,
     );
     Ok(serde_json::json!({
-        "impl": "ftl", "method": method, "arch": a.arch, "hidden": a.hidden, "layers": a.layers,
+        "impl": "ftl", "method": method, "checkpoint": a.checkpoint, "arch": a.arch, "hidden": a.hidden, "layers": a.layers,
         "batch": a.batch, "seq": a.seq, "steps": a.steps, "dtype": a.dtype, "device": a.device,
         "params": params, "trainable": res.trainable,
         "tokens_per_s": (a.batch * a.seq) as f64 / step_s,

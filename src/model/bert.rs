@@ -5,7 +5,7 @@ use super::config::Cfg;
 use super::hub::{Init, Source};
 use super::layers::{Embedding, Linear, Norm, NormKind};
 use super::llama::linear;
-use super::{Arch, BnPlace, Ctx, Dims, ModuleMut, Past, Task};
+use super::{Arch, BnPlace, Ctx, Dims, Flow, ModuleMut, Past, Task};
 use crate::error::{Error, Result};
 use crate::ops::{self, Activation, AttnMask};
 use crate::peft::bottleneck::{self, Bottleneck};
@@ -248,7 +248,11 @@ impl Arch for Bert {
         let mask = AttnMask::new(false, past.len, Some(key_valid), None);
         let (nh, hd) = (cfg.heads, hid / cfg.heads);
         for (l, layer) in self.layers.iter().enumerate() {
-            h = ctx.boundary(h)?;
+            h = match ctx.layer(&h)? {
+                Flow::Run(x) => x,
+                Flow::Skip => continue,
+                Flow::Stop(x) => return Ok(x),
+            };
             let q = layer.query.forward(&h, ctx)?.reshape((b, t, nh, hd))?;
             let k = layer.key.forward(&h, ctx)?.reshape((b, t, nh, hd))?;
             let v = layer.value.forward(&h, ctx)?.reshape((b, t, nh, hd))?;
@@ -261,7 +265,11 @@ impl Arch for Bert {
             let o = ctx.dropout(&layer.output.forward(&i, ctx)?, cfg.hidden_dropout)?;
             h = bottleneck::post_norm(&layer.bn_out, &o, &a, &layer.output_ln, ctx)?;
         }
-        let h = ctx.boundary(h)?;
+        let h = match ctx.layer(&h)? {
+            Flow::Run(x) => x,
+            Flow::Skip => h,
+            Flow::Stop(x) => return Ok(x),
+        };
         match (&self.pooler, &self.classifier) {
             (Some(p), Some(c)) => {
                 let first = h.narrow(1, 0, 1)?.squeeze(1)?;

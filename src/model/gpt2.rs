@@ -4,7 +4,7 @@
 use super::config::Cfg;
 use super::hub::{Init, Source};
 use super::layers::{Embedding, Linear, Norm, NormKind};
-use super::{Arch, BnPlace, Ctx, Dims, ModuleMut, Past, Task};
+use super::{Arch, BnPlace, Ctx, Dims, Flow, ModuleMut, Past, Task};
 use crate::error::{Error, Result};
 use crate::ops::{self, Activation, AttnMask};
 use crate::peft::bottleneck::{self, Bottleneck};
@@ -171,7 +171,11 @@ impl Arch for Gpt2 {
         let mask = AttnMask::new(true, past.len, Some(key_valid), None);
         let (nh, hd) = (cfg.n_head, e / cfg.n_head);
         for (l, blk) in self.h.iter().enumerate() {
-            h = ctx.boundary(h)?;
+            h = match ctx.layer(&h)? {
+                Flow::Run(x) => x,
+                Flow::Skip => continue,
+                Flow::Stop(x) => return Ok(x),
+            };
             let x = blk.ln_1.forward(&h, ctx)?;
             let qkv = blk.c_attn.forward(&x, ctx)?;
             let q = qkv.narrow(2, 0, e)?.reshape((b, t, nh, hd))?;
@@ -194,7 +198,12 @@ impl Arch for Gpt2 {
             let m = ctx.dropout(&blk.mlp_c_proj.forward(&m, ctx)?, cfg.resid_pdrop)?;
             h = bottleneck::pre_norm(&blk.bn_out, &m, &h, ctx)?;
         }
-        let h = self.ln_f.forward(&ctx.boundary(h)?, ctx)?;
+        let h = match ctx.layer(&h)? {
+            Flow::Run(x) => x,
+            Flow::Skip => h,
+            Flow::Stop(x) => return Ok(x),
+        };
+        let h = self.ln_f.forward(&h, ctx)?;
         self.lm_head.forward(&h, ctx)
     }
 

@@ -4,7 +4,7 @@
 use super::config::Cfg;
 use super::hub::{Init, Source};
 use super::layers::{Embedding, Linear, Norm, NormKind};
-use super::{Arch, BnPlace, Ctx, Dims, ModuleMut, Past, Task};
+use super::{Arch, BnPlace, Ctx, Dims, Flow, ModuleMut, Past, Task};
 use crate::error::Result;
 use crate::ops::{self, Activation, AttnMask, Rope};
 use crate::peft::bottleneck::{self, Bottleneck};
@@ -340,7 +340,11 @@ impl Arch for Llama {
         let mut masks: Vec<(Option<usize>, AttnMask)> = Vec::new();
         let mut h = h.clone();
         for (l, layer) in self.layers.iter().enumerate() {
-            h = ctx.boundary(h)?;
+            h = match ctx.layer(&h)? {
+                Flow::Run(x) => x,
+                Flow::Skip => continue,
+                Flow::Stop(x) => return Ok(x),
+            };
             let window = self.cfg.windows[l];
             let mask = match masks.iter().find(|(w, _)| *w == window) {
                 Some((_, m)) => m.clone(),
@@ -364,7 +368,12 @@ impl Arch for Llama {
                 .forward(&ops::act::act_mul(self.cfg.act, &gate, &up)?, ctx)?;
             h = bottleneck::pre_norm(&layer.bn_out, &m, &h, ctx)?;
         }
-        let h = self.norm.forward(&ctx.boundary(h)?, ctx)?;
+        let h = match ctx.layer(&h)? {
+            Flow::Run(x) => x,
+            Flow::Skip => h,
+            Flow::Stop(x) => return Ok(x),
+        };
+        let h = self.norm.forward(&h, ctx)?;
         self.lm_head.forward(&h, ctx)
     }
 

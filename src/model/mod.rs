@@ -59,11 +59,39 @@ pub struct Ctx {
     pub active: Vec<String>,
     pub enabled: bool,
     pub train: bool,
+    seed: u64,
     rng: Mutex<rand::rngs::StdRng>,
-    /// Segment boundaries between layers (training): each layer's input as a fresh leaf, with the
-    /// tensor it stands for, so the backward pass can run one layer at a time and free each
-    /// layer's activations as soon as it is done.
-    segments: Option<Mutex<Vec<(Var, Tensor)>>>,
+    /// Segment boundaries between layers (training), so the backward pass can run one layer at a
+    /// time and free each layer's activations as soon as it is done.
+    segments: Option<Mutex<Vec<Segment>>>,
+    /// Activation checkpointing: keep only each layer's input, recompute the layer in backward.
+    checkpoint: bool,
+    /// Recomputing one segment: stop at boundary `.0`, continuing from `.1` at the one before.
+    replay: Option<(usize, Option<Tensor>)>,
+    /// Boundaries passed so far in this forward pass.
+    count: std::sync::atomic::AtomicUsize,
+}
+
+/// One layer boundary of a training forward pass.
+pub struct Segment {
+    /// which boundary (0: after the embeddings, one per layer, the last before the head)
+    pub idx: usize,
+    /// the fresh leaf the forward pass continued from, when gradients flow below it
+    pub var: Option<Var>,
+    /// the value the forward pass continued from (the leaf's tensor, or a detached one)
+    pub input: Tensor,
+    /// the tensor that value stands for, with its graph (absent when checkpointing)
+    pub out: Option<Tensor>,
+}
+
+/// What a layer loop does at a boundary (see `Ctx::layer`).
+pub enum Flow {
+    /// run the next layer on this input
+    Run(Tensor),
+    /// skip the next layer (recomputing a later segment)
+    Skip,
+    /// return this hidden state now (the end of a recomputed segment)
+    Stop(Tensor),
 }
 
 impl Ctx {
@@ -72,33 +100,89 @@ impl Ctx {
             active,
             enabled,
             train,
+            seed,
             rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
             segments: None,
+            checkpoint: false,
+            replay: None,
+            count: Default::default(),
         }
     }
 
-    /// Records layer boundaries (see `boundary`) in this forward pass.
+    /// Records layer boundaries (see `layer`) in this forward pass.
     pub fn segmented(mut self) -> Self {
         self.segments = Some(Mutex::new(Vec::new()));
         self
     }
 
-    /// At a layer boundary: with segments on and `h` depending on trainable tensors, a new leaf
-    /// holding `h`'s values (the graph below it is backpropagated separately).
-    pub fn boundary(&self, h: Tensor) -> Result<Tensor> {
-        match &self.segments {
-            Some(seg) if h.track_op() => {
-                let v = Var::from_tensor(&h.detach())?;
-                let t = v.as_tensor().clone();
-                seg.lock().unwrap().push((v, h));
-                Ok(t)
-            }
-            _ => Ok(h),
+    /// With segments, keep only each boundary's value: the layers are recomputed in backward.
+    pub fn checkpointed(mut self, on: bool) -> Self {
+        self.checkpoint = on;
+        self
+    }
+
+    pub fn is_checkpointed(&self) -> bool {
+        self.checkpoint && self.segments.is_some()
+    }
+
+    /// A context that recomputes the segment ending at boundary `idx` of a checkpointed pass
+    /// (same seed, so the same dropout masks), from `input`, the value at boundary `idx - 1`.
+    pub fn replay(&self, idx: usize, input: Option<Tensor>) -> Ctx {
+        let mut c = Ctx::new(self.active.clone(), self.enabled, self.train, self.seed);
+        c.replay = Some((idx, input));
+        c
+    }
+
+    /// At a layer boundary (before each layer and before the head). In a segmented pass the
+    /// graph is cut here: the next layer starts from a fresh leaf holding `h`'s values, and the
+    /// graph below is backpropagated separately (or, checkpointing, recomputed then).
+    pub fn layer(&self, h: &Tensor) -> Result<Flow> {
+        let idx = self
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.train && (self.segments.is_some() || self.replay.is_some()) {
+            // dropout drawn per layer, so a recomputed layer draws the same masks
+            let s = self.seed ^ (idx as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            *self.rng.lock().unwrap() = rand::rngs::StdRng::seed_from_u64(s);
         }
+        if let Some((stop, input)) = &self.replay {
+            return Ok(if idx >= *stop {
+                Flow::Stop(h.clone())
+            } else if idx + 1 == *stop {
+                match input {
+                    Some(t) => Flow::Run(t.clone()),
+                    None => Flow::Run(h.clone()),
+                }
+            } else {
+                Flow::Skip
+            });
+        }
+        let Some(seg) = &self.segments else {
+            return Ok(Flow::Run(h.clone()));
+        };
+        let tracked = h.track_op();
+        if !tracked && !self.checkpoint {
+            return Ok(Flow::Run(h.clone()));
+        }
+        let (var, input) = if tracked {
+            let v = Var::from_tensor(&h.detach())?;
+            let t = v.as_tensor().clone();
+            (Some(v), t)
+        } else {
+            (None, h.detach())
+        };
+        let out = (!self.checkpoint).then(|| h.clone());
+        seg.lock().unwrap().push(Segment {
+            idx,
+            var,
+            input: input.clone(),
+            out,
+        });
+        Ok(Flow::Run(input))
     }
 
     /// The recorded boundaries, in forward order.
-    pub fn take_segments(&self) -> Vec<(Var, Tensor)> {
+    pub fn take_segments(&self) -> Vec<Segment> {
         match &self.segments {
             Some(seg) => std::mem::take(&mut *seg.lock().unwrap()),
             None => Vec::new(),

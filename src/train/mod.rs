@@ -32,6 +32,8 @@ pub struct TrainOpts {
     pub schedule: Schedule,
     pub shuffle: bool,
     pub group_by_length: bool,
+    /// activation checkpointing: keep each layer's input only, recompute the layer in backward
+    pub checkpoint: bool,
     pub seed: u64,
     pub eval_every: Option<usize>,
     pub eval_batch_size: usize,
@@ -63,6 +65,7 @@ impl Default for TrainOpts {
             },
             shuffle: true,
             group_by_length: false,
+            checkpoint: false,
             seed: 0,
             eval_every: None,
             eval_batch_size: 8,
@@ -114,6 +117,8 @@ pub struct TrainResult {
     pub forward_s: f64,
     pub backward_s: f64,
     pub optimizer_s: f64,
+    /// layers recomputed in backward passes (activation checkpointing)
+    pub recomputed_layers: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -474,7 +479,7 @@ fn accumulate(
             .seed
             .wrapping_mul(1_000_003)
             .wrapping_add((step * o.grad_accum + j) as u64);
-        let ctx = m.ctx(true, seed).segmented();
+        let ctx = m.ctx(true, seed).segmented().checkpointed(o.checkpoint);
         let logits = m.forward_with(&b.ids, Some(&b.mask), b.types.as_ref(), &ctx, None)?;
         let loss = (loss_sum(&logits, b)? / denom)?;
         drop(logits);
@@ -511,11 +516,22 @@ fn accumulate(
                 });
             }
             // the gradient that reached the next boundary down continues below it
-            while let Some((var, out)) = segments.pop() {
-                if let Some(g) = grads.get(var.as_tensor()) {
-                    top = Some(crate::ops::seed_grad(&out, g)?);
-                    break;
-                }
+            while let Some(seg) = segments.pop() {
+                let Some(g) = seg.var.as_ref().and_then(|v| grads.get(v.as_tensor())) else {
+                    continue;
+                };
+                let out = match seg.out {
+                    Some(out) => out,
+                    // checkpointing: recompute the layer below this boundary from its input
+                    None => {
+                        let input = segments.last().map(|s| s.input.clone());
+                        let replay = ctx.replay(seg.idx, input);
+                        res.recomputed_layers += 1;
+                        m.forward_with(&b.ids, Some(&b.mask), b.types.as_ref(), &replay, None)?
+                    }
+                };
+                top = Some(crate::ops::seed_grad(&out, g)?);
+                break;
             }
         }
         drop(m);

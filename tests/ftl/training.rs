@@ -108,6 +108,11 @@ fn examples_of(e: &Expected, n: usize) -> Vec<Example> {
     out
 }
 
+thread_local! {
+    /// Whether the reference checks on this thread train with activation checkpointing.
+    static CHECKPOINT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 fn opts_of(meta: &Value) -> TrainOpts {
     let o = &meta["optimizer"];
     let kind = match o["name"].as_str().unwrap() {
@@ -141,6 +146,7 @@ fn opts_of(meta: &Value) -> TrainOpts {
             min_lr: s.get("min_lr").and_then(|v| v.as_f64()),
         },
         shuffle: false,
+        checkpoint: CHECKPOINT.with(|c| c.get()),
         ..Default::default()
     }
 }
@@ -482,6 +488,15 @@ fn own_train_references() {
     check_own_train_references();
 }
 
+/// Recomputing each layer in the backward pass (same dropout masks) changes no number: every
+/// reference, dropout, gradient accumulation, prefix and prompt tuning included, still holds.
+#[test]
+fn activation_checkpointing_reproduces_every_training_reference() {
+    CHECKPOINT.with(|c| c.set(true));
+    check_shared_train_fixtures();
+    check_own_train_references();
+}
+
 pub fn check_own_train_references() {
     let root = fixtures().join("train");
     let mut dirs: Vec<_> = std::fs::read_dir(&root)
@@ -746,6 +761,34 @@ fn loss_falls_on_a_small_dataset() {
     eprintln!("loss {before:.3} -> {after:.3} (last step {:.3})", r.loss);
     assert!(before > 6.0, "{before}");
     assert!(after < 1.5, "loss only fell from {before} to {after}");
+}
+
+#[test]
+fn activation_checkpointing_recomputes_each_layer_with_the_same_dropout() {
+    let run = |checkpoint: bool| {
+        let (m, data) = small_setup(0);
+        let mut o = opts(3);
+        o.checkpoint = checkpoint;
+        let r = train::train(&m, &data, &o, None, &mut [], &AtomicBool::new(false)).unwrap();
+        let layers = m.lock().unwrap().info_dims().layers;
+        (r, snapshot(&m), layers)
+    };
+    let (plain, a, layers) = run(false);
+    let (ck, b, _) = run(true);
+    assert_eq!(plain.recomputed_layers, 0);
+    // every layer below the head, once per step (LoRA on every layer, one micro-batch a step)
+    assert_eq!(ck.recomputed_layers, 3 * layers);
+    // LoRA dropout is live: a recomputed layer that drew other masks would change the updates
+    assert!(
+        (plain.loss - ck.loss).abs() < 1e-6,
+        "{} vs {}",
+        plain.loss,
+        ck.loss
+    );
+    for (n, t) in &a {
+        let r = rel(t, &b[n]);
+        assert!(r < 1e-6, "{n}: {r}");
+    }
 }
 
 #[test]
