@@ -9,7 +9,7 @@ fn main() {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("kernels.ptx");
     let nvcc = ["CUDA_ROOT", "CUDA_PATH", "CUDA_HOME"]
         .iter()
-        .filter_map(|k| std::env::var_os(k))
+        .filter_map(std::env::var_os)
         .map(|r| std::path::PathBuf::from(r).join("bin/nvcc"))
         .find(|p| p.exists())
         .unwrap_or_else(|| "nvcc".into());

@@ -4,6 +4,7 @@
 # scripts/build-cuda.sh) and the reference scripts at .device/bench/ (copied unchanged from
 # ../shared/bench/). Results go to $OUT (or ./gpu-out).
 #   scripts/gpu-check.sh [check|bench|all] [methods]
+# REF=0 skips the PyTorch reference; BENCH_ARGS adds ftl bench flags (e.g. --checkpoint).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}

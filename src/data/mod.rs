@@ -338,11 +338,10 @@ impl Dataset {
                 let mut all = Vec::new();
                 for d in docs.iter() {
                     let mut ids = c.tok.encode(d, true)?;
-                    if self.prep.bos == Some(true)
-                        && c.tok.bos.is_some()
-                        && ids.first() != c.tok.bos.as_ref()
-                    {
-                        ids.insert(0, c.tok.bos.unwrap());
+                    if let (Some(true), Some(bos)) = (self.prep.bos, c.tok.bos) {
+                        if ids.first() != Some(&bos) {
+                            ids.insert(0, bos);
+                        }
                     }
                     if self.prep.eos == Some(true) {
                         ids.extend(c.tok.eos);

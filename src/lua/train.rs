@@ -232,7 +232,7 @@ impl Checkpoints {
 
 impl Hook for Checkpoints {
     fn on_step(&mut self, s: &StepInfo) -> crate::Result<Flow> {
-        if s.step % self.every == 0 {
+        if s.step.is_multiple_of(self.every) {
             self.save(s.step)?;
         }
         Ok(Flow::Continue)

@@ -91,7 +91,7 @@ impl<'a> Cfg<'a> {
 
     /// Checks that `a` is divisible by `b` (heads into hidden size, …).
     pub fn divides(&self, key: &str, a: usize, b: usize) -> Result<()> {
-        if b == 0 || a % b != 0 {
+        if b == 0 || !a.is_multiple_of(b) {
             return Err(self.err(key, &format!("{a} is not divisible by {b}")));
         }
         Ok(())

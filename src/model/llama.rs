@@ -270,6 +270,7 @@ impl Llama {
 }
 
 impl Attention {
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: &Tensor,

@@ -172,7 +172,7 @@ pub(crate) mod testutil {
         f: impl Fn() -> Result<Tensor>,
         tol: f32,
     ) -> Result<()> {
-        let weights = randn(&f()?.dims().to_vec(), 99)?;
+        let weights = randn(f()?.dims(), 99)?;
         let run = |composed: bool| -> Result<(Tensor, Vec<Option<Tensor>>)> {
             super::force_composed(composed);
             let y = f()?;

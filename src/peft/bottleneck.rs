@@ -9,6 +9,9 @@ use crate::ops::{self, Activation};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
+/// Builds a parameter from values and a shape.
+type MakeParam<'a> = dyn Fn(Vec<f32>, &[usize]) -> Result<Param> + 'a;
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Residual {
     Before,
@@ -276,7 +279,7 @@ impl Bottleneck {
                     .to_device(device)?,
             )
         };
-        let ln = |mk: &dyn Fn(Vec<f32>, &[usize]) -> Result<Param>| -> Result<(Param, Param)> {
+        let ln = |mk: &MakeParam<'_>| -> Result<(Param, Param)> {
             Ok((
                 mk(vec![1.0; hidden], &[hidden])?,
                 mk(vec![0.0; hidden], &[hidden])?,

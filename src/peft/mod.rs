@@ -21,6 +21,7 @@ use target::Selector;
 
 /// A method and the settings needed to save it.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // a handful per model: size does not matter
 pub enum Method {
     Lora(LoraOpts),
     Ia3 {

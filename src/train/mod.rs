@@ -343,8 +343,7 @@ pub fn train(
             opt_s += t.elapsed().as_secs_f64();
             Ok(())
         };
-        let early_fn: Option<&mut dyn FnMut(usize, &Tensor) -> Result<()>> =
-            if early { Some(&mut apply) } else { None };
+        let early_fn: Option<&mut EarlyUpdate> = if early { Some(&mut apply) } else { None };
         let (loss, grads) = accumulate(
             model, &batches, denom, &params, o, k, &mut res, hooks, early_fn,
         )?;
@@ -450,6 +449,9 @@ fn emit(
     Ok(flow)
 }
 
+/// Applies the optimizer to parameter `i` as soon as its whole gradient is known.
+type EarlyUpdate<'a> = dyn FnMut(usize, &Tensor) -> Result<()> + 'a;
+
 /// Forward and backward over one step's micro-batches; the step's mean loss and the summed
 /// gradients of `params`.
 #[allow(clippy::too_many_arguments)]
@@ -462,7 +464,7 @@ fn accumulate(
     step: usize,
     res: &mut TrainResult,
     hooks: &mut [&mut dyn Hook],
-    mut early: Option<&mut dyn FnMut(usize, &Tensor) -> Result<()>>,
+    mut early: Option<&mut EarlyUpdate>,
 ) -> Result<(f64, Vec<Option<Tensor>>)> {
     let mut total = 0f64;
     let mut acc: Vec<Option<Tensor>> = vec![None; params.len()];

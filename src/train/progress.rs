@@ -47,7 +47,9 @@ impl Hook for Progress {
                     b.finish();
                 }
             }
-            None if !self.quiet && (s.step % self.log_every == 0 || s.step == s.total_steps) => {
+            None if !self.quiet
+                && (s.step.is_multiple_of(self.log_every) || s.step == s.total_steps) =>
+            {
                 tracing::info!("step {}/{} epoch {} {msg}", s.step, s.total_steps, s.epoch);
             }
             None => {}

@@ -113,7 +113,7 @@ fn two_named_adapters_alone_and_together() {
     };
     ftl::peft::io::load_adapter(&mut m, &d.join("second"), &o).unwrap();
     let e2 = expected(&d.join("second"));
-    m.set_active(&[first.clone()]).unwrap();
+    m.set_active(std::slice::from_ref(&first)).unwrap();
     assert!(rel(&logits(&m, &e), e.get("logits")) < TOL);
     m.set_active(&["second".into()]).unwrap();
     assert!(rel(&logits(&m, &e2), e2.get("logits")) < TOL);

@@ -271,12 +271,12 @@ fn check(c: Case) -> Arc<Mutex<Model>> {
         .iter()
         .map(|v| v.as_f64().unwrap())
         .collect();
-    for k in 0..steps {
+    for (k, want) in losses.iter().enumerate().take(steps) {
         assert!(
-            (rec.losses[k] - losses[k]).abs() < 1e-5,
+            (rec.losses[k] - want).abs() < 1e-5,
             "{name}: loss of step {k}: {} vs {}",
             rec.losses[k],
-            losses[k]
+            want
         );
     }
     if let Some(lrs) = meta.get("lrs").and_then(|v| v.as_array()) {
