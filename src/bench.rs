@@ -204,15 +204,32 @@ pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
         (l.backward_s - w.backward_s) / n,
         (l.optimizer_s - w.optimizer_s) / n,
     );
+    let tps = (a.batch * a.seq) as f64 / step_s;
+    let flops = model_flops_per_token(params, a, method == "full");
+    // against the H200's dense bf16 peak, as the GPU reference script
+    let mfu = gpu.then(|| flops * tps / H200_BF16_PEAK);
     Ok(serde_json::json!({
+        "model_flops_per_token": flops, "mfu": mfu,
         "impl": "ftl", "method": method, "checkpoint": a.checkpoint, "arch": a.arch, "hidden": a.hidden, "layers": a.layers,
         "batch": a.batch, "seq": a.seq, "steps": a.steps, "dtype": a.dtype, "device": a.device,
         "params": params, "trainable": res.trainable,
-        "tokens_per_s": (a.batch * a.seq) as f64 / step_s,
+        "tokens_per_s": tps,
         "step_s": step_s, "forward_s": fwd, "backward_s": bwd, "optimizer_s": opt,
         "peak_mem_bytes": peak, "grad_bytes": res.grad_bytes, "optimizer_bytes": res.optimizer_bytes,
         "threads": rayon::current_num_threads(), "loss": res.loss,
     }))
+}
+
+/// Dense bf16 peak of an H200 (the reference script's MFU denominator).
+const H200_BF16_PEAK: f64 = 989e12;
+
+/// Matrix-multiply FLOPs per trained token, counted as the reference script counts them: 6 per
+/// matmul weight for full fine-tuning (forward, input and weight gradients), 4 for PEFT (no weight
+/// gradients), plus QKᵀ and AV over the full square, three times (forward and backward).
+fn model_flops_per_token(params: usize, a: &BenchArgs, full: bool) -> f64 {
+    let n_mat = params.saturating_sub(a.vocab * a.hidden) as f64;
+    let attn = (4 * a.layers * a.seq * a.hidden) as f64;
+    (if full { 6.0 } else { 4.0 }) * n_mat + 3.0 * attn
 }
 
 pub fn bench(a: &BenchArgs) -> Result<()> {

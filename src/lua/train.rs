@@ -249,6 +249,7 @@ fn result_table(lua: &Lua, r: &TrainResult) -> mlua::Result<Table> {
     t.set("tokens_per_s", r.tokens_per_s)?;
     t.set("time_s", r.time_s)?;
     t.set("peak_mem_bytes", r.peak_mem_bytes)?;
+    t.set("recomputed_layers", r.recomputed_layers)?;
     t.set("trainable", r.trainable)?;
     t.set("grad_bytes", r.grad_bytes)?;
     t.set("optimizer_bytes", r.optimizer_bytes)?;

@@ -497,7 +497,13 @@ fn accumulate(
         while let Some(t) = top.take() {
             let grads = t.backward()?;
             drop(t);
-            bytes += grad_bytes(&grads, params);
+            // what is alive at once: this segment's gradients and the ones accumulated so far
+            let held: usize = acc
+                .iter()
+                .flatten()
+                .map(|g| g.elem_count() * g.dtype().size_in_bytes())
+                .sum();
+            bytes = bytes.max(grad_bytes(&grads, params) + held);
             sample_device_memory(&b.ids.device().clone());
             for h in hooks.iter_mut() {
                 h.on_backward(&grads, params);

@@ -232,11 +232,13 @@ m:load_state_dict(init, {strict = true})
 local data = ftl.data.tokens{input_ids = e.input_ids, attention_mask = e.attention_mask, labels = e.labels}
 local losses, stopped_at = {}, nil
 local r = ftl.train(m, data, {max_steps = 5, batch_size = 3, lr = meta.optimizer.lr, shuffle = false,
+  checkpoint = ftl.args.ck,
   on_step = function(s)
     losses[#losses + 1] = s.loss
     if s.step == 3 then stopped_at = s.step; return false end
   end})
 assert(r.steps == 3 and stopped_at == 3, "returning false stops")
+assert((r.recomputed_layers > 0) == ftl.args.ck, "checkpoint recomputes layers: " .. r.recomputed_layers)
 for k = 1, 3 do
   local want = meta.losses_before_each_step_then_final[k]
   assert(math.abs(losses[k] - want) < 1e-5, string.format("step %d loss %.7f vs %.7f", k, losses[k], want))
@@ -250,10 +252,19 @@ end
 print("recipe training matches", r.loss, r.trainable, r.grad_bytes)
 "#,
     );
+    // with activation checkpointing: the same numbers
+    let (code, out, err) = run(&r, &[&format!("fx={fx}"), "ck=true"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("recipe training matches"), "{out}");
     let out_dir = t.path().join("out");
     let (code, out, err) = run(
         &r,
-        &[&format!("fx={fx}"), "--out", out_dir.to_str().unwrap()],
+        &[
+            &format!("fx={fx}"),
+            "ck=false",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
     );
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("recipe training matches"), "{out}");
