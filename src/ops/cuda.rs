@@ -83,6 +83,13 @@ fn elem_cfg(n: usize) -> LaunchConfig {
     }
 }
 
+/// Pushes each kernel argument onto launch builder `b`.
+macro_rules! args {
+    ($b:ident, $($a:expr),+ $(,)?) => {
+        $($b.arg($a);)+
+    };
+}
+
 /// A view of a contiguous CUDA tensor's data.
 macro_rules! view {
     ($guard:ident, $t:expr, $ty:ty) => {{
@@ -177,19 +184,11 @@ pub fn attn_softmax(
         ($ty:ty) => {{
             let dst = unsafe { dev.alloc::<$ty>(n)? };
             let mut b = f.builder();
-            b.arg(&sv);
-            b.arg(&dst);
-            b.arg(&kvv);
+            args!(b, &sv, &dst, &kvv);
             if warp {
                 b.arg(&rows_);
             }
-            b.arg(&tk_);
-            b.arg(&tq_);
-            b.arg(&rpb);
-            b.arg(&causal_);
-            b.arg(&offset_);
-            b.arg(&window_);
-            b.arg(&scale);
+            args!(b, &tk_, &tq_, &rpb, &causal_, &offset_, &window_, &scale);
             let cfg = if warp {
                 warp_rows_cfg(rows)
             } else {
@@ -228,14 +227,11 @@ pub fn attn_softmax_bwd(p: &Tensor, dp: &Tensor, scale: f32) -> Result<Tensor> {
     typed!(dp, |dv: Ty| {
         let dst = unsafe { dev.alloc::<Ty>(rows * tk)? };
         let mut b = f.builder();
-        b.arg(&pv);
-        b.arg(&dv);
-        b.arg(&dst);
+        args!(b, &pv, &dv, &dst);
         if warp {
             b.arg(&rows_);
         }
-        b.arg(&tk_);
-        b.arg(&scale);
+        args!(b, &tk_, &scale);
         let cfg = if warp {
             warp_rows_cfg(rows)
         } else {
@@ -258,10 +254,7 @@ pub fn ce_rows(x: &Tensor, labels: &Tensor) -> Result<Tensor> {
     typed!(x, |xv: _Ty| {
         let dst = unsafe { dev.alloc::<f32>(n)? };
         let mut b = f.builder();
-        b.arg(&xv);
-        b.arg(&lv);
-        b.arg(&dst);
-        b.arg(&v_);
+        args!(b, &xv, &lv, &dst, &v_);
         unsafe { b.launch(rows_cfg(n, v)) }.w()?;
         Ok(wrap(dst, &dev, n))
     })
@@ -282,11 +275,7 @@ pub fn ce_bwd(x: &Tensor, labels: &Tensor, g: &Tensor) -> Result<Tensor> {
     typed!(x, |xv: Ty| {
         let dst = unsafe { dev.alloc::<Ty>(n * v)? };
         let mut b = f.builder();
-        b.arg(&xv);
-        b.arg(&lv);
-        b.arg(&gv);
-        b.arg(&dst);
-        b.arg(&v_);
+        args!(b, &xv, &lv, &gv, &dst, &v_);
         unsafe { b.launch(rows_cfg(n, v)) }.w()?;
         Ok(wrap(dst, &dev, (n, v)))
     })
@@ -309,11 +298,7 @@ pub fn rms_fwd(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
         let wv = view!(gw, w, Ty);
         let dst = unsafe { dev.alloc::<Ty>(rows * n)? };
         let mut b = f.builder();
-        b.arg(&xv);
-        b.arg(&wv);
-        b.arg(&dst);
-        b.arg(&n_);
-        b.arg(&eps_);
+        args!(b, &xv, &wv, &dst, &n_, &eps_);
         unsafe { b.launch(rows_cfg(rows, n)) }.w()?;
         Ok(wrap(dst, &dev, shape))
     })
@@ -352,9 +337,7 @@ pub fn rms_bwd(
             None
         };
         let mut b = f.builder();
-        b.arg(&xv);
-        b.arg(&wv);
-        b.arg(&gv);
+        args!(b, &xv, &wv, &gv);
         match &dx {
             Some(d) => b.arg(d),
             None => b.arg(&null),
@@ -363,8 +346,7 @@ pub fn rms_bwd(
             Some(d) => b.arg(d),
             None => b.arg(&null),
         };
-        b.arg(&n_);
-        b.arg(&eps_);
+        args!(b, &n_, &eps_);
         unsafe { b.launch(rows_cfg(rows, n)) }.w()?;
         Ok((
             dx.map(|d| wrap(d, &dev, shape.clone())),
@@ -388,15 +370,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, sign: f32) -> Result<Tensor>
     typed!(x, |xv: Ty| {
         let dst = unsafe { dev.alloc::<Ty>(rows * d)? };
         let mut b = f.builder();
-        b.arg(&xv);
-        b.arg(&dst);
-        b.arg(&cv);
-        b.arg(&sv);
-        b.arg(&rows_);
-        b.arg(&t_);
-        b.arg(&h_);
-        b.arg(&d_);
-        b.arg(&sign);
+        args!(b, &xv, &dst, &cv, &sv, &rows_, &t_, &h_, &d_, &sign);
         unsafe { b.launch(elem_cfg(rows * d / 2)) }.w()?;
         Ok(wrap(dst, &dev, shape))
     })
@@ -414,10 +388,7 @@ pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
         let uv = view!(gu, u, Ty);
         let dst = unsafe { dev.alloc::<Ty>(n)? };
         let mut b = f.builder();
-        b.arg(&gv);
-        b.arg(&uv);
-        b.arg(&dst);
-        b.arg(&n_);
+        args!(b, &gv, &uv, &dst, &n_);
         unsafe { b.launch(elem_cfg(n)) }.w()?;
         Ok(wrap(dst, &dev, shape))
     })
@@ -454,9 +425,7 @@ pub fn silu_mul_bwd(
             None
         };
         let mut b = f.builder();
-        b.arg(&gv);
-        b.arg(&uv);
-        b.arg(&dv);
+        args!(b, &gv, &uv, &dv);
         match &dg {
             Some(x) => b.arg(x),
             None => b.arg(&null),
@@ -511,17 +480,7 @@ pub fn adamw(
                 view!(gv, v, $ty),
             );
             let mut b = f.builder();
-            b.arg(&pv);
-            b.arg(&gvv);
-            b.arg(&mv);
-            b.arg(&vv);
-            b.arg(&n_);
-            b.arg(&wd_factor);
-            b.arg(&b1);
-            b.arg(&b2);
-            b.arg(&eps);
-            b.arg(&step_size);
-            b.arg(&bc2_sqrt);
+            args!(b, &pv, &gvv, &mv, &vv, &n_, &wd_factor, &b1, &b2, &eps, &step_size, &bc2_sqrt);
             unsafe { b.launch(elem_cfg(n)) }.w()?;
             Ok(())
         }};
@@ -543,9 +502,7 @@ pub fn sum_sq(x: &Tensor) -> Result<Tensor> {
     typed!(x, |xv: _Ty| {
         let dst = dev.alloc_zeros::<f32>(1)?;
         let mut b = f.builder();
-        b.arg(&xv);
-        b.arg(&dst);
-        b.arg(&n_);
+        args!(b, &xv, &dst, &n_);
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (256, 1, 1),
@@ -594,12 +551,7 @@ pub fn lora_down(x: &Tensor, a: &Tensor) -> Result<Tensor> {
     typed!(x, |xv: _Ty| {
         let dst = unsafe { dev.alloc::<f32>(m * r)? };
         let mut b = f.builder();
-        b.arg(&xv);
-        b.arg(&av);
-        b.arg(&dst);
-        b.arg(&m_);
-        b.arg(&k_);
-        b.arg(&r_);
+        args!(b, &xv, &av, &dst, &m_, &k_, &r_);
         unsafe { b.launch(block_cfg((m.div_ceil(8), 1))?) }.w()?;
         Ok(wrap(dst, &dev, (m, r)))
     })
@@ -619,14 +571,7 @@ pub fn lora_up_add(y: &Tensor, h: &Tensor, bm: &Tensor, s: f32) -> Result<Tensor
     typed!(y, |yv: Ty| {
         let dst = unsafe { dev.alloc::<Ty>(m * n)? };
         let mut b = f.builder();
-        b.arg(&yv);
-        b.arg(&hv);
-        b.arg(&bv);
-        b.arg(&dst);
-        b.arg(&m_);
-        b.arg(&n_);
-        b.arg(&r_);
-        b.arg(&s);
+        args!(b, &yv, &hv, &bv, &dst, &m_, &n_, &r_, &s);
         unsafe { b.launch(block_cfg((n.div_ceil(256), m.div_ceil(32)))?) }.w()?;
         Ok(wrap(dst, &dev, (m, n)))
     })
@@ -647,13 +592,7 @@ pub fn lora_outer(l: &Tensor, x: &Tensor, s: f32) -> Result<Tensor> {
     let parts = typed!(x, |xv: _Ty| {
         let dst = unsafe { dev.alloc::<f32>(splits * r * k)? };
         let mut b = f.builder();
-        b.arg(&lv);
-        b.arg(&xv);
-        b.arg(&dst);
-        b.arg(&m_);
-        b.arg(&k_);
-        b.arg(&r_);
-        b.arg(&s);
+        args!(b, &lv, &xv, &dst, &m_, &k_, &r_, &s);
         unsafe { b.launch(block_cfg((k.div_ceil(256), splits))?) }.w()?;
         Ok::<_, candle_core::Error>(wrap(dst, &dev, (splits, r, k)))
     })?;

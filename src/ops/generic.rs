@@ -323,6 +323,41 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> R
     }
 }
 
+/// LoRA's `A` `[r, k]` and `B` `[n, r]` packed into one tensor, so that one op input carries both.
+#[derive(Clone, Copy)]
+struct LoraPack {
+    r: usize,
+    k: usize,
+    n: usize,
+}
+
+impl LoraPack {
+    fn new(a: &Tensor, bm: &Tensor) -> Result<(Tensor, LoraPack)> {
+        let (r, k) = a.dims2()?;
+        let n = bm.dim(0)?;
+        let pack = Tensor::cat(&[a.flatten_all()?, bm.flatten_all()?], 0)?;
+        Ok((pack, LoraPack { r, k, n }))
+    }
+
+    fn unpack(&self, p: &Tensor) -> Result<(Tensor, Tensor)> {
+        let LoraPack { r, k, n } = *self;
+        Ok((
+            p.narrow(0, 0, r * k)?.reshape((r, k))?,
+            p.narrow(0, r * k, n * r)?.reshape((n, r))?,
+        ))
+    }
+}
+
+/// The base output `x·Wᵀ` of a LoRA layer, with its bias when that is frozen (a trained bias gets
+/// its gradient from a plain add outside the op).
+fn frozen_base(xd: &Tensor, wd: &Tensor, b: Option<&Tensor>, transposed: bool) -> Result<Tensor> {
+    let y = mm(xd, wd, transposed)?;
+    match b.filter(|b| !needs_grad(b)) {
+        Some(b) => y.broadcast_add(&b.detach()),
+        None => Ok(y),
+    }
+}
+
 /// `y = x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ`; the adapter (`a` `[r, in]`, `bm` `[out, r]`) may be f32 on a
 /// bf16 model: its branch runs in the adapter's dtype, as PEFT's.
 pub fn lora_linear(
@@ -343,24 +378,12 @@ pub fn lora_linear(
         return lora_linear_cuda(x, w, b, a, bm, scale, transposed);
     }
     let x = &x.contiguous()?;
-    let (r, k) = a.dims2()?;
-    let n = bm.dim(0)?;
     let adt = a.dtype();
-    let pack = Tensor::cat(&[a.flatten_all()?, bm.flatten_all()?], 0)?;
-    let unpack = move |p: &Tensor| -> Result<(Tensor, Tensor)> {
-        Ok((
-            p.narrow(0, 0, r * k)?.reshape((r, k))?,
-            p.narrow(0, r * k, n * r)?.reshape((n, r))?,
-        ))
-    };
+    let (pack, lp) = LoraPack::new(a, bm)?;
+    let unpack = move |p: &Tensor| lp.unpack(p);
     let (xd, wd) = (x.detach(), w.detach());
     let (ad, bd) = unpack(&pack.detach())?;
-    // a trained bias gets its gradient from a plain add outside the op
-    let inner_bias = b.filter(|b| !needs_grad(b)).map(|b| b.detach());
-    let mut y = mm(&xd, &wd, transposed)?;
-    if let Some(b) = &inner_bias {
-        y = y.broadcast_add(b)?;
-    }
+    let y = frozen_base(&xd, &wd, b, transposed)?;
     let h = xd.to_dtype(adt)?.broadcast_matmul(&ad.t()?)?;
     let d = (h.broadcast_matmul(&bd.t()?)? * scale)?;
     let y = (y + d.to_dtype(x.dtype())?)?;
@@ -420,23 +443,12 @@ fn lora_linear_cuda(
 ) -> Result<Tensor> {
     use super::cuda;
     let x = &x.contiguous()?;
-    let (r, k) = a.dims2()?;
-    let n = bm.dim(0)?;
     let s = scale as f32;
-    let pack = Tensor::cat(&[a.flatten_all()?, bm.flatten_all()?], 0)?;
-    let unpack = move |p: &Tensor| -> Result<(Tensor, Tensor)> {
-        Ok((
-            p.narrow(0, 0, r * k)?.reshape((r, k))?,
-            p.narrow(0, r * k, n * r)?.reshape((n, r))?,
-        ))
-    };
+    let (pack, lp) = LoraPack::new(a, bm)?;
+    let unpack = move |p: &Tensor| lp.unpack(p);
     let (xd, wd) = (x.detach(), w.detach());
     let (ad, bd) = unpack(&pack.detach())?;
-    let inner_bias = b.filter(|b| !needs_grad(b)).map(|b| b.detach());
-    let mut y = mm(&xd, &wd, transposed)?;
-    if let Some(b) = &inner_bias {
-        y = y.broadcast_add(b)?;
-    }
+    let y = frozen_base(&xd, &wd, b, transposed)?;
     let shape = y.shape().clone();
     let h = cuda::lora_down(&rows(&xd)?, &ad)?;
     let y = cuda::lora_up_add(&rows(&y)?, &h, &bd, s)?.reshape(shape)?;
