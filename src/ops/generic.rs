@@ -281,6 +281,20 @@ fn mm(x: &Tensor, w: &Tensor, transposed: bool) -> Result<Tensor> {
     x.broadcast_matmul(&wt)
 }
 
+/// `dW` of `y = x·Wᵀ` (of `x·W` for a transposed weight) from rows `x2` and output gradient `g2`.
+fn weight_grad(x2: &Tensor, g2: &Tensor, transposed: bool) -> Result<Tensor> {
+    if transposed {
+        x2.t()?.matmul(g2)
+    } else {
+        g2.t()?.matmul(x2)
+    }
+}
+
+/// `dx` of the same product.
+fn input_grad(g2: &Tensor, w: &Tensor, transposed: bool) -> Result<Tensor> {
+    g2.matmul(&if transposed { w.t()? } else { w.clone() })
+}
+
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> Result<Tensor> {
     let x = &x.contiguous()?;
     let (xd, wd) = (x.detach(), w.detach());
@@ -293,17 +307,12 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> R
         let g2 = rows(g)?;
         let x2 = rows(&x)?;
         let dx = if needs_grad(a[0]) {
-            let wv = if transposed { w.t()? } else { w.clone() };
-            Some(g2.matmul(&wv)?.reshape(x.shape())?)
+            Some(input_grad(&g2, &w, transposed)?.reshape(x.shape())?)
         } else {
             None
         };
         let dw = if needs_grad(a[1]) {
-            Some(if transposed {
-                x2.t()?.matmul(&g2)?
-            } else {
-                g2.t()?.matmul(&x2)?
-            })
+            Some(weight_grad(&x2, &g2, transposed)?)
         } else {
             None
         };
@@ -397,18 +406,13 @@ pub fn lora_linear(
         let h = xa.matmul(&a.t()?)?;
         let dh = (ga.matmul(&bm)? * scale)?;
         let dx = if needs_grad(args[0]) {
-            let wv = if transposed { w.t()? } else { w.clone() };
-            let base = g2.matmul(&wv)?;
+            let base = input_grad(&g2, &w, transposed)?;
             Some((base + dh.matmul(&a)?.to_dtype(x.dtype())?)?.reshape(x.shape())?)
         } else {
             None
         };
         let dw = if needs_grad(args[1]) {
-            Some(if transposed {
-                x2.t()?.matmul(&g2)?
-            } else {
-                g2.t()?.matmul(&x2)?
-            })
+            Some(weight_grad(&x2, &g2, transposed)?)
         } else {
             None
         };
@@ -460,18 +464,13 @@ fn lora_linear_cuda(
         // g·B, unscaled: the scale goes into each use below
         let gb = cuda::lora_down(&g2, &bm.t()?.contiguous()?)?;
         let dx = if needs_grad(args[0]) {
-            let wv = if transposed { w.t()? } else { w.clone() };
-            let base = g2.matmul(&wv)?;
+            let base = input_grad(&g2, &w, transposed)?;
             Some(cuda::lora_up_add(&base, &gb, &a.t()?.contiguous()?, s)?.reshape(x.shape())?)
         } else {
             None
         };
         let dw = if needs_grad(args[1]) {
-            Some(if transposed {
-                x2.t()?.matmul(&g2)?
-            } else {
-                g2.t()?.matmul(&x2)?
-            })
+            Some(weight_grad(&x2, &g2, transposed)?)
         } else {
             None
         };
