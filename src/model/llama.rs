@@ -283,24 +283,15 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let hd = cfg.head_dim;
-        let q = self
-            .q_proj
-            .forward(x, ctx)?
-            .reshape((b, t, cfg.heads, hd))?;
-        let k = self
-            .k_proj
-            .forward(x, ctx)?
-            .reshape((b, t, cfg.kv_heads, hd))?;
-        let v = self
-            .v_proj
-            .forward(x, ctx)?
-            .reshape((b, t, cfg.kv_heads, hd))?;
+        let q = ops::reshape(&self.q_proj.forward(x, ctx)?, (b, t, cfg.heads, hd))?;
+        let k = ops::reshape(&self.k_proj.forward(x, ctx)?, (b, t, cfg.kv_heads, hd))?;
+        let v = ops::reshape(&self.v_proj.forward(x, ctx)?, (b, t, cfg.kv_heads, hd))?;
         let q = ops::rope(&q, rope, mask.offset)?;
         let k = ops::rope(&k, rope, mask.offset)?;
         let (k, v) = past.extend(l, k, v)?;
         let o = ops::attention(&q, &k, &v, mask, 1.0 / (hd as f32).sqrt())?;
         self.o_proj
-            .forward(&o.reshape((b, t, cfg.heads * hd))?, ctx)
+            .forward(&ops::reshape(&o, (b, t, cfg.heads * hd))?, ctx)
     }
 }
 

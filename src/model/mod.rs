@@ -82,6 +82,8 @@ pub struct Segment {
     pub input: Tensor,
     /// the tensor that value stands for, with its graph (absent when checkpointing)
     pub out: Option<Tensor>,
+    /// how much of the device path's tape (`ops::tape`) the ops below this boundary fill
+    pub mark: usize,
 }
 
 /// What a layer loop does at a boundary (see `Ctx::layer`).
@@ -172,11 +174,17 @@ impl Ctx {
             (None, h.detach())
         };
         let out = (!self.checkpoint).then(|| h.clone());
-        seg.lock().unwrap().push(Segment {
+        let mut segs = seg.lock().unwrap();
+        if self.checkpoint {
+            // the layer below is recomputed in backward: its recorded ops are not kept
+            crate::ops::tape::truncate(segs.last().map_or(0, |s| s.mark));
+        }
+        segs.push(Segment {
             idx,
             var,
             input: input.clone(),
             out,
+            mark: crate::ops::tape::len(),
         });
         Ok(Flow::Run(input))
     }

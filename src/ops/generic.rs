@@ -24,7 +24,7 @@ pub fn set_chunk_bytes(n: usize) {
 fn chunk_bytes() -> usize {
     CHUNK_BYTES.load(std::sync::atomic::Ordering::Relaxed)
 }
-type Bwd = Arc<dyn Fn(&[&Tensor], &Tensor) -> Result<Grads> + Send + Sync>;
+use super::tape::{self, Bwd};
 
 /// An op whose output was computed already and whose backward pass is `bwd`.
 struct Attach {
@@ -100,8 +100,8 @@ impl Attach {
         }
     }
 
-    fn grads(&self, args: &[&Tensor], g: &Tensor) -> Result<Grads> {
-        let mut v = (self.bwd)(args, &g.detach())?;
+    fn grads(&self, args: &[&Tensor], out: &Tensor, g: &Tensor) -> Result<Grads> {
+        let mut v = (self.bwd)(args, &out.detach(), &g.detach())?;
         for (i, a) in args.iter().enumerate() {
             if !needs_grad(a) {
                 v[i] = None;
@@ -126,8 +126,8 @@ impl CustomOp1 for Attach {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         self.copy_cuda()
     }
-    fn bwd(&self, a: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        Ok(self.grads(&[a], g)?.remove(0))
+    fn bwd(&self, a: &Tensor, res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(self.grads(&[a], res, g)?.remove(0))
     }
 }
 
@@ -158,10 +158,10 @@ impl CustomOp2 for Attach {
         &self,
         a: &Tensor,
         b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let mut v = self.grads(&[a, b], g)?;
+        let mut v = self.grads(&[a, b], res, g)?;
         let y = v.pop().unwrap();
         Ok((v.pop().unwrap(), y))
     }
@@ -199,10 +199,10 @@ impl CustomOp3 for Attach {
         a: &Tensor,
         b: &Tensor,
         c: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let mut v = self.grads(&[a, b, c], g)?;
+        let mut v = self.grads(&[a, b, c], res, g)?;
         let z = v.pop().unwrap();
         let y = v.pop().unwrap();
         Ok((v.pop().unwrap(), y, z))
@@ -224,15 +224,34 @@ fn attach_out(args: &[&Tensor], out: Tensor, bwd: Bwd, fresh: bool) -> Result<Te
     if !args.iter().any(|a| needs_grad(a)) {
         return Ok(out);
     }
+    if tape::recording() {
+        let out = if fresh && out.is_contiguous() && out.layout().start_offset() == 0 {
+            out
+        } else {
+            out.force_contiguous()?
+        };
+        let shape = out.shape().clone();
+        return Ok(tape::op(args, steal(&out)?, shape, bwd));
+    }
+    attach_graph(args, out, bwd, fresh)
+}
+
+/// Takes the storage out of `t` (contiguous from offset 0, shared with nothing else).
+fn steal(t: &Tensor) -> Result<Storage> {
+    let steal = Steal(std::sync::Mutex::new(None));
+    t.inplace_op1(&steal)?;
+    let taken = steal.0.lock().unwrap().take();
+    match taken {
+        Some(s) => Ok(s),
+        None => candle_core::bail!("attach: storage not taken"),
+    }
+}
+
+/// `attach` as a node of candle's graph.
+fn attach_graph(args: &[&Tensor], out: Tensor, bwd: Bwd, fresh: bool) -> Result<Tensor> {
     let out = out.contiguous()?;
     let out = if fresh && out.layout().start_offset() == 0 {
-        let steal = Steal(std::sync::Mutex::new(None));
-        out.inplace_op1(&steal)?;
-        let taken = steal.0.lock().unwrap().take();
-        match taken {
-            Some(s) => Out::Moved(s, out.shape().clone()),
-            None => candle_core::bail!("attach: storage not taken"),
-        }
+        Out::Moved(steal(&out)?, out.shape().clone())
     } else {
         Out::Copy(out)
     };
@@ -251,10 +270,27 @@ fn attach_out(args: &[&Tensor], out: Tensor, bwd: Bwd, fresh: bool) -> Result<Te
 /// A scalar whose backward pass hands `g` to `out` as its gradient: how a backward pass continues
 /// below a layer boundary, without a product and a sum over the whole activation.
 pub fn seed_grad(out: &Tensor, g: &Tensor) -> Result<Tensor> {
+    seed_grad_graph(out, g)
+}
+
+/// `seed_grad` as a node of candle's graph, also while a tape records.
+pub(crate) fn seed_grad_graph(out: &Tensor, g: &Tensor) -> Result<Tensor> {
+    if !needs_grad(out) {
+        return Tensor::zeros((), out.dtype(), out.device());
+    }
     let g = g.detach();
     let zero = Tensor::zeros((), out.dtype(), out.device())?;
-    let bwd: Bwd = Arc::new(move |_: &[&Tensor], _: &Tensor| Ok(vec![Some(g.clone())]));
-    attach(&[out], zero, bwd)
+    let bwd: Bwd = Arc::new(move |_: &[&Tensor], _: &Tensor, _: &Tensor| Ok(vec![Some(g.clone())]));
+    attach_graph(&[out], zero, bwd, true)
+}
+
+/// `a + b` (same shapes): both get the output's gradient as it is, shared.
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let y = (a.detach() + b.detach())?;
+    let bwd: Bwd = Arc::new(|_: &[&Tensor], _: &Tensor, g: &Tensor| {
+        Ok(vec![Some(g.clone()), Some(g.clone())])
+    });
+    attach_fresh(&[a, b], y, bwd)
 }
 
 /// Whether `t` takes ftl's own CUDA kernels.
@@ -302,7 +338,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> R
     if let Some(b) = b {
         y = y.broadcast_add(&b.detach())?;
     }
-    let bwd: Bwd = Arc::new(move |a: &[&Tensor], g: &Tensor| {
+    let bwd: Bwd = Arc::new(move |a: &[&Tensor], _: &Tensor, g: &Tensor| {
         let (x, w) = (a[0].detach(), a[1].detach());
         let g2 = rows(g)?;
         let x2 = rows(&x)?;
@@ -396,7 +432,7 @@ pub fn lora_linear(
     let h = xd.to_dtype(adt)?.broadcast_matmul(&ad.t()?)?;
     let d = (h.broadcast_matmul(&bd.t()?)? * scale)?;
     let y = (y + d.to_dtype(x.dtype())?)?;
-    let bwd: Bwd = Arc::new(move |args: &[&Tensor], g: &Tensor| {
+    let bwd: Bwd = Arc::new(move |args: &[&Tensor], _: &Tensor, g: &Tensor| {
         let (x, w) = (args[0].detach(), args[1].detach());
         let (a, bm) = unpack(&args[2].detach())?;
         let g2 = rows(g)?;
@@ -456,7 +492,7 @@ fn lora_linear_cuda(
     let shape = y.shape().clone();
     let h = cuda::lora_down(&rows(&xd)?, &ad)?;
     let y = cuda::lora_up_add(&rows(&y)?, &h, &bd, s)?.reshape(shape)?;
-    let bwd: Bwd = Arc::new(move |args: &[&Tensor], g: &Tensor| {
+    let bwd: Bwd = Arc::new(move |args: &[&Tensor], _: &Tensor, g: &Tensor| {
         let (x, w) = (args[0].detach(), args[1].detach());
         let (a, bm) = unpack(&args[2].detach())?;
         let g2 = rows(g)?.contiguous()?;
@@ -497,7 +533,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     if kernels(x) {
         let x = &x.contiguous()?;
         let y = super::cuda::rms_fwd(&x.detach(), &w.detach(), eps)?;
-        let bwd: Bwd = Arc::new(move |a: &[&Tensor], g: &Tensor| {
+        let bwd: Bwd = Arc::new(move |a: &[&Tensor], _: &Tensor, g: &Tensor| {
             let (dx, dw) = super::cuda::rms_bwd(
                 &a[0].detach(),
                 &a[1].detach(),
@@ -519,7 +555,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
         .broadcast_mul(&r)?
         .to_dtype(dt)?
         .broadcast_mul(&w.detach())?;
-    let bwd: Bwd = Arc::new(move |a: &[&Tensor], g: &Tensor| {
+    let bwd: Bwd = Arc::new(move |a: &[&Tensor], _: &Tensor, g: &Tensor| {
         let xf = a[0].detach().to_dtype(DType::F32)?;
         let wf = a[1].detach().to_dtype(DType::F32)?;
         let gf = g.to_dtype(DType::F32)?;
@@ -564,7 +600,7 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
         .to_dtype(dt)?
         .broadcast_mul(&w.detach())?
         .broadcast_add(&b.detach())?;
-    let bwd: Bwd = Arc::new(move |a: &[&Tensor], g: &Tensor| {
+    let bwd: Bwd = Arc::new(move |a: &[&Tensor], _: &Tensor, g: &Tensor| {
         let (xh, r) = stats(&a[0].detach().to_dtype(DType::F32)?)?;
         let wf = a[1].detach().to_dtype(DType::F32)?;
         let gf = g.to_dtype(DType::F32)?;
@@ -607,7 +643,7 @@ pub fn rope(x: &Tensor, r: &Rope, offset: usize) -> Result<Tensor> {
         return attach_fresh(
             &[x],
             y,
-            Arc::new(move |_a: &[&Tensor], g: &Tensor| {
+            Arc::new(move |_a: &[&Tensor], _: &Tensor, g: &Tensor| {
                 Ok(vec![Some(super::cuda::rope(g, &cos, &sin, -1.0)?)])
             }),
         );
@@ -632,7 +668,7 @@ pub fn rope(x: &Tensor, r: &Rope, offset: usize) -> Result<Tensor> {
     attach(
         &[x],
         y,
-        Arc::new(move |_a: &[&Tensor], g: &Tensor| Ok(vec![Some(rb(g, -1.0)?)])),
+        Arc::new(move |_a: &[&Tensor], _: &Tensor, g: &Tensor| Ok(vec![Some(rb(g, -1.0)?)])),
     )
 }
 
@@ -642,7 +678,7 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if kernels(gate) && gate.shape() == up.shape() {
         let (gate, up) = (&gate.contiguous()?, &up.contiguous()?);
         let y = super::cuda::silu_mul(&gate.detach(), &up.detach())?;
-        let bwd: Bwd = Arc::new(|a: &[&Tensor], g: &Tensor| {
+        let bwd: Bwd = Arc::new(|a: &[&Tensor], _: &Tensor, g: &Tensor| {
             let (dg, du) = super::cuda::silu_mul_bwd(
                 &a[0].detach(),
                 &a[1].detach(),
@@ -655,7 +691,7 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         return attach_fresh(&[gate, up], y, bwd);
     }
     let y = gate.detach().silu()?.mul(&up.detach())?;
-    let bwd: Bwd = Arc::new(|a: &[&Tensor], g: &Tensor| {
+    let bwd: Bwd = Arc::new(|a: &[&Tensor], _: &Tensor, g: &Tensor| {
         let dt = a[0].dtype();
         let gt = a[0].detach().to_dtype(DType::F32)?;
         let up = a[1].detach().to_dtype(DType::F32)?;
@@ -778,8 +814,14 @@ pub fn attention(
     mask: &AttnMask,
     scale: f32,
 ) -> Result<Tensor> {
-    let (b, tq, h, _) = q.dims4()?;
+    let (b, tq, h, d) = q.dims4()?;
     let (_, tk, _, _) = k.dims4()?;
+    #[cfg(feature = "cuda")]
+    if kernels(q) && [q, k, v].iter().all(|t| t.dtype() == DType::BF16) && super::cuda::flash_dim(d)
+    {
+        return flash_attention(q, k, v, mask, scale);
+    }
+    let _ = d;
     // samples in chunks, so the f32 scores stay small
     let bchunk = (chunk_bytes() / (h * tq * tk * 4).max(1)).clamp(1, b);
     let masking = if kernels(q) {
@@ -832,7 +874,7 @@ pub fn attention(
         }
     };
     let y = cat(outs)?;
-    let bwd: Bwd = Arc::new(move |a: &[&Tensor], g: &Tensor| {
+    let bwd: Bwd = Arc::new(move |a: &[&Tensor], _: &Tensor, g: &Tensor| {
         let (q, k, v) = (a[0].detach(), a[1].detach(), a[2].detach());
         let (mut dq, mut dk, mut dv) = (Vec::new(), Vec::new(), Vec::new());
         for &(s, n) in &chunks {
@@ -850,6 +892,34 @@ pub fn attention(
             dv.push(c);
         }
         Ok(vec![Some(cat(dq)?), Some(cat(dk)?), Some(cat(dv)?)])
+    });
+    attach_fresh(&[q, k, v], y, bwd)
+}
+
+/// Attention in bf16 by the flash kernels: the scores never reach memory, and the inputs and
+/// output keep the model's `[b, t, heads, d]` layout.
+#[cfg(feature = "cuda")]
+fn flash_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &AttnMask,
+    scale: f32,
+) -> Result<Tensor> {
+    use super::cuda;
+    let (b, tk) = (q.dim(0)?, k.dim(1)?);
+    let kv = mask.device_key_valid(b, tk, q.device())?;
+    let m = cuda::Flash {
+        causal: mask.causal,
+        offset: mask.offset,
+        window: mask.window.unwrap_or(0),
+        scale,
+    };
+    let (y, lse) = cuda::flash_fwd(&q.detach(), &k.detach(), &v.detach(), &kv, &m)?;
+    let bwd: Bwd = Arc::new(move |a: &[&Tensor], out: &Tensor, g: &Tensor| {
+        let (q, k, v) = (a[0].detach(), a[1].detach(), a[2].detach());
+        let (dq, dk, dv) = cuda::flash_bwd(&q, &k, &v, &out.detach(), g, &lse, &kv, &m)?;
+        Ok(vec![Some(dq), Some(dk), Some(dv)])
     });
     attach_fresh(&[q, k, v], y, bwd)
 }
@@ -986,7 +1056,7 @@ pub fn cross_entropy_sum(logits: &Tensor, labels: &[i64]) -> Result<Tensor> {
         let lab: Vec<u32> = labels.iter().map(|&l| l as i32 as u32).collect();
         let lab = Tensor::from_vec(lab, n, &Device::Cpu)?.to_device(logits.device())?;
         let loss = super::cuda::ce_rows(&logits.detach(), &lab)?.sum_all()?;
-        let bwd: Bwd = Arc::new(move |a: &[&Tensor], g: &Tensor| {
+        let bwd: Bwd = Arc::new(move |a: &[&Tensor], _: &Tensor, g: &Tensor| {
             Ok(vec![Some(super::cuda::ce_bwd(&a[0].detach(), &lab, g)?)])
         });
         let _ = v;
@@ -1021,7 +1091,7 @@ pub fn cross_entropy_sum(logits: &Tensor, labels: &[i64]) -> Result<Tensor> {
         let picked = lf.gather(&idx.narrow(0, s, len)?, 1)?;
         loss = (loss + (lse - picked)?.mul(&keep.narrow(0, s, len)?)?.sum_all()?)?;
     }
-    let bwd: Bwd = Arc::new(move |a: &[&Tensor], g: &Tensor| {
+    let bwd: Bwd = Arc::new(move |a: &[&Tensor], _: &Tensor, g: &Tensor| {
         let gf = g.to_dtype(DType::F32)?;
         let ld = a[0].detach();
         let mut parts = Vec::with_capacity(starts.len());

@@ -14,6 +14,7 @@ pub mod linear;
 pub mod loss;
 pub mod norm;
 pub mod rope;
+pub mod tape;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Storage, Tensor};
 use std::cell::Cell;
@@ -63,6 +64,19 @@ pub fn fused(t: &Tensor) -> bool {
 /// True when ops must use the composed reference.
 pub fn composed_only() -> bool {
     path() == Path::Composed
+}
+
+/// `a + b` for two values of one shape (residual connections).
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if fused(a) || composed_only() {
+        return a + b;
+    }
+    generic::add(a, b)
+}
+
+/// `t` in another shape, its gradient reshaped back without a copy on the device path.
+pub fn reshape<S: Into<Shape>>(t: &Tensor, shape: S) -> Result<Tensor> {
+    tape::reshape(t, shape.into())
 }
 
 /// Whether the backward pass must produce a gradient for `t`: it is a variable or depends on one.

@@ -466,7 +466,7 @@ pub fn pre_norm(
     ctx: &Ctx,
 ) -> Result<Tensor> {
     match active(slots, ctx)? {
-        None => Ok(f.add(r)?),
+        None => Ok(crate::ops::add(f, r)?),
         Some(b) => b.forward(f, r, None, ctx),
     }
 }
@@ -480,7 +480,7 @@ pub fn post_norm(
     ctx: &Ctx,
 ) -> Result<Tensor> {
     match active(slots, ctx)? {
-        None => ln.forward(&f.add(r)?, ctx),
+        None => ln.forward(&crate::ops::add(f, r)?, ctx),
         Some(b) => b.forward(f, r, Some(ln), ctx),
     }
 }

@@ -8,7 +8,7 @@ pub mod schedule;
 use crate::data::{batch_indices, Batch, Ctx as DataCtx, Dataset, Example, Prep};
 use crate::error::{Error, Result};
 use crate::model::{Model, Param, Task};
-use crate::ops;
+use crate::ops::{self, tape};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, D};
 use optim::{OptimOpts, Optimizer};
@@ -207,7 +207,7 @@ pub fn loss_sum(logits: &Tensor, b: &Batch) -> Result<Tensor> {
             targets[r * t + extra - 1] = b.labels[r * b.cols];
         }
     }
-    let flat = logits.reshape((rows * t, v))?;
+    let flat = ops::reshape(logits, (rows * t, v))?;
     Ok(ops::cross_entropy_sum(&flat, &targets)?)
 }
 
@@ -482,6 +482,8 @@ fn accumulate(
             .wrapping_mul(1_000_003)
             .wrapping_add((step * o.grad_accum + j) as u64);
         let ctx = m.ctx(true, seed).segmented().checkpointed(o.checkpoint);
+        // the device path records its ops for its own backward pass (see `ops::tape`)
+        let _recording = tape::record();
         let logits = m.forward_with(&b.ids, Some(&b.mask), b.types.as_ref(), &ctx, None)?;
         let loss = (loss_sum(&logits, b)? / denom)?;
         drop(logits);
@@ -492,10 +494,11 @@ fn accumulate(
         // backward one layer segment at a time, top down: each segment's activations are freed
         // as soon as its gradients are out
         let mut segments = ctx.take_segments();
-        let mut top = Some(loss);
+        let head = tape::split_off(segments.last().map_or(0, |s| s.mark));
+        let mut top = Some((loss, None, head));
         let mut bytes = 0;
-        while let Some(t) = top.take() {
-            let grads = t.backward()?;
+        while let Some((t, g, ops)) = top.take() {
+            let grads = tape::backward(&t, g, ops)?;
             drop(t);
             // what is alive at once: this segment's gradients and the ones accumulated so far
             let held: usize = acc
@@ -525,20 +528,25 @@ fn accumulate(
             }
             // the gradient that reached the next boundary down continues below it
             while let Some(seg) = segments.pop() {
+                let below = segments.last().map_or(0, |s| s.mark);
                 let Some(g) = seg.var.as_ref().and_then(|v| grads.get(v.as_tensor())) else {
+                    tape::truncate(below);
                     continue;
                 };
-                let out = match seg.out {
-                    Some(out) => out,
+                let (out, ops) = match seg.out {
+                    Some(out) => (out, tape::split_off(below)),
                     // checkpointing: recompute the layer below this boundary from its input
                     None => {
                         let input = segments.last().map(|s| s.input.clone());
                         let replay = ctx.replay(seg.idx, input);
                         res.recomputed_layers += 1;
-                        m.forward_with(&b.ids, Some(&b.mask), b.types.as_ref(), &replay, None)?
+                        let start = tape::len();
+                        let out =
+                            m.forward_with(&b.ids, Some(&b.mask), b.types.as_ref(), &replay, None)?;
+                        (out, tape::split_off(start))
                     }
                 };
-                top = Some(crate::ops::seed_grad(&out, g)?);
+                top = Some((out, Some(g.clone()), ops));
                 break;
             }
         }
