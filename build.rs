@@ -3,6 +3,7 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=src/ops/kernels.cu");
+    println!("cargo:rerun-if-changed=src/ops/flash_attn.cu");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }

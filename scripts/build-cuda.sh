@@ -3,6 +3,7 @@
 # driver 580, glibc 2.39), and packs the binary to travel with the working tree.
 #
 #   scripts/build-cuda.sh            # → target-cuda/release/ftl and .device/ftl.gz
+#   scripts/build-cuda.sh tests      # also the integration tests → .device/ftl-tests.gz
 #
 # Needs the CUDA 13.0 toolchain unpacked from PyPI wheels (nvcc must stay 13.0.x: newer PTX is
 # rejected by driver 580): ../shared/notes/cuda-build/setup-cuda13-from-pypi.sh, once.
@@ -20,3 +21,10 @@ mkdir -p .device
 strip -o .device/ftl target-cuda/release/ftl
 gzip -9f .device/ftl
 ls -la .device/ftl.gz
+if [ "${1:-}" = tests ]; then
+  bin=$(cargo test --release --features cuda --target-dir target-cuda --test ftl --no-run \
+    --message-format=json 2>/dev/null | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | tail -1)
+  strip -o .device/ftl-tests "$bin"
+  gzip -9f .device/ftl-tests
+  ls -la .device/ftl-tests.gz
+fi

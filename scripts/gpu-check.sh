@@ -3,7 +3,8 @@
 # benchmark side by side with PyTorch + PEFT. Expects the packed binary at .device/ftl.gz (from
 # scripts/build-cuda.sh) and the reference scripts at .device/bench/ (copied unchanged from
 # ../shared/bench/). Results go to $OUT (or ./gpu-out).
-#   scripts/gpu-check.sh [check|bench|all] [methods]
+#   scripts/gpu-check.sh [check|bench|all|tests] [methods]
+# (tests: the integration tests built by `scripts/build-cuda.sh tests`, on the GPU)
 # REF=0 skips the PyTorch reference; BENCH_ARGS adds ftl bench flags (e.g. --checkpoint).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,10 @@ methods=${2:-lora-qv,full,lora-all,ia3}
 gunzip -c .device/ftl.gz > /tmp/ftl && chmod +x /tmp/ftl
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+if [ "$what" = tests ]; then
+  gunzip -c .device/ftl-tests.gz > /tmp/ftl-tests && chmod +x /tmp/ftl-tests
+  /tmp/ftl-tests --test-threads 1 cuda:: 2>&1 | tee "$OUT/tests.txt" | tail -15
+fi
 if [ "$what" = check ] || [ "$what" = all ]; then
   /tmp/ftl -q run recipes/check_fixtures.lua dir=tests/fixtures/hf training=true device=cuda dtype=f32 2>&1 | tee "$OUT/check-hf.txt" | tail -4
   /tmp/ftl -q run recipes/check_fixtures.lua dir=tests/fixtures/ref extra=tests/fixtures/hf device=cuda dtype=f32 2>&1 | tee "$OUT/check-ref.txt" | grep -E "FAIL|passed"

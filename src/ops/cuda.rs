@@ -598,3 +598,172 @@ pub fn lora_outer(l: &Tensor, x: &Tensor, s: f32) -> Result<Tensor> {
     })?;
     parts.sum(0)
 }
+
+/// Head dimensions the flash attention kernels are built for (`flash_attn.cu`).
+pub fn flash_dim(d: usize) -> bool {
+    matches!(d, 32 | 64 | 96 | 128)
+}
+
+/// Masking and scale of a flash attention call (as `attn_softmax`).
+#[derive(Clone, Copy, Debug)]
+pub struct Flash {
+    pub causal: bool,
+    pub offset: usize,
+    /// 0: no sliding window
+    pub window: usize,
+    pub scale: f32,
+}
+
+/// Shared memory of the flash kernels, as laid out in `flash_attn.cu`.
+fn flash_smem(d: usize, backward: bool) -> u32 {
+    let (bq, bk, warps) = (64, 64, 4);
+    let (lq, ls, lp) = (d + 8, bk + 4, bk + 8);
+    let bytes = if backward {
+        (2 * bk + 2 * bq) * lq * 2
+            + 2 * bq * ls * 4
+            + 2 * bq * lp * 2
+            + warps * 256 * 4
+            + 2 * bq * 4
+            + bk
+    } else {
+        (bq + 2 * bk) * lq * 2 + bq * ls * 4 + bq * lp * 2 + 3 * bq * 4 + bk
+    };
+    bytes as u32
+}
+
+/// A contiguous bf16 tensor whose data start 16 bytes aligned (the kernels load 8 values at once).
+fn aligned16(t: &Tensor) -> Result<Tensor> {
+    if t.dtype() != DType::BF16 {
+        candle_core::bail!("flash attention: bf16 only, got {:?}", t.dtype());
+    }
+    if t.is_contiguous() && t.layout().start_offset().is_multiple_of(8) {
+        Ok(t.clone())
+    } else {
+        t.force_contiguous()
+    }
+}
+
+fn flash_func(dev: &CudaDevice, name: &str, smem: u32) -> Result<Func> {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum as Attr;
+    let f = func(dev, name, DType::BF16)?;
+    f.func
+        .set_attribute(
+            Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .w()?;
+    Ok(f)
+}
+
+/// Flash attention forward: `o` `[b, tq, h, d]` (bf16) and each query row's log-sum-exp
+/// `[b, h, tq]` (f32) from q `[b, tq, h, d]`, k and v `[b, tk, hkv, d]`, `kv` `[b, tk]` u8.
+pub fn flash_fwd(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    kv: &Tensor,
+    m: &Flash,
+) -> Result<(Tensor, Tensor)> {
+    let dev = dev_of(q)?;
+    let (q, k, v) = (aligned16(q)?, aligned16(k)?, aligned16(v)?);
+    let kv = kv.contiguous()?;
+    let (b, tq, h, d) = q.dims4()?;
+    let (_, tk, hkv, _) = k.dims4()?;
+    let smem = flash_smem(d, false);
+    let f = flash_func(&dev, &format!("flash_fwd_d{d}"), smem)?;
+    let (gq, _) = q.storage_and_layout();
+    let (gk, _) = k.storage_and_layout();
+    let (gv, _) = v.storage_and_layout();
+    let (gm, _) = kv.storage_and_layout();
+    let (qv, kv_, vv, mv) = (
+        view!(gq, q, bf16),
+        view!(gk, k, bf16),
+        view!(gv, v, bf16),
+        view!(gm, kv, u8),
+    );
+    let o = unsafe { dev.alloc::<bf16>(b * tq * h * d)? };
+    let lse = unsafe { dev.alloc::<f32>(b * h * tq)? };
+    let ints = [tq, tk, h, hkv, m.causal as usize, m.offset, m.window].map(|x| x as i32);
+    let mut bl = f.builder();
+    args!(bl, &qv, &kv_, &vv, &mv, &o, &lse);
+    for x in &ints {
+        bl.arg(x);
+    }
+    bl.arg(&m.scale);
+    let cfg = LaunchConfig {
+        grid_dim: (tq.div_ceil(64) as u32, (b * h) as u32, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: smem,
+    };
+    unsafe { bl.launch(cfg) }.w()?;
+    Ok((wrap(o, &dev, (b, tq, h, d)), wrap(lse, &dev, (b, h, tq))))
+}
+
+/// Flash attention backward: `(dq, dk, dv)` in bf16 from the forward's inputs, output `o`, its
+/// gradient `g` and `lse`.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_bwd(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    g: &Tensor,
+    lse: &Tensor,
+    kv: &Tensor,
+    m: &Flash,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let dev = dev_of(q)?;
+    let (q, k, v) = (aligned16(q)?, aligned16(k)?, aligned16(v)?);
+    let (o, g) = (aligned16(o)?, aligned16(&g.to_dtype(DType::BF16)?)?);
+    let (lse, kv) = (lse.contiguous()?, kv.contiguous()?);
+    let (b, tq, h, d) = q.dims4()?;
+    let (_, tk, hkv, _) = k.dims4()?;
+    let (gq, _) = q.storage_and_layout();
+    let (gk, _) = k.storage_and_layout();
+    let (gv, _) = v.storage_and_layout();
+    let (go, _) = o.storage_and_layout();
+    let (gg, _) = g.storage_and_layout();
+    let (gl, _) = lse.storage_and_layout();
+    let (gm, _) = kv.storage_and_layout();
+    let (qv, kv_, vv, ov, gv_, lv, mv) = (
+        view!(gq, q, bf16),
+        view!(gk, k, bf16),
+        view!(gv, v, bf16),
+        view!(go, o, bf16),
+        view!(gg, g, bf16),
+        view!(gl, lse, f32),
+        view!(gm, kv, u8),
+    );
+    // the softmax backward's row term Σ dO·O
+    let rows = b * tq * h;
+    let dsum = unsafe { dev.alloc::<f32>(rows)? };
+    let f = func(&dev, "flash_dsum", DType::BF16)?;
+    let (rows_, tq_, h_, d_) = (rows as i64, tq as i32, h as i32, d as i32);
+    let mut bl = f.builder();
+    args!(bl, &ov, &gv_, &dsum, &rows_, &tq_, &h_, &d_);
+    unsafe { bl.launch(warp_rows_cfg(rows)) }.w()?;
+
+    let dq = dev.alloc_zeros::<f32>(b * tq * h * d)?;
+    let dk = dev.alloc_zeros::<f32>(b * tk * hkv * d)?;
+    let dv = dev.alloc_zeros::<f32>(b * tk * hkv * d)?;
+    let smem = flash_smem(d, true);
+    let f = flash_func(&dev, &format!("flash_bwd_d{d}"), smem)?;
+    let ints = [tq, tk, h, hkv, m.causal as usize, m.offset, m.window].map(|x| x as i32);
+    let mut bl = f.builder();
+    args!(bl, &qv, &kv_, &vv, &gv_, &lv, &dsum, &mv, &dq, &dk, &dv);
+    for x in &ints {
+        bl.arg(x);
+    }
+    bl.arg(&m.scale);
+    let cfg = LaunchConfig {
+        grid_dim: (tk.div_ceil(64) as u32, (b * h) as u32, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: smem,
+    };
+    unsafe { bl.launch(cfg) }.w()?;
+    Ok((
+        wrap(dq, &dev, (b, tq, h, d)).to_dtype(DType::BF16)?,
+        wrap(dk, &dev, (b, tk, hkv, d)).to_dtype(DType::BF16)?,
+        wrap(dv, &dev, (b, tk, hkv, d)).to_dtype(DType::BF16)?,
+    ))
+}

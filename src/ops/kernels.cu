@@ -1,5 +1,6 @@
 // CUDA kernels for ftl's device path: masked softmax for attention, cross-entropy over the
-// vocabulary, RMSNorm, rotary embeddings, SwiGLU and AdamW, each with its backward pass.
+// vocabulary, RMSNorm, rotary embeddings, SwiGLU and AdamW, each with its backward pass, and
+// flash attention (flash_attn.cu).
 // Every kernel computes in f32 and reads/writes f32 or bf16 (suffix _f32 / _bf16).
 #include <cuda_bf16.h>
 #include <stdint.h>
@@ -450,3 +451,6 @@ BOTH(silu_mul_bwd, (const void* G, const void* U, const void* D, void* DG, void*
 BOTH(adamw, (void* P, const void* G, void* M, void* V, long n, float wd_factor, float b1, float b2, float eps,
              float step_size, float bc2_sqrt),
      adamw<T>((T*)P, (const T*)G, (T*)M, (T*)V, n, wd_factor, b1, b2, eps, step_size, bc2_sqrt))
+
+// flash attention (bf16, tensor cores), forward and backward
+#include "flash_attn.cu"

@@ -1,6 +1,8 @@
 //! ftl's integration tests: one binary, a module per area.
 
 mod common;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod device;
 mod errors;
 mod fixtures;

@@ -1,0 +1,180 @@
+//! The `cuda` build on a GPU (skipped where there is none): the bf16 flash attention kernels
+//! against the f32 attention of the same values, output and gradients, through candle's graph
+//! and through the device path's tape, for every kind of mask the models build.
+
+use candle_core::{DType, Device, Tensor, Var};
+use ftl::ops::{attention, tape, AttnMask};
+use std::sync::Arc;
+
+struct Case {
+    b: usize,
+    tq: usize,
+    /// keys before the queries (a KV cache or prefix tuning's virtual tokens)
+    offset: usize,
+    h: usize,
+    hkv: usize,
+    d: usize,
+    causal: bool,
+    window: Option<usize>,
+    /// left padding of the last sample
+    pad: usize,
+}
+
+fn rel(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    let d: f32 = (&a - &b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    let n: f32 = b.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+    (d / n.max(1e-30)).sqrt()
+}
+
+fn check(dev: &Device, c: &Case, taped: bool) {
+    let tk = c.offset + c.tq;
+    let mut valid = vec![1u8; c.b * tk];
+    for j in 0..c.pad {
+        valid[(c.b - 1) * tk + c.offset + j] = 0;
+    }
+    let mask = AttnMask::new(c.causal, c.offset, Some(Arc::new(valid)), c.window);
+    let scale = 1.0 / (c.d as f32).sqrt();
+    // bf16 values, so both sides start from the same numbers
+    let rnd = |s: &[usize]| {
+        Tensor::randn(0f32, 1.0, s, dev)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap()
+    };
+    let (q, k, v) = (
+        rnd(&[c.b, c.tq, c.h, c.d]),
+        rnd(&[c.b, tk, c.hkv, c.d]),
+        rnd(&[c.b, tk, c.hkv, c.d]),
+    );
+    let w = Tensor::randn(0f32, 1.0, (c.b, c.tq, c.h, c.d), dev).unwrap();
+    let run = |dt: DType| {
+        let vars: Vec<Var> = [&q, &k, &v]
+            .iter()
+            .map(|t| Var::from_tensor(&t.to_dtype(dt).unwrap()).unwrap())
+            .collect();
+        let rec = taped.then(tape::record);
+        let y = attention(
+            vars[0].as_tensor(),
+            vars[1].as_tensor(),
+            vars[2].as_tensor(),
+            &mask,
+            scale,
+        )
+        .unwrap();
+        let loss = (y.to_dtype(DType::F32).unwrap() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = if taped {
+            tape::backward(&loss, None, tape::split_off(0)).unwrap()
+        } else {
+            loss.backward().unwrap()
+        };
+        drop(rec);
+        let g: Vec<Tensor> = vars
+            .iter()
+            .map(|v| grads.get(v.as_tensor()).expect("gradient").clone())
+            .collect();
+        (y, g)
+    };
+    let (yf, gf) = run(DType::BF16);
+    let (yr, gr) = run(DType::F32);
+    let e = rel(&yf, &yr);
+    assert!(
+        e < 1e-2,
+        "output differs by {e} (d {}, causal {}, taped {taped})",
+        c.d,
+        c.causal
+    );
+    for (name, (a, b)) in ["dq", "dk", "dv"].iter().zip(gf.iter().zip(gr.iter())) {
+        assert_eq!(a.dims(), b.dims());
+        let e = rel(a, b);
+        assert!(
+            e < 2e-2,
+            "{name} differs by {e} (d {}, causal {}, taped {taped})",
+            c.d,
+            c.causal
+        );
+    }
+}
+
+#[test]
+fn flash_attention_matches_the_f32_attention() {
+    let Ok(dev) = Device::new_cuda(0) else {
+        eprintln!("no CUDA device: skipped");
+        return;
+    };
+    let cases = [
+        // GQA, ragged tile, a padded sample whose first queries see no key
+        Case {
+            b: 2,
+            tq: 77,
+            offset: 0,
+            h: 4,
+            hkv: 2,
+            d: 64,
+            causal: true,
+            window: None,
+            pad: 5,
+        },
+        Case {
+            b: 1,
+            tq: 130,
+            offset: 0,
+            h: 2,
+            hkv: 2,
+            d: 128,
+            causal: true,
+            window: None,
+            pad: 0,
+        },
+        Case {
+            b: 2,
+            tq: 100,
+            offset: 0,
+            h: 6,
+            hkv: 2,
+            d: 32,
+            causal: true,
+            window: Some(16),
+            pad: 3,
+        },
+        // prefix tuning / a KV cache: keys before the queries
+        Case {
+            b: 2,
+            tq: 40,
+            offset: 70,
+            h: 4,
+            hkv: 1,
+            d: 64,
+            causal: true,
+            window: None,
+            pad: 0,
+        },
+        // an encoder (BERT): no causal mask, padding
+        Case {
+            b: 3,
+            tq: 65,
+            offset: 0,
+            h: 3,
+            hkv: 3,
+            d: 96,
+            causal: false,
+            window: None,
+            pad: 9,
+        },
+    ];
+    for c in &cases {
+        check(&dev, c, false);
+        check(&dev, c, true);
+    }
+}
