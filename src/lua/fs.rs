@@ -1,4 +1,4 @@
-//! `ftl.fs` (listing and testing paths) and `ftl.json` (reading and writing JSON), inside the
+//! `ftl.fs` (listing, testing and reading paths) and `ftl.json` (reading and writing JSON), inside the
 //! recipe's sandbox.
 
 use super::model::{env, lua_of_json};
@@ -31,6 +31,14 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
         "is_dir",
         lua.create_function(|lua, p: String| {
             Ok(env(lua).input(&p).map(|p| p.is_dir()).unwrap_or(false))
+        })?,
+    )?;
+    fs.set(
+        "read",
+        lua.create_function(|lua, p: String| {
+            let path = env(lua).input(&p).lua(lua)?;
+            std::fs::read_to_string(&path)
+                .map_err(|e| lua_err(lua, format!("{}: {e}", path.display())))
         })?,
     )?;
     fs.set(

@@ -133,10 +133,23 @@ fn sandbox_blocks_outside_reads_and_os_execute() {
     let (code, out, err) = run(&r, &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("sandboxed"));
+    // ftl.fs.read: the recipe's own files, not others
+    std::fs::write(t.path().join("data.txt"), "two\nlines\n").unwrap();
+    let r = write_recipe(
+        t.path(),
+        "rd.lua",
+        "local ftl = require('ftl')\nassert(ftl.fs.read('data.txt') == 'two\\nlines\\n')\nftl.fs.read('/etc/hostname')\n",
+    );
+    let (code, _, err) = run(&r, &[]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("rd.lua:3") && err.contains("/etc/hostname"),
+        "{err}"
+    );
     let r = write_recipe(
         t.path(),
         "tr.lua",
-        "assert(type(os.execute) == 'function')\nprint('trusted')\n",
+        "assert(type(os.execute) == 'function')\nassert(require('ftl').fs.read('data.txt') == 'two\\nlines\\n')\nprint('trusted')\n",
     );
     let o = ftl_bin()
         .args(["run", "--trust", "-q"])
