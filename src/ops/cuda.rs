@@ -517,14 +517,18 @@ pub fn sum_sq(x: &Tensor) -> Result<Tensor> {
 pub const LORA_RMAX: usize = 64;
 
 /// The kernel instance for rank `r`: `{name}_r{R}` with R the next of 8, 16, 32, 64.
-fn lora_func(dev: &CudaDevice, name: &str, r: usize, dt: DType) -> Result<Func> {
-    let rr = [8, 16, 32, 64]
+/// The kernels' rank bucket (8, 16, 32, 64) that holds rank `r`.
+fn lora_bucket(r: usize) -> Result<usize> {
+    [8, 16, 32, 64]
         .into_iter()
         .find(|&x| r <= x)
         .ok_or_else(|| {
             candle_core::Error::Msg(format!("ftl kernels: LoRA rank {r} above {LORA_RMAX}"))
-        })?;
-    func(dev, &format!("{name}_r{rr}"), dt)
+        })
+}
+
+fn lora_func(dev: &CudaDevice, name: &str, r: usize, dt: DType) -> Result<Func> {
+    func(dev, &format!("{name}_r{}", lora_bucket(r)?), dt)
 }
 
 fn block_cfg(grid: (usize, usize)) -> Result<LaunchConfig> {
@@ -546,13 +550,33 @@ pub fn lora_down(x: &Tensor, a: &Tensor) -> Result<Tensor> {
     let a = a.contiguous()?;
     let (ga, _) = a.storage_and_layout();
     let av = view!(ga, a, f32);
-    let f = lora_func(&dev, "lora_down", r, x.dtype())?;
+    let rr = lora_bucket(r)?;
+    let f = func(&dev, &format!("lora_down_r{rr}"), x.dtype())?;
+    // the A tile in shared memory, [R, 256] f32 (64 KiB at R = 64: above the default limit)
+    let smem = (rr * 256 * 4) as u32;
+    {
+        use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum as Attr;
+        f.func
+            .set_attribute(
+                Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .w()?;
+    }
+    // rows per block: eight warps of LORA_ROWS(R) rows (kernels.cu)
+    let rows = 8 * match rr {
+        8 | 16 => 4,
+        32 => 2,
+        _ => 1,
+    };
     let (m_, k_, r_) = (m as i64, k as i32, r as i32);
     typed!(x, |xv: _Ty| {
         let dst = unsafe { dev.alloc::<f32>(m * r)? };
         let mut b = f.builder();
         args!(b, &xv, &av, &dst, &m_, &k_, &r_);
-        unsafe { b.launch(block_cfg((m.div_ceil(8), 1))?) }.w()?;
+        let mut cfg = block_cfg((m.div_ceil(rows), 1))?;
+        cfg.shared_mem_bytes = smem;
+        unsafe { b.launch(cfg) }.w()?;
         Ok(wrap(dst, &dev, (m, r)))
     })
 }
@@ -597,6 +621,43 @@ pub fn lora_outer(l: &Tensor, x: &Tensor, s: f32) -> Result<Tensor> {
         Ok::<_, candle_core::Error>(wrap(dst, &dev, (splits, r, k)))
     })?;
     parts.sum(0)
+}
+
+/// `x · v` per column of `[.., N]` `x`, `v` `[N]` rounded to `x`'s dtype first.
+pub fn scale_cols(x: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let dev = dev_of(x)?;
+    let (m, n) = rows_of(x)?;
+    let v = v.to_dtype(DType::F32)?.contiguous()?;
+    let (gv, _) = v.storage_and_layout();
+    let vv = view!(gv, v, f32);
+    let f = func(&dev, "scale_cols", x.dtype())?;
+    let (total, n_) = ((m * n) as i64, n as i32);
+    let shape = x.shape().clone();
+    typed!(x, |xv: Ty| {
+        let dst = unsafe { dev.alloc::<Ty>(m * n)? };
+        let mut b = f.builder();
+        args!(b, &xv, &vv, &dst, &total, &n_);
+        unsafe { b.launch(elem_cfg((m * n).min(1 << 24))) }.w()?;
+        Ok(wrap(dst, &dev, shape))
+    })
+}
+
+/// `Σ_rows g ⊙ x` per column of `[M, N]` `g` and `x` (same dtype): `[N]` f32.
+pub fn colsum_mul(g: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let dev = dev_of(x)?;
+    let (m, n) = rows_of(x)?;
+    let g = g.to_dtype(x.dtype())?.contiguous()?;
+    let (gg, _) = g.storage_and_layout();
+    let f = func(&dev, "colsum_mul", x.dtype())?;
+    let (m_, n_) = (m as i64, n as i32);
+    typed!(x, |xv: Ty| {
+        let gv = view!(gg, g, Ty);
+        let dst = unsafe { dev.alloc::<f32>(n)? };
+        let mut b = f.builder();
+        args!(b, &gv, &xv, &dst, &m_, &n_);
+        unsafe { b.launch(block_cfg((n.div_ceil(32), 1))?) }.w()?;
+        Ok(wrap(dst, &dev, n))
+    })
 }
 
 /// Head dimensions the flash attention kernels are built for (`flash_attn.cu`).

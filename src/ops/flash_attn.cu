@@ -24,16 +24,45 @@ typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf, wmma::col_major> ACol;
 typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf, wmma::row_major> BRow;
 typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf, wmma::col_major> BCol;
 
-// Rows [r0, r0 + n) of a row-strided bf16 matrix of D columns into shared memory (leading
-// dimension ld), zeros from row `limit` on. 16-byte vectors: D and the strides are multiples of 8.
-template <int D>
-__device__ __forceinline__ void load_rows(bf* dst, int ld, const bf* src, long stride, int r0, int n, int limit) {
-    constexpr int V = D / 8;
-    for (int i = threadIdx.x; i < n * V; i += blockDim.x) {
-        int r = i / V, c = (i % V) * 8;
-        uint4 x = make_uint4(0, 0, 0, 0);
-        if (r0 + r < limit) x = *reinterpret_cast<const uint4*>(src + (long)(r0 + r) * stride + c);
-        *reinterpret_cast<uint4*>(dst + r * ld + c) = x;
+// Rows [r0, r0 + N) of two row-strided bf16 matrices of D columns (same strides) into shared
+// memory (leading dimension ld), zeros from row `limit` on. 16-byte vectors (D and the strides are
+// multiples of 8), and every load of the 128 threads issued before the first is waited for.
+template <int D, int N>
+__device__ __forceinline__ void load_rows2(bf* dst1, const bf* src1, bf* dst2, const bf* src2, int ld, long stride,
+                                           int r0, int limit) {
+    constexpr int V = D / 8, PER = N * V / 128;
+    uint4 t1[PER], t2[PER];
+#pragma unroll
+    for (int it = 0; it < PER; it++) {
+        int i = threadIdx.x + it * 128, r = i / V, c = (i % V) * 8;
+        bool in = r0 + r < limit;
+        long at = (long)(r0 + r) * stride + c;
+        t1[it] = in ? *reinterpret_cast<const uint4*>(src1 + at) : make_uint4(0, 0, 0, 0);
+        t2[it] = in ? *reinterpret_cast<const uint4*>(src2 + at) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int it = 0; it < PER; it++) {
+        int i = threadIdx.x + it * 128, r = i / V, c = (i % V) * 8;
+        *reinterpret_cast<uint4*>(dst1 + r * ld + c) = t1[it];
+        *reinterpret_cast<uint4*>(dst2 + r * ld + c) = t2[it];
+    }
+}
+
+// One matrix's rows (see load_rows2).
+template <int D, int N>
+__device__ __forceinline__ void load_rows(bf* dst, const bf* src, int ld, long stride, int r0, int limit) {
+    constexpr int V = D / 8, PER = N * V / 128;
+    uint4 t[PER];
+#pragma unroll
+    for (int it = 0; it < PER; it++) {
+        int i = threadIdx.x + it * 128, r = i / V, c = (i % V) * 8;
+        t[it] = r0 + r < limit ? *reinterpret_cast<const uint4*>(src + (long)(r0 + r) * stride + c)
+                               : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int it = 0; it < PER; it++) {
+        int i = threadIdx.x + it * 128, r = i / V, c = (i % V) * 8;
+        *reinterpret_cast<uint4*>(dst + r * ld + c) = t[it];
     }
 }
 
@@ -98,7 +127,7 @@ __device__ void fwd(const bf* Q, const bf* K, const bf* V, const uint8_t* kvalid
     const uint8_t* valid = kvalid + (long)b * tk;
     float* Sw = Ss + 16 * w * L::LS;  // this warp's rows
 
-    load_rows<D>(Qs, L::LQ, qb, qstride, q0, BQ, tq);
+    load_rows<D, BQ>(Qs, qb, L::LQ, qstride, q0, tq);
     for (int i = tid; i < BQ; i += blockDim.x) {
         ms[i] = -INFINITY;
         ls[i] = 0.0f;
@@ -116,8 +145,7 @@ __device__ void fwd(const bf* Q, const bf* K, const bf* V, const uint8_t* kvalid
     int kbeg = window > 0 ? max(0, q0 + offset - window + 1) / BK * BK : 0;
     for (int k0 = kbeg; k0 < kend; k0 += BK) {
         __syncthreads();
-        load_rows<D>(Ks, L::LQ, kb, kstride, k0, BK, tk);
-        load_rows<D>(Vs, L::LQ, vb, kstride, k0, BK, tk);
+        load_rows2<D, BK>(Ks, kb, Vs, vb, L::LQ, kstride, k0, tk);
         for (int i = tid; i < BK; i += blockDim.x) kvs[i] = k0 + i < tk ? valid[k0 + i] : 0;
         __syncthreads();
         for (int j = 0; j < BK / 16; j++) {
@@ -220,8 +248,8 @@ __device__ void bwd(const bf* Q, const bf* K, const bf* V, const bf* dO, const f
     const bf* qb = Q + ((long)b * tq * h + hq) * D;
     const bf* dob = dO + ((long)b * tq * h + hq) * D;
 
-    load_rows<D>(Ks, L::LQ, K + ((long)b * tk * hkv + hk) * D, kstride, k0, BK, tk);
-    load_rows<D>(Vs, L::LQ, V + ((long)b * tk * hkv + hk) * D, kstride, k0, BK, tk);
+    load_rows2<D, BK>(Ks, K + ((long)b * tk * hkv + hk) * D, Vs, V + ((long)b * tk * hkv + hk) * D, L::LQ, kstride, k0,
+                      tk);
     for (int i = tid; i < BK; i += blockDim.x) kvs[i] = k0 + i < tk ? valid[k0 + i] : 0;
     // this warp's 16 keys × D of dK and dV
     Acc dk[D / 16], dv[D / 16];
@@ -238,8 +266,7 @@ __device__ void bwd(const bf* Q, const bf* K, const bf* V, const bf* dO, const f
     float* sc = scratch + w * 256;
     for (int q0 = qbeg; q0 < qend; q0 += BQ) {
         __syncthreads();
-        load_rows<D>(Qs, L::LQ, qb, qstride, q0, BQ, tq);
-        load_rows<D>(dOs, L::LQ, dob, qstride, q0, BQ, tq);
+        load_rows2<D, BQ>(Qs, qb, dOs, dob, L::LQ, qstride, q0, tq);
         for (int i = tid; i < BQ; i += blockDim.x) {
             int qi = q0 + i;
             long at = ((long)b * h + hq) * tq + qi;
@@ -350,7 +377,7 @@ extern "C" __global__ void flash_dsum_bf16(const __nv_bfloat16* O, const __nv_bf
 }
 
 #define FLASH_D(D)                                                                                                   \
-    extern "C" __global__ void __launch_bounds__(128)                                                                \
+    extern "C" __global__ void __launch_bounds__(128, (D) <= 64 ? 4 : 2)                                             \
         flash_fwd_d##D##_bf16(const __nv_bfloat16* Q, const __nv_bfloat16* K, const __nv_bfloat16* V,               \
                               const uint8_t* kv, __nv_bfloat16* O, float* LSE, int tq, int tk, int h, int hkv,       \
                               int causal, int offset, int window, float scale) {                                     \

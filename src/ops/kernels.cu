@@ -180,42 +180,134 @@ __device__ void sumsq(const T* x, float* out, long n) {
     if (threadIdx.x == 0) atomicAdd(out, s);
 }
 
+// ---- Y = X · V per column, V (f32) rounded to X's dtype first (IA3's scaling) ----------------
+template <typename T>
+__device__ void scale_cols(const T* __restrict__ X, const float* __restrict__ V, T* __restrict__ Y, long n, int N) {
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)blockDim.x * gridDim.x)
+        st(Y, i, ld(X, i) * rnd(V[i % N], X));
+}
+
+// ---- Σ over rows of G ⊙ X, per column (IA3's vector gradient), in f32 --------------------------
+// A block takes 32 columns; its 8 warps take every 8th row and add their sums in shared memory,
+// in a fixed order (deterministic).
+template <typename T>
+__device__ void colsum_mul(const T* __restrict__ G, const T* __restrict__ X, float* __restrict__ out, long M, int N) {
+    __shared__ float part[8][32];
+    int c = blockIdx.x * 32 + threadIdx.x % 32, w = threadIdx.x / 32;
+    float s = 0.0f;
+    if (c < N) {
+        long i = w;
+        for (; i + 56 < M; i += 64) {
+            float g[8], x[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                g[u] = ld(G, (i + 8 * u) * N + c);
+                x[u] = ld(X, (i + 8 * u) * N + c);
+            }
+#pragma unroll
+            for (int u = 0; u < 8; u++) s += g[u] * x[u];
+        }
+        for (; i < M; i += 8) s += ld(G, i * N + c) * ld(X, i * N + c);
+    }
+    part[w][threadIdx.x % 32] = s;
+    __syncthreads();
+    if (w == 0 && c < N) {
+        float t = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 8; k++) t += part[k][threadIdx.x];
+        out[c] = t;
+    }
+}
+
 // ---- LoRA's low-rank branch without f32 copies of the activations --------------------------
 // Instantiated for R = 8, 16, 32, 64: a rank r <= R is zero-padded to R, so the inner loops have
 // a fixed length and no predicates.
-// lora_down: H[M, r] (f32) = X[M, K] · A[r, K]ᵀ. One warp per row, eight rows per block; A is
-// staged in shared memory 128 columns at a time.
+// Eight consecutive values as f32 (p 16-byte aligned).
+__device__ __forceinline__ void ld8(const float* p, float* x) {
+    float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+    x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
+}
+__device__ __forceinline__ void ld8(const __nv_bfloat16* p, float* x) {
+    uint4 v = *reinterpret_cast<const uint4*>(p);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 f = __bfloat1622float2(h[i]);
+        x[2 * i] = f.x, x[2 * i + 1] = f.y;
+    }
+}
+
+// lora_down: H[M, r] (f32) = X[M, K] · A[r, K]ᵀ. A warp takes LORA_ROWS(R) rows, each lane eight
+// consecutive columns of every LORA_KC (one vector load per row), so each value of A read from
+// shared memory serves all the warp's rows; the lanes' partial sums are added at the end.
+#define LORA_KC 256
+#define LORA_ROWS(R) ((R) <= 16 ? 4 : (R) == 32 ? 2 : 1)
 template <typename T, int R>
-__device__ void lora_down(const T* X, const float* A, float* H, long M, int K, int r) {
-    __shared__ float sA[R * 128];
+__device__ void lora_down(const T* __restrict__ X, const float* __restrict__ A, float* __restrict__ H, long M, int K,
+                          int r) {
+    constexpr int ROWS = LORA_ROWS(R);
+    extern __shared__ __align__(16) float sA[];  // [R][LORA_KC]
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    long row = (long)blockIdx.x * 8 + warp;
-    float acc[R];
+    long row0 = ((long)blockIdx.x * (blockDim.x / 32) + warp) * ROWS;
+    bool vec = K % 8 == 0 && reinterpret_cast<uintptr_t>(X) % 16 == 0;
+    bool veca = K % 4 == 0 && reinterpret_cast<uintptr_t>(A) % 16 == 0;
+    float acc[ROWS][R];
 #pragma unroll
-    for (int j = 0; j < R; j++) acc[j] = 0.0f;
-    for (int k0 = 0; k0 < K; k0 += 128) {
-        int kn = min(128, K - k0);
-        __syncthreads();
-        for (int t = threadIdx.x; t < R * 128; t += blockDim.x) {
-            int j = t / 128, kk = t % 128;
-            sA[t] = (kk < kn && j < r) ? A[(long)j * K + k0 + kk] : 0.0f;
-        }
-        __syncthreads();
-        if (row < M) {
+    for (int i = 0; i < ROWS; i++)
 #pragma unroll
-            for (int q = 0; q < 4; q++) {
-                int kk = lane + 32 * q;
-                float xv = kk < kn ? ld(X, row * K + k0 + kk) : 0.0f;
+        for (int j = 0; j < R; j++) acc[i][j] = 0.0f;
+    for (int k0 = 0; k0 < K; k0 += LORA_KC) {
+        // the A tile: all of a thread's loads issued before any is waited for (256 threads)
+        constexpr int N4 = R * LORA_KC / 4 / 256;
+        float4 t4[N4];
 #pragma unroll
-                for (int j = 0; j < R; j++) acc[j] += xv * sA[j * 128 + kk];
+        for (int it = 0; it < N4; it++) {
+            int t = (threadIdx.x + it * 256) * 4, j = t / LORA_KC, kk = t % LORA_KC;
+            const float* src = A + (long)j * K + k0 + kk;
+            if (j < r && veca && k0 + kk + 4 <= K) {
+                t4[it] = *reinterpret_cast<const float4*>(src);
+            } else {
+                float v[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) v[e] = j < r && k0 + kk + e < K ? src[e] : 0.0f;
+                t4[it] = make_float4(v[0], v[1], v[2], v[3]);
             }
         }
-    }
-    if (row >= M) return;
+        __syncthreads();
 #pragma unroll
-    for (int j = 0; j < R; j++) {
-        float v = warp_sum(acc[j]);
-        if (j < r && lane == (j & 31)) H[row * r + j] = v;
+        for (int it = 0; it < N4; it++) reinterpret_cast<float4*>(sA)[threadIdx.x + it * 256] = t4[it];
+        __syncthreads();
+        int kk = lane * 8, k = k0 + kk;
+        float x[ROWS][8];
+#pragma unroll
+        for (int i = 0; i < ROWS; i++) {
+            long row = row0 + i;
+            if (row < M && vec && k + 8 <= K) {
+                ld8(X + row * K + k, x[i]);
+            } else {
+#pragma unroll
+                for (int e = 0; e < 8; e++) x[i][e] = row < M && k + e < K ? ld(X, row * K + k + e) : 0.0f;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < R; j++) {
+            float a[8];
+            ld8(sA + j * LORA_KC + kk, a);
+#pragma unroll
+            for (int i = 0; i < ROWS; i++)
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc[i][j] += x[i][e] * a[e];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < ROWS; i++) {
+        long row = row0 + i;
+        if (row >= M) break;
+#pragma unroll
+        for (int j = 0; j < R; j++) {
+            float v = warp_sum(acc[i][j]);
+            if (j < r && lane == (j & 31)) H[row * r + j] = v;
+        }
     }
 }
 
@@ -223,7 +315,8 @@ __device__ void lora_down(const T* X, const float* A, float* H, long M, int K, i
 // adds the f32 branch to the base output, then casts back). A thread owns one column (its row of
 // B in registers) for 32 rows.
 template <typename T, int R>
-__device__ void lora_up_add(const T* Y, const float* H, const float* B, T* O, long M, int N, int r, float s) {
+__device__ void lora_up_add(const T* __restrict__ Y, const float* __restrict__ H, const float* __restrict__ B,
+                            T* __restrict__ O, long M, int N, int r, float s) {
     __shared__ float sH[32 * R];
     int n = blockIdx.x * blockDim.x + threadIdx.x;
     long i0 = (long)blockIdx.y * 32;
@@ -237,6 +330,7 @@ __device__ void lora_up_add(const T* Y, const float* H, const float* B, T* O, lo
     float b[R];
 #pragma unroll
     for (int j = 0; j < R; j++) b[j] = j < r ? B[(long)n * r + j] : 0.0f;
+#pragma unroll 8
     for (int ii = 0; ii < rows; ii++) {
         float d = 0.0f;
 #pragma unroll
@@ -249,7 +343,8 @@ __device__ void lora_up_add(const T* Y, const float* H, const float* B, T* O, lo
 // lora_outer: P[split, r, K] = s · L[rows of split, r]ᵀ · X[rows of split, K] (f32 partial sums
 // over 128-row slices; the caller adds the slices, so the result does not depend on scheduling).
 template <typename T, int R>
-__device__ void lora_outer(const float* L, const T* X, float* P, long M, int K, int r, float s) {
+__device__ void lora_outer(const float* __restrict__ L, const T* __restrict__ X, float* __restrict__ P, long M, int K,
+                           int r, float s) {
     __shared__ float sL[128 * R];
     int k = blockIdx.x * blockDim.x + threadIdx.x;
     long i0 = (long)blockIdx.y * 128;
@@ -263,7 +358,17 @@ __device__ void lora_outer(const float* L, const T* X, float* P, long M, int K, 
     float acc[R];
 #pragma unroll
     for (int j = 0; j < R; j++) acc[j] = 0.0f;
-    for (int ii = 0; ii < rows; ii++) {
+    int ii = 0;
+    for (; ii + 8 <= rows; ii += 8) {
+        float xv[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) xv[u] = ld(X, (i0 + ii + u) * K + k);
+#pragma unroll
+        for (int u = 0; u < 8; u++)
+#pragma unroll
+            for (int j = 0; j < R; j++) acc[j] += sL[(ii + u) * R + j] * xv[u];
+    }
+    for (; ii < rows; ii++) {
         float xv = ld(X, (i0 + ii) * K + k);
 #pragma unroll
         for (int j = 0; j < R; j++) acc[j] += sL[ii * R + j] * xv;
@@ -418,6 +523,10 @@ BOTH(attn_softmax_fwd_w, (const float* S, void* P, const uint8_t* kv, long rows,
 BOTH(attn_softmax_bwd_w, (const float* P, const void* dP, void* dS, long rows, int tk, float scale),
      attn_softmax_bwd_w<T>(P, (const T*)dP, (T*)dS, rows, tk, scale))
 BOTH(sumsq, (const void* X, float* out, long n), sumsq<T>((const T*)X, out, n))
+BOTH(scale_cols, (const void* X, const float* V, void* Y, long n, int N),
+     scale_cols<T>((const T*)X, V, (T*)Y, n, N))
+BOTH(colsum_mul, (const void* G, const void* X, float* out, long M, int N),
+     colsum_mul<T>((const T*)G, (const T*)X, out, M, N))
 #define LORA_K(NAME, TY, SFX, R)                                                                      \
     extern "C" __global__ void lora_down_r##R##_##SFX(const void* X, const float* A, float* H, long M, int K,   \
                                                       int r) {                                       \

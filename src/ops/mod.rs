@@ -74,6 +74,14 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     generic::add(a, b)
 }
 
+/// `x · v` over the last dimension, `v` `[n]` cast to `x`'s dtype (IA3's scaling).
+pub fn scale_last(x: &Tensor, v: &Tensor) -> Result<Tensor> {
+    if fused(x) || composed_only() {
+        return x.broadcast_mul(&v.to_dtype(x.dtype())?);
+    }
+    generic::scale_last(x, v)
+}
+
 /// `t` in another shape, its gradient reshaped back without a copy on the device path.
 pub fn reshape<S: Into<Shape>>(t: &Tensor, shape: S) -> Result<Tensor> {
     tape::reshape(t, shape.into())

@@ -31,11 +31,11 @@ impl Ia3 {
     }
 
     pub fn scale_input(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        Ok(x.broadcast_mul(&self.vector(ctx, x.dtype())?)?)
+        Ok(crate::ops::scale_last(x, &self.l.get(ctx).flatten_all()?)?)
     }
 
     pub fn scale_output(&self, y: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        Ok(y.broadcast_mul(&self.vector(ctx, y.dtype())?)?)
+        Ok(crate::ops::scale_last(y, &self.l.get(ctx).flatten_all()?)?)
     }
 
     /// PEFT's merge: rows (output) or columns (feed-forward input) of W scaled; the bias is scaled

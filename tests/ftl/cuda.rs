@@ -178,3 +178,98 @@ fn flash_attention_matches_the_f32_attention() {
         check(&dev, c, true);
     }
 }
+
+/// LoRA's low-rank kernels with bf16 activations (f32 adapters) against the same layer in f32:
+/// ranks in every bucket, widths that are and are not multiples of the kernels' vector width.
+#[test]
+fn lora_kernels_match_the_f32_layer() {
+    let Ok(dev) = Device::new_cuda(0) else {
+        eprintln!("no CUDA device: skipped");
+        return;
+    };
+    for (m, k, n, r) in [
+        (100, 64, 48, 5),
+        (257, 520, 96, 16),
+        (64, 36, 40, 32),
+        (33, 128, 72, 40),
+    ] {
+        let x = Tensor::randn(0f32, 1.0, (m, k), &dev)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let w = Tensor::randn(0f32, 0.1, (n, k), &dev)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let a = Var::from_tensor(&Tensor::randn(0f32, 0.1, (r, k), &dev).unwrap()).unwrap();
+        let bm = Var::from_tensor(&Tensor::randn(0f32, 0.1, (n, r), &dev).unwrap()).unwrap();
+        let gw = Tensor::randn(0f32, 1.0, (m, n), &dev).unwrap();
+        let run = |dt: DType| {
+            let xv = Var::from_tensor(&x.to_dtype(dt).unwrap()).unwrap();
+            let y = ftl::ops::lora_linear(
+                xv.as_tensor(),
+                &w.to_dtype(dt).unwrap(),
+                None,
+                a.as_tensor(),
+                bm.as_tensor(),
+                2.0,
+                false,
+            )
+            .unwrap();
+            let loss = (y.to_dtype(DType::F32).unwrap() * &gw)
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let g = loss.backward().unwrap();
+            let grads: Vec<Tensor> = [xv.as_tensor(), a.as_tensor(), bm.as_tensor()]
+                .iter()
+                .map(|t| g.get(t).expect("gradient").clone())
+                .collect();
+            (y, grads)
+        };
+        let (yb, gb) = run(DType::BF16);
+        let (yf, gf) = run(DType::F32);
+        let e = rel(&yb, &yf);
+        assert!(e < 1e-2, "lora output differs by {e} (m {m}, k {k}, r {r})");
+        for (name, (p, q)) in ["dx", "dA", "dB"].iter().zip(gb.iter().zip(gf.iter())) {
+            let e = rel(p, q);
+            assert!(e < 1e-2, "lora {name} differs by {e} (m {m}, k {k}, r {r})");
+        }
+    }
+}
+
+/// IA3's scaling with bf16 activations against f32: the output, the input's and the vector's
+/// gradients (the vector's summed over rows by a kernel).
+#[test]
+fn ia3_scaling_matches_f32() {
+    let Ok(dev) = Device::new_cuda(0) else {
+        eprintln!("no CUDA device: skipped");
+        return;
+    };
+    for (m, n) in [(300, 40), (4099, 33), (64, 1030)] {
+        let x = Tensor::randn(0f32, 1.0, (m, n), &dev)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let l = Var::from_tensor(&Tensor::randn(1f32, 0.1, n, &dev).unwrap()).unwrap();
+        let gw = Tensor::randn(0f32, 1.0, (m, n), &dev).unwrap();
+        let run = |dt: DType| {
+            let xv = Var::from_tensor(&x.to_dtype(dt).unwrap()).unwrap();
+            let y = ftl::ops::scale_last(xv.as_tensor(), l.as_tensor()).unwrap();
+            let loss = (y.to_dtype(DType::F32).unwrap() * &gw)
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let g = loss.backward().unwrap();
+            let dx = g.get(xv.as_tensor()).expect("dx").clone();
+            let dl = g.get(l.as_tensor()).expect("dl").clone();
+            (y, dx, dl)
+        };
+        let (yb, xb, lb) = run(DType::BF16);
+        let (yf, xf, lf) = run(DType::F32);
+        for (name, a, b) in [("y", &yb, &yf), ("dx", &xb, &xf), ("dl", &lb, &lf)] {
+            let e = rel(a, b);
+            assert!(e < 1e-2, "ia3 {name} differs by {e} (m {m}, n {n})");
+        }
+    }
+}
