@@ -618,9 +618,11 @@ pub fn lora_outer(l: &Tensor, x: &Tensor, s: f32) -> Result<Tensor> {
         let mut b = f.builder();
         args!(b, &lv, &xv, &dst, &m_, &k_, &r_, &s);
         unsafe { b.launch(block_cfg((k.div_ceil(256), splits))?) }.w()?;
-        Ok::<_, candle_core::Error>(wrap(dst, &dev, (splits, r, k)))
+        Ok::<_, candle_core::Error>(wrap(dst, &dev, (splits, r * k)))
     })?;
-    parts.sum(0)
+    // the slices added by one matrix product (candle's sum over a leading dimension is slow)
+    let ones = Tensor::ones((1, splits), DType::F32, x.device())?;
+    ones.matmul(&parts)?.reshape((r, k))
 }
 
 /// `x · v` per column of `[.., N]` `x`, `v` `[N]` rounded to `x`'s dtype first.

@@ -492,6 +492,8 @@ fn lora_linear_cuda(
     let shape = y.shape().clone();
     let h = cuda::lora_down(&rows(&xd)?, &ad)?;
     let y = cuda::lora_up_add(&rows(&y)?, &h, &bd, s)?.reshape(shape)?;
+    // x·Aᵀ ([rows, r] f32, small) kept for B's gradient instead of recomputed
+    let h = h.detach();
     let bwd: Bwd = Arc::new(move |args: &[&Tensor], _: &Tensor, g: &Tensor| {
         let (x, w) = (args[0].detach(), args[1].detach());
         let (a, bm) = unpack(&args[2].detach())?;
@@ -512,7 +514,6 @@ fn lora_linear_cuda(
         };
         let dpack = if needs_grad(args[2]) {
             let da = cuda::lora_outer(&gb, &x2, s)?;
-            let h = cuda::lora_down(&x2, &a)?;
             let db = cuda::lora_outer(&h, &g2, s)?.t()?;
             Some(Tensor::cat(&[da.flatten_all()?, db.flatten_all()?], 0)?)
         } else {
