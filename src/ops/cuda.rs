@@ -662,6 +662,9 @@ pub fn colsum_mul(g: &Tensor, x: &Tensor) -> Result<Tensor> {
     })
 }
 
+/// Flash attention forward launches so far (tests check that the kernels, not a fallback, ran).
+pub static FLASH_LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Head dimensions the flash attention kernels are built for (`flash_attn.cu`).
 pub fn flash_dim(d: usize) -> bool {
     matches!(d, 32 | 64 | 96 | 128)
@@ -759,6 +762,7 @@ pub fn flash_fwd(
         shared_mem_bytes: smem,
     };
     unsafe { bl.launch(cfg) }.w()?;
+    FLASH_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok((wrap(o, &dev, (b, tq, h, d)), wrap(lse, &dev, (b, h, tq))))
 }
 

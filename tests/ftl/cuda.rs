@@ -86,7 +86,13 @@ fn check(dev: &Device, c: &Case, taped: bool) {
             .collect();
         (y, g)
     };
+    use std::sync::atomic::Ordering;
+    let before = ftl::ops::cuda::FLASH_LAUNCHES.load(Ordering::Relaxed);
     let (yf, gf) = run(DType::BF16);
+    assert!(
+        ftl::ops::cuda::FLASH_LAUNCHES.load(Ordering::Relaxed) > before,
+        "bf16 attention did not take the flash kernels"
+    );
     let (yr, gr) = run(DType::F32);
     let e = rel(&yf, &yr);
     assert!(
