@@ -24,9 +24,8 @@ local no_log = 1000000 -- as log_every: no progress lines (ftl still logs each r
 local general = ftl.data.text("data/general.txt", {block = 64})
 local gen_train, gen_eval = general:split(0.9, {seed = seed})
 
--- The task's rows, read here (not with ftl.data.jsonl) so that the held-out words can be asked.
-local rows = {}
-for line in ftl.fs.read("data/words.jsonl"):gmatch("[^\n]+") do rows[#rows + 1] = ftl.json.decode(line) end
+-- The task's rows as tables, so that the held-out words can be asked, not only scored.
+local rows = ftl.data.jsonl("data/words.jsonl", {format = "instruction"}):rows()
 local train_rows, eval_rows = {}, {}
 for i, r in ipairs(rows) do
   table.insert(i <= #rows - eval_words and train_rows or eval_rows, r)

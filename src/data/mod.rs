@@ -302,6 +302,41 @@ impl Dataset {
         items
     }
 
+    /// The records of `jsonl`/`from` data as JSON objects with their format's fields, after the
+    /// splits and shuffles (so a held-out split can be asked, not only scored).
+    pub fn rows(&self) -> Result<Vec<serde_json::Value>> {
+        use serde_json::json;
+        let Source::Records(r) = &self.source else {
+            return Err(Error::msg(format!(
+                "{}: only jsonl and from datasets have rows (text and token data are blocks of tokens)",
+                self.origin
+            )));
+        };
+        Ok(self
+            .apply_ops(r.as_ref().clone())
+            .into_iter()
+            .map(|rec| match rec {
+                Record::Text(t) => json!({ "text": t }),
+                Record::Instruction { instruction, input, output } => {
+                    json!({ "instruction": instruction, "input": input, "output": output })
+                }
+                Record::Chat(m) => json!({
+                    "messages": m.into_iter().map(|(role, content)| json!({ "role": role, "content": content })).collect::<Vec<_>>()
+                }),
+                Record::Classification { text, pair, label } => {
+                    let label = match label {
+                        Label::Id(i) => json!(i),
+                        Label::Name(n) => json!(n),
+                    };
+                    match pair {
+                        Some(p) => json!({ "text": text, "pair": p, "label": label }),
+                        None => json!({ "text": text, "label": label }),
+                    }
+                }
+            })
+            .collect())
+    }
+
     /// Number of examples; text data needs the tokenizer to count its blocks.
     pub fn len(&self, tok: Option<&Tokenizer>) -> Result<usize> {
         match &self.source {

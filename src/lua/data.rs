@@ -1,7 +1,7 @@
 //! `ftl.data`: `text`, `jsonl`, `from`, `tokens` and the dataset handle (`len`, `split`,
-//! `shuffle`). Relative paths resolve against the recipe's directory.
+//! `shuffle`, `rows`). Relative paths resolve against the recipe's directory.
 
-use super::model::{env, TokenizerHandle};
+use super::model::{env, lua_of_json, TokenizerHandle};
 use super::opts::Opts;
 use super::tensor::from_value;
 use super::{lua_err, LuaExt};
@@ -25,6 +25,10 @@ impl UserData for DataHandle {
             let o = Opts::new(lua, o, "split", &["seed"])?;
             let (a, b) = d.0.split(frac, o.get("seed")?).lua(lua)?;
             Ok((DataHandle(a), DataHandle(b)))
+        });
+        m.add_method("rows", |lua, d, ()| {
+            let rows = d.0.rows().lua(lua)?;
+            lua_of_json(lua, &serde_json::Value::Array(rows))
         });
         m.add_method("shuffle", |_, d, seed: Option<u64>| {
             Ok(DataHandle(d.0.shuffled(seed.unwrap_or(0))))

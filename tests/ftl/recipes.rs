@@ -160,6 +160,40 @@ fn sandbox_blocks_outside_reads_and_os_execute() {
 }
 
 #[test]
+fn dataset_rows_follow_splits_and_shuffles() {
+    let t = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = (0..10)
+        .map(|i| format!("{{\"instruction\": \"say\", \"input\": \"n{i}\", \"output\": \"{i}\"}}"))
+        .collect();
+    std::fs::write(t.path().join("d.jsonl"), lines.join("\n")).unwrap();
+    let r = write_recipe(
+        t.path(),
+        "rows.lua",
+        "local ftl = require('ftl')\n\
+         local d = ftl.data.jsonl('d.jsonl', {format = 'instruction'})\n\
+         local all = d:rows()\n\
+         assert(#all == 10 and all[4].input == 'n3' and all[4].output == '3' and all[4].instruction == 'say')\n\
+         local a, b = d:split(0.7, {seed = 3})\n\
+         local ra, rb = a:rows(), b:rows()\n\
+         assert(#ra == 7 and #rb == 3 and #ra == a:len() and #rb == b:len())\n\
+         local seen = {}\n\
+         for _, x in ipairs(ra) do seen[x.output] = true end\n\
+         for _, x in ipairs(rb) do assert(not seen[x.output]); seen[x.output] = true end\n\
+         local n = 0 for _ in pairs(seen) do n = n + 1 end\n\
+         assert(n == 10)\n\
+         local s = d:shuffle(5):rows()\n\
+         assert(#s == 10 and s[1].output ~= nil)\n\
+         ftl.data.text('d.jsonl'):rows()\n",
+    );
+    let (code, _, err) = run(&r, &[]);
+    assert_ne!(code, 0, "text data has no rows");
+    assert!(
+        err.contains("rows.lua:15") && err.contains("only jsonl and from"),
+        "{err}"
+    );
+}
+
+#[test]
 fn args_are_lua_literals() {
     let t = tempfile::tempdir().unwrap();
     let r = write_recipe(
