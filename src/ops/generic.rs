@@ -818,7 +818,11 @@ pub fn attention(
     let (b, tq, h, d) = q.dims4()?;
     let (_, tk, _, _) = k.dims4()?;
     #[cfg(feature = "cuda")]
-    if kernels(q) && [q, k, v].iter().all(|t| t.dtype() == DType::BF16) && super::cuda::flash_dim(d)
+    // (the kernels' grid has one row of blocks per sample and head)
+    if kernels(q)
+        && [q, k, v].iter().all(|t| t.dtype() == DType::BF16)
+        && super::cuda::flash_dim(d)
+        && b * h <= 65535
     {
         return flash_attention(q, k, v, mask, scale);
     }
