@@ -14,6 +14,7 @@ pub mod linear;
 pub mod loss;
 pub mod norm;
 pub mod rope;
+mod scale;
 pub mod tape;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Storage, Tensor};
@@ -76,7 +77,12 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// `x · v` over the last dimension, `v` `[n]` cast to `x`'s dtype (IA3's scaling).
 pub fn scale_last(x: &Tensor, v: &Tensor) -> Result<Tensor> {
-    if fused(x) || composed_only() {
+    if fused(x) && fused(v) && x.dim(candle_core::D::Minus1)? == v.elem_count() && v.rank() == 1 {
+        return x
+            .contiguous()?
+            .apply_op2(&v.contiguous()?, scale::ScaleLast);
+    }
+    if composed_only() {
         return x.broadcast_mul(&v.to_dtype(x.dtype())?);
     }
     generic::scale_last(x, v)
