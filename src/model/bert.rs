@@ -253,12 +253,12 @@ impl Arch for Bert {
                 Flow::Skip => continue,
                 Flow::Stop(x) => return Ok(x),
             };
-            let q = layer.query.forward(&h, ctx)?.reshape((b, t, nh, hd))?;
-            let k = layer.key.forward(&h, ctx)?.reshape((b, t, nh, hd))?;
-            let v = layer.value.forward(&h, ctx)?.reshape((b, t, nh, hd))?;
+            let q = ops::reshape(&layer.query.forward(&h, ctx)?, (b, t, nh, hd))?;
+            let k = ops::reshape(&layer.key.forward(&h, ctx)?, (b, t, nh, hd))?;
+            let v = ops::reshape(&layer.value.forward(&h, ctx)?, (b, t, nh, hd))?;
             let (k, v) = past.extend(l, k, v)?;
-            let o = ops::attention(&q, &k, &v, &mask, 1.0 / (hd as f32).sqrt())?
-                .reshape((b, t, hid))?;
+            let o = ops::attention(&q, &k, &v, &mask, 1.0 / (hd as f32).sqrt())?;
+            let o = ops::reshape(&o, (b, t, hid))?;
             let a = ctx.dropout(&layer.attn_out.forward(&o, ctx)?, cfg.hidden_dropout)?;
             let a = bottleneck::post_norm(&layer.bn_attn, &a, &h, &layer.attn_ln, ctx)?;
             let i = cfg.act.apply(&layer.intermediate.forward(&a, ctx)?)?;

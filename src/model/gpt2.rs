@@ -190,7 +190,7 @@ impl Arch for Gpt2 {
             if cfg.scale_by_layer {
                 scale /= (l + 1) as f32;
             }
-            let o = ops::attention(&q, &k, &v, &mask, scale)?.reshape((b, t, e))?;
+            let o = ops::reshape(&ops::attention(&q, &k, &v, &mask, scale)?, (b, t, e))?;
             let a = ctx.dropout(&blk.attn_c_proj.forward(&o, ctx)?, cfg.resid_pdrop)?;
             h = bottleneck::pre_norm(&blk.bn_attn, &a, &h, ctx)?;
             let x = blk.ln_2.forward(&h, ctx)?;
