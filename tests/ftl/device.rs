@@ -26,11 +26,11 @@ fn device_path_reproduces_every_reference() {
 
 /// Every method trained for a few steps on the device path (its backward tape, its ops) gives the
 /// same losses and parameter updates as the fused CPU path, including methods and architectures
-/// that have no training fixture (prompt tuning, bottleneck adapters, GPT-2, BERT).
+/// that have no training fixture (prompt tuning, bottleneck adapters, GPT-2, BERT classification).
 #[test]
 fn device_path_trains_every_method_like_the_cpu_path() {
     use candle_core::Tensor;
-    use ftl::data::{Dataset, Record};
+    use ftl::data::{Dataset, Label, Record};
     use ftl::peft::bottleneck::BnConfig;
     use ftl::peft::lora::{LoraInit, LoraOpts};
     use ftl::peft::target::{Pattern, Selector};
@@ -113,8 +113,31 @@ fn device_path_trains_every_method_like_the_cpu_path() {
         ("gpt2-tiny", "lora"),
         ("gpt2-tiny", "prompt"),
         ("gpt2-tiny", "houlsby"),
+        ("bert-tiny-cls", "full"),
+        ("bert-tiny-cls", "lora"),
+        ("bert-tiny-cls", "pfeiffer"),
     ];
+    let labelled = Dataset::from_records(
+        texts
+            .iter()
+            .cycle()
+            .take(8)
+            .enumerate()
+            .map(|(i, t)| Record::Classification {
+                text: t.to_string(),
+                pair: None,
+                label: Label::Id((i % 2) as i64),
+            })
+            .collect(),
+        "labelled",
+    )
+    .unwrap();
     for (base, method) in cases {
+        let data = if base.starts_with("bert") {
+            &labelled
+        } else {
+            &data
+        };
         let run = |path: Path| {
             set_path(path);
             let mut m = crate::common::load(&crate::common::fixture(base));
@@ -134,7 +157,7 @@ fn device_path_trains_every_method_like_the_cpu_path() {
                 shuffle: false,
                 ..Default::default()
             };
-            let r = train::train(&m, &data, &o, None, &mut [], &AtomicBool::new(false)).unwrap();
+            let r = train::train(&m, data, &o, None, &mut [], &AtomicBool::new(false)).unwrap();
             let mut m = m.lock().unwrap();
             let updates: BTreeMap<String, Tensor> = m
                 .trainable_params()
@@ -157,6 +180,11 @@ fn device_path_trains_every_method_like_the_cpu_path() {
         assert_eq!(cpu.len(), dev.len(), "{base} {method}");
         assert!(!cpu.is_empty(), "{base} {method}: nothing trained");
         for (n, a) in &cpu {
+            // softmax ignores a shift shared by a query's scores, so the key bias's gradient is
+            // zero up to rounding, and AdamW turns rounding noise into full-size updates
+            if n.ends_with("key.bias") {
+                continue;
+            }
             let e = crate::common::rel(&dev[n], a);
             assert!(e < 1e-2, "{base} {method}: update of {n} differs by {e}");
         }
