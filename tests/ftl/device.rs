@@ -138,7 +138,7 @@ fn device_path_trains_every_method_like_the_cpu_path() {
         } else {
             &data
         };
-        let run = |path: Path| {
+        let run = |path: Path, checkpoint: bool| {
             set_path(path);
             let mut m = crate::common::load(&crate::common::fixture(base));
             m.seed = 3;
@@ -155,6 +155,7 @@ fn device_path_trains_every_method_like_the_cpu_path() {
                 lr: 1e-2,
                 seed: 5,
                 shuffle: false,
+                checkpoint,
                 ..Default::default()
             };
             let r = train::train(&m, data, &o, None, &mut [], &AtomicBool::new(false)).unwrap();
@@ -171,22 +172,26 @@ fn device_path_trains_every_method_like_the_cpu_path() {
             set_path(Path::Auto);
             (r.loss, updates)
         };
-        let (loss_cpu, cpu) = run(Path::Auto);
-        let (loss_dev, dev) = run(Path::Device);
-        assert!(
-            (loss_cpu - loss_dev).abs() <= 1e-5 * loss_cpu.abs().max(1.0),
-            "{base} {method}: loss {loss_cpu} on the CPU path, {loss_dev} on the device path"
-        );
-        assert_eq!(cpu.len(), dev.len(), "{base} {method}");
-        assert!(!cpu.is_empty(), "{base} {method}: nothing trained");
-        for (n, a) in &cpu {
-            // softmax ignores a shift shared by a query's scores, so the key bias's gradient is
-            // zero up to rounding, and AdamW turns rounding noise into full-size updates
-            if n.ends_with("key.bias") {
-                continue;
+        let (loss_cpu, cpu) = run(Path::Auto, false);
+        // the tape also records each layer again when activation checkpointing recomputes it
+        for checkpoint in [false, true] {
+            let (loss_dev, dev) = run(Path::Device, checkpoint);
+            let what = format!("{base} {method} (checkpoint {checkpoint})");
+            assert!(
+                (loss_cpu - loss_dev).abs() <= 1e-5 * loss_cpu.abs().max(1.0),
+                "{what}: loss {loss_cpu} on the CPU path, {loss_dev} on the device path"
+            );
+            assert_eq!(cpu.len(), dev.len(), "{what}");
+            assert!(!cpu.is_empty(), "{what}: nothing trained");
+            for (n, a) in &cpu {
+                // softmax ignores a shift shared by a query's scores, so the key bias's gradient
+                // is zero up to rounding, and AdamW turns rounding noise into full-size updates
+                if n.ends_with("key.bias") {
+                    continue;
+                }
+                let e = crate::common::rel(&dev[n], a);
+                assert!(e < 1e-2, "{what}: update of {n} differs by {e}");
             }
-            let e = crate::common::rel(&dev[n], a);
-            assert!(e < 1e-2, "{base} {method}: update of {n} differs by {e}");
         }
     }
 }
