@@ -31,4 +31,8 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
   if [ -f .device/bench/pytorch_peft_gpu.py ] && [ "${REF:-1}" = 1 ]; then
     python3 .device/bench/pytorch_peft_gpu.py "$OUT/pytorch-gpu.json" 2>&1 | tee "$OUT/pytorch-gpu.txt" | grep -v "^torch"
   fi
+  # side by side: ftl's median per method against the reference run
+  if [ -f "$OUT/pytorch-gpu.json" ]; then
+    python3 bench/gpu_ratios.py "$OUT/ftl-gpu.jsonl" "$OUT/pytorch-gpu.json" | tee "$OUT/ratios.txt"
+  fi
 fi
