@@ -59,7 +59,13 @@ impl AttnMask {
 
     /// Additive bias `[batch, 1, tq, tk]` (`f32::MIN` for hidden keys) and the `[batch, 1, tq, 1]`
     /// 0/1 factor that zeroes queries with no visible key (as sdpa does).
-    fn bias(&self, b: usize, tq: usize, tk: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
+    pub(super) fn bias(
+        &self,
+        b: usize,
+        tq: usize,
+        tk: usize,
+        dev: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let mut v = vec![0f32; b * tq * tk];
         let mut rows = vec![0f32; b * tq];
         for bi in 0..b {

@@ -90,6 +90,16 @@ macro_rules! args {
     };
 }
 
+/// Pushes each optional output buffer, or a null pointer where it is not wanted.
+macro_rules! opt_args {
+    ($b:ident, $($a:expr),+ $(,)?) => {
+        $(match $a {
+            Some(d) => $b.arg(d),
+            None => $b.arg(&0u64),
+        };)+
+    };
+}
+
 /// A view of a contiguous CUDA tensor's data.
 macro_rules! view {
     ($guard:ident, $t:expr, $ty:ty) => {{
@@ -327,7 +337,6 @@ pub fn rms_bwd(
     } else {
         None
     };
-    let null = 0u64;
     typed!(x, |xv: Ty| {
         let wv = view!(gw, w, Ty);
         let gv = view!(gg, g, Ty);
@@ -338,14 +347,7 @@ pub fn rms_bwd(
         };
         let mut b = f.builder();
         args!(b, &xv, &wv, &gv);
-        match &dx {
-            Some(d) => b.arg(d),
-            None => b.arg(&null),
-        };
-        match &dw {
-            Some(d) => b.arg(d),
-            None => b.arg(&null),
-        };
+        opt_args!(b, &dx, &dw);
         args!(b, &n_, &eps_);
         unsafe { b.launch(rows_cfg(rows, n)) }.w()?;
         Ok((
@@ -409,7 +411,6 @@ pub fn silu_mul_bwd(
     let (gd, _) = d.storage_and_layout();
     let f = func(&dev, "silu_mul_bwd", g.dtype())?;
     let n_ = n as i64;
-    let null = 0u64;
     let shape = g.shape().clone();
     typed!(g, |gv: Ty| {
         let uv = view!(gu, u, Ty);
@@ -426,14 +427,7 @@ pub fn silu_mul_bwd(
         };
         let mut b = f.builder();
         args!(b, &gv, &uv, &dv);
-        match &dg {
-            Some(x) => b.arg(x),
-            None => b.arg(&null),
-        };
-        match &du {
-            Some(x) => b.arg(x),
-            None => b.arg(&null),
-        };
+        opt_args!(b, &dg, &du);
         b.arg(&n_);
         unsafe { b.launch(elem_cfg(n)) }.w()?;
         Ok((

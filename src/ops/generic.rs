@@ -267,14 +267,9 @@ fn attach_graph(args: &[&Tensor], out: Tensor, bwd: Bwd, fresh: bool) -> Result<
     }
 }
 
-/// A scalar whose backward pass hands `g` to `out` as its gradient: how a backward pass continues
-/// below a layer boundary, without a product and a sum over the whole activation.
-pub fn seed_grad(out: &Tensor, g: &Tensor) -> Result<Tensor> {
-    seed_grad_graph(out, g)
-}
-
-/// `seed_grad` as a node of candle's graph, also while a tape records.
-pub(crate) fn seed_grad_graph(out: &Tensor, g: &Tensor) -> Result<Tensor> {
+/// A scalar whose backward pass hands `g` to `out` as its gradient, as a node of candle's graph
+/// (also while a tape records): how candle's backward starts from a value inside its graph.
+pub(crate) fn seed_grad(out: &Tensor, g: &Tensor) -> Result<Tensor> {
     if !needs_grad(out) {
         return Tensor::zeros((), out.dtype(), out.device());
     }
@@ -743,32 +738,16 @@ impl AttnMask {
         tk: usize,
         dev: &Device,
     ) -> Result<(Tensor, Tensor)> {
+        let key = (b, tq, tk, format!("{:?}", dev.location()));
         let mut cache = self.cache.lock().unwrap();
-        if let Some((key, bias, rows)) = cache.as_ref() {
-            if *key == (b, tq, tk, format!("{:?}", dev.location())) {
+        if let Some((k, bias, rows)) = cache.as_ref() {
+            if *k == key {
                 return Ok((bias.clone(), rows.clone()));
             }
         }
-        let mut v = vec![0f32; b * tq * tk];
-        let mut r = vec![0f32; b * tq];
-        for bi in 0..b {
-            for i in 0..tq {
-                for j in 0..tk {
-                    if self.visible(bi, tk, i, j) {
-                        r[bi * tq + i] = 1.0;
-                    } else {
-                        v[(bi * tq + i) * tk + j] = f32::MIN;
-                    }
-                }
-            }
-        }
-        let bias = Tensor::from_vec(v, (b, 1, 1, tq, tk), &Device::Cpu)?.to_device(dev)?;
-        let rows = Tensor::from_vec(r, (b, 1, 1, tq, 1), &Device::Cpu)?.to_device(dev)?;
-        *cache = Some((
-            (b, tq, tk, format!("{:?}", dev.location())),
-            bias.clone(),
-            rows.clone(),
-        ));
+        let (bias, rows) = self.bias(b, tq, tk, dev)?;
+        let (bias, rows) = (bias.unsqueeze(1)?, rows.unsqueeze(1)?);
+        *cache = Some((key, bias.clone(), rows.clone()));
         Ok((bias, rows))
     }
 }
