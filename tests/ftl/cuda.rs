@@ -2,6 +2,7 @@
 //! against the f32 attention of the same values, output and gradients, through candle's graph
 //! and through the device path's tape, for every kind of mask the models build.
 
+use crate::common::rel;
 use candle_core::{DType, Device, Tensor, Var};
 use ftl::ops::{attention, tape, AttnMask};
 use std::sync::Arc;
@@ -18,21 +19,6 @@ struct Case {
     window: Option<usize>,
     /// left padding of the last sample
     pad: usize,
-}
-
-fn rel(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
-    let d: f32 = (&a - &b)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    let n: f32 = b.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
-    (d / n.max(1e-30)).sqrt()
 }
 
 fn check(dev: &Device, c: &Case, taped: bool) {

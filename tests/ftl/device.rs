@@ -29,62 +29,15 @@ fn device_path_reproduces_every_reference() {
 /// that have no training fixture (prompt tuning, bottleneck adapters, GPT-2, BERT classification).
 #[test]
 fn device_path_trains_every_method_like_the_cpu_path() {
+    use crate::invariants::{attach, Method};
     use candle_core::Tensor;
     use ftl::data::{Dataset, Label, Record};
-    use ftl::peft::bottleneck::BnConfig;
-    use ftl::peft::lora::{LoraInit, LoraOpts};
-    use ftl::peft::target::{Pattern, Selector};
-    use ftl::peft::Kind;
     use ftl::train::{self, TrainOpts};
     use std::collections::BTreeMap;
     use std::sync::atomic::AtomicBool;
     use std::sync::{Arc, Mutex};
 
     let _reset = Reset;
-    let attach = |m: &mut ftl::Model, method: &str| {
-        let select = |m: &mut ftl::Model, names: &[&str]| {
-            Selector::new(Pattern::list(names.iter().map(|s| s.to_string()).collect()))
-                .select(&m.module_paths(Kind::Linear), "test")
-                .unwrap()
-        };
-        let lora = |dora| LoraOpts {
-            r: 4,
-            alpha: 8.0,
-            dropout: 0.0,
-            rslora: false,
-            dora,
-            lora_bias: false,
-            init: LoraInit::Gaussian,
-        };
-        match method {
-            "full" => {
-                m.set_trainable(None, true).unwrap();
-            }
-            "lora" | "dora" => {
-                let targets: &[&str] = if m.arch.model_type() == "llama" {
-                    &["q_proj", "v_proj", "down_proj"]
-                } else if m.arch.model_type() == "gpt2" {
-                    &["c_attn", "c_fc"]
-                } else {
-                    &["query", "value"]
-                };
-                let p = select(m, targets);
-                m.attach_lora("a", &p, &lora(method == "dora")).unwrap();
-            }
-            "ia3" => {
-                let p = select(m, &["k_proj", "v_proj", "down_proj"]);
-                let ff = select(m, &["down_proj"]);
-                m.attach_ia3("a", &p, &ff).unwrap();
-            }
-            "prefix" => m.attach_prefix("a", 5, None).unwrap(),
-            "prompt" => m.attach_prompt("a", 4, None).unwrap(),
-            style => {
-                let raw = BnConfig::preset(style).unwrap();
-                m.attach_bottleneck("a", &BnConfig::from_json(&raw, false).unwrap())
-                    .unwrap();
-            }
-        }
-    };
     let texts = [
         "the cat sat on the mat and looked out of the window",
         "a dog ran in the park",
@@ -101,21 +54,22 @@ fn device_path_trains_every_method_like_the_cpu_path() {
         "texts",
     )
     .unwrap();
+    // None: full fine-tuning
     let cases = [
-        ("llama-tiny", "full"),
-        ("llama-tiny", "lora"),
-        ("llama-tiny", "dora"),
-        ("llama-tiny", "ia3"),
-        ("llama-tiny", "prefix"),
-        ("llama-tiny", "prompt"),
-        ("llama-tiny", "pfeiffer"),
-        ("llama-tiny", "houlsby"),
-        ("gpt2-tiny", "lora"),
-        ("gpt2-tiny", "prompt"),
-        ("gpt2-tiny", "houlsby"),
-        ("bert-tiny-cls", "full"),
-        ("bert-tiny-cls", "lora"),
-        ("bert-tiny-cls", "pfeiffer"),
+        ("llama-tiny", None),
+        ("llama-tiny", Some(Method::Lora)),
+        ("llama-tiny", Some(Method::Dora)),
+        ("llama-tiny", Some(Method::Ia3)),
+        ("llama-tiny", Some(Method::Prefix)),
+        ("llama-tiny", Some(Method::Prompt)),
+        ("llama-tiny", Some(Method::Pfeiffer)),
+        ("llama-tiny", Some(Method::Houlsby)),
+        ("gpt2-tiny", Some(Method::Lora)),
+        ("gpt2-tiny", Some(Method::Prompt)),
+        ("gpt2-tiny", Some(Method::Houlsby)),
+        ("bert-tiny-cls", None),
+        ("bert-tiny-cls", Some(Method::Lora)),
+        ("bert-tiny-cls", Some(Method::Pfeiffer)),
     ];
     let labelled = Dataset::from_records(
         texts
@@ -142,7 +96,14 @@ fn device_path_trains_every_method_like_the_cpu_path() {
             set_path(path);
             let mut m = crate::common::load(&crate::common::fixture(base));
             m.seed = 3;
-            attach(&mut m, method);
+            match method {
+                Some(method) => {
+                    attach(&mut m, method);
+                }
+                None => {
+                    m.set_trainable(None, true).unwrap();
+                }
+            }
             let before: BTreeMap<String, Tensor> = m
                 .trainable_params()
                 .into_iter()
@@ -176,7 +137,7 @@ fn device_path_trains_every_method_like_the_cpu_path() {
         // the tape also records each layer again when activation checkpointing recomputes it
         for checkpoint in [false, true] {
             let (loss_dev, dev) = run(Path::Device, checkpoint);
-            let what = format!("{base} {method} (checkpoint {checkpoint})");
+            let what = format!("{base} {method:?} (checkpoint {checkpoint})");
             assert!(
                 (loss_cpu - loss_dev).abs() <= 1e-5 * loss_cpu.abs().max(1.0),
                 "{what}: loss {loss_cpu} on the CPU path, {loss_dev} on the device path"

@@ -21,7 +21,7 @@ const MODELS: &[&str] = &[
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Method {
+pub enum Method {
     Lora,
     Dora,
     Ia3,
@@ -58,7 +58,8 @@ fn select(m: &mut Model, names: &[&str], kind: Kind) -> Vec<String> {
     s.select(&m.module_paths(kind), "modules").unwrap()
 }
 
-fn attach(m: &mut Model, method: Method) -> String {
+/// Attaches `method` with the defaults for `m`'s architecture as adapter `a`; its name.
+pub fn attach(m: &mut Model, method: Method) -> String {
     let mt = m.arch.model_type().to_string();
     let name = "a".to_string();
     match method {
