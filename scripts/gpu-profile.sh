@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# On the GPU machine: per-kernel GPU time of one training step (2 layers of the 1.1B shape)
-# with Nsight Compute, summed by kernel name → $OUT/ncu.csv and $OUT/ncu-summary.txt.
-#   scripts/gpu-profile.sh [method]
+# On the GPU machine: Nsight Compute on one training step (2 layers of the 1.1B shape).
+#   scripts/gpu-profile.sh [method]                  per-kernel GPU time summed by kernel name
+#                                                    → $OUT/ncu.csv and $OUT/ncu-summary.txt
+#   scripts/gpu-profile.sh [method] KERNEL-REGEX     speed of light, occupancy, warp stalls and
+#                                                    memory of the matching kernels → $OUT/ncu-kernel.txt
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -10,8 +12,15 @@ gunzip -c .device/ftl.gz > /tmp/ftl && chmod +x /tmp/ftl
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
 shape="--hidden 2048 --layers 2 --heads 32 --kv-heads 4 --intermediate 5632 --vocab 32000"
-$NCU --csv --metrics gpu__time_duration.sum /tmp/ftl bench --device cuda --dtype bf16 $shape \
-  --batch 8 --seq 512 --steps 1 --warmup 1 --method "${1:-lora-qv}" > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
+bench=(/tmp/ftl bench --device cuda --dtype bf16 $shape --batch 8 --seq 512 --steps 1 --warmup 1 --method "${1:-lora-qv}")
+if [ -n "${2:-}" ]; then
+  $NCU -k "regex:$2" -c 4 --section SpeedOfLight --section Occupancy --section WarpStateStats \
+    --section LaunchStats --section MemoryWorkloadAnalysis "${bench[@]}" > "$OUT/ncu-kernel.txt" 2> "$OUT/ncu.err"
+  grep -vE "^\s*$|----" "$OUT/ncu-kernel.txt" |
+    grep -E "\(|Duration|Throughput|Occupancy|Stall|Warp Cycles|Registers|Shared Memory|Block Limit|Waves|OPT" | head -80
+  exit 0
+fi
+$NCU --csv --metrics gpu__time_duration.sum "${bench[@]}" > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
 python3 - "$OUT/ncu.csv" > "$OUT/ncu-summary.txt" <<'PY'
 import csv, sys, collections
 rows = [l for l in open(sys.argv[1]) if l.startswith('"')]
