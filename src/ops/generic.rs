@@ -427,6 +427,8 @@ pub fn lora_linear(
     let h = xd.to_dtype(adt)?.broadcast_matmul(&ad.t()?)?;
     let d = (h.broadcast_matmul(&bd.t()?)? * scale)?;
     let y = (y + d.to_dtype(x.dtype())?)?;
+    // x·Aᵀ ([rows, r], small) kept for B's gradient instead of recomputed
+    let h = rows(&h)?;
     let bwd: Bwd = Arc::new(move |args: &[&Tensor], _: &Tensor, g: &Tensor| {
         let (x, w) = (args[0].detach(), args[1].detach());
         let (a, bm) = unpack(&args[2].detach())?;
@@ -434,7 +436,6 @@ pub fn lora_linear(
         let x2 = rows(&x)?;
         let ga = g2.to_dtype(adt)?;
         let xa = x2.to_dtype(adt)?;
-        let h = xa.matmul(&a.t()?)?;
         let dh = (ga.matmul(&bm)? * scale)?;
         let dx = if needs_grad(args[0]) {
             let base = input_grad(&g2, &w, transposed)?;
