@@ -171,7 +171,8 @@ fn flash_attention_matches_the_f32_attention() {
     }
 }
 
-/// LoRA's low-rank kernels with bf16 activations (f32 adapters) against the same layer in f32:
+/// LoRA's low-rank kernels with bf16 activations (f32 adapters) against the same layer in f32
+/// (whose kernels the PEFT fixtures check on the GPU, `scripts/gpu-check.sh check`):
 /// ranks in every bucket, widths that are and are not multiples of the kernels' vector width.
 #[test]
 fn lora_kernels_match_the_f32_layer() {
