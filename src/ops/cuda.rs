@@ -676,17 +676,14 @@ pub struct Flash {
 
 /// Shared memory of the flash kernels, as laid out in `flash_attn.cu`.
 fn flash_smem(d: usize, backward: bool) -> u32 {
-    let (bq, bk, warps) = (64, 64, 4);
-    let (lq, ls, lp) = (d + 8, bk + 4, bk + 8);
+    let (bq, bk, ld) = (64, 64, d + 8);
     let bytes = if backward {
-        (2 * bk + 2 * bq) * lq * 2
-            + 2 * bq * ls * 4
-            + 2 * bq * lp * 2
-            + warps * 256 * 4
-            + 2 * bq * 4
-            + bk
+        // the backward pass's query tile, double-buffered with dO, the log-sum-exps and Σ dO·O
+        let nq = if d <= 64 { 64 } else { 32 };
+        (2 * bk + 4 * nq) * ld * 2 + bk * (nq + 8) * 2 + 4 * nq * 4 + bk
     } else {
-        (bq + 2 * bk) * lq * 2 + bq * ls * 4 + bq * lp * 2 + 3 * bq * 4 + bk
+        // the query tile, and the key and value tiles double-buffered with their valid flags
+        (bq + 4 * bk) * ld * 2 + 2 * bk
     };
     bytes as u32
 }

@@ -164,6 +164,42 @@ fn flash_attention_matches_the_f32_attention() {
             window: None,
             pad: 9,
         },
+        // many whole tiles without a mask (the kernels' unmasked path), several key and query
+        // tiles per block in both passes
+        Case {
+            b: 1,
+            tq: 256,
+            offset: 0,
+            h: 2,
+            hkv: 1,
+            d: 64,
+            causal: false,
+            window: None,
+            pad: 0,
+        },
+        // the benchmark's shape per head (llama 1.1B: d 64, 8 query heads per KV head)
+        Case {
+            b: 2,
+            tq: 512,
+            offset: 0,
+            h: 8,
+            hkv: 1,
+            d: 64,
+            causal: true,
+            window: None,
+            pad: 0,
+        },
+        Case {
+            b: 1,
+            tq: 200,
+            offset: 0,
+            h: 2,
+            hkv: 2,
+            d: 128,
+            causal: false,
+            window: None,
+            pad: 0,
+        },
     ];
     for c in &cases {
         check(&dev, c, false);
