@@ -619,6 +619,294 @@ pub fn lora_outer(l: &Tensor, x: &Tensor, s: f32) -> Result<Tensor> {
     ones.matmul(&parts)?.reshape((r, k))
 }
 
+/// The device address of a contiguous f32 or bf16 CUDA tensor's first element. Every kernel and
+/// cuBLAS call runs on the device's one stream, so the address is used in stream order.
+fn addr(t: &Tensor) -> Result<u64> {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    let (g, l) = t.storage_and_layout();
+    let (o1, _) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("ftl kernels: input not contiguous".into()))?;
+    let Storage::Cuda(c) = &*g else {
+        candle_core::bail!("ftl kernels: not a CUDA tensor")
+    };
+    let base = match t.dtype() {
+        DType::F32 => {
+            let s = c.as_cuda_slice::<f32>()?;
+            s.device_ptr(s.stream()).0
+        }
+        DType::BF16 => {
+            let s = c.as_cuda_slice::<bf16>()?;
+            s.device_ptr(s.stream()).0
+        }
+        dt => candle_core::bail!("ftl kernels: no address for {dt:?}"),
+    };
+    Ok(base + (o1 * t.dtype().size_in_bytes()) as u64)
+}
+
+/// A bf16 operand of `gemm`: the row-major matrix at `at` with row stride `ld`, read transposed
+/// when `t`.
+#[derive(Clone, Copy)]
+struct Operand {
+    at: u64,
+    ld: usize,
+    t: bool,
+}
+
+impl Operand {
+    fn new(at: u64, ld: usize) -> Self {
+        Self { at, ld, t: false }
+    }
+    fn t(self) -> Self {
+        Self { t: true, ..self }
+    }
+}
+
+/// Row-major `c [m, n] = alpha · a · b + beta · c` (`a` `[m, k]`, `b` `[k, n]` after their
+/// transposes) on cuBLAS's tensor cores, accumulating in f32; `c` (row stride `ldc`) is f32 or
+/// bf16, read and rounded once when `beta` is 1.
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    dev: &CudaDevice,
+    (m, n, k): (usize, usize, usize),
+    a: Operand,
+    b: Operand,
+    c: u64,
+    ldc: usize,
+    cdt: DType,
+    alpha: f32,
+    beta: f32,
+) -> Result<()> {
+    use candle_core::cuda_backend::cudarc::cublas::{result::gemm_ex, sys};
+    let op = |t: bool| {
+        if t {
+            sys::cublasOperation_t::CUBLAS_OP_T
+        } else {
+            sys::cublasOperation_t::CUBLAS_OP_N
+        }
+    };
+    let ct = match cdt {
+        DType::F32 => sys::cudaDataType_t::CUDA_R_32F,
+        _ => sys::cudaDataType_t::CUDA_R_16BF,
+    };
+    let bf = sys::cudaDataType_t::CUDA_R_16BF;
+    let blas = dev.cublas_handle();
+    // cuBLAS is column-major: the row-major c is its cᵀ = bᵀ · aᵀ
+    unsafe {
+        gemm_ex(
+            *blas.handle(),
+            op(b.t),
+            op(a.t),
+            n as i32,
+            m as i32,
+            k as i32,
+            &alpha as *const f32 as *const _,
+            b.at as *const _,
+            bf,
+            b.ld as i32,
+            a.at as *const _,
+            bf,
+            a.ld as i32,
+            &beta as *const f32 as *const _,
+            c as *mut _,
+            ct,
+            ldc as i32,
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+        )
+    }
+    .map_err(|e| candle_core::Error::Msg(format!("cuBLAS gemm ({m}×{k}·{k}×{n}): {e:?}")))
+}
+
+/// `lora_split` (kernels.cu): f32 `[rows, cols]` at `x` (row stride `ld`, plus the half at `off`
+/// when `off > 0`) as bf16 `[rows, 3 cols]`, high parts and remainders in the blocks `lo` says.
+#[allow(clippy::too_many_arguments)]
+fn split(
+    dev: &CudaDevice,
+    x: u64,
+    ld: usize,
+    off: usize,
+    rows: usize,
+    cols: usize,
+    lo: i32,
+) -> Result<Tensor> {
+    let f = func(dev, "lora_split", DType::F32)?;
+    let dst = unsafe { dev.alloc::<bf16>(rows * 3 * cols)? };
+    let out = wrap(dst, dev, (rows, 3 * cols));
+    let (o, ld_, off_, rows_, cols_) =
+        (addr(&out)?, ld as i64, off as i64, rows as i64, cols as i64);
+    let mut b = f.builder();
+    args!(b, &x, &ld_, &off_, &o, &rows_, &cols_, &lo);
+    unsafe { b.launch(elem_cfg((rows * cols).min(1 << 20))) }.w()?;
+    Ok(out)
+}
+
+/// `lora_fold` (kernels.cu): `out [rows, cols] = s · (x[.., j] + x[.., off + j])` into f32 at `out`.
+#[allow(clippy::too_many_arguments)]
+fn fold(
+    dev: &CudaDevice,
+    x: &Tensor,
+    ld: usize,
+    off: usize,
+    out: u64,
+    rows: usize,
+    cols: usize,
+    s: f32,
+) -> Result<()> {
+    let f = func(dev, "lora_fold", DType::F32)?;
+    let (xa, ld_, off_, rows_, cols_) = (addr(x)?, ld as i64, off as i64, rows as i64, cols as i64);
+    let mut b = f.builder();
+    args!(b, &xa, &ld_, &off_, &out, &rows_, &cols_, &s);
+    unsafe { b.launch(elem_cfg((rows * cols).min(1 << 20))) }.w()?;
+    Ok(())
+}
+
+// High parts in blocks 0 and 1, remainders in 2 (`hhl`), or in 1 (`hlh`): an `hlh` operand times
+// an `hhl` one over the 3r blocks is hi·hi + lo·hi + hi·lo; the first two blocks of `hlh` and the
+// last two of `hhl` are (hi, lo), the operand for a product whose halves `fold` adds.
+const HHL: i32 = 0b100;
+const HLH: i32 = 0b010;
+
+/// LoRA's f32 adapter split for the tensor-core path: `a` `[r, K]` as `[3r, K]` (row blocks
+/// hi, hi, lo) and `b` `[N, r]` as `[N, 3r]` (column blocks hi, hi, lo), bf16.
+pub fn lora_tc_weights(a: &Tensor, bm: &Tensor) -> Result<(Tensor, Tensor)> {
+    let dev = dev_of(a)?;
+    let (a, bm) = (a.contiguous()?, bm.contiguous()?);
+    let (r, k) = a.dims2()?;
+    let n = bm.dim(0)?;
+    let a3 = split(&dev, addr(&a)?, r * k, 0, 1, r * k, HHL)?.reshape((3 * r, k))?;
+    let b3 = split(&dev, addr(&bm)?, r, 0, n, r, HHL)?;
+    Ok((a3, b3))
+}
+
+/// The LoRA branch on tensor cores: `y [M, N] += s · (x·Aᵀ)·Bᵀ` in place (bf16 `y`, summed in f32
+/// and rounded once), for bf16 `x [M, K]` and the split adapter of `lora_tc_weights`. Returns
+/// `x·Aᵀ` split (`[M, 3r]`, blocks hi, lo, hi) for the backward pass.
+pub fn lora_tc_fwd(x: &Tensor, y: &Tensor, a3: &Tensor, b3: &Tensor, s: f32) -> Result<Tensor> {
+    let dev = dev_of(x)?;
+    let (m, k) = x.dims2()?;
+    let n = y.dim(1)?;
+    let r = a3.dim(0)? / 3;
+    let p = wrap(unsafe { dev.alloc::<f32>(m * 2 * r)? }, &dev, (m, 2 * r));
+    // x·[A_hi; A_lo]ᵀ, then its halves added and split
+    let a_hl = Operand::new(addr(a3)? + (r * k * 2) as u64, k).t();
+    gemm(
+        &dev,
+        (m, 2 * r, k),
+        Operand::new(addr(x)?, k),
+        a_hl,
+        addr(&p)?,
+        2 * r,
+        DType::F32,
+        1.0,
+        0.0,
+    )?;
+    let h3 = split(&dev, addr(&p)?, 2 * r, r, m, r, HLH)?;
+    let b = Operand::new(addr(b3)?, 3 * r).t();
+    gemm(
+        &dev,
+        (m, n, 3 * r),
+        Operand::new(addr(&h3)?, 3 * r),
+        b,
+        addr(y)?,
+        n,
+        DType::BF16,
+        s,
+        1.0,
+    )?;
+    Ok(h3)
+}
+
+/// The backward pass of `lora_tc_fwd` for the output gradient `g [M, N]` (bf16): adds
+/// `s · (g·B)·A` into `dx` (bf16 `[M, K]`, in place) when given, and returns the adapter's
+/// gradient `[dA (r × K), dB (N × r)]` flattened (f32) when `pack`.
+#[allow(clippy::too_many_arguments)]
+pub fn lora_tc_bwd(
+    g: &Tensor,
+    x: &Tensor,
+    a3: &Tensor,
+    b3: &Tensor,
+    h3: &Tensor,
+    s: f32,
+    dx: Option<&Tensor>,
+    pack: bool,
+) -> Result<Option<Tensor>> {
+    let dev = dev_of(g)?;
+    let (m, n) = g.dims2()?;
+    let k = x.dim(1)?;
+    let r = a3.dim(0)? / 3;
+    let ga = Operand::new(addr(g)?, n);
+    // g·[B_hi, B_lo], its halves added and split
+    let p = wrap(unsafe { dev.alloc::<f32>(m * 2 * r)? }, &dev, (m, 2 * r));
+    let b_hl = Operand::new(addr(b3)? + (r * 2) as u64, 3 * r);
+    gemm(
+        &dev,
+        (m, 2 * r, n),
+        ga,
+        b_hl,
+        addr(&p)?,
+        2 * r,
+        DType::F32,
+        1.0,
+        0.0,
+    )?;
+    let g3 = split(&dev, addr(&p)?, 2 * r, r, m, r, HLH)?;
+    let g3a = Operand::new(addr(&g3)?, 3 * r);
+    if let Some(dx) = dx {
+        let a = Operand::new(addr(a3)?, k);
+        gemm(
+            &dev,
+            (m, k, 3 * r),
+            g3a,
+            a,
+            addr(dx)?,
+            k,
+            DType::BF16,
+            s,
+            1.0,
+        )?;
+    }
+    if !pack {
+        return Ok(None);
+    }
+    let out = wrap(
+        unsafe { dev.alloc::<f32>(r * k + n * r)? },
+        &dev,
+        r * k + n * r,
+    );
+    let o = addr(&out)?;
+    // dA = s · (g·B)ᵀ·x from [(g·B)_hi, (g·B)_lo]ᵀ·x ([2r, K]: its two row blocks)
+    let pa = wrap(unsafe { dev.alloc::<f32>(2 * r * k)? }, &dev, (2 * r, k));
+    gemm(
+        &dev,
+        (2 * r, k, m),
+        g3a.t(),
+        Operand::new(addr(x)?, k),
+        addr(&pa)?,
+        k,
+        DType::F32,
+        1.0,
+        0.0,
+    )?;
+    fold(&dev, &pa, 0, r * k, o, 1, r * k, s)?;
+    // dB = s · gᵀ·(x·Aᵀ) from gᵀ·[h_hi, h_lo] ([N, 2r]: its two column blocks)
+    let pb = wrap(unsafe { dev.alloc::<f32>(n * 2 * r)? }, &dev, (n, 2 * r));
+    let h = Operand::new(addr(h3)?, 3 * r);
+    gemm(
+        &dev,
+        (n, 2 * r, m),
+        ga.t(),
+        h,
+        addr(&pb)?,
+        2 * r,
+        DType::F32,
+        1.0,
+        0.0,
+    )?;
+    fold(&dev, &pb, 2 * r, r, o + (r * k * 4) as u64, n, r, s)?;
+    Ok(Some(out))
+}
+
 /// `x · v` per column of `[.., N]` `x`, `v` `[N]` rounded to `x`'s dtype first.
 pub fn scale_cols(x: &Tensor, v: &Tensor) -> Result<Tensor> {
     let dev = dev_of(x)?;

@@ -464,9 +464,8 @@ pub fn lora_linear(
     }
 }
 
-/// `lora_linear` with f32 adapters on the GPU: the low-rank branch in ftl's kernels, which read the
-/// activations and gradients in their own dtype (no f32 copies) and add the branch to the base
-/// output in f32, rounding once.
+/// `lora_linear` with f32 adapters on the GPU: the low-rank branch in ftl's kernels (f32
+/// activations; bf16 ones take `lora_linear_tc`).
 #[cfg(feature = "cuda")]
 fn lora_linear_cuda(
     x: &Tensor,
@@ -478,6 +477,9 @@ fn lora_linear_cuda(
     transposed: bool,
 ) -> Result<Tensor> {
     use super::cuda;
+    if x.dtype() == DType::BF16 {
+        return lora_linear_tc(x, w, b, a, bm, scale, transposed);
+    }
     let x = &x.contiguous()?;
     let s = scale as f32;
     let (pack, lp) = LoraPack::new(a, bm)?;
@@ -512,6 +514,58 @@ fn lora_linear_cuda(
             let da = cuda::lora_outer(&gb, &x2, s)?;
             let db = cuda::lora_outer(&h, &g2, s)?.t()?;
             Some(Tensor::cat(&[da.flatten_all()?, db.flatten_all()?], 0)?)
+        } else {
+            None
+        };
+        Ok(vec![dx, dw, dpack])
+    });
+    let y = attach_fresh(&[x, w, &pack], y, bwd)?;
+    match b {
+        Some(b) if needs_grad(b) => y.broadcast_add(b),
+        _ => Ok(y),
+    }
+}
+
+/// `lora_linear` for bf16 activations with f32 adapters on the GPU: the low-rank products on
+/// tensor cores with the adapter split into bf16 high parts and remainders (`cuda::lora_tc_fwd`),
+/// f32-accurate, the branch added to the base output in f32 and rounded once, as PEFT does.
+#[cfg(feature = "cuda")]
+fn lora_linear_tc(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &Tensor,
+    bm: &Tensor,
+    scale: f64,
+    transposed: bool,
+) -> Result<Tensor> {
+    use super::cuda;
+    let x = &x.contiguous()?;
+    let s = scale as f32;
+    let (pack, lp) = LoraPack::new(a, bm)?;
+    let (xd, wd) = (x.detach(), w.detach());
+    let (ad, bd) = lp.unpack(&pack.detach())?;
+    let (a3, b3) = cuda::lora_tc_weights(&ad, &bd)?;
+    let y = frozen_base(&xd, &wd, b, transposed)?;
+    let shape = y.shape().clone();
+    // the base output is this op's own: the branch is added into it in place
+    let y = rows(&y)?.contiguous()?;
+    let h3 = cuda::lora_tc_fwd(&rows(&xd)?, &y, &a3, &b3, s)?;
+    let y = y.reshape(shape)?;
+    let bwd: Bwd = Arc::new(move |args: &[&Tensor], _: &Tensor, g: &Tensor| {
+        let (x, w) = (args[0].detach(), args[1].detach());
+        let g2 = rows(&g.to_dtype(DType::BF16)?)?.contiguous()?;
+        let x2 = rows(&x)?;
+        let dx = if needs_grad(args[0]) {
+            Some(input_grad(&g2, &w, transposed)?.contiguous()?)
+        } else {
+            None
+        };
+        let dpack =
+            cuda::lora_tc_bwd(&g2, &x2, &a3, &b3, &h3, s, dx.as_ref(), needs_grad(args[2]))?;
+        let dx = dx.map(|d| d.reshape(x.shape())).transpose()?;
+        let dw = if needs_grad(args[1]) {
+            Some(weight_grad(&x2, &g2, transposed)?)
         } else {
             None
         };

@@ -517,6 +517,37 @@ BOTH(attn_softmax_fwd, (const float* S, void* P, const uint8_t* kv, int tk, int 
      attn_softmax_fwd<T>(S, (T*)P, kv, tk, tq, rows_per_b, causal, offset, window, scale))
 BOTH(attn_softmax_bwd, (const float* P, const void* dP, void* dS, int tk, float scale),
      attn_softmax_bwd<T>(P, (const T*)dP, (T*)dS, tk, scale))
+// LoRA on tensor cores (bf16 activations, f32 adapters): each f32 operand of a low-rank product
+// is split into its bf16 high part hi = bf16(x) and the bf16 remainder lo = bf16(x − hi); then
+// hi·hi + hi·lo + lo·hi, accumulated in f32 by cuBLAS, is the f32 product to ~2⁻¹⁶ relative (the
+// dropped lo·lo term), far below the bf16 rounding of the layer's output.
+// lora_split: X [rows, cols] (row stride ld; with off > 0 the sum X[.., j] + X[.., off + j] of a
+// product's two halves) as three bf16 column blocks of out [rows, 3 cols]: block p holds lo where
+// bit p of `lo` is set, hi elsewhere.
+extern "C" __global__ void lora_split_f32(const float* X, long ld, long off, __nv_bfloat16* out, long rows,
+                                          long cols, int lo) {
+    long n = rows * cols;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        long r = i / cols, c = i % cols;
+        float x = X[r * ld + c];
+        if (off > 0) x += X[r * ld + off + c];
+        __nv_bfloat16 hi = __float2bfloat16(x), rest = __float2bfloat16(x - __bfloat162float(hi));
+        __nv_bfloat16* o = out + r * 3 * cols + c;
+        o[0] = lo & 1 ? rest : hi;
+        o[cols] = lo & 2 ? rest : hi;
+        o[2 * cols] = lo & 4 ? rest : hi;
+    }
+}
+// lora_fold: out [rows, cols] = s · (X[.., j] + X[.., off + j]) (row stride ld): a product of a
+// split operand, its two halves added.
+extern "C" __global__ void lora_fold_f32(const float* X, long ld, long off, float* out, long rows, long cols,
+                                         float s) {
+    long n = rows * cols;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        long r = i / cols, c = i % cols;
+        out[i] = s * (X[r * ld + c] + X[r * ld + off + c]);
+    }
+}
 BOTH(attn_softmax_fwd_w, (const float* S, void* P, const uint8_t* kv, long rows, int tk, int tq, int rows_per_b,
                           int causal, int offset, int window, float scale),
      attn_softmax_fwd_w<T>(S, (T*)P, kv, rows, tk, tq, rows_per_b, causal, offset, window, scale))
@@ -540,7 +571,8 @@ BOTH(colsum_mul, (const void* G, const void* X, float* out, long M, int N),
                                                        int r, float s) {                             \
         lora_outer<TY, R>(L, (const TY*)X, P, M, K, r, s);                                           \
     }
-#define LORA_R(R) LORA_K(lora, float, f32, R) LORA_K(lora, __nv_bfloat16, bf16, R)
+// f32 models only: bf16 activations take the tensor-core path (lora_split/lora_fold + cuBLAS)
+#define LORA_R(R) LORA_K(lora, float, f32, R)
 LORA_R(8)
 LORA_R(16)
 LORA_R(32)
