@@ -907,6 +907,37 @@ pub fn lora_tc_bwd(
     Ok(Some(out))
 }
 
+/// Whether the element-wise kernels may use 16-byte vectors on `ts` (their data 16-byte aligned;
+/// fresh outputs are).
+fn vec16(ts: &[&Tensor]) -> i32 {
+    ts.iter()
+        .all(|t| (t.layout().start_offset() * t.dtype().size_in_bytes()).is_multiple_of(16))
+        as i32
+}
+
+/// `a + b` for two contiguous tensors of one shape and dtype.
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let dev = dev_of(a)?;
+    if a.shape() != b.shape() || a.dtype() != b.dtype() {
+        candle_core::bail!("ftl kernels: add of {:?} and {:?}", a.shape(), b.shape());
+    }
+    let n = a.elem_count();
+    let f = func(&dev, "add2", a.dtype())?;
+    let b = b.contiguous()?;
+    let (gb, _) = b.storage_and_layout();
+    let shape = a.shape().clone();
+    let vec = vec16(&[a, &b]);
+    let n_ = n as i64;
+    typed!(a, |av: Ty| {
+        let bv: CudaView<'_, Ty> = view!(gb, b, Ty);
+        let dst = unsafe { dev.alloc::<Ty>(n)? };
+        let mut bl = f.builder();
+        args!(bl, &av, &bv, &dst, &n_, &vec);
+        unsafe { bl.launch(elem_cfg(n.div_ceil(8).min(1 << 20))) }.w()?;
+        Ok(wrap(dst, &dev, shape))
+    })
+}
+
 /// `x · v` per column of `[.., N]` `x`, `v` `[N]` rounded to `x`'s dtype first.
 pub fn scale_cols(x: &Tensor, v: &Tensor) -> Result<Tensor> {
     let dev = dev_of(x)?;
@@ -917,11 +948,12 @@ pub fn scale_cols(x: &Tensor, v: &Tensor) -> Result<Tensor> {
     let f = func(&dev, "scale_cols", x.dtype())?;
     let (total, n_) = ((m * n) as i64, n as i32);
     let shape = x.shape().clone();
+    let vec = vec16(&[x]);
     typed!(x, |xv: Ty| {
         let dst = unsafe { dev.alloc::<Ty>(m * n)? };
         let mut b = f.builder();
-        args!(b, &xv, &vv, &dst, &total, &n_);
-        unsafe { b.launch(elem_cfg((m * n).min(1 << 24))) }.w()?;
+        args!(b, &xv, &vv, &dst, &total, &n_, &vec);
+        unsafe { b.launch(elem_cfg((m * n).div_ceil(8).min(1 << 20))) }.w()?;
         Ok(wrap(dst, &dev, shape))
     })
 }

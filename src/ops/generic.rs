@@ -279,9 +279,18 @@ pub(crate) fn seed_grad(out: &Tensor, g: &Tensor) -> Result<Tensor> {
     attach_graph(&[out], zero, bwd, true)
 }
 
+/// `a + b` of one shape, without a graph: ftl's vectorised kernel on the GPU.
+pub(crate) fn sum2(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if kernels(a) && a.dtype() == b.dtype() && a.shape() == b.shape() {
+        return super::cuda::add(a, b);
+    }
+    a + b
+}
+
 /// `a + b` (same shapes): both get the output's gradient as it is, shared.
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let y = (a.detach() + b.detach())?;
+    let y = sum2(&a.detach(), &b.detach())?;
     let bwd: Bwd = Arc::new(|_: &[&Tensor], _: &Tensor, g: &Tensor| {
         Ok(vec![Some(g.clone()), Some(g.clone())])
     });
@@ -375,8 +384,15 @@ impl LoraPack {
     fn new(a: &Tensor, bm: &Tensor) -> Result<(Tensor, LoraPack)> {
         let (r, k) = a.dims2()?;
         let n = bm.dim(0)?;
-        let pack = Tensor::cat(&[a.flatten_all()?, bm.flatten_all()?], 0)?;
-        Ok((pack, LoraPack { r, k, n }))
+        let lp = LoraPack { r, k, n };
+        let pack = Tensor::cat(&[a.detach().flatten_all()?, bm.detach().flatten_all()?], 0)?;
+        // an op of ours, so its gradient reaches A and B as two views of the packed one
+        // (candle's cat would add each into a zero-filled gradient)
+        let bwd: Bwd = Arc::new(move |_: &[&Tensor], _: &Tensor, g: &Tensor| {
+            let (da, db) = lp.unpack(g)?;
+            Ok(vec![Some(da), Some(db)])
+        });
+        Ok((attach_fresh(&[a, bm], pack, bwd)?, lp))
     }
 
     fn unpack(&self, p: &Tensor) -> Result<(Tensor, Tensor)> {

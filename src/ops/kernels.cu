@@ -180,11 +180,38 @@ __device__ void sumsq(const T* x, float* out, long n) {
     if (threadIdx.x == 0) atomicAdd(out, s);
 }
 
+// ---- element-wise maps over 16-byte vectors ------------------------------------------------------
+// Y[i] = f(i, X1[i], X2[i]) for i < n, 16 bytes per load and store where `vec` (all three 16-byte
+// aligned), one value at a time for the tail (candle's kernels take one value per thread, at a
+// fraction of the bandwidth).
+template <typename T, typename F>
+__device__ __forceinline__ void map2(const T* __restrict__ X1, const T* __restrict__ X2, T* __restrict__ Y, long n,
+                                     int vec, F f) {
+    constexpr int V = 16 / sizeof(T);
+    long stride = (long)blockDim.x * gridDim.x, i0 = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    long nv = vec ? n / V : 0;
+    for (long i = i0; i < nv; i += stride) {
+        uint4 a = reinterpret_cast<const uint4*>(X1)[i], b = X2 ? reinterpret_cast<const uint4*>(X2)[i] : a, y;
+        const T* av = reinterpret_cast<const T*>(&a);
+        const T* bv = reinterpret_cast<const T*>(&b);
+        T* yv = reinterpret_cast<T*>(&y);
+#pragma unroll
+        for (int e = 0; e < V; e++) st(yv, e, f(i * V + e, ld(av, e), ld(bv, e)));
+        reinterpret_cast<uint4*>(Y)[i] = y;
+    }
+    for (long i = nv * V + i0; i < n; i += stride) st(Y, i, f(i, ld(X1, i), X2 ? ld(X2, i) : 0.0f));
+}
+
+// ---- Y = A + B (residual connections, gradients of values with several users) -------------------
+template <typename T>
+__device__ void add2(const T* A, const T* B, T* Y, long n, int vec) {
+    map2(A, B, Y, n, vec, [](long, float a, float b) { return a + b; });
+}
+
 // ---- Y = X · V per column, V (f32) rounded to X's dtype first (IA3's scaling) ----------------
 template <typename T>
-__device__ void scale_cols(const T* __restrict__ X, const float* __restrict__ V, T* __restrict__ Y, long n, int N) {
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)blockDim.x * gridDim.x)
-        st(Y, i, ld(X, i) * rnd(V[i % N], X));
+__device__ void scale_cols(const T* X, const float* __restrict__ V, T* Y, long n, int N, int vec) {
+    map2(X, (const T*)nullptr, Y, n, vec, [=](long i, float x, float) { return x * rnd(V[i % N], X); });
 }
 
 // ---- Σ over rows of G ⊙ X, per column (IA3's vector gradient), in f32 --------------------------
@@ -554,8 +581,9 @@ BOTH(attn_softmax_fwd_w, (const float* S, void* P, const uint8_t* kv, long rows,
 BOTH(attn_softmax_bwd_w, (const float* P, const void* dP, void* dS, long rows, int tk, float scale),
      attn_softmax_bwd_w<T>(P, (const T*)dP, (T*)dS, rows, tk, scale))
 BOTH(sumsq, (const void* X, float* out, long n), sumsq<T>((const T*)X, out, n))
-BOTH(scale_cols, (const void* X, const float* V, void* Y, long n, int N),
-     scale_cols<T>((const T*)X, V, (T*)Y, n, N))
+BOTH(scale_cols, (const void* X, const float* V, void* Y, long n, int N, int vec),
+     scale_cols<T>((const T*)X, V, (T*)Y, n, N, vec))
+BOTH(add2, (const void* A, const void* B, void* Y, long n, int vec), add2<T>((const T*)A, (const T*)B, (T*)Y, n, vec))
 BOTH(colsum_mul, (const void* G, const void* X, float* out, long M, int N),
      colsum_mul<T>((const T*)G, (const T*)X, out, M, N))
 #define LORA_K(NAME, TY, SFX, R)                                                                      \
