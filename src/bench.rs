@@ -182,6 +182,8 @@ pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
     }
     let mut times = Times(Vec::new());
     let data = Dataset::from_examples(ex, "bench")?;
+    #[cfg(feature = "profile")]
+    let prof = crate::profile::start();
     let res = train::train(
         &model,
         &data,
@@ -190,6 +192,10 @@ pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
         &mut [&mut times],
         &AtomicBool::new(false),
     )?;
+    #[cfg(feature = "profile")]
+    if let Some(p) = prof {
+        p.finish();
+    }
     let warm = a.warmup.max(1);
     let (w, l) = (&times.0[warm - 1], &times.0[a.steps + warm - 1]);
     let n = a.steps as f64;

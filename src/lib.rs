@@ -5,6 +5,8 @@ pub mod error;
 pub mod model;
 pub mod ops;
 pub mod peft;
+#[cfg(feature = "profile")]
+pub mod profile;
 pub mod st;
 pub mod tokenizer;
 

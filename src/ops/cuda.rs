@@ -83,6 +83,11 @@ fn elem_cfg(n: usize) -> LaunchConfig {
     }
 }
 
+/// A grid-stride launch for the 16-byte-vector kernels (eight values or fewer per thread and step).
+fn vec_cfg(n: usize) -> LaunchConfig {
+    elem_cfg(n.div_ceil(8).clamp(1, 1 << 20))
+}
+
 /// Pushes each kernel argument onto launch builder `b`.
 macro_rules! args {
     ($b:ident, $($a:expr),+ $(,)?) => {
@@ -302,14 +307,15 @@ pub fn rms_fwd(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let w = w.to_dtype(x.dtype())?.contiguous()?;
     let (gw, _) = w.storage_and_layout();
     let f = func(&dev, "rms_fwd", x.dtype())?;
-    let (n_, eps_) = (n as i32, eps as f32);
+    let x = x.contiguous()?;
+    let (rows_, n_, eps_, vec) = (rows as i64, n as i32, eps as f32, row_vec(n, &[&x, &w]));
     let shape = x.shape().clone();
     typed!(x, |xv: Ty| {
         let wv = view!(gw, w, Ty);
         let dst = unsafe { dev.alloc::<Ty>(rows * n)? };
         let mut b = f.builder();
-        args!(b, &xv, &wv, &dst, &n_, &eps_);
-        unsafe { b.launch(rows_cfg(rows, n)) }.w()?;
+        args!(b, &xv, &wv, &dst, &rows_, &n_, &eps_, &vec);
+        unsafe { b.launch(warp_rows_cfg(rows)) }.w()?;
         Ok(wrap(dst, &dev, shape))
     })
 }
@@ -330,7 +336,8 @@ pub fn rms_bwd(
     let (gw, _) = w.storage_and_layout();
     let (gg, _) = g.storage_and_layout();
     let f = func(&dev, "rms_bwd", x.dtype())?;
-    let (n_, eps_) = (n as i32, eps as f32);
+    let x = x.contiguous()?;
+    let (rows_, n_, eps_, vec) = (rows as i64, n as i32, eps as f32, row_vec(n, &[&x, &w, &g]));
     let shape = x.shape().clone();
     let dw = if need_dw {
         Some(dev.alloc_zeros::<f32>(n)?)
@@ -348,8 +355,8 @@ pub fn rms_bwd(
         let mut b = f.builder();
         args!(b, &xv, &wv, &gv);
         opt_args!(b, &dx, &dw);
-        args!(b, &n_, &eps_);
-        unsafe { b.launch(rows_cfg(rows, n)) }.w()?;
+        args!(b, &rows_, &n_, &eps_, &vec);
+        unsafe { b.launch(warp_rows_cfg(rows)) }.w()?;
         Ok((
             dx.map(|d| wrap(d, &dev, shape.clone())),
             dw.map(|d| wrap(d, &dev, n)),
@@ -384,14 +391,15 @@ pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     let u = u.to_dtype(g.dtype())?.contiguous()?;
     let (gu, _) = u.storage_and_layout();
     let f = func(&dev, "silu_mul_fwd", g.dtype())?;
-    let n_ = n as i64;
+    let g = g.contiguous()?;
+    let (n_, vec) = (n as i64, vec16(&[&g, &u]));
     let shape = g.shape().clone();
     typed!(g, |gv: Ty| {
         let uv = view!(gu, u, Ty);
         let dst = unsafe { dev.alloc::<Ty>(n)? };
         let mut b = f.builder();
-        args!(b, &gv, &uv, &dst, &n_);
-        unsafe { b.launch(elem_cfg(n)) }.w()?;
+        args!(b, &gv, &uv, &dst, &n_, &vec);
+        unsafe { b.launch(vec_cfg(n)) }.w()?;
         Ok(wrap(dst, &dev, shape))
     })
 }
@@ -410,7 +418,8 @@ pub fn silu_mul_bwd(
     let (gu, _) = u.storage_and_layout();
     let (gd, _) = d.storage_and_layout();
     let f = func(&dev, "silu_mul_bwd", g.dtype())?;
-    let n_ = n as i64;
+    let g = g.contiguous()?;
+    let (n_, vec) = (n as i64, vec16(&[&g, &u, &d]));
     let shape = g.shape().clone();
     typed!(g, |gv: Ty| {
         let uv = view!(gu, u, Ty);
@@ -428,8 +437,8 @@ pub fn silu_mul_bwd(
         let mut b = f.builder();
         args!(b, &gv, &uv, &dv);
         opt_args!(b, &dg, &du);
-        b.arg(&n_);
-        unsafe { b.launch(elem_cfg(n)) }.w()?;
+        args!(b, &n_, &vec);
+        unsafe { b.launch(vec_cfg(n)) }.w()?;
         Ok((
             dg.map(|x| wrap(x, &dev, shape.clone())),
             du.map(|x| wrap(x, &dev, shape.clone())),
@@ -464,7 +473,7 @@ pub fn adamw(
     let (gm, _) = m.storage_and_layout();
     let (gv, _) = v.storage_and_layout();
     let f = func(&dev, "adamw", p.dtype())?;
-    let n_ = n as i64;
+    let (n_, vec) = (n as i64, vec16(&[p, &g, m, v]));
     macro_rules! go {
         ($ty:ty) => {{
             let (pv, gvv, mv, vv) = (
@@ -474,8 +483,11 @@ pub fn adamw(
                 view!(gv, v, $ty),
             );
             let mut b = f.builder();
-            args!(b, &pv, &gvv, &mv, &vv, &n_, &wd_factor, &b1, &b2, &eps, &step_size, &bc2_sqrt);
-            unsafe { b.launch(elem_cfg(n)) }.w()?;
+            args!(
+                b, &pv, &gvv, &mv, &vv, &n_, &wd_factor, &b1, &b2, &eps, &step_size, &bc2_sqrt,
+                &vec
+            );
+            unsafe { b.launch(vec_cfg(n)) }.w()?;
             Ok(())
         }};
     }
@@ -491,12 +503,13 @@ pub fn sum_sq(x: &Tensor) -> Result<Tensor> {
     let dev = dev_of(x)?;
     let n = x.elem_count();
     let f = func(&dev, "sumsq", x.dtype())?;
-    let n_ = n as i64;
+    let x = x.contiguous()?;
+    let (n_, vec) = (n as i64, vec16(&[&x]));
     let blocks = n.div_ceil(256 * 8).clamp(1, 2048) as u32;
     typed!(x, |xv: _Ty| {
         let dst = dev.alloc_zeros::<f32>(1)?;
         let mut b = f.builder();
-        args!(b, &xv, &dst, &n_);
+        args!(b, &xv, &dst, &n_, &vec);
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (256, 1, 1),
@@ -505,6 +518,27 @@ pub fn sum_sq(x: &Tensor) -> Result<Tensor> {
         unsafe { b.launch(cfg) }.w()?;
         Ok(wrap(dst, &dev, ()))
     })
+}
+
+/// The gradient of an embedding table `[vocab, h]` from the gradient `g` `[rows, h]` of the rows
+/// that `ids` (u32) selected: summed in f32 (repeated tokens add up), returned in `g`'s dtype.
+pub fn embed_bwd(g: &Tensor, ids: &Tensor, vocab: usize) -> Result<Tensor> {
+    let dev = dev_of(g)?;
+    let (rows, h) = g.dims2()?;
+    let g = g.contiguous()?;
+    let ids = ids.contiguous()?;
+    let (gi, _) = ids.storage_and_layout();
+    let iv = view!(gi, ids, u32);
+    let f = func(&dev, "embed_bwd", g.dtype())?;
+    let acc = dev.alloc_zeros::<f32>(vocab * h)?;
+    let (rows_, h_, vocab_, vec) = (rows as i64, h as i32, vocab as i64, row_vec(h, &[&g]));
+    typed!(g, |gv: _Ty| {
+        let mut b = f.builder();
+        args!(b, &gv, &iv, &acc, &rows_, &h_, &vocab_, &vec);
+        unsafe { b.launch(warp_rows_cfg(rows)) }.w()?;
+        Ok::<_, candle_core::Error>(())
+    })?;
+    wrap(acc, &dev, (vocab, h)).to_dtype(g.dtype())
 }
 
 /// Largest LoRA rank the low-rank kernels take.
@@ -915,6 +949,12 @@ fn vec16(ts: &[&Tensor]) -> i32 {
         as i32
 }
 
+/// Whether rows of `n` values of `ts` can be read in 16-byte vectors.
+fn row_vec(n: usize, ts: &[&Tensor]) -> i32 {
+    let v = 16 / ts[0].dtype().size_in_bytes();
+    (n.is_multiple_of(v) && vec16(ts) == 1) as i32
+}
+
 /// `a + b` for two contiguous tensors of one shape and dtype.
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let dev = dev_of(a)?;
@@ -933,7 +973,7 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let dst = unsafe { dev.alloc::<Ty>(n)? };
         let mut bl = f.builder();
         args!(bl, &av, &bv, &dst, &n_, &vec);
-        unsafe { bl.launch(elem_cfg(n.div_ceil(8).min(1 << 20))) }.w()?;
+        unsafe { bl.launch(vec_cfg(n)) }.w()?;
         Ok(wrap(dst, &dev, shape))
     })
 }
@@ -953,7 +993,7 @@ pub fn scale_cols(x: &Tensor, v: &Tensor) -> Result<Tensor> {
         let dst = unsafe { dev.alloc::<Ty>(m * n)? };
         let mut b = f.builder();
         args!(b, &xv, &vv, &dst, &total, &n_, &vec);
-        unsafe { b.launch(elem_cfg((m * n).div_ceil(8).min(1 << 20))) }.w()?;
+        unsafe { b.launch(vec_cfg(m * n)) }.w()?;
         Ok(wrap(dst, &dev, shape))
     })
 }

@@ -4,6 +4,7 @@
 // Every kernel computes in f32 and reads/writes f32 or bf16 (suffix _f32 / _bf16).
 #include <cuda_bf16.h>
 #include <stdint.h>
+#include <type_traits>
 
 __device__ __forceinline__ float ld(const float* p, long i) { return p[i]; }
 __device__ __forceinline__ float ld(const __nv_bfloat16* p, long i) { return __bfloat162float(p[i]); }
@@ -11,6 +12,46 @@ __device__ __forceinline__ void st(float* p, long i, float v) { p[i] = v; }
 __device__ __forceinline__ void st(__nv_bfloat16* p, long i, float v) { p[i] = __float2bfloat16(v); }
 __device__ __forceinline__ float rnd(float v, const float*) { return v; }
 __device__ __forceinline__ float rnd(float v, const __nv_bfloat16*) { return __bfloat162float(__float2bfloat16(v)); }
+
+// ---- 16-byte vectors ---------------------------------------------------------------------------
+// S consecutive values as f32 (S = 1, or 16 bytes' worth: p then 16-byte aligned), and back.
+template <typename T, int S>
+__device__ __forceinline__ void ldn(const T* p, float* o) {
+    if constexpr (S == 1) {
+        o[0] = ld(p, 0);
+    } else {
+        static_assert(S * sizeof(T) == 16, "one 16-byte vector");
+        uint4 a = *reinterpret_cast<const uint4*>(p);
+        const T* v = reinterpret_cast<const T*>(&a);
+#pragma unroll
+        for (int e = 0; e < S; e++) o[e] = ld(v, e);
+    }
+}
+template <typename T, int S>
+__device__ __forceinline__ void stn(T* p, const float* o) {
+    if constexpr (S == 1) {
+        st(p, 0, o[0]);
+    } else {
+        uint4 a;
+        T* v = reinterpret_cast<T*>(&a);
+#pragma unroll
+        for (int e = 0; e < S; e++) st(v, e, o[e]);
+        *reinterpret_cast<uint4*>(p) = a;
+    }
+}
+
+// Calls at(i, S) for every S-value chunk of [0, n), a grid-stride loop: 16-byte chunks where `vec`
+// (the arrays 16-byte aligned), single values for the tail. candle's kernels take one value per
+// thread, at a fraction of the bandwidth.
+template <typename T, typename F>
+__device__ __forceinline__ void chunks(long n, int vec, F at) {
+    constexpr int V = 16 / sizeof(T);
+    long stride = (long)blockDim.x * gridDim.x, i0 = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    long nv = vec ? n / V : 0;
+    for (long i = i0; i < nv; i += stride) at(i * V, std::integral_constant<int, V>());
+    for (long i = nv * V + i0; i < n; i += stride) at(i, std::integral_constant<int, 1>());
+}
+
 
 // Block-wide reductions (blockDim.x a multiple of 32, at most 1024).
 __device__ float block_sum(float v) {
@@ -170,36 +211,32 @@ __device__ void attn_softmax_bwd_w(const float* P, const T* dP, T* dS, long rows
 
 // ---- Σ x² (gradient norms): block partial sums added atomically into out[0] -----------------
 template <typename T>
-__device__ void sumsq(const T* x, float* out, long n) {
+__device__ void sumsq(const T* x, float* out, long n, int vec) {
     float s = 0.0f;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)blockDim.x * gridDim.x) {
-        float v = ld(x, i);
-        s += v * v;
-    }
+    chunks<T>(n, vec, [&](long i, auto sz) {
+        constexpr int S = decltype(sz)::value;
+        float v[S];
+        ldn<T, S>(x + i, v);
+#pragma unroll
+        for (int e = 0; e < S; e++) s += v[e] * v[e];
+    });
     s = block_sum(s);
     if (threadIdx.x == 0) atomicAdd(out, s);
 }
 
-// ---- element-wise maps over 16-byte vectors ------------------------------------------------------
-// Y[i] = f(i, X1[i], X2[i]) for i < n, 16 bytes per load and store where `vec` (all three 16-byte
-// aligned), one value at a time for the tail (candle's kernels take one value per thread, at a
-// fraction of the bandwidth).
+// Y[i] = f(i, X1[i], X2[i]) (X2 may be null).
 template <typename T, typename F>
 __device__ __forceinline__ void map2(const T* __restrict__ X1, const T* __restrict__ X2, T* __restrict__ Y, long n,
                                      int vec, F f) {
-    constexpr int V = 16 / sizeof(T);
-    long stride = (long)blockDim.x * gridDim.x, i0 = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    long nv = vec ? n / V : 0;
-    for (long i = i0; i < nv; i += stride) {
-        uint4 a = reinterpret_cast<const uint4*>(X1)[i], b = X2 ? reinterpret_cast<const uint4*>(X2)[i] : a, y;
-        const T* av = reinterpret_cast<const T*>(&a);
-        const T* bv = reinterpret_cast<const T*>(&b);
-        T* yv = reinterpret_cast<T*>(&y);
+    chunks<T>(n, vec, [&](long i, auto s) {
+        constexpr int S = decltype(s)::value;
+        float a[S], b[S], y[S];
+        ldn<T, S>(X1 + i, a);
+        if (X2) ldn<T, S>(X2 + i, b);
 #pragma unroll
-        for (int e = 0; e < V; e++) st(yv, e, f(i * V + e, ld(av, e), ld(bv, e)));
-        reinterpret_cast<uint4*>(Y)[i] = y;
-    }
-    for (long i = nv * V + i0; i < n; i += stride) st(Y, i, f(i, ld(X1, i), X2 ? ld(X2, i) : 0.0f));
+        for (int e = 0; e < S; e++) y[e] = f(i + e, a[e], X2 ? b[e] : 0.0f);
+        stn<T, S>(Y + i, y);
+    });
 }
 
 // ---- Y = A + B (residual connections, gradients of values with several users) -------------------
@@ -447,41 +484,92 @@ __device__ void ce_bwd(const T* X, const int32_t* labels, const float* g, T* D, 
 }
 
 // ---- RMSNorm (HF: normalised in f32, cast to the input dtype, then scaled by w) -------------
-template <typename T>
-__device__ float rstd_row(const T* x, int n, float eps) {
+// One warp per row, S values per access (16-byte vectors where the row allows).
+template <typename T, int S>
+__device__ void rms_fwd_row(const T* x, const T* W, T* y, int n, float eps) {
+    int lane = threadIdx.x % 32;
     float ss = 0.0f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        float a = ld(x, j);
-        ss += a * a;
+    for (int j = lane * S; j < n; j += 32 * S) {
+        float a[S];
+        ldn<T, S>(x + j, a);
+#pragma unroll
+        for (int e = 0; e < S; e++) ss += a[e] * a[e];
     }
-    ss = block_sum(ss);
-    return rsqrtf(ss / n + eps);
+    float rs = rsqrtf(warp_sum(ss) / n + eps);
+    for (int j = lane * S; j < n; j += 32 * S) {
+        float a[S], w[S];
+        ldn<T, S>(x + j, a);
+        ldn<T, S>(W + j, w);
+#pragma unroll
+        for (int e = 0; e < S; e++) a[e] = w[e] * rnd(a[e] * rs, x);
+        stn<T, S>(y + j, a);
+    }
 }
 
 template <typename T>
-__device__ void rms_fwd(const T* X, const T* W, T* Y, int n, float eps) {
-    long r = blockIdx.x;
-    const T* x = X + r * (long)n;
-    T* y = Y + r * (long)n;
-    float rs = rstd_row(x, n, eps);
-    for (int j = threadIdx.x; j < n; j += blockDim.x) st(y, j, ld(W, j) * rnd(ld(x, j) * rs, x));
+__device__ void rms_fwd(const T* X, const T* W, T* Y, long rows, int n, float eps, int vec) {
+    long r = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;
+    if (vec)
+        rms_fwd_row<T, 16 / sizeof(T)>(X + r * n, W, Y + r * n, n, eps);
+    else
+        rms_fwd_row<T, 1>(X + r * n, W, Y + r * n, n, eps);
 }
 
 // dx = rstd·(g⊙w − x̂·mean(g⊙w⊙x̂)); with dw != null also dw += g⊙x̂ (f32, atomically).
-template <typename T>
-__device__ void rms_bwd(const T* X, const T* W, const T* G, T* DX, float* DW, int n, float eps) {
-    long r = blockIdx.x;
-    const T* x = X + r * (long)n;
-    const T* g = G + r * (long)n;
-    float rs = rstd_row(x, n, eps);
-    float dot = 0.0f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) dot += ld(g, j) * ld(W, j) * ld(x, j) * rs;
-    dot = block_sum(dot) / n;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        float xh = ld(x, j) * rs;
-        if (DX) st(DX + r * (long)n, j, rs * (ld(g, j) * ld(W, j) - xh * dot));
-        if (DW) atomicAdd(DW + j, ld(g, j) * xh);
+template <typename T, int S>
+__device__ void rms_bwd_row(const T* x, const T* W, const T* g, T* dx, float* DW, int n, float eps) {
+    int lane = threadIdx.x % 32;
+    float ss = 0.0f, dot = 0.0f;
+    for (int j = lane * S; j < n; j += 32 * S) {
+        float a[S], w[S], d[S];
+        ldn<T, S>(x + j, a);
+        ldn<T, S>(W + j, w);
+        ldn<T, S>(g + j, d);
+#pragma unroll
+        for (int e = 0; e < S; e++) {
+            ss += a[e] * a[e];
+            dot += d[e] * w[e] * a[e];
+        }
     }
+    float rs = rsqrtf(warp_sum(ss) / n + eps);
+    dot = warp_sum(dot) * rs / n;
+    for (int j = lane * S; j < n; j += 32 * S) {
+        float a[S], w[S], d[S], o[S];
+        ldn<T, S>(x + j, a);
+        ldn<T, S>(W + j, w);
+        ldn<T, S>(g + j, d);
+        float gx[S];
+#pragma unroll
+        for (int e = 0; e < S; e++) {
+            float xh = a[e] * rs;
+            o[e] = rs * (d[e] * w[e] - xh * dot);
+            gx[e] = d[e] * xh;
+        }
+        if (dx) stn<T, S>(dx + j, o);
+        if (DW) {
+            // every row adds into the same n values: 16-byte atomics keep them one L2 operation
+            // per vector instead of one per value
+            if constexpr (S == 1) {
+                atomicAdd(DW + j, gx[0]);
+            } else {
+#pragma unroll
+                for (int e = 0; e < S; e += 4)
+                    atomicAdd(reinterpret_cast<float4*>(DW + j + e), make_float4(gx[e], gx[e + 1], gx[e + 2], gx[e + 3]));
+            }
+        }
+    }
+}
+
+template <typename T>
+__device__ void rms_bwd(const T* X, const T* W, const T* G, T* DX, float* DW, long rows, int n, float eps, int vec) {
+    long r = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;
+    T* dx = DX ? DX + r * n : nullptr;
+    if (vec)
+        rms_bwd_row<T, 16 / sizeof(T)>(X + r * n, W, G + r * n, dx, DW, n, eps);
+    else
+        rms_bwd_row<T, 1>(X + r * n, W, G + r * n, dx, DW, n, eps);
 }
 
 // ---- rotary embeddings on [b, t, h, d]: (x1, x2) → (x1·c − s·x2·σ, x2·c + s·x1·σ) --------------
@@ -502,37 +590,74 @@ __device__ void rope(const T* X, T* Y, const float* C, const float* S, long rows
 
 // ---- SwiGLU: y = silu(g)·u; backward dg, du ---------------------------------------------------
 template <typename T>
-__device__ void silu_mul_fwd(const T* G, const T* U, T* Y, long n) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float g = ld(G, i);
-    st(Y, i, g / (1.0f + __expf(-g)) * ld(U, i));
+__device__ void silu_mul_fwd(const T* G, const T* U, T* Y, long n, int vec) {
+    map2(G, U, Y, n, vec, [](long, float g, float u) { return g / (1.0f + __expf(-g)) * u; });
 }
 
 template <typename T>
-__device__ void silu_mul_bwd(const T* G, const T* U, const T* D, T* DG, T* DU, long n) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float g = ld(G, i), u = ld(U, i), d = ld(D, i);
-    float s = 1.0f / (1.0f + __expf(-g));
-    if (DG) st(DG, i, d * u * s * (1.0f + g * (1.0f - s)));
-    if (DU) st(DU, i, d * g * s);
+__device__ void silu_mul_bwd(const T* G, const T* U, const T* D, T* DG, T* DU, long n, int vec) {
+    chunks<T>(n, vec, [&](long i, auto sz) {
+        constexpr int S = decltype(sz)::value;
+        float g[S], u[S], d[S], dg[S], du[S];
+        ldn<T, S>(G + i, g);
+        ldn<T, S>(U + i, u);
+        ldn<T, S>(D + i, d);
+#pragma unroll
+        for (int e = 0; e < S; e++) {
+            float s = 1.0f / (1.0f + __expf(-g[e]));
+            dg[e] = d[e] * u[e] * s * (1.0f + g[e] * (1.0f - s));
+            du[e] = d[e] * g[e] * s;
+        }
+        if (DG) stn<T, S>(DG + i, dg);
+        if (DU) stn<T, S>(DU + i, du);
+    });
 }
 
 // ---- AdamW as torch.optim.AdamW: decoupled decay, bias correction, eps outside the root ------
 template <typename T>
 __device__ void adamw(T* P, const T* G, T* M, T* V, long n, float wd_factor, float b1, float b2, float eps,
-                      float step_size, float bc2_sqrt) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float p = ld(P, i) * wd_factor, g = ld(G, i);
-    float m = ld(M, i), v = ld(V, i);
-    m += (g - m) * (1.0f - b1);
-    v = v * b2 + (1.0f - b2) * g * g;
-    p -= step_size * (m / (sqrtf(v) / bc2_sqrt + eps));
-    st(P, i, p);
-    st(M, i, m);
-    st(V, i, v);
+                      float step_size, float bc2_sqrt, int vec) {
+    chunks<T>(n, vec, [&](long i, auto sz) {
+        constexpr int S = decltype(sz)::value;
+        float p[S], g[S], m[S], v[S];
+        ldn<T, S>(P + i, p);
+        ldn<T, S>(G + i, g);
+        ldn<T, S>(M + i, m);
+        ldn<T, S>(V + i, v);
+#pragma unroll
+        for (int e = 0; e < S; e++) {
+            p[e] *= wd_factor;
+            m[e] += (g[e] - m[e]) * (1.0f - b1);
+            v[e] = v[e] * b2 + (1.0f - b2) * g[e] * g[e];
+            p[e] -= step_size * (m[e] / (sqrtf(v[e]) / bc2_sqrt + eps));
+        }
+        stn<T, S>(P + i, p);
+        stn<T, S>(M + i, m);
+        stn<T, S>(V + i, v);
+    });
+}
+
+// ---- the embedding's gradient: dW[ids[r], :] += G[r, :] in f32, one warp per row (repeated
+// tokens add up; 16-byte atomics where the rows allow) ------------------------------------------
+template <typename T>
+__device__ void embed_bwd(const T* G, const uint32_t* ids, float* dW, long rows, int h, long vocab, int vec) {
+    long r = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (r >= rows || ids[r] >= vocab) return;
+    const T* g = G + r * h;
+    float* d = dW + (long)ids[r] * h;
+    if (vec) {
+        constexpr int S = 16 / sizeof(T);
+        for (int j = lane * S; j < h; j += 32 * S) {
+            float x[S];
+            ldn<T, S>(g + j, x);
+#pragma unroll
+            for (int e = 0; e < S; e += 4)
+                atomicAdd(reinterpret_cast<float4*>(d + j + e), make_float4(x[e], x[e + 1], x[e + 2], x[e + 3]));
+        }
+    } else {
+        for (int j = lane; j < h; j += 32) atomicAdd(d + j, ld(g, j));
+    }
 }
 
 #define BOTH(NAME, ARGS, CALL)                                                                     \
@@ -580,7 +705,7 @@ BOTH(attn_softmax_fwd_w, (const float* S, void* P, const uint8_t* kv, long rows,
      attn_softmax_fwd_w<T>(S, (T*)P, kv, rows, tk, tq, rows_per_b, causal, offset, window, scale))
 BOTH(attn_softmax_bwd_w, (const float* P, const void* dP, void* dS, long rows, int tk, float scale),
      attn_softmax_bwd_w<T>(P, (const T*)dP, (T*)dS, rows, tk, scale))
-BOTH(sumsq, (const void* X, float* out, long n), sumsq<T>((const T*)X, out, n))
+BOTH(sumsq, (const void* X, float* out, long n, int vec), sumsq<T>((const T*)X, out, n, vec))
 BOTH(scale_cols, (const void* X, const float* V, void* Y, long n, int N, int vec),
      scale_cols<T>((const T*)X, V, (T*)Y, n, N, vec))
 BOTH(add2, (const void* A, const void* B, void* Y, long n, int vec), add2<T>((const T*)A, (const T*)B, (T*)Y, n, vec))
@@ -608,18 +733,22 @@ LORA_R(64)
 BOTH(ce_fwd, (const void* X, const int32_t* labels, float* loss, int v), ce_fwd<T>((const T*)X, labels, loss, v))
 BOTH(ce_bwd, (const void* X, const int32_t* labels, const float* g, void* D, int v),
      ce_bwd<T>((const T*)X, labels, g, (T*)D, v))
-BOTH(rms_fwd, (const void* X, const void* W, void* Y, int n, float eps),
-     rms_fwd<T>((const T*)X, (const T*)W, (T*)Y, n, eps))
-BOTH(rms_bwd, (const void* X, const void* W, const void* G, void* DX, float* DW, int n, float eps),
-     rms_bwd<T>((const T*)X, (const T*)W, (const T*)G, (T*)DX, DW, n, eps))
+BOTH(rms_fwd, (const void* X, const void* W, void* Y, long rows, int n, float eps, int vec),
+     rms_fwd<T>((const T*)X, (const T*)W, (T*)Y, rows, n, eps, vec))
+BOTH(rms_bwd, (const void* X, const void* W, const void* G, void* DX, float* DW, long rows, int n, float eps,
+               int vec),
+     rms_bwd<T>((const T*)X, (const T*)W, (const T*)G, (T*)DX, DW, rows, n, eps, vec))
 BOTH(rope, (const void* X, void* Y, const float* C, const float* S, long rows, int t, int h, int d, float sign),
      rope<T>((const T*)X, (T*)Y, C, S, rows, t, h, d, sign))
-BOTH(silu_mul_fwd, (const void* G, const void* U, void* Y, long n), silu_mul_fwd<T>((const T*)G, (const T*)U, (T*)Y, n))
-BOTH(silu_mul_bwd, (const void* G, const void* U, const void* D, void* DG, void* DU, long n),
-     silu_mul_bwd<T>((const T*)G, (const T*)U, (const T*)D, (T*)DG, (T*)DU, n))
+BOTH(silu_mul_fwd, (const void* G, const void* U, void* Y, long n, int vec),
+     silu_mul_fwd<T>((const T*)G, (const T*)U, (T*)Y, n, vec))
+BOTH(silu_mul_bwd, (const void* G, const void* U, const void* D, void* DG, void* DU, long n, int vec),
+     silu_mul_bwd<T>((const T*)G, (const T*)U, (const T*)D, (T*)DG, (T*)DU, n, vec))
 BOTH(adamw, (void* P, const void* G, void* M, void* V, long n, float wd_factor, float b1, float b2, float eps,
-             float step_size, float bc2_sqrt),
-     adamw<T>((T*)P, (const T*)G, (T*)M, (T*)V, n, wd_factor, b1, b2, eps, step_size, bc2_sqrt))
+             float step_size, float bc2_sqrt, int vec),
+     adamw<T>((T*)P, (const T*)G, (T*)M, (T*)V, n, wd_factor, b1, b2, eps, step_size, bc2_sqrt, vec))
+BOTH(embed_bwd, (const void* G, const uint32_t* ids, float* dW, long rows, int h, long vocab, int vec),
+     embed_bwd<T>((const T*)G, ids, dW, rows, h, vocab, vec))
 
 // flash attention (bf16, tensor cores), forward and backward
 #include "flash_attn.cu"

@@ -466,7 +466,7 @@ fn accumulate(
     hooks: &mut [&mut dyn Hook],
     mut early: Option<&mut EarlyUpdate>,
 ) -> Result<(f64, Vec<Option<Tensor>>)> {
-    let mut total = 0f64;
+    let mut losses = Vec::with_capacity(batches.len());
     let mut acc: Vec<Option<Tensor>> = vec![None; params.len()];
     let mut done = vec![false; params.len()];
     // parameters inside one layer get their whole gradient from that layer's segment
@@ -488,7 +488,9 @@ fn accumulate(
         let loss = (loss_sum(&logits, b)? / denom)?;
         drop(logits);
         sample_device_memory(&b.ids.device().clone());
-        total += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        // read once the step's work is queued: reading it here would leave the GPU idle while the
+        // backward pass is being queued
+        losses.push(loss.detach());
         let t1 = Instant::now();
         res.forward_s += (t1 - t0).as_secs_f64();
         // backward one layer segment at a time, top down: each segment's activations are freed
@@ -565,6 +567,10 @@ fn accumulate(
             (None, false) => Ok(Some(p.value().zeros_like()?)),
         })
         .collect::<Result<_>>()?;
+    let mut total = 0f64;
+    for l in losses {
+        total += l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    }
     Ok((total, grads))
 }
 

@@ -332,6 +332,51 @@ fn lora_tensor_core_path_keeps_f32_precision() {
     }
 }
 
+/// RMSNorm and SwiGLU with bf16 activations against f32 (the f32 kernels are checked against HF by
+/// the fixtures on the GPU): rows that take 16-byte vectors and rows that do not, output and the
+/// gradients of the input and the weight.
+#[test]
+fn norm_and_swiglu_kernels_match_f32() {
+    let Ok(dev) = Device::new_cuda(0) else {
+        eprintln!("no CUDA device: skipped");
+        return;
+    };
+    let bf = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
+    for (rows, n) in [(300, 2048), (33, 100), (5, 4104)] {
+        let x = bf(Tensor::randn(0f32, 1.0, (rows, n), &dev).unwrap());
+        let u = bf(Tensor::randn(0f32, 1.0, (rows, n), &dev).unwrap());
+        let w = bf(Tensor::randn(1f32, 0.1, n, &dev).unwrap());
+        let gw = Tensor::randn(0f32, 1.0, (rows, n), &dev).unwrap();
+        let run = |dt: DType| {
+            let (xv, uv, wv) = (
+                Var::from_tensor(&x.to_dtype(dt).unwrap()).unwrap(),
+                Var::from_tensor(&u.to_dtype(dt).unwrap()).unwrap(),
+                Var::from_tensor(&w.to_dtype(dt).unwrap()).unwrap(),
+            );
+            let y = ftl::ops::rms_norm(xv.as_tensor(), wv.as_tensor(), 1e-5).unwrap();
+            let z = ftl::ops::silu_mul(&y, uv.as_tensor()).unwrap();
+            let loss = (z.to_dtype(DType::F32).unwrap() * &gw)
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let g = loss.backward().unwrap();
+            let mut out = vec![y, z];
+            for v in [&xv, &uv, &wv] {
+                out.push(g.get(v.as_tensor()).expect("gradient").clone());
+            }
+            out
+        };
+        let (b, f) = (run(DType::BF16), run(DType::F32));
+        for (name, (p, q)) in ["rms", "swiglu", "dx", "du", "dw"]
+            .iter()
+            .zip(b.iter().zip(f.iter()))
+        {
+            let e = rel(p, q);
+            assert!(e < 1e-2, "{name} differs by {e} (rows {rows}, n {n})");
+        }
+    }
+}
+
 /// IA3's scaling with bf16 activations against f32: the output, the input's and the vector's
 /// gradients (the vector's summed over rows by a kernel).
 #[test]
