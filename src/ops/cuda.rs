@@ -356,7 +356,16 @@ pub fn rms_bwd(
         args!(b, &xv, &wv, &gv);
         opt_args!(b, &dx, &dw);
         args!(b, &rows_, &n_, &eps_, &vec);
-        unsafe { b.launch(warp_rows_cfg(rows)) }.w()?;
+        // with dw: a few blocks take all rows, each adding its part of dw once (kernels.cu)
+        let cfg = if need_dw {
+            let mut c = warp_rows_cfg(rows);
+            c.grid_dim.0 = c.grid_dim.0.min(264);
+            c.shared_mem_bytes = if n <= 12288 { (n * 4) as u32 } else { 0 };
+            c
+        } else {
+            warp_rows_cfg(rows)
+        };
+        unsafe { b.launch(cfg) }.w()?;
         Ok((
             dx.map(|d| wrap(d, &dev, shape.clone())),
             dw.map(|d| wrap(d, &dev, n)),

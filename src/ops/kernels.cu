@@ -547,29 +547,36 @@ __device__ void rms_bwd_row(const T* x, const T* W, const T* g, T* dx, float* DW
             gx[e] = d[e] * xh;
         }
         if (dx) stn<T, S>(dx + j, o);
-        if (DW) {
-            // every row adds into the same n values: 16-byte atomics keep them one L2 operation
-            // per vector instead of one per value
-            if constexpr (S == 1) {
-                atomicAdd(DW + j, gx[0]);
-            } else {
-#pragma unroll
-                for (int e = 0; e < S; e += 4)
-                    atomicAdd(reinterpret_cast<float4*>(DW + j + e), make_float4(gx[e], gx[e + 1], gx[e + 2], gx[e + 3]));
-            }
+        if constexpr (S == 1) {
+            if (DW) atomicAdd(DW + j, gx[0]);
         }
     }
 }
 
+// Every row adds into the same n values of dw: with dw, a block's warps take rows in turn and add
+// into the block's copy in shared memory (n <= RMS_DW_SMEM), which goes to dw once per block.
+#define RMS_DW_SMEM 12288
 template <typename T>
 __device__ void rms_bwd(const T* X, const T* W, const T* G, T* DX, float* DW, long rows, int n, float eps, int vec) {
-    long r = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (r >= rows) return;
-    T* dx = DX ? DX + r * n : nullptr;
-    if (vec)
-        rms_bwd_row<T, 16 / sizeof(T)>(X + r * n, W, G + r * n, dx, DW, n, eps);
-    else
-        rms_bwd_row<T, 1>(X + r * n, W, G + r * n, dx, DW, n, eps);
+    extern __shared__ float dws[];
+    int w = threadIdx.x / 32, nw = blockDim.x / 32;
+    bool local = DW && n <= RMS_DW_SMEM;
+    float* acc = local ? dws : DW;
+    if (local) {
+        for (int j = threadIdx.x; j < n; j += blockDim.x) dws[j] = 0.0f;
+        __syncthreads();
+    }
+    for (long r = (long)blockIdx.x * nw + w; r < rows; r += (long)gridDim.x * nw) {
+        T* dx = DX ? DX + r * n : nullptr;
+        if (vec && !DW)
+            rms_bwd_row<T, 16 / sizeof(T)>(X + r * n, W, G + r * n, dx, nullptr, n, eps);
+        else
+            rms_bwd_row<T, 1>(X + r * n, W, G + r * n, dx, acc, n, eps);
+    }
+    if (local) {
+        __syncthreads();
+        for (int j = threadIdx.x; j < n; j += blockDim.x) atomicAdd(DW + j, dws[j]);
+    }
 }
 
 // ---- rotary embeddings on [b, t, h, d]: (x1, x2) → (x1·c − s·x2·σ, x2·c + s·x1·σ) --------------
