@@ -579,7 +579,7 @@ fn block_cfg(grid: (usize, usize)) -> Result<LaunchConfig> {
     })
 }
 
-/// `x [M, K] · aᵀ` for `a [r, K]` f32: `[M, r]` f32, reading `x` in its own dtype.
+/// `x [M, K] · aᵀ` for f32 `x` and `a [r, K]`: `[M, r]` (bf16 activations take `lora_tc_fwd`).
 pub fn lora_down(x: &Tensor, a: &Tensor) -> Result<Tensor> {
     let dev = dev_of(x)?;
     let (m, k) = x.dims2()?;
@@ -618,7 +618,7 @@ pub fn lora_down(x: &Tensor, a: &Tensor) -> Result<Tensor> {
     })
 }
 
-/// `y [M, N] + s · h [M, r] · bᵀ` for `b [N, r]` f32, summed in f32 and rounded once to y's dtype.
+/// `y [M, N] + s · h [M, r] · bᵀ` for f32 `y` and `b [N, r]` (bf16: `lora_tc_fwd`).
 pub fn lora_up_add(y: &Tensor, h: &Tensor, bm: &Tensor, s: f32) -> Result<Tensor> {
     let dev = dev_of(y)?;
     let (m, n) = y.dims2()?;
@@ -638,7 +638,7 @@ pub fn lora_up_add(y: &Tensor, h: &Tensor, bm: &Tensor, s: f32) -> Result<Tensor
     })
 }
 
-/// `s · lᵀ · x` for `l [M, r]` f32 and `x [M, K]`: `[r, K]` f32 (a LoRA weight gradient), summed
+/// `s · lᵀ · x` for f32 `l [M, r]` and `x [M, K]`: `[r, K]` (a LoRA weight gradient), summed
 /// over 128-row slices then across them, in a fixed order.
 pub fn lora_outer(l: &Tensor, x: &Tensor, s: f32) -> Result<Tensor> {
     let dev = dev_of(x)?;
