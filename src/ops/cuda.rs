@@ -355,16 +355,15 @@ pub fn rms_bwd(
         let mut b = f.builder();
         args!(b, &xv, &wv, &gv);
         opt_args!(b, &dx, &dw);
-        args!(b, &rows_, &n_, &eps_, &vec);
-        // with dw: a few blocks take all rows, each adding its part of dw once (kernels.cu)
-        let cfg = if need_dw {
-            let mut c = warp_rows_cfg(rows);
-            c.grid_dim.0 = c.grid_dim.0.min(264);
-            c.shared_mem_bytes = if n <= 12288 { (n * 4) as u32 } else { 0 };
-            c
-        } else {
-            warp_rows_cfg(rows)
-        };
+        // with dw: a few blocks take all rows, each adding its part of dw (in shared memory up to
+        // the default 48 KiB) once (kernels.cu)
+        let local = (need_dw && n * 4 <= 48 * 1024) as i32;
+        args!(b, &rows_, &n_, &eps_, &vec, &local);
+        let mut cfg = warp_rows_cfg(rows);
+        if need_dw {
+            cfg.grid_dim.0 = cfg.grid_dim.0.min(264);
+            cfg.shared_mem_bytes = local as u32 * (n * 4) as u32;
+        }
         unsafe { b.launch(cfg) }.w()?;
         Ok((
             dx.map(|d| wrap(d, &dev, shape.clone())),
@@ -810,6 +809,26 @@ fn fold(
 const HHL: i32 = 0b100;
 const HLH: i32 = 0b010;
 
+/// The tensor-core LoRA path's operands: `x` `[m, k]`, `y`/`g` `[m, n]` (bf16, contiguous), the
+/// split adapter `[3r, k]` and `[n, 3r]`.
+fn tc_shapes(t: &[&Tensor; 4], (m, k, n, r): (usize, usize, usize, usize)) -> Result<()> {
+    let ok = t
+        .iter()
+        .all(|t| t.dtype() == DType::BF16 && t.is_contiguous())
+        && t[0].dims2()? == (m, k)
+        && t[1].dims2()? == (m, n)
+        && t[2].dims2()? == (3 * r, k)
+        && t[3].dims2()? == (n, 3 * r);
+    if !ok {
+        candle_core::bail!(
+            "lora tensor-core path: want bf16 contiguous x [{m}, {k}], y [{m}, {n}], A [{}, {k}], B [{n}, {}]",
+            3 * r,
+            3 * r
+        );
+    }
+    Ok(())
+}
+
 /// LoRA's f32 adapter split for the tensor-core path: `a` `[r, K]` as `[3r, K]` (row blocks
 /// hi, hi, lo) and `b` `[N, r]` as `[N, 3r]` (column blocks hi, hi, lo), bf16.
 pub fn lora_tc_weights(a: &Tensor, bm: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -830,6 +849,7 @@ pub fn lora_tc_fwd(x: &Tensor, y: &Tensor, a3: &Tensor, b3: &Tensor, s: f32) -> 
     let (m, k) = x.dims2()?;
     let n = y.dim(1)?;
     let r = a3.dim(0)? / 3;
+    tc_shapes(&[x, y, a3, b3], (m, k, n, r))?;
     let p = wrap(unsafe { dev.alloc::<f32>(m * 2 * r)? }, &dev, (m, 2 * r));
     // x·[A_hi; A_lo]ᵀ, then its halves added and split
     let a_hl = Operand::new(addr(a3)? + (r * k * 2) as u64, k).t();
@@ -878,6 +898,10 @@ pub fn lora_tc_bwd(
     let (m, n) = g.dims2()?;
     let k = x.dim(1)?;
     let r = a3.dim(0)? / 3;
+    tc_shapes(&[x, g, a3, b3], (m, k, n, r))?;
+    if h3.dims2()? != (m, 3 * r) || dx.is_some_and(|d| d.dims2().ok() != Some((m, k))) {
+        candle_core::bail!("lora_tc_bwd: x·Aᵀ or dx does not match [{m}, {k}] and rank {r}");
+    }
     let ga = Operand::new(addr(g)?, n);
     // g·[B_hi, B_lo], its halves added and split
     let p = wrap(unsafe { dev.alloc::<f32>(m * 2 * r)? }, &dev, (m, 2 * r));

@@ -554,13 +554,14 @@ __device__ void rms_bwd_row(const T* x, const T* W, const T* g, T* dx, float* DW
 }
 
 // Every row adds into the same n values of dw: with dw, a block's warps take rows in turn and add
-// into the block's copy in shared memory (n <= RMS_DW_SMEM), which goes to dw once per block.
-#define RMS_DW_SMEM 12288
+// into the block's copy in shared memory (`local`: the launch gave it n floats), which goes to dw
+// once per block.
 template <typename T>
-__device__ void rms_bwd(const T* X, const T* W, const T* G, T* DX, float* DW, long rows, int n, float eps, int vec) {
+__device__ void rms_bwd(const T* X, const T* W, const T* G, T* DX, float* DW, long rows, int n, float eps, int vec,
+                        int local) {
     extern __shared__ float dws[];
     int w = threadIdx.x / 32, nw = blockDim.x / 32;
-    bool local = DW && n <= RMS_DW_SMEM;
+    local = local && DW;
     float* acc = local ? dws : DW;
     if (local) {
         for (int j = threadIdx.x; j < n; j += blockDim.x) dws[j] = 0.0f;
@@ -645,7 +646,8 @@ __device__ void adamw(T* P, const T* G, T* M, T* V, long n, float wd_factor, flo
 }
 
 // ---- the embedding's gradient: dW[ids[r], :] += G[r, :] in f32, one warp per row (repeated
-// tokens add up; 16-byte atomics where the rows allow) ------------------------------------------
+// tokens add up in no fixed order, so their sums may differ in the last bits between runs; 16-byte
+// atomics where the rows allow) -------------------------------------------------------------------
 template <typename T>
 __device__ void embed_bwd(const T* G, const uint32_t* ids, float* dW, long rows, int h, long vocab, int vec) {
     long r = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
@@ -743,8 +745,8 @@ BOTH(ce_bwd, (const void* X, const int32_t* labels, const float* g, void* D, int
 BOTH(rms_fwd, (const void* X, const void* W, void* Y, long rows, int n, float eps, int vec),
      rms_fwd<T>((const T*)X, (const T*)W, (T*)Y, rows, n, eps, vec))
 BOTH(rms_bwd, (const void* X, const void* W, const void* G, void* DX, float* DW, long rows, int n, float eps,
-               int vec),
-     rms_bwd<T>((const T*)X, (const T*)W, (const T*)G, (T*)DX, DW, rows, n, eps, vec))
+               int vec, int local),
+     rms_bwd<T>((const T*)X, (const T*)W, (const T*)G, (T*)DX, DW, rows, n, eps, vec, local))
 BOTH(rope, (const void* X, void* Y, const float* C, const float* S, long rows, int t, int h, int d, float sign),
      rope<T>((const T*)X, (T*)Y, C, S, rows, t, h, d, sign))
 BOTH(silu_mul_fwd, (const void* G, const void* U, void* Y, long n, int vec),

@@ -189,6 +189,18 @@ fn flash_attention_matches_the_f32_attention() {
             window: None,
             pad: 0,
         },
+        // a window short enough that the forward pass skips whole key tiles
+        Case {
+            b: 1,
+            tq: 256,
+            offset: 0,
+            h: 2,
+            hkv: 1,
+            d: 64,
+            causal: true,
+            window: Some(40),
+            pad: 0,
+        },
         Case {
             b: 1,
             tq: 200,
@@ -373,6 +385,64 @@ fn norm_and_swiglu_kernels_match_f32() {
         {
             let e = rel(p, q);
             assert!(e < 1e-2, "{name} differs by {e} (rows {rows}, n {n})");
+        }
+    }
+}
+
+/// The vectorised element-wise kernels with bf16 values against f32: adds (whole vectors, a tail,
+/// an unaligned view), the embedding's gradient with repeated tokens (rows that take 16-byte
+/// atomics and rows that do not) and AdamW (whole vectors and a tail).
+#[test]
+fn elementwise_kernels_match_f32() {
+    let Ok(dev) = Device::new_cuda(0) else {
+        eprintln!("no CUDA device: skipped");
+        return;
+    };
+    let bf = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+    let f32_ = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    for n in [4096usize, 1003] {
+        let a = bf(&Tensor::randn(0f32, 1.0, n + 1, &dev).unwrap());
+        let b = bf(&Tensor::randn(0f32, 1.0, n + 1, &dev).unwrap());
+        for (x, y) in [
+            (a.narrow(0, 0, n).unwrap(), b.narrow(0, 0, n).unwrap()),
+            (a.narrow(0, 1, n).unwrap(), b.narrow(0, 1, n).unwrap()),
+        ] {
+            let got = ftl::ops::add(&x, &y).unwrap();
+            let want = (f32_(&x) + f32_(&y)).unwrap();
+            let e = rel(&got, &want);
+            assert!(e < 1e-2, "add differs by {e} (n {n})");
+        }
+    }
+    for h in [72usize, 36] {
+        let w = Tensor::randn(0f32, 1.0, (50, h), &dev).unwrap();
+        let ids = Tensor::new(&[3u32, 7, 3, 49, 0, 3, 7, 12], &dev).unwrap();
+        let gw = bf(&Tensor::randn(0f32, 1.0, (8, h), &dev).unwrap());
+        let grad = |dt: DType| {
+            let v = Var::from_tensor(&w.to_dtype(dt).unwrap()).unwrap();
+            let y = ftl::ops::generic::embedding(v.as_tensor(), &ids).unwrap();
+            let loss = (f32_(&y) * f32_(&gw)).unwrap().sum_all().unwrap();
+            loss.backward().unwrap().get(v.as_tensor()).unwrap().clone()
+        };
+        let e = rel(&grad(DType::BF16), &grad(DType::F32));
+        assert!(e < 1e-2, "embedding gradient differs by {e} (h {h})");
+    }
+    for n in [4096usize, 1003] {
+        let r = |s: f32| Tensor::randn(0f32, s, n, &dev).unwrap();
+        let (p, g, m) = (r(1.0), r(0.1), r(0.01));
+        let v = r(0.01).sqr().unwrap();
+        let step = |dt: DType| {
+            let t: Vec<Tensor> = [&p, &m, &v]
+                .iter()
+                .map(|t| t.to_dtype(dt).unwrap())
+                .collect();
+            ftl::ops::cuda::adamw(&t[0], &g, &t[1], &t[2], 0.999, 0.9, 0.999, 1e-8, 1e-2, 0.03)
+                .unwrap();
+            t
+        };
+        let (b, f) = (step(DType::BF16), step(DType::F32));
+        for (name, (x, y)) in ["p", "m", "v"].iter().zip(b.iter().zip(f.iter())) {
+            let e = rel(x, y);
+            assert!(e < 1e-2, "adamw {name} differs by {e} (n {n})");
         }
     }
 }
