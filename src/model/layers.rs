@@ -134,7 +134,7 @@ impl Embedding {
         let w = self.weight.get(ctx);
         let (b, t) = ids.dims2()?;
         let flat = ids.flatten_all()?;
-        let mut y = crate::ops::generic::embedding(&w, &flat)?;
+        let mut y = crate::ops::embedding(&w, &flat)?;
         for (name, l) in &self.lora {
             if ctx.is_active(name) {
                 y = l.add_to(y, &flat, ctx)?;

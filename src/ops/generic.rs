@@ -419,6 +419,35 @@ impl LoraPack {
     }
 }
 
+/// The base weight's gradient of a LoRA layer, when the weight trains too.
+fn lora_base_grad(
+    w: &Tensor,
+    x2: &Tensor,
+    g2: &Tensor,
+    transposed: bool,
+) -> Result<Option<Tensor>> {
+    needs_grad(w)
+        .then(|| weight_grad(x2, g2, transposed))
+        .transpose()
+}
+
+/// A LoRA layer's output `y` as one op of `x`, `w` and the packed adapter, and a trained bias
+/// added outside it (a frozen one is in `y` already, from `frozen_base`).
+fn lora_attach(
+    x: &Tensor,
+    w: &Tensor,
+    pack: &Tensor,
+    b: Option<&Tensor>,
+    y: Tensor,
+    bwd: Bwd,
+) -> Result<Tensor> {
+    let y = attach_fresh(&[x, w, pack], y, bwd)?;
+    match b {
+        Some(b) if needs_grad(b) => y.broadcast_add(b),
+        _ => Ok(y),
+    }
+}
+
 /// The base output `x·Wᵀ` of a LoRA layer, with its bias when that is frozen (a trained bias gets
 /// its gradient from a plain add outside the op).
 fn frozen_base(xd: &Tensor, wd: &Tensor, b: Option<&Tensor>, transposed: bool) -> Result<Tensor> {
@@ -474,11 +503,7 @@ pub fn lora_linear(
         } else {
             None
         };
-        let dw = if needs_grad(args[1]) {
-            Some(weight_grad(&x2, &g2, transposed)?)
-        } else {
-            None
-        };
+        let dw = lora_base_grad(args[1], &x2, &g2, transposed)?;
         let dpack = if needs_grad(args[2]) {
             let da = dh.t()?.matmul(&xa)?;
             let db = (ga.t()?.matmul(&h)? * scale)?;
@@ -488,11 +513,7 @@ pub fn lora_linear(
         };
         Ok(vec![dx, dw, dpack])
     });
-    let y = attach_fresh(&[x, w, &pack], y, bwd)?;
-    match b {
-        Some(b) if needs_grad(b) => y.broadcast_add(b),
-        _ => Ok(y),
-    }
+    lora_attach(x, w, &pack, b, y, bwd)
 }
 
 /// `lora_linear` with f32 adapters on the GPU: the low-rank branch in ftl's kernels (f32
@@ -536,11 +557,7 @@ fn lora_linear_cuda(
         } else {
             None
         };
-        let dw = if needs_grad(args[1]) {
-            Some(weight_grad(&x2, &g2, transposed)?)
-        } else {
-            None
-        };
+        let dw = lora_base_grad(args[1], &x2, &g2, transposed)?;
         let dpack = if needs_grad(args[2]) {
             let da = cuda::lora_outer(&gb, &x2, s)?;
             let db = cuda::lora_outer(&h, &g2, s)?.t()?;
@@ -550,11 +567,7 @@ fn lora_linear_cuda(
         };
         Ok(vec![dx, dw, dpack])
     });
-    let y = attach_fresh(&[x, w, &pack], y, bwd)?;
-    match b {
-        Some(b) if needs_grad(b) => y.broadcast_add(b),
-        _ => Ok(y),
-    }
+    lora_attach(x, w, &pack, b, y, bwd)
 }
 
 /// `lora_linear` for bf16 activations with f32 adapters on the GPU: the low-rank products on
@@ -595,18 +608,10 @@ fn lora_linear_tc(
         let dpack =
             cuda::lora_tc_bwd(&g2, &x2, &a3, &b3, &h3, s, dx.as_ref(), needs_grad(args[2]))?;
         let dx = dx.map(|d| d.reshape(x.shape())).transpose()?;
-        let dw = if needs_grad(args[1]) {
-            Some(weight_grad(&x2, &g2, transposed)?)
-        } else {
-            None
-        };
+        let dw = lora_base_grad(args[1], &x2, &g2, transposed)?;
         Ok(vec![dx, dw, dpack])
     });
-    let y = attach_fresh(&[x, w, &pack], y, bwd)?;
-    match b {
-        Some(b) if needs_grad(b) => y.broadcast_add(b),
-        _ => Ok(y),
-    }
+    lora_attach(x, w, &pack, b, y, bwd)
 }
 
 /// HF's `LlamaRMSNorm`: normalised in f32, cast back, scaled by `w`.

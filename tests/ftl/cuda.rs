@@ -7,6 +7,24 @@ use candle_core::{DType, Device, Tensor, Var};
 use ftl::ops::{attention, tape, AttnMask};
 use std::sync::Arc;
 
+/// The GPU, or none (the test is then skipped: CI has no GPU; `scripts/gpu-check.sh tests`).
+fn gpu() -> Option<Device> {
+    let d = Device::new_cuda(0).ok();
+    if d.is_none() {
+        eprintln!("no CUDA device: skipped");
+    }
+    d
+}
+
+/// Asserts that each named bf16 result is within `tol` (relative) of its f32 counterpart.
+fn close(what: &str, pairs: &[(&str, &Tensor, &Tensor)], tol: f32) {
+    for (name, got, want) in pairs {
+        assert_eq!(got.dims(), want.dims(), "{what}: {name} shape");
+        let e = rel(got, want);
+        assert!(e < tol, "{what}: {name} differs by {e}");
+    }
+}
+
 struct Case {
     b: usize,
     tq: usize,
@@ -80,31 +98,22 @@ fn check(dev: &Device, c: &Case, taped: bool) {
         "bf16 attention did not take the flash kernels"
     );
     let (yr, gr) = run(DType::F32);
-    let e = rel(&yf, &yr);
-    assert!(
-        e < 1e-2,
-        "output differs by {e} (d {}, causal {}, taped {taped})",
-        c.d,
-        c.causal
+    let what = format!("d {}, causal {}, taped {taped}", c.d, c.causal);
+    close(&what, &[("output", &yf, &yr)], 1e-2);
+    close(
+        &what,
+        &[
+            ("dq", &gf[0], &gr[0]),
+            ("dk", &gf[1], &gr[1]),
+            ("dv", &gf[2], &gr[2]),
+        ],
+        2e-2,
     );
-    for (name, (a, b)) in ["dq", "dk", "dv"].iter().zip(gf.iter().zip(gr.iter())) {
-        assert_eq!(a.dims(), b.dims());
-        let e = rel(a, b);
-        assert!(
-            e < 2e-2,
-            "{name} differs by {e} (d {}, causal {}, taped {taped})",
-            c.d,
-            c.causal
-        );
-    }
 }
 
 #[test]
 fn flash_attention_matches_the_f32_attention() {
-    let Ok(dev) = Device::new_cuda(0) else {
-        eprintln!("no CUDA device: skipped");
-        return;
-    };
+    let Some(dev) = gpu() else { return };
     let cases = [
         // GQA, ragged tile, a padded sample whose first queries see no key
         Case {
@@ -224,10 +233,7 @@ fn flash_attention_matches_the_f32_attention() {
 /// ranks in every bucket, widths that are and are not multiples of the kernels' vector width.
 #[test]
 fn lora_kernels_match_the_f32_layer() {
-    let Ok(dev) = Device::new_cuda(0) else {
-        eprintln!("no CUDA device: skipped");
-        return;
-    };
+    let Some(dev) = gpu() else { return };
     for (m, k, n, r) in [
         (100, 64, 48, 5),
         (257, 520, 96, 16),
@@ -270,12 +276,16 @@ fn lora_kernels_match_the_f32_layer() {
         };
         let (yb, gb) = run(DType::BF16);
         let (yf, gf) = run(DType::F32);
-        let e = rel(&yb, &yf);
-        assert!(e < 1e-2, "lora output differs by {e} (m {m}, k {k}, r {r})");
-        for (name, (p, q)) in ["dx", "dA", "dB"].iter().zip(gb.iter().zip(gf.iter())) {
-            let e = rel(p, q);
-            assert!(e < 1e-2, "lora {name} differs by {e} (m {m}, k {k}, r {r})");
-        }
+        close(
+            &format!("lora m {m}, k {k}, r {r}"),
+            &[
+                ("output", &yb, &yf),
+                ("dx", &gb[0], &gf[0]),
+                ("dA", &gb[1], &gf[1]),
+                ("dB", &gb[2], &gf[2]),
+            ],
+            1e-2,
+        );
     }
 }
 
@@ -286,10 +296,7 @@ fn lora_kernels_match_the_f32_layer() {
 /// in place, so a second call must give the same output.
 #[test]
 fn lora_tensor_core_path_keeps_f32_precision() {
-    let Ok(dev) = Device::new_cuda(0) else {
-        eprintln!("no CUDA device: skipped");
-        return;
-    };
+    let Some(dev) = gpu() else { return };
     let bf = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
     for (m, k, n, r) in [(300, 256, 96, 16), (64, 72, 40, 5), (1000, 2048, 512, 64)] {
         let x = bf(Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap());
@@ -329,18 +336,13 @@ fn lora_tensor_core_path_keeps_f32_precision() {
         };
         let (yb, gb) = run(DType::BF16);
         let (yf, gf) = run(DType::F32);
-        for (name, p, q, tol) in [
-            ("output", &yb, &yf, 5e-3),
-            ("dx", &gb[0], &gf[0], 5e-3),
-            ("dA", &gb[1], &gf[1], 1e-4),
-            ("dB", &gb[2], &gf[2], 1e-4),
-        ] {
-            let e = rel(p, q);
-            assert!(
-                e < tol,
-                "lora {name} differs by {e} (m {m}, k {k}, n {n}, r {r})"
-            );
-        }
+        let what = format!("lora m {m}, k {k}, n {n}, r {r}");
+        close(&what, &[("output", &yb, &yf), ("dx", &gb[0], &gf[0])], 5e-3);
+        close(
+            &what,
+            &[("dA", &gb[1], &gf[1]), ("dB", &gb[2], &gf[2])],
+            1e-4,
+        );
     }
 }
 
@@ -349,10 +351,7 @@ fn lora_tensor_core_path_keeps_f32_precision() {
 /// gradients of the input and the weight.
 #[test]
 fn norm_and_swiglu_kernels_match_f32() {
-    let Ok(dev) = Device::new_cuda(0) else {
-        eprintln!("no CUDA device: skipped");
-        return;
-    };
+    let Some(dev) = gpu() else { return };
     let bf = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
     for (rows, n) in [(300, 2048), (33, 100), (5, 4104)] {
         let x = bf(Tensor::randn(0f32, 1.0, (rows, n), &dev).unwrap());
@@ -379,13 +378,9 @@ fn norm_and_swiglu_kernels_match_f32() {
             out
         };
         let (b, f) = (run(DType::BF16), run(DType::F32));
-        for (name, (p, q)) in ["rms", "swiglu", "dx", "du", "dw"]
-            .iter()
-            .zip(b.iter().zip(f.iter()))
-        {
-            let e = rel(p, q);
-            assert!(e < 1e-2, "{name} differs by {e} (rows {rows}, n {n})");
-        }
+        let names = ["rms", "swiglu", "dx", "du", "dw"];
+        let pairs: Vec<_> = (0..5).map(|i| (names[i], &b[i], &f[i])).collect();
+        close(&format!("rows {rows}, n {n}"), &pairs, 1e-2);
     }
 }
 
@@ -394,10 +389,7 @@ fn norm_and_swiglu_kernels_match_f32() {
 /// atomics and rows that do not) and AdamW (whole vectors and a tail).
 #[test]
 fn elementwise_kernels_match_f32() {
-    let Ok(dev) = Device::new_cuda(0) else {
-        eprintln!("no CUDA device: skipped");
-        return;
-    };
+    let Some(dev) = gpu() else { return };
     let bf = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
     let f32_ = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
     for n in [4096usize, 1003] {
@@ -409,8 +401,7 @@ fn elementwise_kernels_match_f32() {
         ] {
             let got = ftl::ops::add(&x, &y).unwrap();
             let want = (f32_(&x) + f32_(&y)).unwrap();
-            let e = rel(&got, &want);
-            assert!(e < 1e-2, "add differs by {e} (n {n})");
+            close(&format!("n {n}"), &[("add", &got, &want)], 1e-2);
         }
     }
     for h in [72usize, 36] {
@@ -419,12 +410,12 @@ fn elementwise_kernels_match_f32() {
         let gw = bf(&Tensor::randn(0f32, 1.0, (8, h), &dev).unwrap());
         let grad = |dt: DType| {
             let v = Var::from_tensor(&w.to_dtype(dt).unwrap()).unwrap();
-            let y = ftl::ops::generic::embedding(v.as_tensor(), &ids).unwrap();
+            let y = ftl::ops::embedding(v.as_tensor(), &ids).unwrap();
             let loss = (f32_(&y) * f32_(&gw)).unwrap().sum_all().unwrap();
             loss.backward().unwrap().get(v.as_tensor()).unwrap().clone()
         };
-        let e = rel(&grad(DType::BF16), &grad(DType::F32));
-        assert!(e < 1e-2, "embedding gradient differs by {e} (h {h})");
+        let (b, f) = (grad(DType::BF16), grad(DType::F32));
+        close(&format!("h {h}"), &[("embedding gradient", &b, &f)], 1e-2);
     }
     for n in [4096usize, 1003] {
         let r = |s: f32| Tensor::randn(0f32, s, n, &dev).unwrap();
@@ -440,10 +431,12 @@ fn elementwise_kernels_match_f32() {
             t
         };
         let (b, f) = (step(DType::BF16), step(DType::F32));
-        for (name, (x, y)) in ["p", "m", "v"].iter().zip(b.iter().zip(f.iter())) {
-            let e = rel(x, y);
-            assert!(e < 1e-2, "adamw {name} differs by {e} (n {n})");
-        }
+        let pairs = [
+            ("p", &b[0], &f[0]),
+            ("m", &b[1], &f[1]),
+            ("v", &b[2], &f[2]),
+        ];
+        close(&format!("adamw n {n}"), &pairs, 1e-2);
     }
 }
 
@@ -451,10 +444,7 @@ fn elementwise_kernels_match_f32() {
 /// gradients (the vector's summed over rows by a kernel).
 #[test]
 fn ia3_scaling_matches_f32() {
-    let Ok(dev) = Device::new_cuda(0) else {
-        eprintln!("no CUDA device: skipped");
-        return;
-    };
+    let Some(dev) = gpu() else { return };
     for (m, n) in [(300, 40), (4099, 33), (64, 1030)] {
         let x = Tensor::randn(0f32, 1.0, (m, n), &dev)
             .unwrap()
@@ -476,9 +466,7 @@ fn ia3_scaling_matches_f32() {
         };
         let (yb, xb, lb) = run(DType::BF16);
         let (yf, xf, lf) = run(DType::F32);
-        for (name, a, b) in [("y", &yb, &yf), ("dx", &xb, &xf), ("dl", &lb, &lf)] {
-            let e = rel(a, b);
-            assert!(e < 1e-2, "ia3 {name} differs by {e} (m {m}, n {n})");
-        }
+        let pairs = [("y", &yb, &yf), ("dx", &xb, &xf), ("dl", &lb, &lf)];
+        close(&format!("ia3 m {m}, n {n}"), &pairs, 1e-2);
     }
 }
