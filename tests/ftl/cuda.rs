@@ -228,6 +228,48 @@ fn flash_attention_matches_the_f32_attention() {
     }
 }
 
+/// One LoRA layer (`x` and `w` in `dt`, f32 adapter) and its backward pass from the loss
+/// Σ y·gw: the output and the gradients of x, A and B. The branch is added into the base output in
+/// place, so a second call must give the same output.
+fn lora_run(
+    x: &Tensor,
+    w: &Tensor,
+    a: &Var,
+    bm: &Var,
+    s: f64,
+    gw: &Tensor,
+    dt: DType,
+) -> [Tensor; 4] {
+    let xv = Var::from_tensor(&x.to_dtype(dt).unwrap()).unwrap();
+    let w = w.to_dtype(dt).unwrap();
+    let layer = || {
+        ftl::ops::lora_linear(
+            xv.as_tensor(),
+            &w,
+            None,
+            a.as_tensor(),
+            bm.as_tensor(),
+            s,
+            false,
+        )
+        .unwrap()
+    };
+    let y = layer();
+    assert_eq!(rel(&y, &layer()), 0.0, "a second call gave another output");
+    let loss = (y.to_dtype(DType::F32).unwrap() * gw)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let g = loss.backward().unwrap();
+    let grad = |v: &Tensor| g.get(v).expect("gradient").clone();
+    [
+        y.clone(),
+        grad(xv.as_tensor()),
+        grad(a.as_tensor()),
+        grad(bm.as_tensor()),
+    ]
+}
+
 /// LoRA's low-rank kernels with bf16 activations (f32 adapters) against the same layer in f32
 /// (whose kernels the PEFT fixtures check on the GPU, `scripts/gpu-check.sh check`):
 /// ranks in every bucket, widths that are and are not multiples of the kernels' vector width.
@@ -251,49 +293,18 @@ fn lora_kernels_match_the_f32_layer() {
         let a = Var::from_tensor(&Tensor::randn(0f32, 0.1, (r, k), &dev).unwrap()).unwrap();
         let bm = Var::from_tensor(&Tensor::randn(0f32, 0.1, (n, r), &dev).unwrap()).unwrap();
         let gw = Tensor::randn(0f32, 1.0, (m, n), &dev).unwrap();
-        let run = |dt: DType| {
-            let xv = Var::from_tensor(&x.to_dtype(dt).unwrap()).unwrap();
-            let y = ftl::ops::lora_linear(
-                xv.as_tensor(),
-                &w.to_dtype(dt).unwrap(),
-                None,
-                a.as_tensor(),
-                bm.as_tensor(),
-                2.0,
-                false,
-            )
-            .unwrap();
-            let loss = (y.to_dtype(DType::F32).unwrap() * &gw)
-                .unwrap()
-                .sum_all()
-                .unwrap();
-            let g = loss.backward().unwrap();
-            let grads: Vec<Tensor> = [xv.as_tensor(), a.as_tensor(), bm.as_tensor()]
-                .iter()
-                .map(|t| g.get(t).expect("gradient").clone())
-                .collect();
-            (y, grads)
-        };
-        let (yb, gb) = run(DType::BF16);
-        let (yf, gf) = run(DType::F32);
-        close(
-            &format!("lora m {m}, k {k}, r {r}"),
-            &[
-                ("output", &yb, &yf),
-                ("dx", &gb[0], &gf[0]),
-                ("dA", &gb[1], &gf[1]),
-                ("dB", &gb[2], &gf[2]),
-            ],
-            1e-2,
-        );
+        let run = |dt| lora_run(&x, &w, &a, &bm, 2.0, &gw, dt);
+        let (b, f) = (run(DType::BF16), run(DType::F32));
+        let names = ["output", "dx", "dA", "dB"];
+        let pairs: Vec<_> = (0..4).map(|i| (names[i], &b[i], &f[i])).collect();
+        close(&format!("lora m {m}, k {k}, r {r}"), &pairs, 1e-2);
     }
 }
 
 /// The tensor-core LoRA path keeps f32 precision where PEFT computes in f32: with a zero base
 /// weight and bf16-exact inputs and output gradient, the adapter's gradients (f32) match the f32
 /// layer to 1e-4 (a plain bf16 product would be off by ~4e-3), and the output and the input's
-/// gradient differ only by their final bf16 rounding. The branch is added into the base output
-/// in place, so a second call must give the same output.
+/// gradient differ only by their final bf16 rounding.
 #[test]
 fn lora_tensor_core_path_keeps_f32_precision() {
     let Some(dev) = gpu() else { return };
@@ -306,43 +317,15 @@ fn lora_tensor_core_path_keeps_f32_precision() {
         let gw = bf(Tensor::randn(0f32, 1.0, (m, n), &dev).unwrap())
             .to_dtype(DType::F32)
             .unwrap();
-        let run = |dt: DType| {
-            let xv = Var::from_tensor(&x.to_dtype(dt).unwrap()).unwrap();
-            let layer = || {
-                ftl::ops::lora_linear(
-                    xv.as_tensor(),
-                    &w.to_dtype(dt).unwrap(),
-                    None,
-                    a.as_tensor(),
-                    bm.as_tensor(),
-                    0.5,
-                    false,
-                )
-                .unwrap()
-            };
-            let y = layer();
-            let again = layer();
-            assert_eq!(rel(&y, &again), 0.0, "a second call gave another output");
-            let loss = (y.to_dtype(DType::F32).unwrap() * &gw)
-                .unwrap()
-                .sum_all()
-                .unwrap();
-            let g = loss.backward().unwrap();
-            let grads: Vec<Tensor> = [xv.as_tensor(), a.as_tensor(), bm.as_tensor()]
-                .iter()
-                .map(|t| g.get(t).expect("gradient").clone())
-                .collect();
-            (y, grads)
-        };
-        let (yb, gb) = run(DType::BF16);
-        let (yf, gf) = run(DType::F32);
+        let run = |dt| lora_run(&x, &w, &a, &bm, 0.5, &gw, dt);
+        let (b, f) = (run(DType::BF16), run(DType::F32));
         let what = format!("lora m {m}, k {k}, n {n}, r {r}");
-        close(&what, &[("output", &yb, &yf), ("dx", &gb[0], &gf[0])], 5e-3);
         close(
             &what,
-            &[("dA", &gb[1], &gf[1]), ("dB", &gb[2], &gf[2])],
-            1e-4,
+            &[("output", &b[0], &f[0]), ("dx", &b[1], &f[1])],
+            5e-3,
         );
+        close(&what, &[("dA", &b[2], &f[2]), ("dB", &b[3], &f[3])], 1e-4);
     }
 }
 
