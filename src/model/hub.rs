@@ -1,4 +1,4 @@
-//! Loading HF model directories: config.json, `model.safetensors` or a sharded index, and
+//! Loading models (GGUF files go to `gguf`) and HF model directories: config.json, `model.safetensors` or a sharded index, and
 //! `tokenizer.json`; and the weight sources the architectures build from (files or random init).
 
 use super::config::Cfg;
@@ -42,20 +42,45 @@ pub fn keep_weights_across_runs(on: bool) {
     CACHE_ON.store(on, std::sync::atomic::Ordering::SeqCst);
 }
 
-fn cache_key(f: &StFile, name: &str, dtype: DType, device: &Device) -> Option<String> {
-    let md = std::fs::metadata(&f.path).ok()?;
-    let mtime = md
-        .modified()
-        .ok()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_nanos();
-    Some(format!(
-        "{}|{}|{mtime}|{name}|{dtype:?}|{:?}",
-        f.path.display(),
-        md.len(),
-        device.location()
-    ))
+/// `load()` of tensor `name` of file `path`, through the cross-run cache when it is on: keyed by
+/// the file's identity (path, size, mtime), the tensor, dtype and device.
+pub(crate) fn cached(
+    path: &Path,
+    name: &str,
+    dtype: DType,
+    device: &Device,
+    load: impl FnOnce() -> Result<Tensor>,
+) -> Result<Tensor> {
+    if !CACHE_ON.load(std::sync::atomic::Ordering::Relaxed) {
+        return load();
+    }
+    let key = (|| {
+        let md = std::fs::metadata(path).ok()?;
+        let mtime = md
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_nanos();
+        Some(format!(
+            "{}|{}|{mtime}|{name}|{dtype:?}|{:?}",
+            path.display(),
+            md.len(),
+            device.location()
+        ))
+    })();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(t) = key
+        .as_ref()
+        .and_then(|k| cache.lock().unwrap().get(k).cloned())
+    {
+        return Ok(t);
+    }
+    let t = load()?;
+    if let Some(k) = key {
+        cache.lock().unwrap().insert(k, t.clone());
+    }
+    Ok(t)
 }
 
 /// The safetensors files of a model directory.
@@ -177,22 +202,9 @@ impl Source for Weights {
                 want: shape.to_vec(),
             });
         }
-        if !CACHE_ON.load(std::sync::atomic::Ordering::Relaxed) {
-            return f.load(&stored, &self.device, Some(self.dtype));
-        }
-        let key = cache_key(f, &stored, self.dtype, &self.device);
-        let cache = CACHE.get_or_init(Default::default);
-        if let Some(t) = key
-            .as_ref()
-            .and_then(|k| cache.lock().unwrap().get(k).cloned())
-        {
-            return Ok(t);
-        }
-        let t = f.load(&stored, &self.device, Some(self.dtype))?;
-        if let Some(k) = key {
-            cache.lock().unwrap().insert(k, t.clone());
-        }
-        Ok(t)
+        cached(&f.path, &stored, self.dtype, &self.device, || {
+            f.load(&stored, &self.device, Some(self.dtype))
+        })
     }
 
     fn has(&self, name: &str) -> bool {
@@ -264,10 +276,19 @@ impl Default for LoadOpts {
 
 pub const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "gpt2", "bert"];
 
-/// Loads an HF model directory.
+/// Loads a model: an HF model directory or a GGUF file.
 pub fn load(dir: &Path, opts: &LoadOpts) -> Result<Model> {
+    if super::gguf::is_gguf(dir) {
+        return super::gguf::load(dir, opts);
+    }
+    if dir.is_file() {
+        return Err(Error::file(
+            dir,
+            "not a model: ftl.load takes an HF model directory (config.json, model.safetensors) or a GGUF file",
+        ));
+    }
     if !dir.is_dir() {
-        return Err(Error::file(dir, "no such model directory"));
+        return Err(Error::file(dir, "no such model directory or GGUF file"));
     }
     let cfg_path = dir.join("config.json");
     let config = read_json(&cfg_path)?;

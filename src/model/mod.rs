@@ -4,6 +4,7 @@
 pub mod bert;
 pub mod config;
 pub mod generate;
+pub mod gguf;
 pub mod gpt2;
 pub mod hub;
 pub mod layers;

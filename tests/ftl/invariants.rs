@@ -93,7 +93,7 @@ pub fn attach(m: &mut Model, method: Method) -> String {
 }
 
 /// Moves every adapter tensor away from its init.
-fn randomise(m: &mut Model, name: &str, seed: u64) {
+pub fn randomise(m: &mut Model, name: &str, seed: u64) {
     for (i, (_, p)) in m.adapter_params(name).into_iter().enumerate() {
         let v = p.value();
         let noise = (Tensor::randn(0f32, 1.0, v.dims(), &Device::Cpu).unwrap() * 0.1).unwrap();
