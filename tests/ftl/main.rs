@@ -8,5 +8,6 @@ mod errors;
 mod fixtures;
 mod invariants;
 mod recipes;
+mod semantics;
 mod training;
 mod watch;
