@@ -757,27 +757,41 @@ impl Model {
         out
     }
 
-    /// Sets base parameters trainable (or frozen) where their name or module matches.
+    /// Sets base parameters trainable (or frozen) where their name or module matches; a tied
+    /// weight matches under the name of any module using it (`lm_head` too, as in PyTorch, where
+    /// it is the one shared parameter).
     pub fn set_trainable(&mut self, sel: Option<&Selector>, on: bool) -> Result<usize> {
-        let params = self.base_params();
-        let chosen: Vec<&(String, Param)> = match sel {
-            None => params.iter().collect(),
+        let handles: Vec<(String, Param)> = self
+            .handles()
+            .into_iter()
+            .map(|(p, s, h)| (format!("{p}.{s}"), h))
+            .collect();
+        let hit: Option<HashSet<String>> = match sel {
+            None => None,
             Some(s) => {
                 let modules = self.all_module_paths();
-                let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
-                let cands: Vec<String> = modules.iter().chain(names.iter()).cloned().collect();
-                let hit = s.select(&cands, "modules")?;
-                let hit: HashSet<&str> = hit.iter().map(|s| s.as_str()).collect();
-                params
-                    .iter()
-                    .filter(|(n, _)| {
-                        hit.contains(n.as_str())
-                            || n.match_indices('.').any(|(i, _)| hit.contains(&n[..i]))
-                    })
-                    .collect()
+                let mut cands: Vec<String> = modules;
+                for (n, _) in &handles {
+                    if !cands.contains(n) {
+                        cands.push(n.clone());
+                    }
+                }
+                Some(s.select(&cands, "modules")?.into_iter().collect())
             }
         };
-        for (_, p) in &chosen {
+        let mut chosen: Vec<Param> = Vec::new();
+        for (n, h) in &handles {
+            let picked = match &hit {
+                None => true,
+                Some(hit) => {
+                    hit.contains(n) || n.match_indices('.').any(|(i, _)| hit.contains(&n[..i]))
+                }
+            };
+            if picked && !chosen.iter().any(|q| q.same(h)) {
+                chosen.push(h.clone());
+            }
+        }
+        for p in &chosen {
             p.set_trainable(on)?;
         }
         Ok(chosen.len())

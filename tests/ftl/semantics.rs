@@ -344,3 +344,82 @@ fn tied_lora_with_weight_tying_is_not_trained() {
         "{err}"
     );
 }
+
+/// The same through a recipe: `ftl.lora`'s `modules_to_save` and `ensure_weight_tying` on a tied
+/// model (names in `m:state_dict`, which weight training moves, what `save_adapter` writes),
+/// `m:unfreeze("lm_head")` on a tied model, and `m:save` refusing an unfoldable adapter.
+#[test]
+fn tied_embeddings_through_a_recipe() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path().join("tied.lua");
+    std::fs::write(
+        &r,
+        r#"local ftl = require("ftl")
+local base = ftl.args.base
+local data = ftl.data.from({{text = "the cat sat on the mat"}, {text = "a dog ran in the park"}})
+local function trained(sd) local t = {} for k, _ in pairs(sd) do t[#t + 1] = k end table.sort(t) return table.concat(t, " ") end
+for _, tie in ipairs({false, true}) do
+  local m = ftl.load(base)
+  ftl.lora(m, {targets = {"q_proj"}, modules_to_save = {"lm_head"}, ensure_weight_tying = tie})
+  local before = m:state_dict{trainable = false}["model.embed_tokens.weight"]
+  print("trainable " .. tostring(tie) .. ": " .. trained(m:state_dict{trainable = true}))
+  ftl.train(m, data, {max_steps = 2, batch_size = 2, lr = 1e-2})
+  local after = m:state_dict{trainable = false}["model.embed_tokens.weight"]
+  print("embedding moved " .. tostring(tie) .. ": " .. tostring((after - before):abs():max() > 0))
+  local dir = "a" .. tostring(tie)
+  m:save_adapter(dir)
+  local cfg = ftl.json.read(ftl.fs.join(ftl.out_dir, dir, "adapter_config.json"))
+  print("config " .. tostring(tie) .. ": " .. tostring(cfg.ensure_weight_tying) .. " " .. table.concat(cfg.modules_to_save, ","))
+end
+local ok, err = pcall(function() ftl.lora(ftl.load(base), {targets = {"q_proj", "lm_head"}, ensure_weight_tying = true}) end)
+print("tied lora: " .. tostring(err))
+local u = ftl.load(base)
+u:unfreeze("lm_head")
+print("unfrozen: " .. trained(u:state_dict{trainable = true}))
+local p = ftl.load(base)
+ftl.prefix(p, {tokens = 2})
+local ok2, err2 = pcall(function() p:save("full") end)
+print("save: " .. tostring(err2))
+"#,
+    )
+    .unwrap();
+    let base = fixture("llama-tied-bias").display().to_string();
+    let out_dir = t.path().join("out");
+    let (code, out, err) = crate::recipes::run(
+        &r,
+        &[&format!("base={base}"), "--out", out_dir.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let line = |p: &str| -> String {
+        out.lines()
+            .find(|l| l.starts_with(p))
+            .unwrap_or_else(|| panic!("no `{p}` in {out}"))
+            .to_string()
+    };
+    assert!(
+        line("trainable false:").contains(" lm_head.modules_to_save.weight"),
+        "{out}"
+    );
+    assert!(!line("trainable false:").contains("embed_tokens"), "{out}");
+    assert!(
+        line("trainable true:").contains("model.embed_tokens.modules_to_save.weight"),
+        "{out}"
+    );
+    assert!(!line("trainable true:").contains("lm_head"), "{out}");
+    // the base embedding is never trained: the copies are
+    assert_eq!(
+        line("embedding moved false:"),
+        "embedding moved false: false"
+    );
+    assert_eq!(line("embedding moved true:"), "embedding moved true: false");
+    assert_eq!(line("config false:"), "config false: false lm_head");
+    assert_eq!(line("config true:"), "config true: true model.embed_tokens");
+    let keys = |d: &str| StFile::open(&out_dir.join(d).join("adapter_model.safetensors")).unwrap();
+    assert!(keys("afalse").has("base_model.model.lm_head.weight"));
+    assert!(!keys("afalse").has("base_model.model.model.embed_tokens.weight"));
+    assert!(keys("atrue").has("base_model.model.lm_head.weight"));
+    assert!(keys("atrue").has("base_model.model.model.embed_tokens.weight"));
+    assert!(line("tied lora:").contains("not supported"), "{out}");
+    assert_eq!(line("unfrozen:"), "unfrozen: model.embed_tokens.weight");
+    assert!(line("save:").contains("save_adapter"), "{out}");
+}
