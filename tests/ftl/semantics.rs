@@ -93,12 +93,17 @@ fn setup(m: &mut Model, s: &Value) {
 
 /// Trains the case against its reference (gradients, updates, losses); the trained model.
 fn train_case(dir: &Path) -> Model {
+    train_case_with(dir, false)
+}
+
+fn train_case_with(dir: &Path, checkpoint: bool) -> Model {
     let name = dir.file_name().unwrap().to_string_lossy().to_string();
     let e = expected(dir);
     let meta = meta(dir);
     let mut model = load(&fixture(meta["base"].as_str().unwrap()));
     setup(&mut model, &meta["setup"]);
-    let opts = opts_of(&meta);
+    let mut opts = opts_of(&meta);
+    opts.checkpoint = checkpoint;
     let data = Dataset::from_examples(examples_of(&e, opts.max_steps.unwrap()), &name).unwrap();
     let trained = check(Case {
         name,
@@ -313,6 +318,15 @@ fn device_path_trains_the_semantics_cases() {
     ftl::ops::set_path(ftl::ops::Path::Device);
     for dir in cases().into_iter().filter(|d| !load_only(d)) {
         train_case(&dir);
+    }
+}
+
+/// Activation checkpointing (each layer recomputed in the backward pass, the prefix projection
+/// with it) changes no number of these cases either.
+#[test]
+fn checkpointing_trains_the_semantics_cases() {
+    for dir in cases().into_iter().filter(|d| !load_only(d)) {
+        train_case_with(&dir, true);
     }
 }
 
