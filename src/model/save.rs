@@ -16,7 +16,7 @@ impl Model {
     /// is an error. Also whether the embeddings are still tied.
     pub fn merged_state(&mut self) -> Result<(BTreeMap<String, Tensor>, bool)> {
         let names = self.foldable_active(true)?;
-        let f = self.fold(&names)?;
+        let f = self.fold(&names, false)?;
         // named as `base_params` names them once the fold is applied
         let mut out: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut seen: Vec<usize> = Vec::new();

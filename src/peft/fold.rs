@@ -43,13 +43,23 @@ impl Model {
         Ok(out)
     }
 
-    /// The base weights with adapters `names` folded in; the model is left unchanged.
-    pub fn fold(&mut self, names: &[String]) -> Result<Folded> {
+    /// The base weights with adapters `names` folded in. The model is left unchanged, except
+    /// with `in_place` (merging), where a weight only one module uses takes its deltas directly
+    /// rather than through a copy, so merging a large model does not hold a second one.
+    pub fn fold(&mut self, names: &[String], in_place: bool) -> Result<Folded> {
         let ctx = Ctx::new(names.to_vec(), true, false, 0);
+        let handles = self.handles();
+        let mut users: HashMap<usize, usize> = HashMap::new();
+        for (_, _, h) in &handles {
+            *users.entry(h.key()).or_default() += 1;
+        }
         // one scratch weight per base weight, so deltas of tied modules add up on it
         let mut scratch: HashMap<usize, (Param, Param, bool)> = HashMap::new();
         let mut order: Vec<usize> = Vec::new();
         let mut take = |p: &Param| -> Result<Param> {
+            if in_place && users.get(&p.key()) == Some(&1) {
+                return Ok(p.clone());
+            }
             if let Some((_, s, _)) = scratch.get_mut(&p.key()) {
                 return Ok(s.clone());
             }
@@ -110,10 +120,9 @@ impl Model {
             }
         }
         // modules_to_save copies: the module uses the copy from now on
-        let handles = self.handles();
-        let mut users: HashMap<usize, Vec<Option<Param>>> = HashMap::new();
+        let mut copies: HashMap<usize, Vec<Option<Param>>> = HashMap::new();
         for (_, _, h) in &handles {
-            users.entry(h.key()).or_default().push(h.active_copy(&ctx));
+            copies.entry(h.key()).or_default().push(h.active_copy(&ctx));
         }
         let mut values: Vec<(Param, Tensor)> = order
             .iter()
@@ -127,7 +136,7 @@ impl Model {
             let Some(c) = h.active_copy(&ctx) else {
                 continue;
             };
-            let all = &users[&h.key()];
+            let all = &copies[&h.key()];
             let shared = all.iter().all(|u| u.as_ref().is_some_and(|u| u.same(&c)));
             if shared {
                 if !done.contains(&h.key()) {

@@ -726,7 +726,7 @@ impl Model {
     /// weights (`fold`) and removes them; returns the names merged.
     pub fn merge(&mut self) -> Result<Vec<String>> {
         let names = self.foldable_active(false)?;
-        let f = self.fold(&names)?;
+        let f = self.fold(&names, true)?;
         self.apply_fold(f)?;
         for n in &names {
             self.detach(n);
