@@ -85,17 +85,19 @@ fn saved_tensors(m: &mut Model, name: &str) -> Result<Vec<(String, Param)>> {
     }
     out.extend(copy_keys(m, name, &info.method));
     // trained base weights travel too: as modules_to_save entries, or under PEFT's
-    // `base_layer` name inside a module the adapter wraps
+    // `base_layer` name inside a module the adapter wraps; a tied one under each module using
+    // it, as PEFT saves the copy it ties (see `trained_tied`)
     if !matches!(info.method, Method::Bottleneck(_)) {
-        for (pname, p) in m.base_params() {
+        for (module, suffix, p) in m.handles() {
             if p.is_trainable() {
-                let (module, suffix) = pname.rsplit_once('.').unwrap_or(("", &pname));
-                let key = if info.targets.iter().any(|t| t == module) {
+                let key = if info.targets.iter().any(|t| *t == module) {
                     format!("{PREFIX}{module}.base_layer.{suffix}")
                 } else {
-                    format!("{PREFIX}{pname}")
+                    format!("{PREFIX}{module}.{suffix}")
                 };
-                out.push((key, p));
+                if !out.iter().any(|(k, _)| *k == key) {
+                    out.push((key, p));
+                }
             }
         }
     }
@@ -139,6 +141,14 @@ fn trained_base_modules(m: &mut Model, targets: &[String]) -> Vec<String> {
     mods
 }
 
+/// Whether a trained base weight is tied (used by several modules): PEFT can only read it back
+/// as one `modules_to_save` copy that the tied modules share, i.e. with `ensure_weight_tying`.
+fn trained_tied(m: &mut Model) -> bool {
+    let hs = m.handles();
+    hs.iter()
+        .any(|(p, _, h)| h.is_trainable() && hs.iter().any(|(q, _, g)| q != p && g.same(h)))
+}
+
 /// Writes adapter `name` of `m` to `dir` in PEFT's format (AdapterHub's for bottleneck adapters).
 pub fn save_adapter(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
     let info = m.adapter(name).cloned().ok_or_else(|| {
@@ -166,6 +176,7 @@ pub fn save_adapter(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
     } else {
         json!(mts)
     };
+    let tie = info.ensure_weight_tying || trained_tied(m);
     let dims = m.arch.dims();
     let transposed = {
         let mut t = false;
@@ -191,7 +202,7 @@ pub fn save_adapter(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
     let specific = match &info.method {
         Method::Lora(o) => json!({
             "alora_invocation_tokens": null, "alpha_pattern": {}, "arrow_config": null,
-            "bias": "none", "corda_config": null, "ensure_weight_tying": info.ensure_weight_tying, "eva_config": null,
+            "bias": "none", "corda_config": null, "ensure_weight_tying": tie, "eva_config": null,
             "exclude_modules": null, "fan_in_fan_out": transposed,
             "init_lora_weights": match o.init { LoraInit::Gaussian => json!("gaussian"), LoraInit::Pissa => json!("pissa"), _ => json!(true) },
             "kasa_config": null, "layer_replication": null, "layers_pattern": null,

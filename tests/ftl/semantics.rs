@@ -437,3 +437,69 @@ print("save: " .. tostring(err2))
     assert_eq!(line("unfrozen:"), "unfrozen: model.embed_tokens.weight");
     assert!(line("save:").contains("save_adapter"), "{out}");
 }
+
+/// A tied weight trained in full (`m:unfreeze("lm_head")` on a tied model: the one shared weight)
+/// trains as PEFT's shared `ensure_weight_tying` copy does (mts-tied-lmhead-ewt, the copy's
+/// numbers under the base weight's name), and `save_adapter` writes it the way PEFT can read it
+/// back: a `modules_to_save` copy of `model.embed_tokens` with `ensure_weight_tying`, under both
+/// modules' names (without the flag PEFT would leave lm_head at the base weight).
+#[test]
+fn a_trained_tied_weight_saves_as_a_tied_copy() {
+    let dir = fixtures().join("semantics/mts-tied-lmhead-ewt");
+    let (copy, base) = (
+        "model.embed_tokens.modules_to_save.weight",
+        "model.embed_tokens.weight",
+    );
+    let mut e = expected(&dir);
+    let renamed: Vec<(String, candle_core::Tensor)> = e
+        .tensors
+        .iter()
+        .filter(|(k, _)| k.ends_with(copy))
+        .map(|(k, v)| (k.replace(copy, base), v.clone()))
+        .collect();
+    e.tensors.extend(renamed);
+    let mut meta = meta(&dir);
+    let trainable: Vec<String> = names(&meta["trainable"])
+        .into_iter()
+        .map(|n| if n == copy { base.to_string() } else { n })
+        .collect();
+    meta["trainable"] = serde_json::json!(trainable);
+    let mut model = load(&fixture("llama-tied-bias"));
+    let mut s = meta["setup"].clone();
+    s["modules_to_save"] = serde_json::json!([]);
+    s["ensure_weight_tying"] = false.into();
+    setup(&mut model, &s);
+    let sel = Selector::new(Pattern::list(vec!["lm_head".into()]));
+    assert_eq!(model.set_trainable(Some(&sel), true).unwrap(), 1);
+    let opts = opts_of(&meta);
+    let data = Dataset::from_examples(examples_of(&e, 3), "tied").unwrap();
+    let trained = check(Case {
+        name: "tied weight trained in full".into(),
+        model,
+        data,
+        e: &e,
+        meta: &meta,
+        opts,
+        trainable,
+    });
+    let mut m = trained.lock().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    save_adapter(&mut m, tmp.path(), "default").unwrap();
+    let ours = StFile::open(&tmp.path().join("adapter_model.safetensors")).unwrap();
+    let theirs = StFile::open(&dir.join("adapter/adapter_model.safetensors")).unwrap();
+    assert_eq!(ours.names, theirs.names, "saved keys");
+    for k in &theirs.names {
+        let a = ours.load(k, &candle_core::Device::Cpu, None).unwrap();
+        let b = theirs.load(k, &candle_core::Device::Cpu, None).unwrap();
+        assert!(rel(&a, &b) < 1e-3, "saved {k}: {}", rel(&a, &b));
+    }
+    let cfg: Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["ensure_weight_tying"], true);
+    assert_eq!(
+        cfg["modules_to_save"],
+        serde_json::json!(["model.embed_tokens"])
+    );
+}
