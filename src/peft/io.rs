@@ -90,7 +90,7 @@ fn saved_tensors(m: &mut Model, name: &str) -> Result<Vec<(String, Param)>> {
     if !matches!(info.method, Method::Bottleneck(_)) {
         for (module, suffix, p) in m.handles() {
             if p.is_trainable() {
-                let key = if info.targets.iter().any(|t| *t == module) {
+                let key = if info.targets.contains(&module) {
                     format!("{PREFIX}{module}.base_layer.{suffix}")
                 } else {
                     format!("{PREFIX}{module}.{suffix}")
