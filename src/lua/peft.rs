@@ -172,6 +172,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
                     "modules_to_save",
                     "name",
                     "lora_bias",
+                    "ensure_weight_tying",
                 ],
             )?;
             let mut m = h.lock();
@@ -208,9 +209,19 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
                 .into_iter()
                 .filter(|p| !mts.contains(p))
                 .collect();
+            let tie: bool = o.or("ensure_weight_tying", false)?;
+            if tie {
+                m.check_weight_tying_targets(&paths).lua(lua)?;
+            }
             m.attach_lora(&name, &paths, &opts).lua(lua)?;
             if !mts.is_empty() {
-                m.add_modules_to_save(&name, &mts).lua(lua)?;
+                if let Err(e) = m.add_modules_to_save_tied(&name, &mts, tie) {
+                    m.detach(&name);
+                    return Err(e).lua(lua);
+                }
+            }
+            if let Some(a) = m.adapters.iter_mut().find(|a| a.name == name) {
+                a.ensure_weight_tying = tie;
             }
             drop(m);
             Ok(AdapterHandle { model: h, name })

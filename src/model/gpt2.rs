@@ -1,5 +1,5 @@
 //! GPT-2 (`GPT2LMHeadModel`): learned positions, pre-LayerNorm blocks, Conv1D weights stored
-//! `[in, out]`, fused `c_attn`, output embedding tied to `wte`.
+//! `[in, out]`, fused `c_attn`, output embedding tied to `wte` (unless the config unties it).
 
 use super::config::Cfg;
 use super::hub::{Init, Source};
@@ -26,6 +26,8 @@ pub struct Gpt2Config {
     pub embd_pdrop: f32,
     pub resid_pdrop: f32,
     pub init_std: f64,
+    /// `tie_word_embeddings` (GPT-2's default); false after folding a `modules_to_save` head
+    pub tie: bool,
 }
 
 fn conv1d(src: &dyn Source, path: &str, inp: usize, out: usize, std: f64) -> Result<Linear> {
@@ -80,16 +82,10 @@ impl Gpt2 {
             embd_pdrop: c.f64_or("embd_pdrop", 0.1)? as f32,
             resid_pdrop: c.f64_or("resid_pdrop", 0.1)? as f32,
             init_std: c.f64_or("initializer_range", 0.02)?,
+            tie: c.bool_or("tie_word_embeddings", true)?,
             n_embd,
             n_head,
         };
-        if !c.bool_or("tie_word_embeddings", true)? {
-            return Err(Error::config(
-                &c.path,
-                "tie_word_embeddings",
-                "GPT-2 with an untied lm_head is not supported",
-            ));
-        }
         let (e, std) = (cfg.n_embd, cfg.init_std);
         let wte = src.param("transformer.wte.weight", &[cfg.vocab, e], Init::Normal(std))?;
         let wpe = src.param(
@@ -111,8 +107,14 @@ impl Gpt2 {
                 bn_out: Vec::new(),
             });
         }
+        // untied: transformers' GPT2LMHeadModel reads its own `lm_head.weight`
+        let head = if cfg.tie {
+            wte.clone()
+        } else {
+            src.param("lm_head.weight", &[cfg.vocab, e], Init::Normal(std))?
+        };
         Ok(Gpt2 {
-            lm_head: Linear::new(wte.clone(), None, false),
+            lm_head: Linear::new(head, None, false),
             wte: Embedding::new(wte),
             wpe: Embedding::new(wpe),
             ln_f: ln(src, "transformer.ln_f", e, cfg.eps)?,
@@ -241,7 +243,7 @@ impl Arch for Gpt2 {
     }
 
     fn tied(&self) -> bool {
-        true
+        self.cfg.tie
     }
 
     fn word_embeddings(&self) -> &Embedding {

@@ -1,6 +1,7 @@
 //! A model parameter: a frozen tensor or a trainable variable, plus the per-adapter trainable
 //! copies that PEFT's `modules_to_save` keeps. Clones share state, which is how tied weights are
-//! one parameter.
+//! one parameter; the copies belong to a handle, so the two modules of a tied weight can each
+//! have their own copy (PEFT's default) or share one (`ensure_weight_tying`).
 
 use super::Ctx;
 use crate::error::{Error, Result};
@@ -8,19 +9,21 @@ use candle_core::{DType, Tensor, Var};
 use std::sync::{Arc, RwLock};
 
 #[derive(Clone)]
-pub struct Param(Arc<RwLock<State>>);
+pub struct Param {
+    state: Arc<RwLock<State>>,
+    /// `modules_to_save` copies (trainable parameters), by adapter name.
+    copies: Arc<RwLock<Vec<(String, Param)>>>,
+}
 
 struct State {
     /// The current base value; when trainable, the variable's tensor.
     value: Tensor,
     var: Option<Var>,
-    /// `modules_to_save` copies (trainable parameters), by adapter name.
-    copies: Vec<(String, Param)>,
 }
 
 impl std::fmt::Debug for Param {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = self.0.read().unwrap();
+        let s = self.state.read().unwrap();
         write!(
             f,
             "Param({:?}, trainable={})",
@@ -32,11 +35,38 @@ impl std::fmt::Debug for Param {
 
 impl Param {
     pub fn frozen(t: Tensor) -> Self {
-        Param(Arc::new(RwLock::new(State {
-            value: t,
-            var: None,
-            copies: Vec::new(),
-        })))
+        Param {
+            state: Arc::new(RwLock::new(State {
+                value: t,
+                var: None,
+            })),
+            copies: Default::default(),
+        }
+    }
+
+    /// Another handle on the same weight with a list of copies of its own (starting with this
+    /// handle's), so a copy added to one module of a tied weight leaves the other module alone.
+    pub fn alias(&self) -> Param {
+        Param {
+            state: self.state.clone(),
+            copies: Arc::new(RwLock::new(self.copies.read().unwrap().clone())),
+        }
+    }
+
+    /// This handle, with its copies, on a weight of its own holding `t` (trainable as before): a
+    /// module that stops sharing a tied weight.
+    pub fn untied(&self, t: &Tensor) -> Result<Param> {
+        let p = Param {
+            state: Param::frozen(t.to_dtype(self.dtype())?.detach()).state,
+            copies: self.copies.clone(),
+        };
+        p.set_trainable(self.is_trainable())?;
+        Ok(p)
+    }
+
+    /// Identifies the weight (tied handles share it).
+    pub fn key(&self) -> usize {
+        Arc::as_ptr(&self.state) as usize
     }
 
     /// A trainable parameter holding its own copy of `t`.
@@ -48,49 +78,55 @@ impl Param {
 
     /// The tensor a forward pass uses under `ctx`: an active adapter's copy, else the base value.
     pub fn get(&self, ctx: &Ctx) -> Tensor {
-        let s = self.0.read().unwrap();
-        if ctx.enabled {
-            for (name, p) in &s.copies {
-                if ctx.is_active(name) {
-                    return p.value();
-                }
-            }
+        if let Some(p) = self.active_copy(ctx) {
+            return p.value();
         }
-        s.value.clone()
+        self.state.read().unwrap().value.clone()
+    }
+
+    /// The copy a forward pass under `ctx` uses instead of the base value, if any.
+    pub fn active_copy(&self, ctx: &Ctx) -> Option<Param> {
+        if !ctx.enabled {
+            return None;
+        }
+        let c = self.copies.read().unwrap();
+        c.iter()
+            .find(|(n, _)| ctx.is_active(n))
+            .map(|(_, p)| p.clone())
     }
 
     /// The base value, ignoring adapter copies.
     pub fn value(&self) -> Tensor {
-        self.0.read().unwrap().value.clone()
+        self.state.read().unwrap().value.clone()
     }
 
     pub fn dims(&self) -> Vec<usize> {
-        self.0.read().unwrap().value.dims().to_vec()
+        self.state.read().unwrap().value.dims().to_vec()
     }
 
     pub fn dtype(&self) -> DType {
-        self.0.read().unwrap().value.dtype()
+        self.state.read().unwrap().value.dtype()
     }
 
     pub fn elem_count(&self) -> usize {
-        self.0.read().unwrap().value.elem_count()
+        self.state.read().unwrap().value.elem_count()
     }
 
     pub fn is_trainable(&self) -> bool {
-        self.0.read().unwrap().var.is_some()
+        self.state.read().unwrap().var.is_some()
     }
 
     pub fn var(&self) -> Option<Var> {
-        self.0.read().unwrap().var.clone()
+        self.state.read().unwrap().var.clone()
     }
 
     pub fn same(&self, other: &Param) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        Arc::ptr_eq(&self.state, &other.state)
     }
 
     /// Makes the base value trainable (a variable with its own storage) or frozen again.
     pub fn set_trainable(&self, on: bool) -> Result<()> {
-        let mut s = self.0.write().unwrap();
+        let mut s = self.state.write().unwrap();
         match (on, s.var.is_some()) {
             (true, false) => {
                 let v = Var::from_tensor(&s.value)?;
@@ -108,7 +144,7 @@ impl Param {
 
     /// Replaces the value (same shape), keeping whether it is trainable.
     pub fn set(&self, t: &Tensor) -> Result<()> {
-        let mut s = self.0.write().unwrap();
+        let mut s = self.state.write().unwrap();
         if t.dims() != s.value.dims() {
             return Err(Error::msg(format!(
                 "shape {:?} does not match the parameter's {:?}",
@@ -126,35 +162,32 @@ impl Param {
 
     /// Adds (or replaces) a trainable copy used while adapter `name` is active.
     pub fn add_copy(&self, name: &str, init: Option<&Tensor>) -> Result<()> {
-        let mut s = self.0.write().unwrap();
-        let t = init.cloned().unwrap_or_else(|| s.value.clone());
-        let p = Param::trainable(&t.to_dtype(s.value.dtype())?)?;
-        s.copies.retain(|(n, _)| n != name);
-        s.copies.push((name.to_string(), p));
+        let t = init.cloned().unwrap_or_else(|| self.value());
+        let p = Param::trainable(&t.to_dtype(self.dtype())?)?;
+        self.share_copy(name, p);
         Ok(())
     }
 
+    /// Uses `p` (another handle's copy) as this handle's copy for adapter `name`.
+    pub fn share_copy(&self, name: &str, p: Param) {
+        let mut c = self.copies.write().unwrap();
+        c.retain(|(n, _)| n != name);
+        c.push((name.to_string(), p));
+    }
+
     pub fn copy(&self, name: &str) -> Option<Param> {
-        let s = self.0.read().unwrap();
-        s.copies
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
+        let c = self.copies.read().unwrap();
+        c.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
     }
 
     pub fn remove_copy(&self, name: &str) -> Option<Param> {
-        let mut s = self.0.write().unwrap();
-        let i = s.copies.iter().position(|(n, _)| n == name)?;
-        Some(s.copies.remove(i).1)
+        let mut c = self.copies.write().unwrap();
+        let i = c.iter().position(|(n, _)| n == name)?;
+        Some(c.remove(i).1)
     }
 
     pub fn copy_names(&self) -> Vec<String> {
-        self.0
-            .read()
-            .unwrap()
-            .copies
-            .iter()
-            .map(|(n, _)| n.clone())
-            .collect()
+        let c = self.copies.read().unwrap();
+        c.iter().map(|(n, _)| n.clone()).collect()
     }
 }

@@ -1,7 +1,7 @@
 //! `m:save(dir)`: a complete HF model directory (config, safetensors — sharded when large —,
-//! tokenizer files), with active LoRA/IA3 adapters and `modules_to_save` copies folded in.
+//! tokenizer files), with every active adapter folded in as `m:merge()` folds it.
 
-use super::{Model, ModuleMut};
+use super::Model;
 use crate::error::{Error, Result};
 use crate::st::{save, write_atomic};
 use candle_core::Tensor;
@@ -11,70 +11,38 @@ use std::path::Path;
 const SHARD_BYTES: usize = 5 << 30;
 
 impl Model {
-    /// The weights `save` writes: base values with active mergeable adapters folded in.
-    pub fn merged_state(&mut self) -> Result<BTreeMap<String, Tensor>> {
-        let ctx = self.ctx(false, 0);
+    /// The weights `save` writes: every active adapter folded in (`fold`, the rule `merge`
+    /// uses), a module untied by it under its own name; an active adapter that cannot be folded
+    /// is an error. Also whether the embeddings are still tied.
+    pub fn merged_state(&mut self) -> Result<(BTreeMap<String, Tensor>, bool)> {
+        let names = self.foldable_active(true)?;
+        let f = self.fold(&names, false)?;
+        // named as `base_params` names them once the fold is applied
         let mut out: BTreeMap<String, Tensor> = BTreeMap::new();
-        for (n, p) in self.base_params() {
-            out.insert(n, p.get(&ctx));
-        }
-        let mut err = None;
-        self.visit(&mut |path, m| {
-            if let ModuleMut::Linear(l) = m {
-                let active = l.lora.iter().any(|(n, _)| ctx.is_active(n))
-                    || l.ia3.iter().any(|(n, _)| ctx.is_active(n));
-                if !active {
-                    return;
-                }
-                // fold into a scratch copy of the weight, leaving the model untouched
-                let scratch = super::layers::Linear::new(
-                    super::Param::frozen(l.weight.get(&ctx).copy().unwrap()),
-                    l.bias
-                        .as_ref()
-                        .map(|b| super::Param::frozen(b.get(&ctx).copy().unwrap())),
-                    l.transposed,
-                );
-                let r: Result<()> = (|| {
-                    for (n, a) in &l.ia3 {
-                        if ctx.is_active(n) {
-                            a.merge_into(&scratch, &ctx)?;
-                        }
-                    }
-                    for (n, a) in &l.lora {
-                        if ctx.is_active(n) {
-                            a.merge_into(&scratch, &ctx)?;
-                        }
-                    }
-                    Ok(())
-                })();
-                if let Err(e) = r {
-                    err.get_or_insert(e);
-                    return;
-                }
-                out.insert(format!("{path}.weight"), scratch.weight.value());
-                if let Some(b) = &scratch.bias {
-                    out.insert(format!("{path}.bias"), b.value());
-                }
+        let mut seen: Vec<usize> = Vec::new();
+        for (path, suffix, h) in self.handles() {
+            let name = format!("{path}.{suffix}");
+            if let Some((_, _, v)) = f.untied.iter().find(|(p, s, _)| *p == path && *s == suffix) {
+                out.insert(name, v.clone());
+                continue;
             }
-        });
-        if let Some(e) = err {
-            return Err(e);
+            if seen.contains(&h.key()) {
+                continue;
+            }
+            seen.push(h.key());
+            let v = f
+                .values
+                .iter()
+                .find(|(q, _)| q.same(&h))
+                .map(|(_, v)| v.clone());
+            out.insert(name, v.unwrap_or_else(|| h.value()));
         }
-        Ok(out)
+        Ok((out, f.untied.is_empty()))
     }
 
     pub fn save(&mut self, dir: &Path) -> Result<Vec<String>> {
         let mut notes = Vec::new();
-        for a in &self.adapters {
-            if self.active.contains(&a.name) && !a.method.mergeable() {
-                notes.push(format!(
-                    "adapter `{}` ({}) cannot be folded into the weights and is not part of the saved model; save it with save_adapter",
-                    a.name,
-                    a.method.kind()
-                ));
-            }
-        }
-        let state = self.merged_state()?;
+        let (state, still_tied) = self.merged_state()?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
         let total: usize = state
@@ -108,6 +76,9 @@ impl Model {
             crate::st::write_json(&dir.join("model.safetensors.index.json"), &idx)?;
         }
         let mut cfg = self.config.clone();
+        if !still_tied {
+            cfg["tie_word_embeddings"] = false.into();
+        }
         let dt = match self.dtype {
             candle_core::DType::BF16 => "bfloat16",
             candle_core::DType::F16 => "float16",

@@ -74,13 +74,8 @@ fn saved_tensors(m: &mut Model, name: &str) -> Result<Vec<(String, Param)>> {
                 }
                 _ => "prompt_embeddings".to_string(),
             }
-        } else if let Some((module, rest)) = pname.split_once(".modules_to_save.") {
-            match info.method {
-                Method::Prefix { .. } | Method::Prompt { .. } => {
-                    format!("base_model.{module}.{rest}")
-                }
-                _ => format!("{PREFIX}{module}.{rest}"),
-            }
+        } else if pname.contains(".modules_to_save.") {
+            continue; // below, under every module that uses the copy
         } else if let Some(s) = pname.strip_suffix(".lora_magnitude_vector.weight") {
             format!("{PREFIX}{s}.lora_magnitude_vector")
         } else {
@@ -88,22 +83,48 @@ fn saved_tensors(m: &mut Model, name: &str) -> Result<Vec<(String, Param)>> {
         };
         out.push((key, p));
     }
+    out.extend(copy_keys(m, name, &info.method));
     // trained base weights travel too: as modules_to_save entries, or under PEFT's
-    // `base_layer` name inside a module the adapter wraps
+    // `base_layer` name inside a module the adapter wraps; a tied one under each module using
+    // it, as PEFT saves the copy it ties (see `trained_tied`)
     if !matches!(info.method, Method::Bottleneck(_)) {
-        for (pname, p) in m.base_params() {
+        for (module, suffix, p) in m.handles() {
             if p.is_trainable() {
-                let (module, suffix) = pname.rsplit_once('.').unwrap_or(("", &pname));
-                let key = if info.targets.iter().any(|t| t == module) {
+                let key = if info.targets.contains(&module) {
                     format!("{PREFIX}{module}.base_layer.{suffix}")
                 } else {
-                    format!("{PREFIX}{pname}")
+                    format!("{PREFIX}{module}.{suffix}")
                 };
-                out.push((key, p));
+                if !out.iter().any(|(k, _)| *k == key) {
+                    out.push((key, p));
+                }
             }
         }
     }
     Ok(out)
+}
+
+/// `(saved key, copy)` of adapter `name`'s `modules_to_save` copies: a key per module using one
+/// (`base_model.model.lm_head.weight`), so a copy tied modules share is saved under each of them,
+/// as PEFT saves it. Prompt learning saves them under `base_model.<module>` (no `.model`).
+fn copy_keys(m: &mut Model, name: &str, method: &Method) -> Vec<(String, Param)> {
+    let pre = match method {
+        Method::Prefix { .. } | Method::Prompt { .. } => "base_model.",
+        _ => PREFIX,
+    };
+    m.handles()
+        .into_iter()
+        .filter_map(|(path, suffix, h)| Some((format!("{pre}{path}.{suffix}"), h.copy(name)?)))
+        .collect()
+}
+
+/// Base weights by `<module path>.<suffix>` for every module, a tied weight under each name
+/// (`lm_head.weight` too), which is how PEFT files name them.
+fn base_by_module(m: &mut Model) -> HashMap<String, Param> {
+    m.handles()
+        .into_iter()
+        .map(|(p, s, h)| (format!("{p}.{s}"), h))
+        .collect()
 }
 
 /// Module paths of trained base weights outside the adapter's targets (saved as
@@ -118,6 +139,14 @@ fn trained_base_modules(m: &mut Model, targets: &[String]) -> Vec<String> {
         .collect();
     mods.dedup();
     mods
+}
+
+/// Whether a trained base weight is tied (used by several modules): PEFT can only read it back
+/// as one `modules_to_save` copy that the tied modules share, i.e. with `ensure_weight_tying`.
+fn trained_tied(m: &mut Model) -> bool {
+    let hs = m.handles();
+    hs.iter()
+        .any(|(p, _, h)| h.is_trainable() && hs.iter().any(|(q, _, g)| q != p && g.same(h)))
 }
 
 /// Writes adapter `name` of `m` to `dir` in PEFT's format (AdapterHub's for bottleneck adapters).
@@ -147,6 +176,7 @@ pub fn save_adapter(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
     } else {
         json!(mts)
     };
+    let tie = info.ensure_weight_tying || trained_tied(m);
     let dims = m.arch.dims();
     let transposed = {
         let mut t = false;
@@ -172,7 +202,7 @@ pub fn save_adapter(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
     let specific = match &info.method {
         Method::Lora(o) => json!({
             "alora_invocation_tokens": null, "alpha_pattern": {}, "arrow_config": null,
-            "bias": "none", "corda_config": null, "ensure_weight_tying": false, "eva_config": null,
+            "bias": "none", "corda_config": null, "ensure_weight_tying": tie, "eva_config": null,
             "exclude_modules": null, "fan_in_fan_out": transposed,
             "init_lora_weights": match o.init { LoraInit::Gaussian => json!("gaussian"), LoraInit::Pissa => json!("pissa"), _ => json!(true) },
             "kasa_config": null, "layer_replication": null, "layers_pattern": null,
@@ -259,7 +289,7 @@ pub fn load_adapter(m: &mut Model, dir: &Path, o: &LoadAdapterOpts) -> Result<St
         None => m.fresh_name("default"),
     };
     let r = match peft_type.as_str() {
-        "LORA" => load_lora(m, &name, &cfg, &cfg_path, &file),
+        "LORA" => load_lora(m, &name, &cfg, &cfg_path, &file, o.trainable),
         "IA3" => load_ia3(m, &name, &cfg, &cfg_path, &file),
         "PREFIX_TUNING" => load_prompt_learning(m, &name, &cfg, &cfg_path, &file, true),
         "PROMPT_TUNING" => load_prompt_learning(m, &name, &cfg, &cfg_path, &file, false),
@@ -446,7 +476,14 @@ fn tensor(file: &StFile, key: &str, want: &[usize], m: &Model, cfg: &Value) -> R
     file.load(key, &m.device, Some(DType::F32))
 }
 
-fn load_lora(m: &mut Model, name: &str, cfg: &Value, cfg_path: &Path, file: &StFile) -> Result<()> {
+fn load_lora(
+    m: &mut Model,
+    name: &str,
+    cfg: &Value,
+    cfg_path: &Path,
+    file: &StFile,
+    trainable: bool,
+) -> Result<()> {
     let num = |k: &str, d: f64| cfg.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
     let flag = |k: &str| cfg.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
     let base_r = num("r", 8.0) as usize;
@@ -464,7 +501,35 @@ fn load_lora(m: &mut Model, name: &str, cfg: &Value, cfg_path: &Path, file: &StF
         Some(Value::String(s)) if s == "gaussian" => LoraInit::Gaussian,
         _ => LoraInit::Kaiming,
     };
-    let targets = peft_targets(m, cfg, cfg_path, Kind::Injectable)?;
+    let mut targets = peft_targets(m, cfg, cfg_path, Kind::Injectable)?;
+    let tie = flag("ensure_weight_tying");
+    let tied = if tie {
+        m.tied_modules(&targets)
+    } else {
+        Vec::new()
+    };
+    if !tied.is_empty() {
+        if trainable {
+            return Err(Error::config(
+                cfg_path,
+                "ensure_weight_tying",
+                format!(
+                    "LoRA tied across {} cannot be trained by ftl (PEFT ties the head's LoRA to the \
+                     embedding's); load it with trainable = false to use, merge or save it",
+                    tied.join(", ")
+                ),
+            ));
+        }
+        // PEFT gives every other module of the tied weight (lm_head) a LoRA tied to the
+        // embedding's and saves it under its own name; frozen, it is an ordinary LoRA there
+        let hs = m.handles();
+        for (p, _, h) in &hs {
+            let partner = hs.iter().any(|(q, _, g)| tied.contains(q) && g.same(h));
+            if partner && !targets.contains(p) && file.has(&format!("{PREFIX}{p}.lora_A.weight")) {
+                targets.push(p.clone());
+            }
+        }
+    }
     let opts_for = |p: &str| LoraOpts {
         r: pattern_value(cfg.get("rank_pattern"), p)
             .map(|x| x as usize)
@@ -521,6 +586,7 @@ fn load_lora(m: &mut Model, name: &str, cfg: &Value, cfg_path: &Path, file: &StF
         method: Method::Lora(LoraOpts { init, ..base_opts }),
         targets: targets.clone(),
         modules_to_save: Vec::new(),
+        ensure_weight_tying: tie,
         loaded_config: None,
     });
     if let Some(e) = err {
@@ -543,7 +609,7 @@ fn load_lora(m: &mut Model, name: &str, cfg: &Value, cfg_path: &Path, file: &StF
 /// (`…base_layer.bias`, `…ln_f.bias`) and full embedding matrices PEFT saves next to an embedding
 /// LoRA (`…embed_tokens.base_layer.weight`). PEFT trains these in place, so they replace the base.
 fn load_base_overrides(m: &mut Model, file: &StFile, cfg: &Value) -> Result<()> {
-    let base: HashMap<String, Param> = m.base_params().into_iter().collect();
+    let base = base_by_module(m);
     for k in &file.names {
         let Some(inner) = k.strip_prefix(PREFIX) else {
             continue;
@@ -701,26 +767,50 @@ fn load_modules_to_save(
     if hit.is_empty() {
         return Ok(());
     }
-    m.add_modules_to_save(name, &hit)?;
-    for (pname, p) in m.adapter_params(name) {
-        if let Some((module, rest)) = pname.split_once(".modules_to_save.") {
-            // prompt learning saves the head as `base_model.<module>` (no `.model`)
-            let key = [
-                format!("{PREFIX}{module}.{rest}"),
-                format!("base_model.{module}.{rest}"),
-            ]
-            .into_iter()
-            .find(|k| file.has(k))
-            .unwrap_or_else(|| format!("{PREFIX}{module}.{rest}"));
-            p.set(&tensor(file, &key, &p.dims(), m, cfg)?.to_dtype(p.dtype())?)?;
+    let tie = cfg
+        .get("ensure_weight_tying")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    m.add_modules_to_save_tied(name, &hit, tie)?;
+    let method = m.adapter(name).map(|a| a.method.clone());
+    let Some(method) = method else {
+        return Ok(());
+    };
+    // a copy shared by tied modules is in the file under each of their names (the same values):
+    // one of them is enough
+    let keys = copy_keys(m, name, &method);
+    let mut done: Vec<Param> = Vec::new();
+    for (key, p) in &keys {
+        if done.iter().any(|q| q.same(p)) {
+            continue;
         }
+        let spellings = |k: &str| {
+            let inner = k
+                .strip_prefix(PREFIX)
+                .or_else(|| k.strip_prefix("base_model."))
+                .unwrap_or(k)
+                .to_string();
+            [format!("{PREFIX}{inner}"), format!("base_model.{inner}")]
+        };
+        let found = keys
+            .iter()
+            .filter(|(_, q)| q.same(p))
+            .flat_map(|(k, _)| spellings(k))
+            .find(|k| file.has(k))
+            .unwrap_or_else(|| key.clone());
+        p.set(&tensor(file, &found, &p.dims(), m, cfg)?.to_dtype(p.dtype())?)?;
+        done.push(p.clone());
     }
     Ok(())
 }
 
 /// Every tensor in the file must have been used: anything else means another base model.
 fn check_no_stray_keys(m: &mut Model, name: &str, file: &StFile, cfg: &Value) -> Result<()> {
-    let mut known: Vec<String> = Vec::new();
+    let method = m.adapter(name).map(|a| a.method.clone());
+    let mut known: Vec<String> = match &method {
+        Some(me) => copy_keys(m, name, me).into_iter().map(|x| x.0).collect(),
+        None => Vec::new(),
+    };
     for (pname, _) in m.adapter_params(name) {
         known.push(if pname.starts_with("prompt_encoder.") {
             "prompt_embeddings".into()
@@ -737,7 +827,7 @@ fn check_no_stray_keys(m: &mut Model, name: &str, file: &StFile, cfg: &Value) ->
             .collect(),
         _ => Vec::new(),
     };
-    let base: HashMap<String, Param> = m.base_params().into_iter().collect();
+    let base = base_by_module(m);
     for k in &file.names {
         if known.contains(k) {
             continue;

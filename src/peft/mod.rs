@@ -3,6 +3,7 @@
 
 pub mod adapterhub;
 pub mod bottleneck;
+pub mod fold;
 pub mod ia3;
 pub mod io;
 pub mod lora;
@@ -84,6 +85,8 @@ pub struct AdapterInfo {
     pub targets: Vec<String>,
     /// module paths trained in full alongside (PEFT's `modules_to_save`)
     pub modules_to_save: Vec<String>,
+    /// PEFT's `ensure_weight_tying`: the modules of a tied weight share one `modules_to_save` copy
+    pub ensure_weight_tying: bool,
     /// the `adapter_config.json` it was loaded from, if any
     pub loaded_config: Option<serde_json::Value>,
 }
@@ -149,23 +152,127 @@ impl Model {
         out
     }
 
+    /// Every base parameter handle with its module path and HF suffix, in model order; a tied
+    /// weight under each module that uses it.
+    pub fn visit_handles(&mut self, f: &mut dyn FnMut(&str, &'static str, &mut Param)) {
+        self.visit(&mut |p, m| match m {
+            ModuleMut::Linear(l) => {
+                f(p, "weight", &mut l.weight);
+                if let Some(b) = &mut l.bias {
+                    f(p, "bias", b);
+                }
+            }
+            ModuleMut::Embedding(e) => f(p, "weight", &mut e.weight),
+            ModuleMut::Norm(n) => {
+                f(p, "weight", &mut n.weight);
+                if let Some(b) = &mut n.bias {
+                    f(p, "bias", b);
+                }
+            }
+            ModuleMut::Bottleneck(..) => {}
+        });
+    }
+
+    /// `(module path, suffix, handle)` of every base parameter handle (see `visit_handles`).
+    pub fn handles(&mut self) -> Vec<(String, &'static str, Param)> {
+        let mut out = Vec::new();
+        self.visit_handles(&mut |p, s, h| out.push((p.to_string(), s, h.clone())));
+        out
+    }
+
     /// Base parameters under their HF names; a tied weight once, under its first (embedding) name.
     pub fn base_params(&mut self) -> Vec<(String, Param)> {
         let mut out: Vec<(String, Param)> = Vec::new();
+        for (p, suffix, param) in self.handles() {
+            if !out.iter().any(|(_, q)| q.same(&param)) {
+                out.push((format!("{p}.{suffix}"), param));
+            }
+        }
+        out
+    }
+
+    /// Those of `paths` whose weight another module uses too (a tied `lm_head` / `embed_tokens`).
+    pub fn tied_modules(&mut self, paths: &[String]) -> Vec<String> {
+        let handles = self.handles();
+        let mut out = Vec::new();
+        for (p, _, h) in &handles {
+            if paths.contains(p)
+                && handles.iter().any(|(q, _, g)| q != p && g.same(h))
+                && !out.contains(p)
+            {
+                out.push(p.clone());
+            }
+        }
+        out
+    }
+
+    /// LoRA on a tied weight with `ensure_weight_tying` (PEFT then ties the head's LoRA to the
+    /// embedding's, transposed) is not something ftl does: an error that says what to do instead.
+    pub fn check_weight_tying_targets(&mut self, paths: &[String]) -> Result<()> {
+        let tied = self.tied_modules(paths);
+        if tied.is_empty() {
+            return Ok(());
+        }
+        Err(Error::msg(format!(
+            "ensure_weight_tying with LoRA on the tied {} is not supported (PEFT would tie the \
+             head's LoRA to the embedding's); without ensure_weight_tying each targeted module gets \
+             its own LoRA on the shared weight, or train the embedding in full with \
+             modules_to_save",
+            tied.join(", ")
+        )))
+    }
+
+    /// Whether each parameter lives inside exactly one layer (`model.layers.N…`, by the modules
+    /// that use it, not by the numbers in its own name): its whole gradient then comes from that
+    /// layer's segment of a training pass. Prompt-learning parameters and weights used outside
+    /// the layers (embeddings, tied heads, prefix projections) get theirs from several segments.
+    pub fn in_one_layer(&mut self, params: &[(String, Param)]) -> Vec<bool> {
+        use std::collections::HashMap;
+        // weight → the layer of every module using it (None: outside the layers)
+        let mut uses: HashMap<usize, Vec<Option<usize>>> = HashMap::new();
+        let mut note = |p: &str, q: &Param| {
+            uses.entry(q.key()).or_default().push(target::layer_of(p));
+        };
         self.visit(&mut |p, m| {
-            let ps = match m {
-                ModuleMut::Linear(l) => l.params(),
-                ModuleMut::Embedding(e) => e.params(),
-                ModuleMut::Norm(n) => n.params(),
-                ModuleMut::Bottleneck(..) => Vec::new(),
-            };
-            for (suffix, param) in ps {
-                if !out.iter().any(|(_, q)| q.same(&param)) {
-                    out.push((format!("{p}.{suffix}"), param));
+            let mut ps: Vec<Param> = Vec::new();
+            match m {
+                ModuleMut::Linear(l) => {
+                    ps.extend(l.params().into_iter().map(|x| x.1));
+                    for (_, a) in &l.lora {
+                        ps.extend(a.params().into_iter().map(|x| x.1));
+                    }
+                    for (_, a) in &l.ia3 {
+                        ps.extend(a.params().into_iter().map(|x| x.1));
+                    }
+                }
+                ModuleMut::Embedding(e) => {
+                    ps.extend(e.params().into_iter().map(|x| x.1));
+                    for (_, a) in &e.lora {
+                        ps.extend(a.params().into_iter().map(|x| x.1));
+                    }
+                }
+                ModuleMut::Norm(n) => ps.extend(n.params().into_iter().map(|x| x.1)),
+                ModuleMut::Bottleneck(slots, _) => {
+                    for (_, b) in slots.iter() {
+                        ps.extend(b.params().into_iter().map(|x| x.1));
+                    }
                 }
             }
+            let copies: Vec<Param> = ps
+                .iter()
+                .flat_map(|q| q.copy_names().into_iter().filter_map(|n| q.copy(&n)))
+                .collect();
+            for q in ps.iter().chain(&copies) {
+                note(p, q);
+            }
         });
-        out
+        params
+            .iter()
+            .map(|(_, p)| match uses.get(&p.key()) {
+                Some(ls) => ls[0].is_some() && ls.iter().all(|l| *l == ls[0]),
+                None => false,
+            })
+            .collect()
     }
 
     /// An adapter's parameters under PEFT's parameter names without the adapter name
@@ -210,29 +317,29 @@ impl Model {
                 });
             }
         }
-        // modules_to_save copies: `<module>.modules_to_save.<param>`
+        // modules_to_save copies: `<module>.modules_to_save.<param>`, a shared one once
         let mods: Vec<String> = self
             .adapters
             .iter()
             .filter(|a| a.name == name)
             .flat_map(|a| a.modules_to_save.clone())
             .collect();
-        for (pname, param) in self.base_params() {
-            if let Some(v) = param.copy(name) {
-                let module = mods
-                    .iter()
-                    .filter(|m| pname.starts_with(&format!("{m}.")))
-                    .max_by_key(|m| m.len())
-                    .cloned()
-                    .unwrap_or_else(|| {
-                        pname
-                            .rsplit_once('.')
-                            .map(|x| x.0.to_string())
-                            .unwrap_or_default()
-                    });
-                let suffix = &pname[module.len() + 1..];
-                out.push((format!("{module}.modules_to_save.{suffix}"), v));
+        let mut seen: Vec<Param> = Vec::new();
+        for (path, suffix, h) in self.handles() {
+            let Some(v) = h.copy(name) else { continue };
+            if seen.iter().any(|q| q.same(&v)) {
+                continue;
             }
+            seen.push(v.clone());
+            let pname = format!("{path}.{suffix}");
+            let module = mods
+                .iter()
+                .filter(|m| pname.starts_with(&format!("{m}.")))
+                .max_by_key(|m| m.len())
+                .cloned()
+                .unwrap_or(path);
+            let rest = &pname[module.len() + 1..];
+            out.push((format!("{module}.modules_to_save.{rest}"), v));
         }
         out
     }
@@ -315,6 +422,7 @@ impl Model {
             method: Method::Lora(opts.clone()),
             targets: paths.to_vec(),
             modules_to_save: Vec::new(),
+            ensure_weight_tying: false,
             loaded_config: None,
         });
         Ok(())
@@ -363,6 +471,7 @@ impl Model {
             },
             targets: paths.to_vec(),
             modules_to_save: Vec::new(),
+            ensure_weight_tying: false,
             loaded_config: None,
         });
         Ok(())
@@ -392,6 +501,7 @@ impl Model {
             method: Method::Prefix { tokens, projection },
             targets: Vec::new(),
             modules_to_save: Vec::new(),
+            ensure_weight_tying: false,
             loaded_config: None,
         });
         Ok(())
@@ -444,6 +554,7 @@ impl Model {
             method: Method::Prompt { tokens, init_text },
             targets: Vec::new(),
             modules_to_save: Vec::new(),
+            ensure_weight_tying: false,
             loaded_config: None,
         });
         Ok(())
@@ -484,51 +595,96 @@ impl Model {
             method: Method::Bottleneck(cfg.clone()),
             targets,
             modules_to_save: Vec::new(),
+            ensure_weight_tying: false,
             loaded_config: None,
         });
         Ok(())
     }
 
-    /// Trains the modules at `paths` in full for adapter `name` (PEFT's `modules_to_save`).
+    /// Trains the modules at `paths` in full for adapter `name` (PEFT's `modules_to_save`): each
+    /// module gets its own copy, also the one module of a tied weight.
     pub fn add_modules_to_save(&mut self, name: &str, paths: &[String]) -> Result<()> {
-        let params = self.base_params();
-        let mut any = BTreeSet::new();
-        for (pname, p) in &params {
-            if let Some(m) = paths.iter().find(|m| pname.starts_with(&format!("{m}."))) {
-                p.add_copy(name, None)?;
-                any.insert(m.clone());
-            }
+        self.add_modules_to_save_tied(name, paths, false)
+    }
+
+    /// `add_modules_to_save`; with `tie` (PEFT's `ensure_weight_tying`) every module of a tied
+    /// weight uses the one copy, and a listed module that only borrows another module's weight
+    /// (a tied `lm_head`) is recorded under that module (`model.embed_tokens`), as PEFT rewrites it.
+    pub fn add_modules_to_save_tied(
+        &mut self,
+        name: &str,
+        paths: &[String],
+        tie: bool,
+    ) -> Result<()> {
+        let under = |p: &str| {
+            paths
+                .iter()
+                .find(|m| p == m.as_str() || p.starts_with(&format!("{m}.")))
+                .cloned()
+        };
+        let handles = self.handles();
+        let chosen: HashSet<usize> = handles
+            .iter()
+            .filter(|(p, _, _)| under(p).is_some())
+            .map(|(_, _, h)| h.key())
+            .collect();
+        // the first module (in model order) that uses each weight
+        let mut owner: std::collections::HashMap<usize, String> = Default::default();
+        for (p, _, h) in &handles {
+            owner.entry(h.key()).or_insert_with(|| p.clone());
         }
-        // a tied head (GPT-2's lm_head) has no parameter of its own name: give it the embedding's
-        for m in paths {
-            if !any.contains(m) {
-                let mut shared = None;
-                self.visit(&mut |p, mm| {
-                    if p == m {
-                        if let ModuleMut::Linear(l) = mm {
-                            shared = Some(l.weight.clone());
-                        }
-                    }
-                });
-                match shared {
-                    Some(w) => {
-                        w.add_copy(name, None)?;
-                        any.insert(m.clone());
-                    }
-                    None => {
-                        return Err(Error::msg(format!(
-                            "modules_to_save: `{m}` has no parameters"
-                        )))
-                    }
+        let mut found: BTreeSet<String> = BTreeSet::new();
+        let mut recorded: Vec<String> = Vec::new();
+        let mut made: std::collections::HashMap<usize, Param> = Default::default();
+        let mut err = None;
+        self.visit_handles(&mut |p, _, h| {
+            let listed = under(p);
+            if listed.is_none() && !(tie && chosen.contains(&h.key())) {
+                return;
+            }
+            if let Some(m) = &listed {
+                found.insert(m.clone());
+                let rec = if tie {
+                    owner[&h.key()].clone()
+                } else {
+                    m.clone()
+                };
+                let rec = if rec == *p { m.clone() } else { rec };
+                if !recorded.contains(&rec) {
+                    recorded.push(rec);
                 }
             }
+            if h.copy(name).is_some() {
+                return;
+            }
+            *h = h.alias();
+            match made.get(&h.key()).filter(|_| tie) {
+                Some(c) => h.share_copy(name, c.clone()),
+                None => match h.add_copy(name, None) {
+                    Ok(()) => {
+                        made.insert(h.key(), h.copy(name).unwrap());
+                    }
+                    Err(e) => {
+                        err.get_or_insert(e);
+                    }
+                },
+            }
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        if let Some(m) = paths.iter().find(|m| !found.contains(*m)) {
+            return Err(Error::msg(format!(
+                "modules_to_save: `{m}` has no parameters"
+            )));
         }
         if let Some(a) = self.adapters.iter_mut().find(|a| a.name == name) {
-            for m in paths {
-                if !a.modules_to_save.contains(m) {
-                    a.modules_to_save.push(m.clone());
+            for m in recorded {
+                if !a.modules_to_save.contains(&m) {
+                    a.modules_to_save.push(m);
                 }
             }
+            a.ensure_weight_tying |= tie;
         }
         Ok(())
     }
@@ -544,8 +700,8 @@ impl Model {
             ModuleMut::Bottleneck(s, _) => s.retain(|(n, _)| n != name),
             ModuleMut::Norm(_) => {}
         });
-        for (_, p) in self.base_params() {
-            p.remove_copy(name);
+        for (_, _, h) in self.handles() {
+            h.remove_copy(name);
         }
         self.prompts.retain(|(n, _)| n != name);
         self.adapters.retain(|a| a.name != name);
@@ -566,57 +722,12 @@ impl Model {
         Ok(())
     }
 
-    /// Folds every active LoRA/DoRA/IA3 adapter (and `modules_to_save` copies) into the base
-    /// weights and removes them; returns the names merged.
+    /// Folds every active LoRA/DoRA/IA3 adapter (and its `modules_to_save` copies) into the base
+    /// weights (`fold`) and removes them; returns the names merged.
     pub fn merge(&mut self) -> Result<Vec<String>> {
-        let ctx = self.ctx(false, 0);
-        let names: Vec<String> = self
-            .adapters
-            .iter()
-            .filter(|a| a.method.mergeable() && ctx.is_active(&a.name))
-            .map(|a| a.name.clone())
-            .collect();
-        let mut err = None;
-        self.visit(&mut |_, m| {
-            let r: Result<()> = (|| {
-                match m {
-                    ModuleMut::Linear(l) => {
-                        for (n, a) in &l.ia3 {
-                            if names.contains(n) {
-                                a.merge_into(l, &ctx)?;
-                            }
-                        }
-                        for (n, a) in &l.lora {
-                            if names.contains(n) {
-                                a.merge_into(l, &ctx)?;
-                            }
-                        }
-                    }
-                    ModuleMut::Embedding(e) => {
-                        for (n, a) in &e.lora {
-                            if names.contains(n) {
-                                a.merge_into(e, &ctx)?;
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-                Ok(())
-            })();
-            if let Err(e) = r {
-                err.get_or_insert(e);
-            }
-        });
-        if let Some(e) = err {
-            return Err(e);
-        }
-        for (_, p) in self.base_params() {
-            for n in &names {
-                if let Some(v) = p.remove_copy(n) {
-                    p.set(&v.value())?;
-                }
-            }
-        }
+        let names = self.foldable_active(false)?;
+        let f = self.fold(&names, true)?;
+        self.apply_fold(f)?;
         for n in &names {
             self.detach(n);
         }
@@ -646,27 +757,41 @@ impl Model {
         out
     }
 
-    /// Sets base parameters trainable (or frozen) where their name or module matches.
+    /// Sets base parameters trainable (or frozen) where their name or module matches; a tied
+    /// weight matches under the name of any module using it (`lm_head` too, as in PyTorch, where
+    /// it is the one shared parameter).
     pub fn set_trainable(&mut self, sel: Option<&Selector>, on: bool) -> Result<usize> {
-        let params = self.base_params();
-        let chosen: Vec<&(String, Param)> = match sel {
-            None => params.iter().collect(),
+        let handles: Vec<(String, Param)> = self
+            .handles()
+            .into_iter()
+            .map(|(p, s, h)| (format!("{p}.{s}"), h))
+            .collect();
+        let hit: Option<HashSet<String>> = match sel {
+            None => None,
             Some(s) => {
                 let modules = self.all_module_paths();
-                let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
-                let cands: Vec<String> = modules.iter().chain(names.iter()).cloned().collect();
-                let hit = s.select(&cands, "modules")?;
-                let hit: HashSet<&str> = hit.iter().map(|s| s.as_str()).collect();
-                params
-                    .iter()
-                    .filter(|(n, _)| {
-                        hit.contains(n.as_str())
-                            || n.match_indices('.').any(|(i, _)| hit.contains(&n[..i]))
-                    })
-                    .collect()
+                let mut cands: Vec<String> = modules;
+                for (n, _) in &handles {
+                    if !cands.contains(n) {
+                        cands.push(n.clone());
+                    }
+                }
+                Some(s.select(&cands, "modules")?.into_iter().collect())
             }
         };
-        for (_, p) in &chosen {
+        let mut chosen: Vec<Param> = Vec::new();
+        for (n, h) in &handles {
+            let picked = match &hit {
+                None => true,
+                Some(hit) => {
+                    hit.contains(n) || n.match_indices('.').any(|(i, _)| hit.contains(&n[..i]))
+                }
+            };
+            if picked && !chosen.iter().any(|q| q.same(h)) {
+                chosen.push(h.clone());
+            }
+        }
+        for p in &chosen {
             p.set_trainable(on)?;
         }
         Ok(chosen.len())

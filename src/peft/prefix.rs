@@ -3,7 +3,6 @@
 
 use crate::error::Result;
 use crate::model::{Ctx, Dims, Param};
-use crate::ops;
 use candle_core::{DType, Device, Tensor};
 
 pub struct Prefix {
@@ -56,12 +55,16 @@ impl Prefix {
     /// `[tokens, layers·2·token_dim]`: what PEFT saves as `prompt_embeddings`.
     pub fn flat(&self, ctx: &Ctx) -> Result<Tensor> {
         let e = self.embedding.get(ctx);
+        // plain candle ops, not the device path's recorded ones: every layer's keys and values are
+        // slices of this one output and are backpropagated in that layer's segment, so the
+        // projection's gradient has to reach its weights from each segment (a recorded op would
+        // sit in the lowest segment's tape only, and the upper layers' share would be lost)
+        let lin = |x: &Tensor, w: &Param, b: &Param| -> Result<Tensor> {
+            Ok(x.matmul(&w.get(ctx).t()?)?.broadcast_add(&b.get(ctx))?)
+        };
         Ok(match &self.projection {
             None => e,
-            Some([w1, b1, w2, b2]) => {
-                let h = ops::linear(&e, &w1.get(ctx), Some(&b1.get(ctx)), false)?.tanh()?;
-                ops::linear(&h, &w2.get(ctx), Some(&b2.get(ctx)), false)?
-            }
+            Some([w1, b1, w2, b2]) => lin(&lin(&e, w1, b1)?.tanh()?, w2, b2)?,
         })
     }
 

@@ -470,10 +470,7 @@ fn accumulate(
     let mut acc: Vec<Option<Tensor>> = vec![None; params.len()];
     let mut done = vec![false; params.len()];
     // parameters inside one layer get their whole gradient from that layer's segment
-    let layered: Vec<bool> = params
-        .iter()
-        .map(|(n, _)| crate::peft::target::layer_of(n).is_some())
-        .collect();
+    let layered = lock(model).in_one_layer(params);
     for (j, b) in batches.iter().enumerate() {
         let t0 = Instant::now();
         let m = lock(model);

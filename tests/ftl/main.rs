@@ -9,5 +9,6 @@ mod fixtures;
 mod gguf;
 mod invariants;
 mod recipes;
+mod semantics;
 mod training;
 mod watch;

@@ -67,12 +67,12 @@ fn all_params(m: &mut Model) -> Vec<(String, Param)> {
     v
 }
 
-fn meta(dir: &Path) -> Value {
+pub(crate) fn meta(dir: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap()
 }
 
 /// The examples of micro-batches `batch{j}.*` (padding removed), in order.
-fn examples_of(e: &Expected, n: usize) -> Vec<Example> {
+pub(crate) fn examples_of(e: &Expected, n: usize) -> Vec<Example> {
     let mut out = Vec::new();
     for j in 0..n {
         let ids = e
@@ -113,7 +113,7 @@ thread_local! {
     static CHECKPOINT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-fn opts_of(meta: &Value) -> TrainOpts {
+pub(crate) fn opts_of(meta: &Value) -> TrainOpts {
     let o = &meta["optimizer"];
     let kind = match o["name"].as_str().unwrap() {
         "sgd" => optim::Kind::Sgd {
@@ -201,18 +201,18 @@ fn setup(m: &mut Model, s: &Value) {
     }
 }
 
-struct Case<'a> {
-    name: String,
-    model: Model,
-    data: Dataset,
-    e: &'a Expected,
-    meta: &'a Value,
-    opts: TrainOpts,
-    trainable: Vec<String>,
+pub(crate) struct Case<'a> {
+    pub name: String,
+    pub model: Model,
+    pub data: Dataset,
+    pub e: &'a Expected,
+    pub meta: &'a Value,
+    pub opts: TrainOpts,
+    pub trainable: Vec<String>,
 }
 
 /// Trains and checks; returns the model for further checks.
-fn check(c: Case) -> Arc<Mutex<Model>> {
+pub(crate) fn check(c: Case) -> Arc<Mutex<Model>> {
     let Case {
         name,
         mut model,
@@ -334,7 +334,7 @@ fn check(c: Case) -> Arc<Mutex<Model>> {
     model
 }
 
-fn names(v: &Value) -> Vec<String> {
+pub(crate) fn names(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap()
         .iter()
