@@ -6,6 +6,7 @@ mod cuda;
 mod device;
 mod errors;
 mod fixtures;
+mod gguf_tokenizer;
 mod invariants;
 mod recipes;
 mod training;
