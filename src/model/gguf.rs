@@ -582,15 +582,10 @@ pub fn load(path: &Path, opts: &LoadOpts) -> Result<Model> {
     } else {
         DType::BF16
     });
-    let tokenizer = tokenizer_from_gguf(&file.content, path)?;
+    let tokenizer = crate::tokenizer::Tokenizer::from_gguf(&file.content, path)?;
     let weights = GgufWeights::new(file, &config, dtype, &opts.device)?;
     let mut m = super::hub::build(&config, path, &weights, dtype, &opts.device, opts.head)?;
     m.dir = Some(path.to_path_buf());
     m.tokenizer = tokenizer;
     Ok(m)
-}
-
-// TODO(merge): replaced by `Tokenizer::from_gguf` from the tokenizer branch.
-fn tokenizer_from_gguf(_ct: &Content, _path: &Path) -> Result<Option<crate::tokenizer::Tokenizer>> {
-    Ok(None)
 }

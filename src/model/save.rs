@@ -92,21 +92,8 @@ impl Model {
         let s = serde_json::to_string_pretty(&cfg).map_err(|e| Error::msg(e.to_string()))?;
         write_atomic(&dir.join("config.json"), s.as_bytes())?;
         match &self.tokenizer {
-            Some(t) if !t.files.is_empty() => {
-                for f in &t.files {
-                    let to = dir.join(f.file_name().unwrap());
-                    if to != *f {
-                        let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
-                        write_atomic(&to, &bytes)?;
-                    }
-                }
-            }
-            Some(t) if t.is_bytes() => {
-                // transformers cannot read it, but ftl.load restores the byte-level tokenizer
-                let tc = serde_json::json!({"tokenizer_class": crate::tokenizer::BYTES_CLASS});
-                crate::st::write_json(&dir.join("tokenizer_config.json"), &tc)?;
-            }
-            _ => notes.push("the model has no tokenizer to save".into()),
+            Some(t) => t.save(dir)?,
+            None => notes.push("the model has no tokenizer to save".into()),
         }
         Ok(notes)
     }

@@ -140,6 +140,15 @@ fn adapter_on_a_gguf_base_applies_to_its_hf_export() {
         let mut h = load(&hf);
         let err = rel(&h.forward(ids, None).unwrap(), &base_logits);
         assert!(err < 1e-6, "{name}: HF export differs by {err:.2e}");
+        // with the tokenizer built from the metadata, written as tokenizer.json
+        let text = "Hello world 123, naïve café\n\n  <|endoftext|>";
+        let (a, b) = (m.tokenizer.as_ref().unwrap(), h.tokenizer.as_ref().unwrap());
+        assert_eq!(a.encode(text, true).unwrap(), b.encode(text, true).unwrap());
+        assert_eq!(
+            (a.bos, a.eos, a.pad),
+            (b.bos, b.eos, b.pad),
+            "{name}: special ids"
+        );
         // a LoRA made on the GGUF base is saved with HF names and applies to the export
         let a = attach(&mut m, Method::Lora);
         randomise(&mut m, &a, 3);
@@ -271,5 +280,44 @@ fn smollm2_answers_with_paris() {
         assert_eq!(tok.encode(&text, false).unwrap(), prompt, "prompt ids");
         let answer = tok.decode(&got, true).unwrap();
         assert!(answer.contains("Paris"), "{answer}");
+    }
+}
+
+#[test]
+fn recipe_loads_gguf_and_generates() {
+    let Some(p) = smollm2() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let recipe = t.path().join("paris.lua");
+    std::fs::write(
+        &recipe,
+        r#"local ftl = require("ftl")
+local m = ftl.load(ftl.args.model)
+local q = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+local out = m:generate(q, {max_tokens = 16})
+print("answer: " .. out)
+assert(out:find("Paris"), out)
+m:save("hf")
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = crate::recipes::run(
+        &recipe,
+        &[
+            &format!("model={:?}", p.display().to_string()),
+            "--trust",
+            "--out",
+            &t.path().join("out").display().to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("Paris"), "{out}");
+    let hf = t.path().join("out/hf");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(hf.join(f).exists(), "m:save wrote no {f}");
     }
 }

@@ -7,6 +7,7 @@ mod device;
 mod errors;
 mod fixtures;
 mod gguf;
+mod gguf_tokenizer;
 mod invariants;
 mod recipes;
 mod semantics;

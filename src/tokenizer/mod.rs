@@ -1,8 +1,11 @@
 //! Tokenizers: HF `tokenizer.json` (via the `tokenizers` crate) with the BOS/EOS/pad and chat
-//! template settings of `tokenizer_config.json`, or a byte-level tokenizer that needs no file.
+//! template settings of `tokenizer_config.json`, one built from a GGUF file's metadata, or a
+//! byte-level tokenizer that needs no file; and saving any of them as an HF tokenizer directory.
+
+mod gguf;
 
 use crate::error::{Error, Result};
-use crate::st::read_json;
+use crate::st::{read_json, write_atomic, write_json};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,7 +29,7 @@ pub struct Tokenizer {
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
     pub chat_template: Option<String>,
-    /// files to copy when the model is saved
+    /// files to copy when the model is saved (none for a tokenizer built in memory)
     pub files: Vec<PathBuf>,
 }
 
@@ -148,6 +151,89 @@ impl Tokenizer {
             }
         }
         Ok(t)
+    }
+
+    /// The tokenizer a GGUF file describes (`tokenizer.ggml.*`), as transformers'
+    /// `AutoTokenizer.from_pretrained(dir, gguf_file=...)` builds it; `None` when the file has no
+    /// `tokenizer.ggml.model` (weights only). Errors name `path` and the metadata key.
+    pub fn from_gguf(
+        ct: &candle_core::quantized::gguf_file::Content,
+        path: &Path,
+    ) -> Result<Option<Tokenizer>> {
+        let Some(b) = gguf::build(ct, path)? else {
+            return Ok(None);
+        };
+        Ok(Some(Tokenizer {
+            inner: Inner::Hf(Arc::new(b.tokenizer)),
+            bos: b.bos,
+            eos: b.eos,
+            pad: b.pad,
+            add_bos: b.add_bos,
+            add_eos: b.add_eos,
+            bos_token: b.bos_token,
+            eos_token: b.eos_token,
+            chat_template: b.chat_template,
+            files: Vec::new(),
+        }))
+    }
+
+    /// Writes the tokenizer as an HF tokenizer directory into `dir`: the files it was read from,
+    /// or, for one built in memory, `tokenizer.json` + `tokenizer_config.json` (special tokens,
+    /// `add_bos_token` / `add_eos_token`) + `chat_template.jinja`, which transformers'
+    /// `AutoTokenizer.from_pretrained(dir)` and [`Tokenizer::from_dir`] read back with the same ids.
+    /// The byte-level tokenizer leaves a `tokenizer_config.json` that only ftl understands.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        match &self.inner {
+            Inner::Bytes => {
+                let tc = serde_json::json!({"tokenizer_class": BYTES_CLASS});
+                write_json(&dir.join("tokenizer_config.json"), &tc)
+            }
+            Inner::Hf(_) if !self.files.is_empty() => {
+                for f in &self.files {
+                    let Some(name) = f.file_name() else {
+                        return Err(Error::file(f, "tokenizer file has no file name"));
+                    };
+                    let to = dir.join(name);
+                    // saving over the directory it came from: the file is already there
+                    if to != *f {
+                        let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
+                        write_atomic(&to, &bytes)?;
+                    }
+                }
+                Ok(())
+            }
+            Inner::Hf(t) => {
+                let path = dir.join("tokenizer.json");
+                let s = t
+                    .to_string(false)
+                    .map_err(|e| Error::file(&path, format!("cannot write tokenizer: {e}")))?;
+                write_atomic(&path, s.as_bytes())?;
+                let name = |id: Option<u32>| id.and_then(|i| t.id_to_token(i));
+                let mut tc = serde_json::Map::new();
+                tc.insert("backend".into(), "tokenizers".into());
+                tc.insert("tokenizer_class".into(), "TokenizersBackend".into());
+                tc.insert("add_bos_token".into(), self.add_bos.into());
+                tc.insert("add_eos_token".into(), self.add_eos.into());
+                for (key, tok) in [
+                    (
+                        "bos_token",
+                        self.bos_token.clone().or_else(|| name(self.bos)),
+                    ),
+                    (
+                        "eos_token",
+                        self.eos_token.clone().or_else(|| name(self.eos)),
+                    ),
+                    ("pad_token", name(self.pad)),
+                ] {
+                    tc.insert(key.into(), tok.map_or(Value::Null, Value::String));
+                }
+                write_json(&dir.join("tokenizer_config.json"), &Value::Object(tc))?;
+                if let Some(tpl) = &self.chat_template {
+                    write_atomic(&dir.join("chat_template.jinja"), tpl.as_bytes())?;
+                }
+                Ok(())
+            }
+        }
     }
 
     pub fn token_id(&self, s: &str) -> Option<u32> {
