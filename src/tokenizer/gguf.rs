@@ -313,20 +313,12 @@ pub(super) fn build(ct: &Content, path: &Path) -> Result<Option<Built>> {
             })
             .collect::<Result<_>>()?,
         None if byte_level => {
-            return Err(m.err(
-                MERGES,
-                format!(
-                "missing: a gpt2 (byte-level BPE) tokenizer needs its merges next to `{TOKENS}`"
-            ),
-            ))
+            let msg = "missing: a gpt2 (byte-level BPE) tokenizer needs its merges";
+            return Err(m.err(MERGES, msg));
         }
         None => {
-            let scores = m.numbers(SCORES)?.ok_or_else(|| {
-                m.err(
-                    SCORES,
-                    format!("missing: a SentencePiece tokenizer without `{MERGES}` needs the scores of its tokens"),
-                )
-            })?;
+            let msg = "missing: a SentencePiece tokenizer without merges needs its token scores";
+            let scores = m.numbers(SCORES)?.ok_or_else(|| m.err(SCORES, msg))?;
             if scores.len() != n {
                 return Err(m.err(SCORES, format!("{} scores for {n} tokens", scores.len())));
             }

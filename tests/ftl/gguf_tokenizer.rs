@@ -105,6 +105,10 @@ fn check_saved(name: &str, t: &Tokenizer, exp: &Json) {
     t.save(tmp.path()).unwrap();
     let back = Tokenizer::from_dir(tmp.path()).unwrap();
     check(&format!("{name} (saved)"), &back, exp, true);
+    // kept for transformers to read: `gen_gguf_tokenizer.py --check $FTL_GGUF_TOK_SAVE/NAME NAME`
+    if let Some(keep) = std::env::var_os("FTL_GGUF_TOK_SAVE") {
+        t.save(&Path::new(&keep).join(name)).unwrap();
+    }
 }
 
 #[test]
