@@ -118,7 +118,8 @@ pub fn deviation(model_dir: &Path, dev: &Device) -> Deviation {
     let dir = reference();
     let e = expected(&dir);
     let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
     let lo = ftl::model::hub::LoadOpts {
         dtype: Some(DType::F32),
         device: dev.clone(),
