@@ -191,12 +191,13 @@ impl Attn {
                 row.fill(0.0);
                 continue;
             }
-            let mut sum = 0f32;
+            // summed in f64: over a long context an f32 running sum drops the smallest terms
+            let mut sum = 0f64;
             for x in row.iter_mut() {
                 *x = (*x - mx).exp();
-                sum += *x;
+                sum += *x as f64;
             }
-            let inv = 1.0 / sum;
+            let inv = (1.0 / sum) as f32;
             row.iter_mut().for_each(|x| *x *= inv);
         }
     }
@@ -379,8 +380,12 @@ impl CustomOp3 for Attn {
                                 for i in 0..tq {
                                     let pr = &p[i * tk..(i + 1) * tk];
                                     let dr = &mut dp[i * tk..(i + 1) * tk];
-                                    let dot: f32 =
-                                        pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+                                    let dot = pr
+                                        .iter()
+                                        .zip(dr.iter())
+                                        .map(|(a, b)| (a * b) as f64)
+                                        .sum::<f64>()
+                                        as f32;
                                     for j in 0..tk {
                                         dr[j] = pr[j] * (dr[j] - dot) * scale;
                                     }
@@ -443,6 +448,31 @@ impl CustomOp3 for Attn {
 mod tests {
     use super::super::testutil::*;
     use super::*;
+
+    /// A long context whose keys are all alike but one: the probabilities as in f64 (an f32
+    /// running sum of 4k equal small terms rounds every addition the same way).
+    #[test]
+    fn long_rows_are_summed_without_bias() -> Result<()> {
+        let (tk, d) = (4096, 2);
+        let q = Tensor::from_vec(vec![1f32, 0.0], (1, 1, 1, d), &Device::Cpu)?;
+        let mut kv = vec![0f32; tk * d];
+        kv[0] = 14.0;
+        let k = Tensor::from_vec(kv, (1, tk, 1, d), &Device::Cpu)?;
+        // values: 1 for the first key, 0 elsewhere, so the output is its probability
+        let mut vv = vec![0f32; tk * d];
+        vv[0] = 1.0;
+        let v = Tensor::from_vec(vv, (1, tk, 1, d), &Device::Cpu)?;
+        let want = 1.0 / (1.0 + (tk - 1) as f64 * (-14f64).exp());
+        let m = AttnMask::default();
+        let got = attention(&q, &k, &v, &m, 1.0)?
+            .flatten_all()?
+            .to_vec1::<f32>()?[0] as f64;
+        assert!(
+            (got - want).abs() / (1.0 - want) < 1e-4,
+            "first key's probability {got} vs {want}"
+        );
+        Ok(())
+    }
 
     #[test]
     fn attention_fused_matches_composed() -> Result<()> {

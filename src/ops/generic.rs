@@ -1162,6 +1162,20 @@ fn attn_bwd(
     Ok((ungroup(&dq, tq)?.contiguous()?, back(dk)?, back(dv)?))
 }
 
+/// Rows `x` `[n, v]` in f32 as `z = x − max` and `log Σ exp(z)` `[n, 1]`, the exponentials summed
+/// in f64: an f32 sum over a large vocabulary is biased low (see `ops::loss`).
+fn shifted_lse(x: &Tensor) -> Result<(Tensor, Tensor)> {
+    let xf = x.to_dtype(DType::F32)?;
+    let z = xf.broadcast_sub(&xf.max_keepdim(D::Minus1)?)?;
+    let ls = z
+        .exp()?
+        .to_dtype(DType::F64)?
+        .sum_keepdim(D::Minus1)?
+        .log()?
+        .to_dtype(DType::F32)?;
+    Ok((z, ls))
+}
+
 /// Σ −log softmax(logits)[label] over labelled rows; `logits` `[n, vocab]`.
 pub fn cross_entropy_sum(logits: &Tensor, labels: &[i64]) -> Result<Tensor> {
     let (n, v) = logits.dims2()?;
@@ -1196,16 +1210,9 @@ pub fn cross_entropy_sum(logits: &Tensor, labels: &[i64]) -> Result<Tensor> {
     let mut loss = Tensor::zeros((), DType::F32, &dev)?;
     for &s in &starts {
         let len = chunk.min(n - s);
-        let lf = ld.narrow(0, s, len)?.to_dtype(DType::F32)?;
-        let mx = lf.max_keepdim(D::Minus1)?;
-        let lse = lf
-            .broadcast_sub(&mx)?
-            .exp()?
-            .sum_keepdim(D::Minus1)?
-            .log()?
-            .add(&mx)?;
-        let picked = lf.gather(&idx.narrow(0, s, len)?, 1)?;
-        loss = (loss + (lse - picked)?.mul(&keep.narrow(0, s, len)?)?.sum_all()?)?;
+        let (z, ls) = shifted_lse(&ld.narrow(0, s, len)?)?;
+        let picked = z.gather(&idx.narrow(0, s, len)?, 1)?;
+        loss = (loss + ls.sub(&picked)?.mul(&keep.narrow(0, s, len)?)?.sum_all()?)?;
     }
     let bwd: Bwd = Arc::new(move |a: &[&Tensor], _: &Tensor, g: &Tensor| {
         let gf = g.to_dtype(DType::F32)?;
@@ -1213,8 +1220,8 @@ pub fn cross_entropy_sum(logits: &Tensor, labels: &[i64]) -> Result<Tensor> {
         let mut parts = Vec::with_capacity(starts.len());
         for &s in &starts {
             let len = chunk.min(n - s);
-            let lf = ld.narrow(0, s, len)?.to_dtype(DType::F32)?;
-            let p = candle_nn::ops::softmax_last_dim(&lf)?;
+            let (z, ls) = shifted_lse(&ld.narrow(0, s, len)?)?;
+            let p = z.broadcast_sub(&ls)?.exp()?;
             let ones = Tensor::ones((len, 1), DType::F32, &dev)?;
             let onehot = Tensor::zeros((len, v), DType::F32, &dev)?.scatter_add(
                 &idx.narrow(0, s, len)?,

@@ -3,6 +3,7 @@
 mod common;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod deep;
 mod device;
 mod errors;
 mod fixtures;
