@@ -6,10 +6,9 @@ use super::hub::{Init, LoadOpts, Source};
 use super::Model;
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file::{Content, Value as GValue};
-use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
-use std::io::{Read, Seek};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -61,6 +60,15 @@ fn ggml_type_name(t: u32) -> Option<&'static str> {
     })
 }
 
+fn incomplete(path: &Path, len: u64, detail: &str) -> Error {
+    Error::file(
+        path,
+        format!(
+            "not a complete GGUF file ({len} bytes; truncated or still being written): {detail}"
+        ),
+    )
+}
+
 /// A GGUF file's header, and the file to read tensors from.
 pub struct GgufFile {
     pub path: PathBuf,
@@ -73,7 +81,11 @@ impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        let content = Content::read(&mut file).map_err(|e| {
+        // candle divides by `general.alignment` unchecked: a 0 there must not abort the program
+        let read =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut file)))
+                .map_err(|_| Error::file(path, "corrupt GGUF header (general.alignment 0?)"))?;
+        let content = read.map_err(|e| {
             let msg = crate::error::without_backtrace(&e.to_string());
             if let Some(t) = msg
                 .strip_prefix("unknown dtype for tensor ")
@@ -90,10 +102,7 @@ impl GgufFile {
             let truncated = matches!(&e, candle_core::Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof)
                 || msg.contains("remaining");
             if truncated {
-                Error::file(
-                    path,
-                    format!("not a complete GGUF file ({len} bytes; truncated or still being written): {msg}"),
-                )
+                incomplete(path, len, &msg)
             } else {
                 Error::file(path, format!("cannot read GGUF header: {msg}"))
             }
@@ -125,17 +134,29 @@ impl GgufFile {
                     ),
                 ));
             }
-            let end = self.content.tensor_data_offset
-                + info.offset
-                + (n / bs * info.ggml_dtype.type_size()) as u64;
-            if end > self.len {
-                return Err(Error::file(
-                    &self.path,
-                    format!(
-                        "not a complete GGUF file ({} bytes; truncated or still being written): tensor `{name}` ends at byte {end}",
-                        self.len
-                    ),
-                ));
+            let end = self
+                .content
+                .tensor_data_offset
+                .checked_add(info.offset)
+                .and_then(|x| x.checked_add((n / bs * info.ggml_dtype.type_size()) as u64));
+            match end {
+                None => {
+                    return Err(Error::file(
+                        &self.path,
+                        format!(
+                            "corrupt GGUF file: tensor `{name}` has offset {}",
+                            info.offset
+                        ),
+                    ))
+                }
+                Some(end) if end > self.len => {
+                    return Err(incomplete(
+                        &self.path,
+                        self.len,
+                        &format!("tensor `{name}` ends at byte {end}"),
+                    ))
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -153,7 +174,7 @@ impl GgufFile {
         match self.meta(key) {
             None => Ok(None),
             Some(GValue::String(s)) => Ok(Some(s)),
-            Some(v) => Err(self.err(key, format!("expected a string, got {v:?}"))),
+            Some(v) => Err(self.err(key, format!("expected a string, got {:?}", v.value_type()))),
         }
     }
 
@@ -184,10 +205,18 @@ impl GgufFile {
                     GValue::U32(x) => Ok(Some(*x as u64)),
                     GValue::I32(x) if *x >= 0 => Ok(Some(*x as u64)),
                     GValue::U64(x) => Ok(Some(*x)),
-                    other => Err(self.err(key, format!("expected an integer, got {other:?}"))),
+                    other => Err(self.err(
+                        key,
+                        format!("expected an integer, got {:?}", other.value_type()),
+                    )),
                 };
             }
-            other => return Err(self.err(key, format!("expected an integer, got {other:?}"))),
+            other => {
+                return Err(self.err(
+                    key,
+                    format!("expected an integer, got {:?}", other.value_type()),
+                ))
+            }
         };
         Ok(Some(n))
     }
@@ -197,6 +226,16 @@ impl GgufFile {
             None => Ok(None),
             Some(GValue::F32(x)) => Ok(Some(*x as f64)),
             Some(GValue::F64(x)) => Ok(Some(*x)),
+            Some(GValue::Array(a)) if matches!(a.first(), Some(GValue::F32(_))) => {
+                let first = format!("{:?}", a[0]);
+                if a.iter().any(|x| format!("{x:?}") != first) {
+                    return Err(self.err(
+                        key,
+                        "differs between layers; ftl reads models with the same value in every layer",
+                    ));
+                }
+                Ok(a[0].to_f32().ok().map(|x| x as f64))
+            }
             Some(_) => self.uint(key).map(|v| v.map(|x| x as f64)),
         }
     }
@@ -212,8 +251,8 @@ impl GgufFile {
 
     /// The GGUF tensor `name` dequantized to f32 on the CPU, in PyTorch's dimension order.
     pub fn dequantize(&self, name: &str) -> Result<Tensor> {
-        let mut f = self.file.lock().unwrap();
-        f.rewind().map_err(|e| Error::io(&self.path, e))?;
+        // a read that failed earlier leaves the file usable: every read seeks to its offset
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
         let q = self
             .content
             .tensor(&mut *f, name, &Device::Cpu)
@@ -226,10 +265,6 @@ impl GgufFile {
             .tensor_infos
             .get(name)
             .map(|i| i.shape.dims().to_vec())
-    }
-
-    pub fn ggml_dtype(&self, name: &str) -> Option<GgmlDType> {
-        self.content.tensor_infos.get(name).map(|i| i.ggml_dtype)
     }
 
     /// `general.architecture`, checked against the ones ftl reads.
@@ -273,7 +308,7 @@ impl GgufFile {
                 Some(GValue::Array(a)) => a.len() as u64,
                 _ => self
                     .shape("token_embd.weight")
-                    .map(|s| s[0] as u64)
+                    .and_then(|s| s.first().map(|&n| n as u64))
                     .ok_or_else(|| {
                         self.err(
                             &k("vocab_size"),
@@ -295,6 +330,11 @@ impl GgufFile {
             "tie_word_embeddings": !self.has_tensor("output.weight"),
         });
         let o = cfg.as_object_mut().unwrap();
+        if model_type == "mistral" {
+            // llama.cpp's `llama` graph attends to every position; say so, since HF's
+            // MistralConfig would default to a 4096 window
+            o.insert("sliding_window".into(), Value::Null);
+        }
         if let Some(n) = self.uint(&k("context_length"))? {
             o.insert("max_position_embeddings".into(), n.into());
         }
@@ -520,7 +560,9 @@ impl GgufWeights {
         let dims = t.dims().to_vec();
         let rows = dims[0];
         if heads == 0 || !rows.is_multiple_of(2 * heads) {
-            return Ok(t.clone());
+            return Err(Error::msg(format!(
+                "{rows} rows do not split into {heads} heads of rotary halves"
+            )));
         }
         let d = rows / heads / 2;
         let rest: usize = dims[1..].iter().product();
@@ -533,10 +575,16 @@ impl GgufWeights {
     fn load(&self, g: &str) -> Result<Tensor> {
         let mut t = self.file.dequantize(g)?;
         if let Some((heads, kv)) = self.permute {
-            if g.contains(".attn_q.") {
-                t = Self::unpermute(&t, heads)?;
+            let heads = if g.contains(".attn_q.") {
+                Some(heads)
             } else if g.contains(".attn_k.") {
-                t = Self::unpermute(&t, kv)?;
+                Some(kv)
+            } else {
+                None
+            };
+            if let Some(h) = heads {
+                t = Self::unpermute(&t, h)
+                    .map_err(|e| Error::file(&self.file.path, format!("tensor `{g}`: {e}")))?;
             }
         }
         Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
@@ -547,7 +595,7 @@ impl Source for GgufWeights {
     fn get(&self, name: &str, shape: &[usize], _init: Init) -> Result<Tensor> {
         let missing = || Error::MissingTensor {
             path: self.file.path.clone(),
-            name: gguf_name(name).map_or(name.to_string(), |g| format!("{g}` (HF `{name}`)")),
+            name: gguf_name(name).map_or(name.to_string(), |g| format!("{g}` (HF `{name}")),
         };
         let g = gguf_name(name).ok_or_else(missing)?;
         let got = self.file.shape(&g).ok_or_else(missing)?;
@@ -588,4 +636,51 @@ pub fn load(path: &Path, opts: &LoadOpts) -> Result<Model> {
     m.dir = Some(path.to_path_buf());
     m.tokenizer = tokenizer;
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::recover_llama3;
+
+    /// llama.cpp's converter: the factors of HF's `llama3` rope parameters.
+    fn factors(hd: usize, theta: f64, factor: f64, high: f64, orig: f64) -> Vec<f32> {
+        (0..hd / 2)
+            .map(|i| {
+                let f = 1.0 / theta.powf((2 * i) as f64 / hd as f64);
+                let wl = 2.0 * std::f64::consts::PI / f;
+                if wl < orig / high {
+                    1.0
+                } else if wl > orig {
+                    factor as f32
+                } else {
+                    let s = (orig / wl - 1.0) / (high - 1.0);
+                    (1.0 / ((1.0 - s) / factor + s)) as f32
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn llama3_rope_parameters_are_recovered_from_the_factors() {
+        // Llama 3.1 (head_dim 128, factor 8), Llama 3.2 (64, 32), and non-default bounds
+        for (hd, theta, factor, high, orig) in [
+            (128, 500000.0, 8.0, 4.0, 8192.0),
+            (64, 500000.0, 32.0, 4.0, 8192.0),
+            (128, 500000.0, 4.0, 2.0, 4096.0),
+        ] {
+            let p = recover_llama3(&factors(hd, theta, factor, high, orig), hd, theta)
+                .unwrap_or_else(|| panic!("{hd} {factor} {high} {orig}: not recovered"));
+            assert_eq!(p["rope_type"], "llama3");
+            assert!((p["factor"].as_f64().unwrap() - factor).abs() < 1e-4, "{p}");
+            assert!(
+                (p["high_freq_factor"].as_f64().unwrap() - high).abs() < 1e-3,
+                "{p}"
+            );
+            assert_eq!(p["original_max_position_embeddings"], orig as u64, "{p}");
+        }
+        // factors no llama3 rule makes
+        let mut f = factors(128, 500000.0, 8.0, 4.0, 8192.0);
+        f[40] *= 1.5;
+        assert!(recover_llama3(&f, 128, 500000.0).is_none());
+    }
 }

@@ -616,6 +616,12 @@ impl Model {
         paths: &[String],
         tie: bool,
     ) -> Result<()> {
+        // PEFT ties only when a listed module is named as an embedding (`EMBEDDING_LAYER_NAMES`):
+        // GPT-2's `transformer.wte` gets its own copy even with ensure_weight_tying
+        let tie = tie
+            && paths
+                .iter()
+                .any(|m| matches!(m.rsplit('.').next(), Some("embed_tokens" | "lm_head")));
         let under = |p: &str| {
             paths
                 .iter()
