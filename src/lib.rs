@@ -2,6 +2,7 @@
 //! Lua recipes.
 
 pub mod error;
+pub mod gguf;
 pub mod model;
 pub mod ops;
 pub mod peft;

@@ -5,7 +5,8 @@
 use super::hub::{Init, LoadOpts, Source};
 use super::Model;
 use crate::error::{Error, Result};
-use candle_core::quantized::gguf_file::{Content, Value as GValue};
+use crate::gguf::Meta;
+use candle_core::quantized::gguf_file::Content;
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 use std::io::Read;
@@ -162,82 +163,28 @@ impl GgufFile {
         Ok(())
     }
 
-    pub fn meta(&self, key: &str) -> Option<&GValue> {
-        self.content.metadata.get(key)
+    /// Typed access to the metadata.
+    pub fn meta(&self) -> Meta<'_> {
+        Meta {
+            ct: &self.content,
+            path: &self.path,
+        }
     }
 
     fn err(&self, key: &str, msg: impl Into<String>) -> Error {
         Error::config(&self.path, key, msg)
     }
 
-    pub fn str(&self, key: &str) -> Result<Option<&str>> {
-        match self.meta(key) {
-            None => Ok(None),
-            Some(GValue::String(s)) => Ok(Some(s)),
-            Some(v) => Err(self.err(key, format!("expected a string, got {:?}", v.value_type()))),
-        }
+    fn str(&self, key: &str) -> Result<Option<&str>> {
+        self.meta().str(key)
     }
 
-    pub fn uint(&self, key: &str) -> Result<Option<u64>> {
-        let v = match self.meta(key) {
-            None => return Ok(None),
-            Some(v) => v,
-        };
-        let n = match v {
-            GValue::U8(x) => *x as u64,
-            GValue::U16(x) => *x as u64,
-            GValue::U32(x) => *x as u64,
-            GValue::U64(x) => *x,
-            GValue::I8(x) if *x >= 0 => *x as u64,
-            GValue::I16(x) if *x >= 0 => *x as u64,
-            GValue::I32(x) if *x >= 0 => *x as u64,
-            GValue::I64(x) if *x >= 0 => *x as u64,
-            // a per-layer array (some converters write head counts per layer): all equal, or error
-            GValue::Array(a) if !a.is_empty() => {
-                let first = format!("{:?}", a[0]);
-                if a.iter().any(|x| format!("{x:?}") != first) {
-                    return Err(self.err(
-                        key,
-                        "differs between layers; ftl reads models with the same value in every layer",
-                    ));
-                }
-                return match &a[0] {
-                    GValue::U32(x) => Ok(Some(*x as u64)),
-                    GValue::I32(x) if *x >= 0 => Ok(Some(*x as u64)),
-                    GValue::U64(x) => Ok(Some(*x)),
-                    other => Err(self.err(
-                        key,
-                        format!("expected an integer, got {:?}", other.value_type()),
-                    )),
-                };
-            }
-            other => {
-                return Err(self.err(
-                    key,
-                    format!("expected an integer, got {:?}", other.value_type()),
-                ))
-            }
-        };
-        Ok(Some(n))
+    fn uint(&self, key: &str) -> Result<Option<u64>> {
+        self.meta().count(key)
     }
 
-    pub fn float(&self, key: &str) -> Result<Option<f64>> {
-        match self.meta(key) {
-            None => Ok(None),
-            Some(GValue::F32(x)) => Ok(Some(*x as f64)),
-            Some(GValue::F64(x)) => Ok(Some(*x)),
-            Some(GValue::Array(a)) if matches!(a.first(), Some(GValue::F32(_))) => {
-                let first = format!("{:?}", a[0]);
-                if a.iter().any(|x| format!("{x:?}") != first) {
-                    return Err(self.err(
-                        key,
-                        "differs between layers; ftl reads models with the same value in every layer",
-                    ));
-                }
-                Ok(a[0].to_f32().ok().map(|x| x as f64))
-            }
-            Some(_) => self.uint(key).map(|v| v.map(|x| x as f64)),
-        }
+    fn float(&self, key: &str) -> Result<Option<f64>> {
+        self.meta().float(key)
     }
 
     fn req_uint(&self, key: &str) -> Result<u64> {
@@ -304,8 +251,8 @@ impl GgufFile {
         let ffn = self.req_uint(&k("feed_forward_length"))?;
         let vocab = match self.uint(&k("vocab_size"))? {
             Some(v) => v,
-            None => match self.meta("tokenizer.ggml.tokens") {
-                Some(GValue::Array(a)) => a.len() as u64,
+            None => match self.meta().array("tokenizer.ggml.tokens")? {
+                Some(a) => a.len() as u64,
                 _ => self
                     .shape("token_embd.weight")
                     .and_then(|s| s.first().map(|&n| n as u64))

@@ -10,24 +10,12 @@
 //! differs from transformers (an NFC normalizer for qwen2, token types 2..=5 made special).
 
 use crate::error::{Error, Result};
-use candle_core::quantized::gguf_file::{Content, Value};
+use crate::gguf::{integer, Meta};
+use candle_core::quantized::gguf_file::Content;
 use serde_json::{json, Map, Value as Json};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use tokenizers::AddedToken;
-
-/// What `Tokenizer::from_gguf` needs besides the `tokenizers` tokenizer itself.
-pub(super) struct Built {
-    pub tokenizer: tokenizers::Tokenizer,
-    pub bos: Option<u32>,
-    pub eos: Option<u32>,
-    pub pad: Option<u32>,
-    pub add_bos: bool,
-    pub add_eos: bool,
-    pub bos_token: Option<String>,
-    pub eos_token: Option<String>,
-    pub chat_template: Option<String>,
-}
 
 // llama.cpp's token types (the same numbers as sentencepiece's piece types)
 const CONTROL: i64 = 3;
@@ -52,115 +40,6 @@ fn split_regex(pre: &str) -> Option<&'static str> {
         "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => GPT4O_SPLIT,
         _ => return None,
     })
-}
-
-/// Typed access to the metadata, every error naming the file and the key.
-struct Meta<'a> {
-    ct: &'a Content,
-    path: &'a Path,
-}
-
-impl<'a> Meta<'a> {
-    fn err(&self, key: &str, msg: impl Into<String>) -> Error {
-        Error::config(self.path, key, msg)
-    }
-
-    fn wrong(&self, key: &str, want: &str, v: &Value) -> Error {
-        self.err(key, format!("expected {want}, found {:?}", v.value_type()))
-    }
-
-    fn str(&self, key: &str) -> Result<Option<&'a str>> {
-        match self.ct.metadata.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(v) => Err(self.wrong(key, "a string", v)),
-        }
-    }
-
-    fn array(&self, key: &str) -> Result<Option<&'a [Value]>> {
-        match self.ct.metadata.get(key) {
-            None => Ok(None),
-            Some(Value::Array(a)) => Ok(Some(a)),
-            Some(v) => Err(self.wrong(key, "an array", v)),
-        }
-    }
-
-    fn strings(&self, key: &str) -> Result<Option<Vec<&'a str>>> {
-        let Some(a) = self.array(key)? else {
-            return Ok(None);
-        };
-        a.iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                Value::String(s) => Ok(s.as_str()),
-                v => Err(self.err(
-                    key,
-                    format!("element {i}: expected a string, found {:?}", v.value_type()),
-                )),
-            })
-            .collect::<Result<_>>()
-            .map(Some)
-    }
-
-    fn numbers(&self, key: &str) -> Result<Option<Vec<f64>>> {
-        let Some(a) = self.array(key)? else {
-            return Ok(None);
-        };
-        a.iter()
-            .enumerate()
-            .map(|(i, v)| {
-                number(v).ok_or_else(|| {
-                    self.err(
-                        key,
-                        format!("element {i}: expected a number, found {:?}", v.value_type()),
-                    )
-                })
-            })
-            .collect::<Result<_>>()
-            .map(Some)
-    }
-
-    fn int(&self, key: &str) -> Result<Option<i64>> {
-        match self.ct.metadata.get(key) {
-            None => Ok(None),
-            Some(v) => integer(v)
-                .map(Some)
-                .ok_or_else(|| self.wrong(key, "an integer", v)),
-        }
-    }
-
-    fn flag(&self, key: &str) -> Result<Option<bool>> {
-        match self.ct.metadata.get(key) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            // transformers takes the value as it is, and a number is truthy when not zero
-            Some(v) => integer(v)
-                .map(|i| Some(i != 0))
-                .ok_or_else(|| self.wrong(key, "a bool", v)),
-        }
-    }
-}
-
-fn integer(v: &Value) -> Option<i64> {
-    Some(match v {
-        Value::U8(x) => *x as i64,
-        Value::I8(x) => *x as i64,
-        Value::U16(x) => *x as i64,
-        Value::I16(x) => *x as i64,
-        Value::U32(x) => *x as i64,
-        Value::I32(x) => *x as i64,
-        Value::U64(x) => i64::try_from(*x).ok()?,
-        Value::I64(x) => *x,
-        _ => return None,
-    })
-}
-
-fn number(v: &Value) -> Option<f64> {
-    match v {
-        Value::F32(x) => Some(*x as f64),
-        Value::F64(x) => Some(*x),
-        v => integer(v).map(|i| i as f64),
-    }
 }
 
 /// GPT-2's byte-to-character table (`bytes_to_unicode`): printable Latin-1 bytes stand for
@@ -226,7 +105,7 @@ fn added(content: &str, special: bool) -> AddedToken {
 }
 
 /// The tokenizer of a GGUF file; `None` when it has no `tokenizer.ggml.model`.
-pub(super) fn build(ct: &Content, path: &Path) -> Result<Option<Built>> {
+pub(super) fn build(ct: &Content, path: &Path) -> Result<Option<super::Tokenizer>> {
     let m = Meta { ct, path };
     const MODEL: &str = "tokenizer.ggml.model";
     const TOKENS: &str = "tokenizer.ggml.tokens";
@@ -459,8 +338,9 @@ pub(super) fn build(ct: &Content, path: &Path) -> Result<Option<Built>> {
     tok.with_post_processor(Some(post));
 
     let chat_template = m.str("tokenizer.chat_template")?.map(String::from);
-    Ok(Some(Built {
-        tokenizer: tok,
+    Ok(Some(super::Tokenizer {
+        inner: super::Inner::Hf(std::sync::Arc::new(tok)),
+        files: Vec::new(),
         bos,
         eos,
         pad,

@@ -160,21 +160,7 @@ impl Tokenizer {
         ct: &candle_core::quantized::gguf_file::Content,
         path: &Path,
     ) -> Result<Option<Tokenizer>> {
-        let Some(b) = gguf::build(ct, path)? else {
-            return Ok(None);
-        };
-        Ok(Some(Tokenizer {
-            inner: Inner::Hf(Arc::new(b.tokenizer)),
-            bos: b.bos,
-            eos: b.eos,
-            pad: b.pad,
-            add_bos: b.add_bos,
-            add_eos: b.add_eos,
-            bos_token: b.bos_token,
-            eos_token: b.eos_token,
-            chat_template: b.chat_template,
-            files: Vec::new(),
-        }))
+        gguf::build(ct, path)
     }
 
     /// Writes the tokenizer as an HF tokenizer directory into `dir`: the files it was read from,

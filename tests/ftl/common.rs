@@ -86,3 +86,26 @@ pub fn logits(m: &ftl::Model, e: &Expected) -> Tensor {
     )
     .unwrap()
 }
+
+/// The fixture's batch as training examples: each row cut at its attention mask, with `labels`.
+pub fn examples(e: &Expected) -> Vec<ftl::data::Example> {
+    let rows = |k: &str| {
+        e.get(k)
+            .to_dtype(DType::I64)
+            .unwrap()
+            .to_vec2::<i64>()
+            .unwrap()
+    };
+    let (ids, mask, labels) = (rows("input_ids"), rows("attention_mask"), rows("labels"));
+    ids.iter()
+        .enumerate()
+        .map(|(r, row)| {
+            let len = mask[r].iter().filter(|&&x| x == 1).count();
+            ftl::data::Example {
+                ids: row[..len].iter().map(|&x| x as u32).collect(),
+                labels: labels[r][..len].to_vec(),
+                ..Default::default()
+            }
+        })
+        .collect()
+}

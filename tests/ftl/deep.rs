@@ -5,7 +5,7 @@
 
 use crate::common::*;
 use candle_core::{DType, Device, Tensor};
-use ftl::data::{Dataset, Example};
+use ftl::data::Dataset;
 use ftl::model::Param;
 use ftl::ops::{set_path, Path as OpPath};
 use ftl::train::{self, optim, Flow, Hook, StepInfo, TrainOpts};
@@ -52,33 +52,6 @@ pub struct Deviation {
     pub loss0: f64,
     pub update1: (f64, String),
     pub update3: (f64, String),
-}
-
-fn examples(e: &Expected) -> Vec<Example> {
-    let ids = e
-        .get("input_ids")
-        .to_dtype(DType::I64)
-        .unwrap()
-        .to_vec2::<i64>()
-        .unwrap();
-    let mask = e
-        .get("attention_mask")
-        .to_dtype(DType::I64)
-        .unwrap()
-        .to_vec2::<i64>()
-        .unwrap();
-    let labels = e.get("labels").to_vec2::<i64>().unwrap();
-    ids.iter()
-        .enumerate()
-        .map(|(r, row)| {
-            let len = mask[r].iter().filter(|&&x| x == 1).count();
-            Example {
-                ids: row[..len].iter().map(|&x| x as u32).collect(),
-                labels: labels[r][..len].to_vec(),
-                ..Default::default()
-            }
-        })
-        .collect()
 }
 
 fn worst(

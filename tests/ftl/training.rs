@@ -369,36 +369,7 @@ pub fn check_shared_train_fixtures() {
         } else {
             model.set_trainable(None, true).unwrap();
         }
-        let ids = e
-            .get("input_ids")
-            .to_dtype(DType::I64)
-            .unwrap()
-            .to_vec2::<i64>()
-            .unwrap();
-        let mask = e
-            .get("attention_mask")
-            .to_dtype(DType::I64)
-            .unwrap()
-            .to_vec2::<i64>()
-            .unwrap();
-        let labels = e
-            .get("labels")
-            .to_dtype(DType::I64)
-            .unwrap()
-            .to_vec2::<i64>()
-            .unwrap();
-        let ex: Vec<Example> = ids
-            .iter()
-            .enumerate()
-            .map(|(r, row)| {
-                let len = mask[r].iter().filter(|&&x| x == 1).count();
-                Example {
-                    ids: row[..len].iter().map(|&x| x as u32).collect(),
-                    labels: labels[r][..len].to_vec(),
-                    ..Default::default()
-                }
-            })
-            .collect();
+        let ex = examples(&e);
         let mut m = meta.clone();
         m["batch_size"] = ex.len().into();
         m["steps"] = 3.into();
