@@ -48,11 +48,8 @@ impl Model {
     /// rather than through a copy, so merging a large model does not hold a second one.
     pub fn fold(&mut self, names: &[String], in_place: bool) -> Result<Folded> {
         let ctx = Ctx::new(names.to_vec(), true, false, 0);
+        let users = self.weight_users();
         let handles = self.handles();
-        let mut users: HashMap<usize, usize> = HashMap::new();
-        for (_, _, h) in &handles {
-            *users.entry(h.key()).or_default() += 1;
-        }
         // one scratch weight per base weight, so deltas of tied modules add up on it
         let mut scratch: HashMap<usize, (Param, Param, bool)> = HashMap::new();
         let mut order: Vec<usize> = Vec::new();

@@ -144,9 +144,10 @@ fn trained_base_modules(m: &mut Model, targets: &[String]) -> Vec<String> {
 /// Whether a trained base weight is tied (used by several modules): PEFT can only read it back
 /// as one `modules_to_save` copy that the tied modules share, i.e. with `ensure_weight_tying`.
 fn trained_tied(m: &mut Model) -> bool {
-    let hs = m.handles();
-    hs.iter()
-        .any(|(p, _, h)| h.is_trainable() && hs.iter().any(|(q, _, g)| q != p && g.same(h)))
+    let users = m.weight_users();
+    m.handles()
+        .iter()
+        .any(|(_, _, h)| h.is_trainable() && users[&h.key()] > 1)
 }
 
 /// Writes adapter `name` of `m` to `dir` in PEFT's format (AdapterHub's for bottleneck adapters).

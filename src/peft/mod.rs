@@ -193,17 +193,24 @@ impl Model {
 
     /// Those of `paths` whose weight another module uses too (a tied `lm_head` / `embed_tokens`).
     pub fn tied_modules(&mut self, paths: &[String]) -> Vec<String> {
-        let handles = self.handles();
+        let users = self.weight_users();
         let mut out = Vec::new();
-        for (p, _, h) in &handles {
-            if paths.contains(p)
-                && handles.iter().any(|(q, _, g)| q != p && g.same(h))
-                && !out.contains(p)
-            {
-                out.push(p.clone());
+        for (p, _, h) in self.handles() {
+            if paths.contains(&p) && users[&h.key()] > 1 && !out.contains(&p) {
+                out.push(p);
             }
         }
         out
+    }
+
+    /// How many module handles use each base weight (by `Param::key`): more than one is a tied
+    /// weight. The one rule for tying that targeting, saving and folding share.
+    pub fn weight_users(&mut self) -> std::collections::HashMap<usize, usize> {
+        let mut users = std::collections::HashMap::new();
+        for (_, _, h) in self.handles() {
+            *users.entry(h.key()).or_default() += 1;
+        }
+        users
     }
 
     /// LoRA on a tied weight with `ensure_weight_tying` (PEFT then ties the head's LoRA to the
