@@ -1,4 +1,5 @@
-//! The command line: `ftl run`, `ftl watch`, `ftl bench`; logging set-up; exit codes.
+//! The command line: the subcommands, logging set-up, and exit codes (0 success, 1 the recipe or
+//! command failed, 2 a usage error).
 
 use crate::lua::{parse_args, Env, Outcome, Runtime};
 use anyhow::{Context, Result};
@@ -26,7 +27,25 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Run a recipe
+    #[command(
+        after_help = "Example:\n  ftl run recipes/lora.lua model=HuggingFaceTB/SmolLM2-135M steps=200"
+    )]
     Run(RunArgs),
+    /// Plan a recipe without training: methods, matched modules, trainable parameters, memory,
+    /// schedule, data (no weights are read, nothing is written)
+    #[command(
+        after_help = "Reading a value (forward, generate, evaluate, item, to_table) ends the plan there, \
+with a note naming the line; writes are listed, not made.\n\nExample:\n  ftl check recipes/lora.lua model=models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    )]
+    Check(RunArgs),
+    /// Show a model's module tree (shapes, dtypes, parameters per layer), marking what a pattern
+    /// matches
+    #[command(
+        after_help = "PATTERN: a glob over module paths (model.layers.{0..3}.mlp.*, ** across \
+segments), re:REGEX (full match), all-linear, or module names separated by commas (q_proj,v_proj: \
+a path matches when it ends with one).\n\nExample:\n  ftl inspect tests/fixtures/hf/llama-tiny q_proj,v_proj"
+    )]
+    Inspect(InspectArgs),
     /// Rerun a recipe every time it (or a file it requires) is saved
     Watch(RunArgs),
     /// Train a benchmark configuration and print one JSON line per method
@@ -45,6 +64,14 @@ pub struct RunArgs {
     /// Let the recipe use all of Lua's io/os and read or write anywhere
     #[arg(long)]
     pub trust: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct InspectArgs {
+    /// An HF model directory or a GGUF file
+    pub model: PathBuf,
+    /// Modules to mark (see below)
+    pub pattern: Option<String>,
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
@@ -93,6 +120,11 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     let r = match &cli.cmd {
         Cmd::Run(a) => run_once(a, cli.quiet),
+        Cmd::Check(a) => crate::check::check(&a.recipe, &a.args, a.out.as_deref(), a.trust),
+        Cmd::Inspect(a) => crate::inspect::inspect(&a.model, a.pattern.as_deref()).map(|s| {
+            print!("{s}");
+            ExitCode::SUCCESS
+        }),
         Cmd::Watch(a) => crate::watch::watch(a, cli.quiet),
         Cmd::Bench(a) => crate::bench::bench(a).map(|_| ExitCode::SUCCESS),
     };

@@ -8,6 +8,7 @@ mod fs;
 mod model;
 mod opts;
 mod peft;
+pub mod plan;
 mod tensor;
 mod train;
 
@@ -315,7 +316,15 @@ impl Runtime {
             Err(e) => match exit_code(&e) {
                 Some(0) => Ok(Outcome::Ok),
                 Some(c) => Ok(Outcome::Exit(c)),
-                None => Err(Error::msg(describe(&e))),
+                None => match plan::ended(&e) {
+                    Some(note) => {
+                        if let Some(s) = plan::state(&self.lua) {
+                            *s.end.lock().unwrap() = Some(note);
+                        }
+                        Ok(Outcome::Ok)
+                    }
+                    None => Err(Error::msg(describe(&e))),
+                },
             },
         }
     }
@@ -418,6 +427,9 @@ fn sandbox(lua: &Lua, g: &Table) -> mlua::Result<()> {
         lua.create_function(|lua, (p, content): (String, mlua::LuaString)| {
             let env = lua.app_data_ref::<Arc<Env>>().unwrap().clone();
             let path = env.output(&p).lua(lua)?;
+            if plan::writes(lua, "io.write_file", &path) {
+                return Ok(path.display().to_string());
+            }
             crate::st::write_atomic(&path, &content.as_bytes()).lua(lua)?;
             Ok(path.display().to_string())
         })?,

@@ -274,6 +274,7 @@ impl UserData for ModelHandle {
             "forward",
             |lua, h, (ids, mask, o): (Value, Value, Option<Table>)| {
                 let o = Opts::new(lua, o, "forward", &["token_type_ids"])?;
+                super::plan::reads(lua, "m:forward")?;
                 let ids = ids_arg(lua, ids)?;
                 let mask = if mask.is_nil() {
                     None
@@ -399,6 +400,7 @@ impl UserData for ModelHandle {
                         ))
                     }
                 };
+                super::plan::reads(lua, "m:generate")?;
                 let g = GenOpts {
                     max_tokens: o.or("max_tokens", 64)?,
                     temperature: o.or("temperature", 0.0)?,
@@ -412,6 +414,9 @@ impl UserData for ModelHandle {
         m.add_method("merge", |lua, h, ()| h.lock().merge().lua(lua));
         m.add_method("save", |lua, h, dir: String| {
             let path = env(lua).output(&dir).lua(lua)?;
+            if super::plan::writes(lua, "m:save", &path) {
+                return Ok(path.display().to_string());
+            }
             let notes = h.lock().save(&path).lua(lua)?;
             for n in notes {
                 tracing::warn!("{n}");
@@ -431,6 +436,9 @@ impl UserData for ModelHandle {
                         None => return Err(lua_err(lua, "save_adapter: the model has no adapter")),
                     },
                 };
+                if super::plan::writes(lua, "m:save_adapter", &path) {
+                    return Ok(path.display().to_string());
+                }
                 crate::peft::io::save_adapter(&mut m, &path, &name).lua(lua)?;
                 Ok(path.display().to_string())
             },
@@ -499,8 +507,14 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
             let o = Opts::new(lua, o, "ftl.load", &["dtype", "device", "head"])?;
             let path = env(lua).input(&dir).lua(lua)?;
             let mut lo = LoadOpts::default();
+            let plan = super::plan::active(lua);
+            let mut gpu = false;
             if let Some(d) = o.get::<String>("device")? {
-                lo.device = parse_device(lua, &d)?;
+                // a plan runs on the CPU whatever the device, so a GPU recipe checks anywhere
+                gpu = plan && d != "cpu";
+                if !gpu {
+                    lo.device = parse_device(lua, &d)?;
+                }
             }
             if let Some(d) = o.get::<String>("dtype")? {
                 lo.dtype = Some(parse_dtype(&d).ok_or_else(|| {
@@ -508,8 +522,16 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
                 })?);
             }
             lo.head = o.or("head", true)?;
+            if plan {
+                lo.shapes_only = true;
+                if gpu && lo.dtype.is_none() {
+                    lo.dtype = Some(DType::BF16);
+                }
+            }
             let m = hub::load(&path, &lo).lua(lua)?;
-            Ok(ModelHandle(Arc::new(Mutex::new(m))))
+            let h = ModelHandle(Arc::new(Mutex::new(m)));
+            super::plan::note_model(lua, &h);
+            Ok(h)
         })?,
     )?;
     ftl.set(
@@ -572,7 +594,9 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
             let mut m = hub::build(&json, path, &src, dtype, &device, true).lua(lua)?;
             m.tokenizer = tokenizer;
             m.seed = seed;
-            Ok(ModelHandle(Arc::new(Mutex::new(m))))
+            let h = ModelHandle(Arc::new(Mutex::new(m)));
+            super::plan::note_model(lua, &h);
+            Ok(h)
         })?,
     )?;
     let tk = lua.create_table()?;

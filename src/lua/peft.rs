@@ -110,12 +110,7 @@ fn resolve(
 ) -> mlua::Result<Vec<String>> {
     let cands = m.module_paths(kind);
     if all_linear {
-        let heads = m.arch.head_modules();
-        let lin = m.module_paths(Kind::Linear);
-        let got: Vec<String> = lin
-            .into_iter()
-            .filter(|p| !heads.contains(p) && sel.matches_filters(p))
-            .collect();
+        let got = m.all_linear(sel);
         if got.is_empty() {
             return Err(lua_err(lua, "all-linear selects no module"));
         }

@@ -191,8 +191,12 @@ impl UserData for LTensor {
         });
         m.add_method("dtype", |_, t, ()| Ok(dtype_name(t.0.dtype())));
         m.add_method("numel", |_, t, ()| Ok(t.0.elem_count()));
-        m.add_method("to_table", |lua, t, ()| to_lua_nested(lua, &t.0));
+        m.add_method("to_table", |lua, t, ()| {
+            super::plan::reads(lua, "to_table()")?;
+            to_lua_nested(lua, &t.0)
+        });
         m.add_method("item", |lua, t, ()| {
+            super::plan::reads(lua, "item()")?;
             if t.0.elem_count() != 1 {
                 return Err(super::lua_err(
                     lua,
@@ -353,6 +357,9 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
         "save",
         lua.create_function(|lua, (p, tbl): (String, Table)| {
             let path = env(lua).output(&p).lua(lua)?;
+            if super::plan::writes(lua, "ftl.tensor.save", &path) {
+                return Ok(path.display().to_string());
+            }
             let mut m = BTreeMap::new();
             for pair in tbl.pairs::<String, Value>() {
                 let (k, v) = pair?;

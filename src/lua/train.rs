@@ -418,6 +418,9 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
                     ))
                 }
             };
+            if super::plan::active(lua) {
+                return super::plan::train(lua, &h, &data, &opts, eval.as_ref());
+            }
             let mut hooks_lua = LuaHooks {
                 lua,
                 on_step: o.get("on_step")?,
@@ -443,6 +446,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
             let h = model_arg(lua, &mv)?;
             let data = data_arg(lua, &dv, "ftl.evaluate")?;
             let o = Opts::new(lua, ot, "ftl.evaluate", &["batch_size", "max_len"])?;
+            super::plan::reads(lua, "ftl.evaluate")?;
             let e = crate::train::evaluate(&h.0, &data, o.or("batch_size", 8)?, o.get("max_len")?)
                 .lua(lua)?;
             eval_table(lua, &e)

@@ -480,6 +480,7 @@ pub struct GgufWeights {
     permute: Option<(usize, usize)>,
     pub dtype: DType,
     pub device: Device,
+    pub shapes_only: bool,
 }
 
 impl GgufWeights {
@@ -498,6 +499,7 @@ impl GgufWeights {
             permute,
             dtype,
             device: device.clone(),
+            shapes_only: false,
         })
     }
 
@@ -554,6 +556,9 @@ impl Source for GgufWeights {
                 want: shape.to_vec(),
             });
         }
+        if self.shapes_only {
+            return Ok(Tensor::zeros(shape, self.dtype, &self.device)?);
+        }
         super::hub::cached(&self.file.path, &g, self.dtype, &self.device, || {
             self.load(&g)
         })
@@ -578,7 +583,8 @@ pub fn load(path: &Path, opts: &LoadOpts) -> Result<Model> {
         DType::BF16
     });
     let tokenizer = crate::tokenizer::Tokenizer::from_gguf(&file.content, path)?;
-    let weights = GgufWeights::new(file, &config, dtype, &opts.device)?;
+    let mut weights = GgufWeights::new(file, &config, dtype, &opts.device)?;
+    weights.shapes_only = opts.shapes_only;
     let mut m = super::hub::build(&config, path, &weights, dtype, &opts.device, opts.head)?;
     m.dir = Some(path.to_path_buf());
     m.tokenizer = tokenizer;

@@ -90,6 +90,7 @@ pub struct Weights {
     index: HashMap<String, usize>,
     pub dtype: DType,
     pub device: Device,
+    pub shapes_only: bool,
 }
 
 impl Weights {
@@ -137,6 +138,7 @@ impl Weights {
             index,
             dtype,
             device: device.clone(),
+            shapes_only: false,
         })
     }
 
@@ -202,6 +204,9 @@ impl Source for Weights {
                 want: shape.to_vec(),
             });
         }
+        if self.shapes_only {
+            return Ok(Tensor::zeros(shape, self.dtype, &self.device)?);
+        }
         cached(&f.path, &stored, self.dtype, &self.device, || {
             f.load(&stored, &self.device, Some(self.dtype))
         })
@@ -262,6 +267,9 @@ pub struct LoadOpts {
     pub device: Device,
     /// false: load a classifier checkpoint as its bare encoder (HF's `AutoModel`)
     pub head: bool,
+    /// plan mode (`ftl check`, `ftl inspect`): read the files' headers only; every weight is a
+    /// zero tensor of its stored shape (zeroed pages are mapped lazily, so this costs no time)
+    pub shapes_only: bool,
 }
 
 impl Default for LoadOpts {
@@ -270,6 +278,7 @@ impl Default for LoadOpts {
             dtype: None,
             device: Device::Cpu,
             head: true,
+            shapes_only: false,
         }
     }
 }
@@ -297,7 +306,8 @@ pub fn load(dir: &Path, opts: &LoadOpts) -> Result<Model> {
     } else {
         DType::BF16
     });
-    let weights = Weights::open(dir, dtype, &opts.device)?;
+    let mut weights = Weights::open(dir, dtype, &opts.device)?;
+    weights.shapes_only = opts.shapes_only;
     let mut m = build(&config, &cfg_path, &weights, dtype, &opts.device, opts.head)?;
     m.dir = Some(dir.to_path_buf());
     let tok = dir.join("tokenizer.json");

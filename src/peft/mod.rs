@@ -136,6 +136,16 @@ impl Model {
 
     /// Every module path, containers included (`model.layers.0`, `model.layers.0.self_attn`),
     /// in model order.
+    /// PEFT's `"all-linear"`: every linear layer but the output head, narrowed by `sel`'s
+    /// `layers` and `exclude`.
+    pub fn all_linear(&mut self, sel: &Selector) -> Vec<String> {
+        let heads = self.arch.head_modules();
+        self.module_paths(Kind::Linear)
+            .into_iter()
+            .filter(|p| !heads.contains(p) && sel.matches_filters(p))
+            .collect()
+    }
+
     pub fn all_module_paths(&mut self) -> Vec<String> {
         let leaves = self.module_paths(Kind::Any);
         let mut seen = HashSet::new();
@@ -229,17 +239,11 @@ impl Model {
         )))
     }
 
-    /// Whether each parameter lives inside exactly one layer (`model.layers.N…`, by the modules
-    /// that use it, not by the numbers in its own name): its whole gradient then comes from that
-    /// layer's segment of a training pass. Prompt-learning parameters and weights used outside
-    /// the layers (embeddings, tied heads, prefix projections) get theirs from several segments.
-    pub fn in_one_layer(&mut self, params: &[(String, Param)]) -> Vec<bool> {
+    /// The module paths that use each parameter (by `Param::key`, copies included); empty for
+    /// prompt-learning parameters, which no module holds.
+    pub fn param_users(&mut self, params: &[(String, Param)]) -> Vec<Vec<String>> {
         use std::collections::HashMap;
-        // weight → the layer of every module using it (None: outside the layers)
-        let mut uses: HashMap<usize, Vec<Option<usize>>> = HashMap::new();
-        let mut note = |p: &str, q: &Param| {
-            uses.entry(q.key()).or_default().push(target::layer_of(p));
-        };
+        let mut uses: HashMap<usize, Vec<String>> = HashMap::new();
         self.visit(&mut |p, m| {
             let mut ps: Vec<Param> = Vec::new();
             match m {
@@ -270,14 +274,25 @@ impl Model {
                 .flat_map(|q| q.copy_names().into_iter().filter_map(|n| q.copy(&n)))
                 .collect();
             for q in ps.iter().chain(&copies) {
-                note(p, q);
+                uses.entry(q.key()).or_default().push(p.to_string());
             }
         });
         params
             .iter()
-            .map(|(_, p)| match uses.get(&p.key()) {
-                Some(ls) => ls[0].is_some() && ls.iter().all(|l| *l == ls[0]),
-                None => false,
+            .map(|(_, p)| uses.get(&p.key()).cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// Whether each parameter lives inside exactly one layer (`model.layers.N…`, by the modules
+    /// that use it, not by the numbers in its own name): its whole gradient then comes from that
+    /// layer's segment of a training pass. Prompt-learning parameters and weights used outside
+    /// the layers (embeddings, tied heads, prefix projections) get theirs from several segments.
+    pub fn in_one_layer(&mut self, params: &[(String, Param)]) -> Vec<bool> {
+        self.param_users(params)
+            .iter()
+            .map(|users| {
+                let ls: Vec<Option<usize>> = users.iter().map(|u| target::layer_of(u)).collect();
+                !ls.is_empty() && ls[0].is_some() && ls.iter().all(|l| *l == ls[0])
             })
             .collect()
     }

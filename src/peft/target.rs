@@ -161,6 +161,92 @@ pub fn layer_of(path: &str) -> Option<usize> {
     path.split('.').find_map(|s| s.parse().ok())
 }
 
+/// `{0..29}` for a run of indices, `{0,2,5}` otherwise, `7` alone.
+fn index_set(ix: &[usize]) -> String {
+    match ix {
+        [one] => one.to_string(),
+        _ if ix.windows(2).all(|w| w[1] == w[0] + 1) => {
+            format!("{{{}..{}}}", ix[0], ix[ix.len() - 1])
+        }
+        _ => format!(
+            "{{{}}}",
+            ix.iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    }
+}
+
+/// Module paths written compactly as globs of this module's own syntax, which match exactly
+/// those paths: `model.layers.{0..29}.self_attn.{q_proj,v_proj}`. Layer indices (the first
+/// all-digit segment) are folded first, then sibling names with the same indices.
+pub fn compact(paths: &[String]) -> Vec<String> {
+    enum Item {
+        Plain(String),
+        Group(usize),
+    }
+    // (before the index, after it, indices), in order of first appearance
+    let mut groups: Vec<(String, String, Vec<usize>)> = Vec::new();
+    let mut items = Vec::new();
+    for p in paths {
+        let segs: Vec<&str> = p.split('.').collect();
+        let Some(i) = segs.iter().position(|s| s.parse::<usize>().is_ok()) else {
+            items.push(Item::Plain(p.clone()));
+            continue;
+        };
+        let (pre, post) = (segs[..i].join("."), segs[i + 1..].join("."));
+        let n: usize = segs[i].parse().unwrap_or(0);
+        match groups.iter().position(|g| g.0 == pre && g.1 == post) {
+            Some(g) => groups[g].2.push(n),
+            None => {
+                items.push(Item::Group(groups.len()));
+                groups.push((pre, post, vec![n]));
+            }
+        }
+    }
+    // paths equal but for their last segment, with the same indices, share one `{a,b}`:
+    // (stem, last segments; None for a path that is not folded)
+    let mut out: Vec<(String, Option<Vec<String>>)> = Vec::new();
+    for item in items {
+        let g = match item {
+            Item::Plain(p) => {
+                out.push((p, None));
+                continue;
+            }
+            Item::Group(g) => g,
+        };
+        let (pre, post, ix) = &mut groups[g];
+        ix.sort_unstable();
+        ix.dedup();
+        let head = [pre.as_str(), &index_set(ix)]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(".");
+        if post.is_empty() {
+            out.push((head, None));
+            continue;
+        }
+        let (stem, last) = match post.rsplit_once('.') {
+            Some((mid, last)) => (format!("{head}.{mid}"), last),
+            None => (head, post.as_str()),
+        };
+        match out.iter_mut().find(|(s, l)| *s == stem && l.is_some()) {
+            Some((_, Some(l))) => l.push(last.to_string()),
+            _ => out.push((stem, Some(vec![last.to_string()]))),
+        }
+    }
+    out.into_iter()
+        .map(|(stem, lasts)| match lasts.as_deref() {
+            None => stem,
+            Some([l]) => format!("{stem}.{l}"),
+            Some(ls) => format!("{stem}.{{{}}}", ls.join(",")),
+        })
+        .collect()
+}
+
 /// A full selection: pattern, optional layer filter, optional exclusion.
 #[derive(Clone, Debug)]
 pub struct Selector {
@@ -313,6 +399,51 @@ fn similar(p: &Pattern, candidates: &[String], what: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compact_paths_are_globs_that_match_exactly_those_paths() {
+        let mut all = vec!["model.embed_tokens".to_string()];
+        for i in 0..30 {
+            for m in [
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "mlp.up_proj",
+            ] {
+                all.push(format!("model.layers.{i}.{m}"));
+            }
+        }
+        all.push("lm_head".into());
+        let pick = |f: &dyn Fn(&str) -> bool| -> Vec<String> {
+            all.iter().filter(|p| f(p)).cloned().collect()
+        };
+        let cases = [
+            (
+                pick(&|p| p.ends_with("q_proj") || p.ends_with("v_proj")),
+                vec!["model.layers.{0..29}.self_attn.{q_proj,v_proj}"],
+            ),
+            (
+                pick(&|p| p.ends_with("q_proj") && layer_of(p).is_some_and(|l| l % 10 == 0)),
+                vec!["model.layers.{0,10,20}.self_attn.q_proj"],
+            ),
+            (
+                pick(&|p| p.contains(".3.") || p == "lm_head"),
+                vec![
+                    "model.layers.3.self_attn.{q_proj,k_proj,v_proj}",
+                    "model.layers.3.mlp.up_proj",
+                    "lm_head",
+                ],
+            ),
+            (vec!["lm_head".to_string()], vec!["lm_head"]),
+        ];
+        for (paths, want) in cases {
+            let got = compact(&paths);
+            assert_eq!(got, want);
+            let pats: Vec<Pattern> = got.iter().map(|g| Pattern::parse(g).unwrap()).collect();
+            let back = pick(&|p| pats.iter().any(|q| q.matches(p)));
+            assert_eq!(back, paths, "{got:?} does not match exactly its paths");
+        }
+    }
 
     fn paths() -> Vec<String> {
         let mut v = Vec::new();

@@ -1,6 +1,7 @@
 //! The training loop: micro-batches → loss → backward → accumulated gradients → clip → optimizer
 //! step, with extras (progress, callbacks, evaluation, checkpoints) hanging off step events.
 
+pub mod estimate;
 pub mod optim;
 pub mod progress;
 pub mod schedule;
@@ -211,18 +212,26 @@ pub fn loss_sum(logits: &Tensor, b: &Batch) -> Result<Tensor> {
     Ok(ops::cross_entropy_sum(&flat, &targets)?)
 }
 
-/// Peak resident memory of this process (VmHWM).
-pub fn peak_rss() -> u64 {
+/// Resident memory of this process now (VmRSS).
+pub fn current_rss() -> u64 {
+    proc_status_kb("VmRSS:") * 1024
+}
+
+fn proc_status_kb(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
-        .map(|kb| kb * 1024)
         .unwrap_or(0)
+}
+
+/// Peak resident memory of this process (VmHWM).
+pub fn peak_rss() -> u64 {
+    proc_status_kb("VmHWM:") * 1024
 }
 
 static DEVICE_PEAK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

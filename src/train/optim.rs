@@ -165,6 +165,21 @@ impl InplaceOp2 for SgdStep<'_> {
     }
 }
 
+/// The state `kind` keeps for parameters of these sizes and dtypes: AdamW two moments, SGD a
+/// momentum buffer (none without momentum). What `Optimizer::state_bytes` reports once every
+/// parameter has been updated.
+pub fn state_bytes_for(kind: &Kind, params: &[(usize, DType)]) -> usize {
+    let buffers = match kind {
+        Kind::AdamW { .. } => 2,
+        Kind::Sgd { momentum } if *momentum != 0.0 => 1,
+        Kind::Sgd { .. } => 0,
+    };
+    params
+        .iter()
+        .map(|(n, dt)| buffers * n * state_dtype(*dt).size_in_bytes())
+        .sum()
+}
+
 /// Optimizer state in f32, except for half-precision weights, whose state has their dtype.
 fn state_dtype(param: DType) -> DType {
     match param {

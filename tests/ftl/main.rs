@@ -1,5 +1,6 @@
 //! ftl's integration tests: one binary, a module per area.
 
+mod check;
 mod common;
 #[cfg(feature = "cuda")]
 mod cuda;
