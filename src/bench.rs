@@ -74,31 +74,16 @@ fn select(m: &mut crate::Model, names: &[&str]) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Runs one method; the JSON line.
-pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
-    let dev = device(&a.device)?;
-    if a.device_path {
-        crate::ops::set_path(crate::ops::Path::Device);
-    }
-    let dtype = match a.dtype.as_str() {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        o => bail!("unknown dtype {o}"),
-    };
-    let cfg = serde_json::json!({
-        "model_type": a.arch, "hidden_size": a.hidden, "num_hidden_layers": a.layers,
-        "num_attention_heads": a.heads, "num_key_value_heads": a.kv_heads,
-        "intermediate_size": a.intermediate, "vocab_size": a.vocab, "max_position_embeddings": 2048,
-        "n_embd": a.hidden, "n_layer": a.layers, "n_head": a.heads, "n_positions": 2048,
-    });
-    crate::train::sample_device_memory(&dev);
-    let src = RandomInit {
-        seed: 0,
-        dtype,
-        device: dev.clone(),
-    };
-    let mut m = hub::build(&cfg, std::path::Path::new("bench"), &src, dtype, &dev, true)?;
+/// The benchmark model with `method` attached, its tensors from `src`.
+fn build(
+    a: &BenchArgs,
+    method: &str,
+    cfg: &serde_json::Value,
+    src: &dyn hub::Source,
+    dtype: DType,
+    dev: &Device,
+) -> Result<crate::Model> {
+    let mut m = hub::build(cfg, std::path::Path::new("bench"), src, dtype, dev, true)?;
     let gpu = !dev.is_cpu();
     let r = a.rank.unwrap_or(if gpu { 16 } else { 8 });
     let lora = LoraOpts {
@@ -139,7 +124,48 @@ pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
         "prefix" => m.attach_prefix("default", 16, None)?,
         other => bail!("unknown method {other} (full, lora-qv, lora-all, ia3, prefix)"),
     }
-    let params: usize = m.base_params().iter().map(|(_, p)| p.elem_count()).sum();
+    Ok(m)
+}
+
+/// Runs one method; the JSON line.
+pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
+    let dev = device(&a.device)?;
+    if a.device_path {
+        crate::ops::set_path(crate::ops::Path::Device);
+    }
+    let dtype = match a.dtype.as_str() {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        o => bail!("unknown dtype {o}"),
+    };
+    let cfg = serde_json::json!({
+        "model_type": a.arch, "hidden_size": a.hidden, "num_hidden_layers": a.layers,
+        "num_attention_heads": a.heads, "num_key_value_heads": a.kv_heads,
+        "intermediate_size": a.intermediate, "vocab_size": a.vocab, "max_position_embeddings": 2048,
+        "n_embd": a.hidden, "n_layer": a.layers, "n_head": a.heads, "n_positions": 2048,
+    });
+    crate::train::sample_device_memory(&dev);
+    let src = RandomInit {
+        seed: 0,
+        dtype,
+        device: dev.clone(),
+    };
+    let gpu = !dev.is_cpu();
+    // `ftl check`'s estimate of this run, from a shapes-only model made first (on the CPU:
+    // its zero tensors are never touched, so they do not count in the run's peak)
+    let shapes = crate::model::param::shapes_only();
+    let plan_model = build(
+        a,
+        method,
+        &cfg,
+        &hub::Shapes {
+            dtype,
+            device: Device::Cpu,
+        },
+        dtype,
+        &Device::Cpu,
+    )?;
     // random ids, every row full length (real tokens only)
     let mut rng = crate::peft::lora::rng_for(0, "bench-data");
     use rand::Rng;
@@ -155,7 +181,6 @@ pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
             }
         })
         .collect();
-    let model = Arc::new(Mutex::new(m));
     let opts = TrainOpts {
         max_steps: Some(a.steps + a.warmup.max(1)),
         batch_size: a.batch,
@@ -172,6 +197,17 @@ pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
         checkpoint: a.checkpoint,
         ..Default::default()
     };
+    let data = Dataset::from_examples(ex, "bench")?;
+    let plan = train::estimate::plan(&Mutex::new(plan_model), &data, &opts, None)?;
+    let estimate = if a.checkpoint {
+        plan.memory_checkpointed
+    } else {
+        plan.memory
+    };
+    drop(shapes);
+    let mut m = build(a, method, &cfg, &src, dtype, &dev)?;
+    let params: usize = m.base_params().iter().map(|(_, p)| p.elem_count()).sum();
+    let model = Arc::new(Mutex::new(m));
     // one run, as the reference's: the first (warm-up) step is not counted
     struct Times(Vec<StepInfo>);
     impl Hook for Times {
@@ -181,7 +217,6 @@ pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
         }
     }
     let mut times = Times(Vec::new());
-    let data = Dataset::from_examples(ex, "bench")?;
     #[cfg(feature = "profile")]
     let prof = crate::profile::start();
     let res = train::train(
@@ -222,6 +257,9 @@ pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
         "tokens_per_s": tps,
         "step_s": step_s, "forward_s": fwd, "backward_s": bwd, "optimizer_s": opt,
         "peak_mem_bytes": peak, "grad_bytes": res.grad_bytes, "optimizer_bytes": res.optimizer_bytes,
+        // the GPU figure is device memory above the context: without the process's own
+        "estimated_peak_bytes": estimate.total() - if gpu { estimate.runtime } else { 0 },
+        "estimate": estimate,
         "threads": rayon::current_num_threads(), "loss": res.loss,
     }))
 }

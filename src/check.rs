@@ -194,6 +194,7 @@ pub fn check(recipe: &Path, args: &[String], out: Option<&Path>, trust: bool) ->
     }
     let env = Env::new(recipe, out, trust);
     let rt = Runtime::new(env, &args).context("starting the Lua runtime")?;
+    let _shapes = crate::model::param::shapes_only();
     let state = Arc::new(PlanState::default());
     rt.lua.set_app_data(state.clone());
     let outcome = rt.run()?;

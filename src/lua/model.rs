@@ -585,13 +585,22 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
                     ));
                 }
             }
-            let src = RandomInit {
+            let random = RandomInit {
                 seed,
                 dtype,
                 device: device.clone(),
             };
+            let shapes = hub::Shapes {
+                dtype,
+                device: device.clone(),
+            };
+            let src: &dyn hub::Source = if super::plan::active(lua) {
+                &shapes
+            } else {
+                &random
+            };
             let path = std::path::Path::new("<ftl.new config>");
-            let mut m = hub::build(&json, path, &src, dtype, &device, true).lua(lua)?;
+            let mut m = hub::build(&json, path, src, dtype, &device, true).lua(lua)?;
             m.tokenizer = tokenizer;
             m.seed = seed;
             let h = ModelHandle(Arc::new(Mutex::new(m)));

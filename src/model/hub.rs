@@ -260,6 +260,26 @@ impl Source for RandomInit {
     }
 }
 
+/// Zero tensors of the requested shapes: plan mode's stand-in for random initialisation.
+pub struct Shapes {
+    pub dtype: DType,
+    pub device: Device,
+}
+
+impl Source for Shapes {
+    fn get(&self, _name: &str, shape: &[usize], _init: Init) -> Result<Tensor> {
+        Ok(Tensor::zeros(shape, self.dtype, &self.device)?)
+    }
+
+    fn has(&self, _name: &str) -> bool {
+        false
+    }
+
+    fn origin(&self) -> String {
+        "shapes only".into()
+    }
+}
+
 /// `ftl.load` options.
 #[derive(Clone, Debug)]
 pub struct LoadOpts {

@@ -8,6 +8,23 @@ use crate::error::{Error, Result};
 use candle_core::{DType, Tensor, Var};
 use std::sync::{Arc, RwLock};
 
+/// Plan mode: weights are zero tensors standing for their shapes, so unfreezing one gives a
+/// fresh zero variable instead of a copy (which would touch every page of a model never read).
+static SHAPES_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// While the guard lives, parameters are shapes only (see `SHAPES_ONLY`).
+pub struct ShapesOnly(bool);
+
+pub fn shapes_only() -> ShapesOnly {
+    ShapesOnly(SHAPES_ONLY.swap(true, std::sync::atomic::Ordering::SeqCst))
+}
+
+impl Drop for ShapesOnly {
+    fn drop(&mut self) {
+        SHAPES_ONLY.store(self.0, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 #[derive(Clone)]
 pub struct Param {
     state: Arc<RwLock<State>>,
@@ -129,7 +146,11 @@ impl Param {
         let mut s = self.state.write().unwrap();
         match (on, s.var.is_some()) {
             (true, false) => {
-                let v = Var::from_tensor(&s.value)?;
+                let v = if SHAPES_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
+                    Var::zeros(s.value.shape(), s.value.dtype(), s.value.device())?
+                } else {
+                    Var::from_tensor(&s.value)?
+                };
                 s.value = v.as_tensor().clone();
                 s.var = Some(v);
             }

@@ -137,7 +137,10 @@ pub fn plan(
     let optimizer = state_bytes_for(&o.optimizer.kind, &sizes);
     let tokens = o.batch_size * batch_len;
     let runtime = if m.device.is_cpu() {
-        super::current_rss()
+        // the allocator may have zeroed some of the shapes-only weights by hand: those pages
+        // are the plan's, not what a run needs besides its tensors
+        let zeros: u64 = base.iter().map(|(_, p)| resident_bytes(&p.value())).sum();
+        super::current_rss().saturating_sub(zeros)
     } else {
         0
     };
@@ -360,7 +363,9 @@ fn activation_bytes(
         / d.layers.max(1) as u64;
     let layer = t * per_token + attn + lora;
     let head = match m.task() {
-        crate::model::Task::CausalLm => t * d.vocab as u64 * (a + 8),
+        // the logits, their float32 copy and log-softmax, the gradient both ways, and what the
+        // allocator keeps of them between the forward and the backward pass (measured)
+        crate::model::Task::CausalLm => t * d.vocab as u64 * (2 * a + 10),
         _ => t * h * a,
     };
     let body = if checkpoint && kept > 0 {
@@ -369,4 +374,31 @@ fn activation_bytes(
         kept * layer
     };
     body + head + t * h * a
+}
+
+/// How much of a CPU tensor's storage is resident in memory (`mincore`).
+fn resident_bytes(t: &candle_core::Tensor) -> u64 {
+    use candle_core::{CpuStorage, Storage};
+    let (st, _) = t.storage_and_layout();
+    let (ptr, len) = match &*st {
+        Storage::Cpu(CpuStorage::F32(v)) => (v.as_ptr() as usize, v.len() * 4),
+        Storage::Cpu(CpuStorage::BF16(v)) => (v.as_ptr() as usize, v.len() * 2),
+        Storage::Cpu(CpuStorage::F16(v)) => (v.as_ptr() as usize, v.len() * 2),
+        _ => return 0,
+    };
+    // SAFETY: sysconf has no preconditions
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
+    let start = ptr / page * page;
+    let pages = (ptr + len - start).div_ceil(page);
+    if len == 0 || pages == 0 {
+        return 0;
+    }
+    let mut vec = vec![0u8; pages];
+    // SAFETY: [start, start + pages·page) covers the live allocation `st` holds (borrowed for
+    // this call); mincore only reads the page tables and writes `vec`, one byte per page
+    let r = unsafe { libc::mincore(start as *mut libc::c_void, pages * page, vec.as_mut_ptr()) };
+    if r != 0 {
+        return 0;
+    }
+    vec.iter().filter(|b| *b & 1 == 1).count() as u64 * page as u64
 }

@@ -272,3 +272,45 @@ fn ftl_inspect_shows_the_tree_and_marks_a_pattern() {
     assert_eq!(code, 1);
     assert!(err.contains("no/such/dir"), "{err}");
 }
+
+#[test]
+fn ftl_check_plans_lora_on_the_real_smollm2() {
+    let Some(gguf) = crate::gguf::smollm2() else {
+        eprintln!("models/ has no SmolLM2 GGUF (scripts/fetch-models.sh): skipped");
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(
+        t.path().join("r.lua"),
+        r#"local ftl = require("ftl")
+local m = ftl.load(ftl.args.model)
+ftl.lora(m, {targets = "all-linear", r = 8, layers = "0-29"})
+local rows = {}
+for i = 1, 100 do rows[i] = {messages = {{role = "user", content = "Say " .. i}, {role = "assistant", content = tostring(i)}}} end
+local d = ftl.data.from(rows, {format = "chat"})
+ftl.train(m, d, {lr = 1e-4, epochs = 2, batch_size = 8, grad_accum = 2, checkpoint = true})
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = ftl(
+        &["check", "r.lua", &format!("model={}", gguf.display())],
+        t.path(),
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    // r·(in + out) per module: q, o 576→576; k, v 576→192; gate, up 576→1536; down 1536→576
+    let per_layer = 8 * (2 * 1152 + 2 * 768 + 3 * 2112);
+    assert_eq!(per_layer, 81_408);
+    let want = format!(
+        "lora \"default\": 210 modules, {} trainable",
+        ftl::check::count(30 * per_layer)
+    );
+    assert!(out.contains(&want), "missing `{want}` in\n{out}");
+    assert!(out.contains("model.layers.{0..29}.self_attn.{q_proj,k_proj,v_proj,o_proj}"));
+    assert!(out.contains("of 134,515,008"), "{out}");
+    // 100 examples in batches of 8, two per step: 7 steps an epoch
+    assert!(
+        out.contains("schedule: 14 steps, 2 epochs of 7 steps (batch 8 x 2 accumulated)"),
+        "{out}"
+    );
+    assert!(out.contains("(the recipe checkpoints)"), "{out}");
+}
