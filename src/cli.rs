@@ -50,6 +50,14 @@ a path matches when it ends with one).\n\nExample:\n  ftl inspect tests/fixtures
     Watch(RunArgs),
     /// Train a benchmark configuration and print one JSON line per method
     Bench(crate::bench::BenchArgs),
+    /// Write a commented starter recipe NAME.lua for a method
+    New(crate::scaffold::NewArgs),
+    /// List the built-in recipes and stdlib modules
+    Ls(crate::scaffold::LsArgs),
+    /// Copy a built-in recipe (and the data files it reads) to PATH
+    Cp(crate::scaffold::CpArgs),
+    /// Fold a LoRA, DoRA or IA3 adapter into its base model and write a complete HF model directory
+    Merge(crate::merge::MergeArgs),
 }
 
 #[derive(Args, Clone)]
@@ -127,6 +135,10 @@ pub fn main() -> ExitCode {
         }),
         Cmd::Watch(a) => crate::watch::watch(a, cli.quiet),
         Cmd::Bench(a) => crate::bench::bench(a).map(|_| ExitCode::SUCCESS),
+        Cmd::New(a) => crate::scaffold::new(a).map(|_| ExitCode::SUCCESS),
+        Cmd::Ls(a) => crate::scaffold::ls(a).map(|_| ExitCode::SUCCESS),
+        Cmd::Cp(a) => crate::scaffold::cp(a).map(|_| ExitCode::SUCCESS),
+        Cmd::Merge(a) => crate::merge::merge(a).map(|_| ExitCode::SUCCESS),
     };
     match r {
         Ok(c) => c,

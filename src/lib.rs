@@ -19,5 +19,7 @@ pub mod cli;
 pub mod data;
 pub mod inspect;
 pub mod lua;
+pub mod merge;
+pub mod scaffold;
 pub mod train;
 pub mod watch;

@@ -9,19 +9,18 @@ mod model;
 mod opts;
 mod peft;
 pub mod plan;
+mod stdlib;
 mod tensor;
 mod train;
 
 pub use args::parse_args;
+pub use stdlib::STDLIB;
 
 use crate::error::{Error, Result};
 use mlua::{Lua, LuaOptions, StdLib, Table, Value};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-
-/// Lua modules shipped with ftl, found by `require` after the recipe's own directory.
-pub const STDLIB: &[(&str, &str)] = &[("check", include_str!("../../stdlib/check.lua"))];
 
 /// Where a run reads and writes, and what it may touch.
 pub struct Env {
