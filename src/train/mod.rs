@@ -183,6 +183,29 @@ pub fn prepare(
             bad + 1
         )));
     }
+    if num_labels.is_none() {
+        // a causal LM learns from the labels after the first token; truncation can cut them all
+        let empty = ex
+            .iter()
+            .filter(|e| e.labels.iter().skip(1).all(|&l| l == ops::IGNORE_INDEX))
+            .count();
+        let cut = max_len.map_or(String::new(), |n| {
+            format!(" (max_len = {n} cuts each example to {n} tokens; raise it or shorten the prompt template)")
+        });
+        if empty == ex.len() && !ex.is_empty() {
+            return Err(Error::msg(format!(
+                "{}: no example has a token to learn from: every label is masked{cut}",
+                data.origin
+            )));
+        }
+        if empty > 0 {
+            tracing::warn!(
+                "{}: {empty} of {} examples have no label token left and teach nothing{cut}",
+                data.origin,
+                ex.len()
+            );
+        }
+    }
     let pad = tok.pad.or(tok.eos).unwrap_or(0);
     Ok((ex, pad))
 }

@@ -306,7 +306,8 @@ ftl.train(m, d, {lr = 1e-4, epochs = 2, batch_size = 8, grad_accum = 2, checkpoi
     );
     assert!(out.contains(&want), "missing `{want}` in\n{out}");
     assert!(out.contains("model.layers.{0..29}.self_attn.{q_proj,k_proj,v_proj,o_proj}"));
-    assert!(out.contains("of 134,515,008"), "{out}");
+    // as PEFT's print_trainable_parameters: of all parameters, the adapter's included
+    assert!(out.contains("of 136,957,248"), "{out}");
     // 100 examples in batches of 8, two per step: 7 steps an epoch
     assert!(
         out.contains("schedule: 14 steps, 2 epochs of 7 steps (batch 8 x 2 accumulated)"),

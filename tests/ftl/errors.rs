@@ -190,3 +190,29 @@ fn broken_adapter_config_is_named() {
         .to_string();
     assert!(e.contains("peft_type") && e.contains("LOHA"), "{e}");
 }
+
+#[test]
+fn truncation_that_masks_every_label_is_an_error_not_a_zero_loss() {
+    let t = tempfile::tempdir().unwrap();
+    let model = fixture("llama-tiny").display().to_string();
+    let recipe = t.path().join("r.lua");
+    std::fs::write(
+        &recipe,
+        r#"local ftl = require("ftl")
+local m = ftl.load(ftl.args.model)
+ftl.lora(m, {})
+local d = ftl.data.from({{instruction = "Name the colour of the sky on a clear day, please", output = "blue"}},
+  {format = "instruction"})
+ftl.train(m, d, {lr = 1e-3, max_steps = 1, max_len = 8})
+"#,
+    )
+    .unwrap();
+    let (code, _, err) = crate::recipes::run(&recipe, &[&format!("model={model}")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("r.lua:6")
+            && err.contains("every label is masked")
+            && err.contains("max_len = 8"),
+        "{err}"
+    );
+}
