@@ -34,8 +34,9 @@ pub enum Cmd {
     /// Plan a recipe without training: methods, matched modules, trainable parameters, memory,
     /// schedule, data (no weights are read, nothing is written)
     #[command(
-        after_help = "Reading a value (forward, generate, evaluate, item, to_table) ends the plan there, \
-with a note naming the line; writes are listed, not made.\n\nExample:\n  ftl check recipes/lora.lua model=models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        after_help = "Reading a value (forward, generate, item, to_table, or a metric that ftl.train or \
+ftl.evaluate returned) ends the plan there, with a note naming the line (exit 0); writes are listed, \
+not made.\n\nExample:\n  ftl check recipes/lora.lua model=models/SmolLM2-135M-Instruct.Q4_1.gguf"
     )]
     Check(RunArgs),
     /// Show a model's module tree (shapes, dtypes, parameters per layer), marking what a pattern

@@ -1,5 +1,6 @@
 //! Plan mode (`ftl check`): the recipe runs on models whose weights are shapes only;
-//! `ftl.train` plans instead of training, reading a value ends the plan (naming the line), and
+//! `ftl.train` plans instead of training, `ftl.evaluate` returns a result to be read later,
+//! reading a value ends the plan (naming the line), and
 //! writes are listed instead of made.
 
 use super::model::ModelHandle;
@@ -106,19 +107,27 @@ pub fn train(
         "{}",
         crate::check::render_train(n, &at, &h.lock().dir, &origin, &p)
     );
-    let t = lua.create_table()?;
+    let t = pending(lua, "the training result")?;
     t.set("steps", p.steps)?;
     t.set("epochs", p.epochs)?;
     t.set("trainable", p.trainable)?;
+    Ok(t)
+}
+
+/// A result a plan does not have (`ftl.train`'s metrics, `ftl.evaluate`'s): reading a field
+/// it lacks ends the plan at that line, so a recipe that evaluates before training still
+/// plans its training.
+pub fn pending(lua: &Lua, what: &'static str) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
     let meta = lua.create_table()?;
     meta.set(
         "__index",
-        lua.create_function(|lua, (_, k): (Value, Value)| {
+        lua.create_function(move |lua, (_, k): (Value, Value)| {
             let key = match &k {
                 Value::String(s) => s.to_string_lossy().to_string(),
                 other => format!("{other:?}"),
             };
-            reads(lua, &format!("the training result's `{key}`"))?;
+            reads(lua, &format!("{what}'s `{key}`"))?;
             Ok(Value::Nil)
         })?,
     )?;

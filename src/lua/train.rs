@@ -446,7 +446,9 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
             let h = model_arg(lua, &mv)?;
             let data = data_arg(lua, &dv, "ftl.evaluate")?;
             let o = Opts::new(lua, ot, "ftl.evaluate", &["batch_size", "max_len"])?;
-            super::plan::reads(lua, "ftl.evaluate")?;
+            if super::plan::active(lua) {
+                return super::plan::pending(lua, "the evaluation");
+            }
             let e = crate::train::evaluate(&h.0, &data, o.or("batch_size", 8)?, o.get("max_len")?)
                 .lua(lua)?;
             eval_table(lua, &e)

@@ -104,6 +104,7 @@ local w = m:state_dict()["model.layers.0.self_attn.q_proj.weight"]
 assert(w:shape()[1] == 64)
 ftl.lora(m, {targets = {"q_proj", "v_proj"}, r = 4})
 local d = ftl.data.from({{text = "a b c"}, {text = "d e f g"}}, {format = "text"})
+local before = ftl.evaluate(m, d)
 local r = ftl.train(m, d, {lr = 1e-3, epochs = 3, batch_size = 1, warmup = 1, schedule = "linear",
   on_step = function() error("a plan runs no callbacks") end})
 assert(r.steps == 6 and r.epochs == 3, r.steps)
@@ -116,6 +117,17 @@ local logits = m:forward(ftl.tensor.from({{1, 2, 3}}))
 error("not reached")
 "#;
     let (_, state) = runtime(t.path(), src, true);
+    let t2 = tempfile::tempdir().unwrap();
+    let (_, late) = runtime(
+        t2.path(),
+        "local ftl = require('ftl')\nlocal m = ftl.load(ftl.args.model)\nlocal d = ftl.data.from({{text = 'a b'}}, {format = 'text'})\nlocal e = ftl.evaluate(m, d)\nprint(e.loss)\n",
+        true,
+    );
+    let end = late.unwrap().end.lock().unwrap().clone().unwrap();
+    assert!(
+        end.contains("plan.lua:5: the evaluation's `loss` reads values"),
+        "{end}"
+    );
     let s = state.unwrap();
     assert!(
         !t.path().join("out").exists(),
@@ -131,10 +143,10 @@ error("not reached")
     let out = t.path().join("out");
     assert_eq!(writes.len(), 4, "{writes:?}");
     for (i, (what, file, line)) in [
-        ("m:save_adapter", "adapter", 11),
-        ("ftl.tensor.save", "t.safetensors", 12),
-        ("io.write_file", "notes.txt", 13),
-        ("m:save", "merged", 15),
+        ("m:save_adapter", "adapter", 12),
+        ("ftl.tensor.save", "t.safetensors", 13),
+        ("io.write_file", "notes.txt", 14),
+        ("m:save", "merged", 16),
     ]
     .iter()
     .enumerate()
@@ -148,7 +160,7 @@ error("not reached")
         );
     }
     let end = s.end.lock().unwrap().clone().unwrap();
-    assert!(end.contains("plan.lua:16: m:forward reads values"), "{end}");
+    assert!(end.contains("plan.lua:17: m:forward reads values"), "{end}");
     let p = &s.trains.lock().unwrap()[0];
     assert_eq!((p.steps, p.epochs, p.steps_per_epoch), (6, 3, 2));
     assert_eq!(p.examples, 2);
