@@ -11,6 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+/// A path as the user would type it from here: relative to the current directory when inside.
+fn shown(p: &str) -> String {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    Path::new(p)
+        .strip_prefix(&cwd)
+        .map_or(p.to_string(), |r| r.display().to_string())
+}
+
 /// `1,769,472`
 pub fn count(n: usize) -> String {
     let s = n.to_string();
@@ -131,8 +139,9 @@ pub fn render_train(
     let model = model
         .as_ref()
         .map_or("a model made with ftl.new".to_string(), |d| {
-            d.display().to_string()
+            shown(&d.display().to_string())
         });
+    let data = shown(data);
     let _ = writeln!(out, "ftl.train #{n} at {at}: {model}");
     method_lines(&mut out, &p.methods, p.params);
     if p.unfrozen_params > 0 {
@@ -211,7 +220,7 @@ pub fn check(recipe: &Path, args: &[String], out: Option<&Path>, trust: bool) ->
                     .dir
                     .as_ref()
                     .map_or("a model made with ftl.new".into(), |d| {
-                        d.display().to_string()
+                        shown(&d.display().to_string())
                     });
                 let _ = writeln!(text, "{model}:");
                 method_lines(&mut text, &methods, params);
@@ -222,7 +231,7 @@ pub fn check(recipe: &Path, args: &[String], out: Option<&Path>, trust: bool) ->
     if !writes.is_empty() {
         let _ = writeln!(text, "writes (not made):");
         for (what, path, at) in writes.iter() {
-            let _ = writeln!(text, "  {path}  ({what} at {at})");
+            let _ = writeln!(text, "  {}  ({what} at {at})", shown(path));
         }
     }
     match state.end.lock().unwrap().as_ref() {
