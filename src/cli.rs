@@ -59,6 +59,15 @@ a path matches when it ends with one).\n\nExample:\n  ftl inspect tests/fixtures
     Cp(crate::scaffold::CpArgs),
     /// Fold a LoRA, DoRA or IA3 adapter into its base model and write a complete HF model directory
     Merge(crate::merge::MergeArgs),
+    /// Write LuaLS stubs of the recipe API (types/) and a .luarc.json, for completion and checks
+    /// in editors
+    #[command(
+        after_help = "An existing .luarc.json keeps its settings: ftl adds types/ to workspace.library and ftl to diagnostics.globals.
+
+Example:
+  ftl types .   # then open the directory in an editor with the Lua language server"
+    )]
+    Types(crate::types::TypesArgs),
 }
 
 #[derive(Args, Clone)]
@@ -140,6 +149,7 @@ pub fn main() -> ExitCode {
         Cmd::Ls(a) => crate::scaffold::ls(a).map(|_| ExitCode::SUCCESS),
         Cmd::Cp(a) => crate::scaffold::cp(a).map(|_| ExitCode::SUCCESS),
         Cmd::Merge(a) => crate::merge::merge(a).map(|_| ExitCode::SUCCESS),
+        Cmd::Types(a) => crate::types::types(a).map(|_| ExitCode::SUCCESS),
     };
     match r {
         Ok(c) => c,

@@ -22,4 +22,5 @@ pub mod lua;
 pub mod merge;
 pub mod scaffold;
 pub mod train;
+pub mod types;
 pub mod watch;
