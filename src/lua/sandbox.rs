@@ -212,7 +212,7 @@ pub(super) fn restrict(lua: &Lua, g: &Table) -> mlua::Result<()> {
         "dump",
         refuse(lua, "string.dump", "bytecode is not allowed")?,
     )?;
-    // a small `os`: time, clock, date, getenv and exit
+    // a small `os`: time, clock, getenv and exit
     let os = lua.create_table()?;
     os.set(
         "time",
