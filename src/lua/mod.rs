@@ -322,7 +322,12 @@ fn install_require(lua: &Lua, g: &Table, ftl: Table) -> mlua::Result<()> {
                 format!("require(\"{name}\"): a module name is dot-separated words (`a.b` loads a/b.lua next to the recipe), not a path (run with --trust to allow paths)"),
             ));
         }
-        let rel = name.replace('.', "/");
+        // with --trust a name holding `/` is a path (its dots, as in `../x`, left alone)
+        let rel = if name.contains('/') {
+            name.clone()
+        } else {
+            name.replace('.', "/")
+        };
         let local = env.recipe_dir.join(format!("{rel}.lua"));
         // a link counts as there even when it leads nowhere: the check below names it
         let (src, chunk) = if local.symlink_metadata().is_ok() {
