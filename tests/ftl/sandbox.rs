@@ -148,7 +148,15 @@ fn every_file_touching_function_refuses_an_escape_naming_the_path() {
             "ftl.tokenizer.load('leakdir/model')".into(),
             "leakdir/model".into(),
         ),
+        (
+            "ftl.new('llama', {hidden_size = 8, tokenizer = 'leakdir/model/tokenizer.json'})".into(),
+            "leakdir/model/tokenizer.json".into(),
+        ),
         ("m:save('../outside/saved')".into(), format!("{o}/saved")),
+        (
+            "ftl.train(m, ftl.data.from({{text = 'a b'}}, {format = 'text'}), {max_steps = 1, lr = 1e-3, save = {dir = '/tmp/ftl-escape-ckpt'}})".into(),
+            "/tmp/ftl-escape-ckpt".into(),
+        ),
         (
             "ftl.lora(m, {r = 2}); m:save_adapter('/tmp/ftl-escape-adapter')".into(),
             "/tmp/ftl-escape-adapter".into(),
@@ -179,7 +187,9 @@ fn every_file_touching_function_refuses_an_escape_naming_the_path() {
         assert!(!l.root.join("outside").join(f).exists(), "{f} was written");
     }
     assert!(!l.root.join("recipe/w.txt").exists());
-    assert!(!Path::new("/tmp/ftl-escape-adapter").exists());
+    for p in ["/tmp/ftl-escape-adapter", "/tmp/ftl-escape-ckpt"] {
+        assert!(!Path::new(p).exists(), "{p} was written");
+    }
     // the links' targets are named too
     let (_, _, err) = l.run(&format!("{PRELUDE}io.read_file('leak.txt')\n"), &[]);
     assert!(
