@@ -86,7 +86,7 @@ pub struct RunArgs {
 
 #[derive(Args, Clone)]
 pub struct InspectArgs {
-    /// An HF model directory or a GGUF file
+    /// An HF model directory, a GGUF file, or a hub id (org/name[@rev]) in the HF cache
     pub model: PathBuf,
     /// Modules to mark (see below)
     pub pattern: Option<String>,

@@ -3,6 +3,7 @@
 //! that targets can be written without guessing.
 
 use crate::check::count;
+use crate::model::hf_cache::resolve_ref;
 use crate::model::hub::{self, LoadOpts};
 use crate::peft::target::{compact, layer_of, Pattern, Selector};
 use crate::peft::Kind;
@@ -69,7 +70,8 @@ pub fn inspect(model: &Path, pattern: Option<&str>) -> Result<String> {
         shapes_only: true,
         ..Default::default()
     };
-    let mut m = hub::load(model, &lo).with_context(|| format!("loading {}", model.display()))?;
+    let dir = resolve_ref(model, Path::new(""))?;
+    let mut m = hub::load(&dir, &lo).with_context(|| format!("loading {}", model.display()))?;
     let users = m.weight_users();
     let mut first_user: BTreeMap<usize, String> = BTreeMap::new();
     let mut rows: Vec<Row> = Vec::new();

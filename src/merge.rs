@@ -1,6 +1,7 @@
 //! `ftl merge MODEL ADAPTER OUT`: folds a PEFT adapter (LoRA, DoRA, IA3) into its base model and
 //! writes the result as a complete HF model directory, all or nothing.
 
+use crate::model::hf_cache::resolve_ref;
 use crate::model::hub::{self, LoadOpts};
 use crate::peft::io::{load_adapter, LoadAdapterOpts};
 use anyhow::{bail, Context, Result};
@@ -20,9 +21,9 @@ pub enum MergeDtype {
     after_help = "Example:\n  ftl merge models/llama runs/lora/adapter models/llama-merged --dtype bf16"
 )]
 pub struct MergeArgs {
-    /// The base model: an HF model directory (or a GGUF file)
+    /// The base model: an HF model directory, a GGUF file, or a hub id (org/name[@rev]) in the HF cache
     pub model: PathBuf,
-    /// The adapter directory (adapter_config.json + adapter_model.safetensors), LoRA, DoRA or IA3
+    /// The adapter directory (adapter_config.json + adapter_model.safetensors) or its hub id, LoRA, DoRA or IA3
     pub adapter: PathBuf,
     /// The model directory to write; must not exist or be empty
     pub out: PathBuf,
@@ -79,10 +80,13 @@ pub fn merge(a: &MergeArgs) -> Result<()> {
             );
         }
     }
-    if !a.model.exists() {
+    // either may be a hub id in the HF cache, as in recipes (relative paths are from here)
+    let model = resolve_ref(&a.model, Path::new(""))?;
+    let adapter = resolve_ref(&a.adapter, Path::new(""))?;
+    if !model.exists() {
         bail!("{}: no such model directory", a.model.display());
     }
-    if !a.adapter.is_dir() {
+    if !adapter.is_dir() {
         bail!("{}: no such adapter directory", a.adapter.display());
     }
     let dtype = match a.dtype {
@@ -96,16 +100,14 @@ pub fn merge(a: &MergeArgs) -> Result<()> {
         dtype: Some(DType::F32),
         ..Default::default()
     };
-    let mut m =
-        hub::load(&a.model, &lo).with_context(|| format!("loading {}", a.model.display()))?;
-    let name =
-        load_adapter(&mut m, &a.adapter, &LoadAdapterOpts::default()).with_context(|| {
-            format!(
-                "loading the adapter {} onto {}",
-                a.adapter.display(),
-                a.model.display()
-            )
-        })?;
+    let mut m = hub::load(&model, &lo).with_context(|| format!("loading {}", a.model.display()))?;
+    let name = load_adapter(&mut m, &adapter, &LoadAdapterOpts::default()).with_context(|| {
+        format!(
+            "loading the adapter {} onto {}",
+            a.adapter.display(),
+            a.model.display()
+        )
+    })?;
     let info = m
         .adapters
         .iter()

@@ -114,6 +114,10 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
             let o = Opts::named(lua, o, &api::DATA, "ftl.data.text")?;
             let path = env(lua).input(&p).lua(lua)?;
             let files = data::glob(&path).lua(lua)?;
+            // a matched file may be a link leading out
+            for f in &files {
+                env(lua).readable(f).lua(lua)?;
+            }
             let mut ds = Dataset::text(&files, o.or("block", 512)?).lua(lua)?;
             ds.prep = prep(&o)?;
             Ok(DataHandle(ds))

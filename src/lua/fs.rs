@@ -23,15 +23,11 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
     )?;
     fs.set(
         "exists",
-        lua.create_function(|lua, p: String| {
-            Ok(env(lua).input(&p).map(|p| p.exists()).unwrap_or(false))
-        })?,
+        lua.create_function(|lua, p: String| Ok(env(lua).input(&p).lua(lua)?.exists()))?,
     )?;
     fs.set(
         "is_dir",
-        lua.create_function(|lua, p: String| {
-            Ok(env(lua).input(&p).map(|p| p.is_dir()).unwrap_or(false))
-        })?,
+        lua.create_function(|lua, p: String| Ok(env(lua).input(&p).lua(lua)?.is_dir()))?,
     )?;
     fs.set(
         "read",

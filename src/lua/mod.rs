@@ -10,6 +10,7 @@ mod model;
 mod opts;
 mod peft;
 pub mod plan;
+pub mod sandbox;
 mod stdlib;
 mod tensor;
 mod train;
@@ -101,45 +102,6 @@ impl Env {
             runs: Mutex::new(0),
         }
     }
-
-    fn allowed(&self, p: &Path) -> bool {
-        self.trust
-            || p.starts_with(&self.recipe_dir)
-            || p.starts_with(&self.out_dir)
-            || self.extra_roots.iter().any(|r| p.starts_with(r))
-    }
-
-    /// A path the recipe reads: relative to the recipe's directory.
-    pub fn input(&self, p: &str) -> Result<PathBuf> {
-        let path = if Path::new(p).is_absolute() {
-            normalize(Path::new(p))
-        } else {
-            normalize(&self.recipe_dir.join(p))
-        };
-        if !self.allowed(&path) {
-            return Err(Error::msg(format!(
-                "{}: outside the recipe's directory, the command-line paths and the output directory (run with --trust to allow)",
-                path.display()
-            )));
-        }
-        Ok(path)
-    }
-
-    /// A path the recipe writes: relative to the output directory.
-    pub fn output(&self, p: &str) -> Result<PathBuf> {
-        let path = if Path::new(p).is_absolute() {
-            normalize(Path::new(p))
-        } else {
-            normalize(&self.out_dir.join(p))
-        };
-        if !self.allowed(&path) {
-            return Err(Error::msg(format!(
-                "{}: outside the output directory (run with --trust to write elsewhere)",
-                path.display()
-            )));
-        }
-        Ok(path)
-    }
 }
 
 /// `os.exit(code)` inside a recipe: unwinds to the runner, which exits with `code`.
@@ -209,6 +171,7 @@ pub fn describe(e: &mlua::Error) -> String {
         mlua::Error::RuntimeError(m) => m.clone(),
         mlua::Error::SyntaxError { message, .. } => message.clone(),
         mlua::Error::ExternalError(x) => x.to_string(),
+        mlua::Error::MemoryError(_) => sandbox::memory_message(),
         other => other.to_string(),
     }
 }
@@ -238,6 +201,11 @@ impl Runtime {
         };
         let lua =
             Lua::new_with(libs, LuaOptions::default()).map_err(|e| Error::msg(e.to_string()))?;
+        let limit = sandbox::memory_limit()?;
+        if limit > 0 {
+            lua.set_memory_limit(limit)
+                .map_err(|e| Error::msg(e.to_string()))?;
+        }
         let mut env = env;
         // paths on the command line are the user's, relative to where ftl was started: the
         // recipe sees them absolute, and may read them
@@ -267,7 +235,7 @@ impl Runtime {
         let lua = &self.lua;
         let g = lua.globals();
         if !self.env.trust {
-            sandbox(lua, &g)?;
+            sandbox::restrict(lua, &g)?;
         }
         let ftl = lua.create_table()?;
         tensor::register(lua, &ftl)?;
@@ -311,7 +279,11 @@ impl Runtime {
     /// Runs `src` as the recipe (named after the recipe file in errors).
     pub fn run_source(&self, src: &str) -> Result<Outcome> {
         let name = chunk_name(&self.env.recipe);
-        match self.lua.load(src).set_name(format!("@{name}")).exec() {
+        let mut chunk = self.lua.load(src).set_name(format!("@{name}"));
+        if !self.env.trust {
+            chunk = chunk.set_mode(mlua::chunk::ChunkMode::Text);
+        }
+        match chunk.exec() {
             Ok(()) => Ok(Outcome::Ok),
             Err(e) => match exit_code(&e) {
                 Some(0) => Ok(Outcome::Ok),
@@ -336,108 +308,6 @@ fn chunk_name(p: &Path) -> String {
     p.strip_prefix(&cwd).unwrap_or(p).display().to_string()
 }
 
-/// Removes what a recipe must not reach without `--trust`, and adds safe replacements.
-fn sandbox(lua: &Lua, g: &Table) -> mlua::Result<()> {
-    for name in ["dofile", "loadfile", "collectgarbage"] {
-        g.set(name, Value::Nil)?;
-    }
-    // `load` of text chunks only
-    let load = lua.create_function(|lua, (chunk, name): (mlua::LuaString, Option<String>)| {
-        let bytes = chunk.as_bytes();
-        if bytes.first() == Some(&0x1b) {
-            return Err(lua_err(
-                lua,
-                "load: binary chunks are not allowed in recipes",
-            ));
-        }
-        let f = lua
-            .load(bytes.to_vec())
-            .set_name(name.unwrap_or_else(|| "=(load)".into()))
-            .set_mode(mlua::chunk::ChunkMode::Text)
-            .into_function();
-        match f {
-            Ok(f) => Ok((Some(f), None)),
-            Err(e) => Ok((None, Some(describe(&e)))),
-        }
-    })?;
-    g.set("load", load)?;
-    // a small `os`: time, clock, date, getenv and exit
-    let os = lua.create_table()?;
-    os.set(
-        "time",
-        lua.create_function(|_, ()| {
-            Ok(std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0))
-        })?,
-    )?;
-    let start = std::time::Instant::now();
-    os.set(
-        "clock",
-        lua.create_function(move |_, ()| Ok(start.elapsed().as_secs_f64()))?,
-    )?;
-    os.set(
-        "getenv",
-        lua.create_function(|_, k: String| Ok(std::env::var(k).ok()))?,
-    )?;
-    os.set(
-        "exit",
-        lua.create_function(|_, code: Option<Value>| {
-            let c = match code {
-                None | Some(Value::Nil) | Some(Value::Boolean(true)) => 0,
-                Some(Value::Boolean(false)) => 1,
-                Some(Value::Integer(i)) => i as i32,
-                Some(Value::Number(n)) => n as i32,
-                _ => 1,
-            };
-            Err::<(), _>(mlua::Error::external(ExitRequest(c)))
-        })?,
-    )?;
-    g.set("os", os)?;
-    // `io` restricted to the allowed directories
-    let io = lua.create_table()?;
-    io.set(
-        "write",
-        lua.create_function(|_, args: mlua::Variadic<Value>| {
-            use std::io::Write;
-            let mut out = std::io::stdout();
-            for a in args {
-                match a {
-                    Value::String(s) => out.write_all(&s.as_bytes()).ok(),
-                    Value::Integer(i) => write!(out, "{i}").ok(),
-                    Value::Number(n) => write!(out, "{n}").ok(),
-                    _ => None,
-                };
-            }
-            Ok(())
-        })?,
-    )?;
-    io.set(
-        "read_file",
-        lua.create_function(|lua, p: String| {
-            let env = lua.app_data_ref::<Arc<Env>>().unwrap().clone();
-            let path = env.input(&p).lua(lua)?;
-            std::fs::read_to_string(&path)
-                .map_err(|e| lua_err(lua, format!("{}: {e}", path.display())))
-        })?,
-    )?;
-    io.set(
-        "write_file",
-        lua.create_function(|lua, (p, content): (String, mlua::LuaString)| {
-            let env = lua.app_data_ref::<Arc<Env>>().unwrap().clone();
-            let path = env.output(&p).lua(lua)?;
-            if plan::writes(lua, "io.write_file", &path) {
-                return Ok(path.display().to_string());
-            }
-            crate::st::write_atomic(&path, &content.as_bytes()).lua(lua)?;
-            Ok(path.display().to_string())
-        })?,
-    )?;
-    g.set("io", io)?;
-    Ok(())
-}
-
 /// `require(name)`: `name.lua` next to the recipe, then the shipped stdlib; `ftl` itself.
 fn install_require(lua: &Lua, g: &Table, ftl: Table) -> mlua::Result<()> {
     let loaded = lua.create_table()?;
@@ -447,9 +317,22 @@ fn install_require(lua: &Lua, g: &Table, ftl: Table) -> mlua::Result<()> {
             return Ok(v);
         }
         let env = lua.app_data_ref::<Arc<Env>>().unwrap().clone();
-        let rel = name.replace('.', "/");
+        if !env.trust && !sandbox::module_name_ok(&name) {
+            return Err(lua_err(
+                lua,
+                format!("require(\"{name}\"): a module name is dot-separated words (`a.b` loads a/b.lua next to the recipe), not a path (run with --trust to allow paths)"),
+            ));
+        }
+        // with --trust a name holding `/` is a path (its dots, as in `../x`, left alone)
+        let rel = if name.contains('/') {
+            name.clone()
+        } else {
+            name.replace('.', "/")
+        };
         let local = env.recipe_dir.join(format!("{rel}.lua"));
-        let (src, chunk) = if local.exists() {
+        // a link counts as there even when it leads nowhere: the check below names it
+        let (src, chunk) = if local.symlink_metadata().is_ok() {
+            let local = env.readable(&local).lua(lua)?;
             let s = std::fs::read_to_string(&local).map_err(|e| lua_err(lua, format!("{}: {e}", local.display())))?;
             env.required.lock().unwrap().push((local.clone(), content_hash(s.as_bytes())));
             (s, chunk_name(&local))
@@ -465,7 +348,11 @@ fn install_require(lua: &Lua, g: &Table, ftl: Table) -> mlua::Result<()> {
                 ),
             ));
         };
-        let v: Value = lua.load(src).set_name(format!("@{chunk}")).call(name.clone())?;
+        let mut module = lua.load(src).set_name(format!("@{chunk}"));
+        if !env.trust {
+            module = module.set_mode(mlua::chunk::ChunkMode::Text);
+        }
+        let v: Value = module.call(name.clone())?;
         let v = if v.is_nil() { Value::Boolean(true) } else { v };
         loaded.set(name.as_str(), v.clone())?;
         Ok(v)

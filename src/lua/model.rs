@@ -501,7 +501,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
         "load",
         lua.create_function(|lua, (dir, o): (String, Option<Table>)| {
             let o = Opts::new(lua, o, &api::LOAD)?;
-            let path = env(lua).input(&dir).lua(lua)?;
+            let path = env(lua).model(&dir).lua(lua)?;
             let mut lo = LoadOpts::default();
             let plan = super::plan::active(lua);
             let mut gpu = false;

@@ -363,7 +363,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
         lua.create_function(|lua, (mv, dir, o): (Value, String, Option<Table>)| {
             let h = model_arg(lua, &mv)?;
             let o = Opts::new(lua, o, &api::LOAD_ADAPTER)?;
-            let path = env(lua).input(&dir).lua(lua)?;
+            let path = env(lua).model(&dir).lua(lua)?;
             let lo = crate::peft::io::LoadAdapterOpts {
                 name: o.get("name")?,
                 trainable: o.or("trainable", false)?,

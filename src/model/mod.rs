@@ -6,6 +6,7 @@ pub mod config;
 pub mod generate;
 pub mod gguf;
 pub mod gpt2;
+pub mod hf_cache;
 pub mod hub;
 pub mod layers;
 pub mod llama;
