@@ -347,6 +347,8 @@ pub struct Model {
     /// config.json as loaded (written back by `save`)
     pub config: serde_json::Value,
     pub dir: Option<PathBuf>,
+    /// the reference `ftl.load` was given (a path or hub id), for the run manifest
+    pub reference: Option<String>,
     pub tokenizer: Option<Tokenizer>,
     pub adapters: Vec<AdapterInfo>,
     pub active: Vec<String>,
@@ -369,6 +371,7 @@ impl Model {
             arch,
             config,
             dir: None,
+            reference: None,
             tokenizer: None,
             adapters: Vec::new(),
             active: Vec::new(),
