@@ -12,6 +12,7 @@ mod gallery;
 mod gguf;
 mod gguf_tokenizer;
 mod invariants;
+mod manifest;
 mod merge;
 mod recipes;
 mod semantics;
