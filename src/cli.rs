@@ -71,6 +71,15 @@ its status beside the time, and a run.ron that cannot be read is listed with the
 Example:\n  ftl runs recipes/runs"
     )]
     Runs(crate::runs::RunsArgs),
+    /// Write LuaLS stubs of the recipe API (types/) and a .luarc.json, for completion and checks
+    /// in editors
+    #[command(
+        after_help = "An existing .luarc.json keeps its settings: ftl adds types/ to workspace.library and ftl to diagnostics.globals.
+
+Example:
+  ftl types .   # then open the directory in an editor with the Lua language server"
+    )]
+    Types(crate::types::TypesArgs),
 }
 
 #[derive(Args, Clone)]
@@ -197,6 +206,7 @@ pub fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
             .map_err(Into::into),
+        Cmd::Types(a) => crate::types::types(a).map(|_| ExitCode::SUCCESS),
     };
     match r {
         Ok(c) => c,

@@ -25,4 +25,5 @@ pub mod metrics;
 pub mod runs;
 pub mod scaffold;
 pub mod train;
+pub mod types;
 pub mod watch;

@@ -1,6 +1,7 @@
 //! `ftl.data`: `text`, `jsonl`, `from`, `tokens` and the dataset handle (`len`, `split`,
 //! `shuffle`, `rows`). Relative paths resolve against the recipe's directory.
 
+use super::api;
 use super::model::{env, lua_of_json, TokenizerHandle};
 use super::opts::Opts;
 use super::tensor::from_value;
@@ -22,7 +23,7 @@ impl UserData for DataHandle {
             d.0.len(t.as_ref()).lua(lua)
         });
         m.add_method("split", |lua, d, (frac, o): (f64, Option<Table>)| {
-            let o = Opts::new(lua, o, "split", &["seed"])?;
+            let o = Opts::new(lua, o, &api::SPLIT)?;
             let (a, b) = d.0.split(frac, o.get("seed")?).lua(lua)?;
             Ok((DataHandle(a), DataHandle(b)))
         });
@@ -38,8 +39,6 @@ impl UserData for DataHandle {
         });
     }
 }
-
-const PREP_KEYS: &[&str] = &["format", "template", "bos", "eos", "max_len", "block"];
 
 fn prep(o: &Opts) -> mlua::Result<Prep> {
     Ok(Prep {
@@ -101,7 +100,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
     d.set(
         "jsonl",
         lua.create_function(|lua, (p, o): (String, Option<Table>)| {
-            let o = Opts::new(lua, o, "ftl.data.jsonl", PREP_KEYS)?;
+            let o = Opts::named(lua, o, &api::DATA, "ftl.data.jsonl")?;
             let path = env(lua).input(&p).lua(lua)?;
             let format: String = o.or("format", "text".to_string())?;
             let mut ds = Dataset::jsonl(&path, &format).lua(lua)?;
@@ -112,7 +111,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
     d.set(
         "text",
         lua.create_function(|lua, (p, o): (String, Option<Table>)| {
-            let o = Opts::new(lua, o, "ftl.data.text", PREP_KEYS)?;
+            let o = Opts::named(lua, o, &api::DATA, "ftl.data.text")?;
             let path = env(lua).input(&p).lua(lua)?;
             let files = data::glob(&path).lua(lua)?;
             let mut ds = Dataset::text(&files, o.or("block", 512)?).lua(lua)?;
@@ -123,7 +122,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
     d.set(
         "from",
         lua.create_function(|lua, (list, o): (Table, Option<Table>)| {
-            let o = Opts::new(lua, o, "ftl.data.from", PREP_KEYS)?;
+            let o = Opts::named(lua, o, &api::DATA, "ftl.data.from")?;
             let given: Option<String> = o.get("format")?;
             let loc = super::location(lua).unwrap_or_else(|| "ftl.data.from".into());
             let mut recs: Vec<Record> = Vec::new();
@@ -140,12 +139,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
     d.set(
         "tokens",
         lua.create_function(|lua, t: Table| {
-            let o = Opts::new(
-                lua,
-                Some(t),
-                "ftl.data.tokens",
-                &["input_ids", "attention_mask", "labels", "token_type_ids"],
-            )?;
+            let o = Opts::new(lua, Some(t), &api::TOKENS)?;
             let ids = from_value(lua, o.value("input_ids")?, DType::I64)?;
             let ids = if ids.rank() == 1 {
                 ids.unsqueeze(0).lua(lua)?

@@ -2,6 +2,7 @@
 //! area registers itself), `require` next to the recipe then in the shipped stdlib, `ftl.args`,
 //! and errors that carry `recipe.lua:LINE`. The only place that imports mlua.
 
+pub mod api;
 mod args;
 mod data;
 mod fs;

@@ -1,6 +1,7 @@
 //! `ftl.load`, `ftl.new`, `ftl.tokenizer` and the model handle's methods (`m:forward`,
 //! `m:freeze`, `m:state_dict`, `m:generate`, `m:save`, adapters, …).
 
+use super::api;
 use super::opts::Opts;
 use super::tensor::{dtype_name, from_value, parse_dtype, LTensor};
 use super::{lua_err, Env, LuaExt};
@@ -273,7 +274,7 @@ impl UserData for ModelHandle {
         m.add_method(
             "forward",
             |lua, h, (ids, mask, o): (Value, Value, Option<Table>)| {
-                let o = Opts::new(lua, o, "forward", &["token_type_ids"])?;
+                let o = Opts::new(lua, o, &api::FORWARD)?;
                 super::plan::reads(lua, "m:forward")?;
                 let ids = ids_arg(lua, ids)?;
                 let mask = if mask.is_nil() {
@@ -293,7 +294,7 @@ impl UserData for ModelHandle {
             },
         );
         m.add_method("state_dict", |lua, h, o: Option<Table>| {
-            let o = Opts::new(lua, o, "state_dict", &["trainable", "adapter"])?;
+            let o = Opts::new(lua, o, &api::STATE_DICT)?;
             let tr: Option<bool> = o.get("trainable")?;
             let mut m = h.lock();
             let names: Vec<String> = match o.get::<String>("adapter")? {
@@ -334,7 +335,7 @@ impl UserData for ModelHandle {
         m.add_method(
             "load_state_dict",
             |lua, h, (t, o): (Table, Option<Table>)| {
-                let o = Opts::new(lua, o, "load_state_dict", &["strict", "adapter"])?;
+                let o = Opts::new(lua, o, &api::LOAD_STATE_DICT)?;
                 let strict = o.or("strict", true)?;
                 let mut m = h.lock();
                 let names: Vec<String> = match o.get::<String>("adapter")? {
@@ -381,12 +382,7 @@ impl UserData for ModelHandle {
         m.add_method(
             "generate",
             |lua, h, (prompt, o): (String, Option<Table>)| {
-                let o = Opts::new(
-                    lua,
-                    o,
-                    "generate",
-                    &["max_tokens", "temperature", "top_p", "seed", "stop"],
-                )?;
+                let o = Opts::new(lua, o, &api::GENERATE)?;
                 let stop = match o.value("stop")? {
                     Value::Nil => Vec::new(),
                     Value::String(s) => vec![s.to_str()?.to_string()],
@@ -426,7 +422,7 @@ impl UserData for ModelHandle {
         m.add_method(
             "save_adapter",
             |lua, h, (dir, o): (String, Option<Table>)| {
-                let o = Opts::new(lua, o, "save_adapter", &["name"])?;
+                let o = Opts::new(lua, o, &api::SAVE_ADAPTER)?;
                 let path = env(lua).output(&dir).lua(lua)?;
                 let mut m = h.lock();
                 let name = match o.get::<String>("name")? {
@@ -486,11 +482,11 @@ impl UserData for ModelHandle {
 impl UserData for TokenizerHandle {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
         m.add_method("encode", |lua, t, (text, o): (String, Option<Table>)| {
-            let o = Opts::new(lua, o, "encode", &["special"])?;
+            let o = Opts::new(lua, o, &api::ENCODE)?;
             t.0.encode(&text, o.or("special", true)?).lua(lua)
         });
         m.add_method("decode", |lua, t, (ids, o): (Vec<u32>, Option<Table>)| {
-            let o = Opts::new(lua, o, "decode", &["skip_special"])?;
+            let o = Opts::new(lua, o, &api::DECODE)?;
             t.0.decode(&ids, o.or("skip_special", true)?).lua(lua)
         });
         m.add_method("vocab_size", |_, t, ()| Ok(t.0.vocab_size()));
@@ -504,7 +500,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
     ftl.set(
         "load",
         lua.create_function(|lua, (dir, o): (String, Option<Table>)| {
-            let o = Opts::new(lua, o, "ftl.load", &["dtype", "device", "head"])?;
+            let o = Opts::new(lua, o, &api::LOAD)?;
             let path = env(lua).input(&dir).lua(lua)?;
             let mut lo = LoadOpts::default();
             let plan = super::plan::active(lua);

@@ -1,6 +1,8 @@
-//! Options tables: unknown keys are an error naming the key, the recipe line and the closest valid
-//! key; values are converted with errors naming the key.
+//! Options tables, checked against their description in `api`: an unknown key is an error naming
+//! the key, the recipe line and the closest valid key; a value of the wrong type names the option
+//! and the type it must have.
 
+use super::api::{self, Class};
 use super::lua_err;
 use mlua::{FromLua, Lua, Table, Value};
 
@@ -8,6 +10,25 @@ pub struct Opts<'a> {
     lua: &'a Lua,
     t: Option<Table>,
     what: &'static str,
+}
+
+/// A value as an error shows it: its type, and short strings and numbers themselves.
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => {
+            let s = s.to_string_lossy();
+            if s.chars().count() <= 40 {
+                format!("the string \"{s}\"")
+            } else {
+                "a string".into()
+            }
+        }
+        Value::Integer(i) => format!("the number {i}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::Boolean(b) => format!("{b}"),
+        Value::UserData(_) => "a handle".into(),
+        other => format!("a {}", other.type_name()),
+    }
 }
 
 fn distance(a: &str, b: &str) -> usize {
@@ -33,13 +54,20 @@ pub fn closest<'k>(key: &str, valid: &[&'k str]) -> Option<&'k str> {
 }
 
 impl<'a> Opts<'a> {
-    /// Checks that every key of `t` is in `valid`.
-    pub fn new(
+    /// Checks that every key of `t` is a field of `class` and has the field's type.
+    pub fn new(lua: &'a Lua, t: Option<Table>, class: &'static Class) -> mlua::Result<Self> {
+        Self::named(lua, t, class, class.what)
+    }
+
+    /// As `new`, for a class several functions share: errors name `what`.
+    pub fn named(
         lua: &'a Lua,
         t: Option<Table>,
+        class: &'static Class,
         what: &'static str,
-        valid: &[&str],
     ) -> mlua::Result<Self> {
+        let valid: Vec<&str> = class.fields.iter().map(|f| f.key).collect();
+        let valid = valid.as_slice();
         if let Some(t) = &t {
             for pair in t.pairs::<Value, Value>() {
                 let (k, _) = pair?;
@@ -66,6 +94,20 @@ impl<'a> Opts<'a> {
                     ));
                 }
             }
+            for f in class.fields {
+                let v: Value = t.get(f.key)?;
+                if !v.is_nil() && !api::matches(&v, f.ty) {
+                    return Err(lua_err(
+                        lua,
+                        format!(
+                            "{what}: option `{}` must be {}, got {}",
+                            f.key,
+                            api::describe_type(f.ty),
+                            shown(&v)
+                        ),
+                    ));
+                }
+            }
         }
         Ok(Opts { lua, t, what })
     }
@@ -76,11 +118,12 @@ impl<'a> Opts<'a> {
         if v.is_nil() {
             return Ok(None);
         }
-        let ty = v.type_name();
+        // the type was checked in `new`: what fails here is a value out of the Rust type's range
+        let seen = shown(&v);
         T::from_lua(v, self.lua).map(Some).map_err(|_| {
             lua_err(
                 self.lua,
-                format!("{}: option `{key}` has the wrong type ({ty})", self.what),
+                format!("{}: option `{key}` is out of range ({seen})", self.what),
             )
         })
     }

@@ -1,6 +1,7 @@
 //! `ftl.lora`, `ftl.ia3`, `ftl.adapter`, `ftl.prefix`, `ftl.prompt`, `ftl.load_adapter`: each
 //! attaches a method to a model and returns a handle to it.
 
+use super::api;
 use super::model::{env, layers, pattern, ModelHandle};
 use super::opts::Opts;
 use super::{lua_err, LuaExt};
@@ -150,26 +151,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
         "lora",
         lua.create_function(|lua, (mv, o): (Value, Option<Table>)| {
             let h = model_arg(lua, &mv)?;
-            let o = Opts::new(
-                lua,
-                o,
-                "ftl.lora",
-                &[
-                    "targets",
-                    "r",
-                    "alpha",
-                    "dropout",
-                    "rslora",
-                    "dora",
-                    "init",
-                    "layers",
-                    "exclude",
-                    "modules_to_save",
-                    "name",
-                    "lora_bias",
-                    "ensure_weight_tying",
-                ],
-            )?;
+            let o = Opts::new(lua, o, &api::LORA)?;
             let mut m = h.lock();
             let mt = m.arch.model_type().to_string();
             let (sel, all_linear) =
@@ -226,19 +208,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
         "ia3",
         lua.create_function(|lua, (mv, o): (Value, Option<Table>)| {
             let h = model_arg(lua, &mv)?;
-            let o = Opts::new(
-                lua,
-                o,
-                "ftl.ia3",
-                &[
-                    "targets",
-                    "feedforward",
-                    "layers",
-                    "exclude",
-                    "modules_to_save",
-                    "name",
-                ],
-            )?;
+            let o = Opts::new(lua, o, &api::IA3)?;
             let mut m = h.lock();
             let mt = m.arch.model_type().to_string();
             let defaults = peft::default_ia3(&mt);
@@ -276,21 +246,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
         "adapter",
         lua.create_function(|lua, (mv, o): (Value, Option<Table>)| {
             let h = model_arg(lua, &mv)?;
-            let o = Opts::new(
-                lua,
-                o,
-                "ftl.adapter",
-                &[
-                    "style",
-                    "reduction",
-                    "size",
-                    "activation",
-                    "layers",
-                    "name",
-                    "scaling",
-                    "dropout",
-                ],
-            )?;
+            let o = Opts::new(lua, o, &api::ADAPTER)?;
             let mut m = h.lock();
             let style: String = o.or("style", "pfeiffer".to_string())?;
             let mut raw = BnConfig::preset(&style).lua(lua)?;
@@ -359,7 +315,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
         "prefix",
         lua.create_function(|lua, (mv, o): (Value, Option<Table>)| {
             let h = model_arg(lua, &mv)?;
-            let o = Opts::new(lua, o, "ftl.prefix", &["tokens", "projection", "name"])?;
+            let o = Opts::new(lua, o, &api::PREFIX)?;
             let mut m = h.lock();
             let projection: Option<usize> = match o.value("projection")? {
                 Value::Nil | Value::Boolean(false) => None,
@@ -389,7 +345,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
         "prompt",
         lua.create_function(|lua, (mv, o): (Value, Option<Table>)| {
             let h = model_arg(lua, &mv)?;
-            let o = Opts::new(lua, o, "ftl.prompt", &["tokens", "init_text", "name"])?;
+            let o = Opts::new(lua, o, &api::PROMPT)?;
             let mut m = h.lock();
             let name = name(lua, &o, &m, "prompt")?;
             m.attach_prompt(&name, o.or("tokens", 20)?, o.get("init_text")?)
@@ -406,7 +362,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
         "load_adapter",
         lua.create_function(|lua, (mv, dir, o): (Value, String, Option<Table>)| {
             let h = model_arg(lua, &mv)?;
-            let o = Opts::new(lua, o, "ftl.load_adapter", &["name", "trainable"])?;
+            let o = Opts::new(lua, o, &api::LOAD_ADAPTER)?;
             let path = env(lua).input(&dir).lua(lua)?;
             let lo = crate::peft::io::LoadAdapterOpts {
                 name: o.get("name")?,

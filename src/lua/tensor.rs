@@ -1,6 +1,7 @@
 //! `ftl.tensor`: tensors as Lua userdata (load/save safetensors, arithmetic, reductions). Dims and
 //! starts are 0-based as in PyTorch; negative dims count from the end.
 
+use super::api;
 use super::opts::Opts;
 use super::{Env, LuaExt};
 use candle_core::{DType, Device, Tensor, D};
@@ -372,7 +373,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
     t.set(
         "from",
         lua.create_function(|lua, (v, o): (Value, Option<Table>)| {
-            let o = Opts::new(lua, o, "ftl.tensor.from", &["dtype"])?;
+            let o = Opts::new(lua, o, &api::TENSOR_FROM)?;
             let dt = match o.get::<String>("dtype")? {
                 Some(s) => parse_dtype(&s)
                     .ok_or_else(|| super::lua_err(lua, format!("unknown dtype `{s}`")))?,

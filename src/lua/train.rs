@@ -1,6 +1,7 @@
 //! `ftl.train` and `ftl.evaluate`: options from the recipe, Lua callbacks as step hooks,
 //! checkpoints, and the metrics recorder; each call reports to the run manifest (`run.rs`).
 
+use super::api;
 use super::data::DataHandle;
 use super::model::{env, pattern, ModelHandle};
 use super::opts::Opts;
@@ -13,34 +14,6 @@ use crate::train::schedule::{self, Schedule};
 use crate::train::{EvalInfo, Flow, Hook, StepInfo, TrainOpts, TrainResult};
 use mlua::{Function, Lua, Table, Value};
 use std::path::PathBuf;
-
-const TRAIN_KEYS: &[&str] = &[
-    "epochs",
-    "max_steps",
-    "batch_size",
-    "grad_accum",
-    "max_len",
-    "lr",
-    "optimizer",
-    "momentum",
-    "betas",
-    "eps",
-    "weight_decay",
-    "no_decay",
-    "clip",
-    "schedule",
-    "warmup",
-    "min_lr",
-    "shuffle",
-    "group_by_length",
-    "checkpoint",
-    "seed",
-    "eval",
-    "save",
-    "log_every",
-    "on_step",
-    "on_eval",
-];
 
 fn data_arg(lua: &Lua, v: &Value, what: &str) -> mlua::Result<crate::data::Dataset> {
     match v {
@@ -299,17 +272,12 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
                 .as_ref()
                 .map(|t| record_value(&Value::Table(t.clone())))
                 .unwrap_or_default();
-            let o = Opts::new(lua, ot, "ftl.train", TRAIN_KEYS)?;
+            let o = Opts::new(lua, ot, &api::TRAIN)?;
             let opts = train_opts(lua, &o)?;
             let env = env(lua);
             let eval = match o.value("eval")? {
                 Value::Table(t) => {
-                    let eo = Opts::new(
-                        lua,
-                        Some(t),
-                        "ftl.train eval",
-                        &["data", "every", "batch_size"],
-                    )?;
+                    let eo = Opts::new(lua, Some(t), &api::TRAIN_EVAL)?;
                     Some(data_arg(lua, &eo.value("data")?, "ftl.train eval.data")?)
                 }
                 Value::Nil => None,
@@ -322,7 +290,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
             };
             let mut ckpt = match o.value("save")? {
                 Value::Table(t) => {
-                    let so = Opts::new(lua, Some(t), "ftl.train save", &["dir", "every"])?;
+                    let so = Opts::new(lua, Some(t), &api::TRAIN_SAVE)?;
                     let dir: String = so.or("dir", "checkpoints".to_string())?;
                     Some(Checkpoints {
                         model: h.clone(),
@@ -389,7 +357,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
         lua.create_function(|lua, (mv, dv, ot): (Value, Value, Option<Table>)| {
             let h = model_arg(lua, &mv)?;
             let data = data_arg(lua, &dv, "ftl.evaluate")?;
-            let o = Opts::new(lua, ot, "ftl.evaluate", &["batch_size", "max_len"])?;
+            let o = Opts::new(lua, ot, &api::EVALUATE)?;
             if super::plan::active(lua) {
                 return super::plan::pending(lua, "the evaluation");
             }
