@@ -26,9 +26,13 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Cmd {
-    /// Run a recipe
+    /// Run a recipe, or rerun a run from its manifest (OUT/run.ron)
     #[command(
-        after_help = "Example:\n  ftl run recipes/lora.lua model=HuggingFaceTB/SmolLM2-135M steps=200"
+        after_help = "A run writes OUT/run.ron (the manifest), OUT/recipe/ (copies of the recipe and the \
+modules it requires), OUT/metrics.jsonl and OUT/loss.svg. `ftl run OUT/run.ron` reruns it from those \
+copies with the recorded arguments, after checking its data files against the recorded hashes, and \
+writes into OUT unless --out is given.\n\nExamples:\n  ftl run recipes/lora.lua \
+model=HuggingFaceTB/SmolLM2-135M steps=200\n  ftl run recipes/runs/lora/run.ron --out /tmp/again"
     )]
     Run(RunArgs),
     /// Plan a recipe without training: methods, matched modules, trainable parameters, memory,
@@ -59,6 +63,14 @@ a path matches when it ends with one).\n\nExample:\n  ftl inspect tests/fixtures
     Cp(crate::scaffold::CpArgs),
     /// Fold a LoRA, DoRA or IA3 adapter into its base model and write a complete HF model directory
     Merge(crate::merge::MergeArgs),
+    /// List the runs under DIR (each directory with a run.ron): recipe, arguments, final loss,
+    /// eval loss, time, trainable parameters
+    #[command(
+        after_help = "The losses are the last ftl.train call's; a run that did not end well shows \
+its status beside the time, and a run.ron that cannot be read is listed with the error.\n\n\
+Example:\n  ftl runs recipes/runs"
+    )]
+    Runs(crate::runs::RunsArgs),
     /// Write LuaLS stubs of the recipe API (types/) and a .luarc.json, for completion and checks
     /// in editors
     #[command(
@@ -72,7 +84,7 @@ Example:
 
 #[derive(Args, Clone)]
 pub struct RunArgs {
-    /// The recipe file
+    /// The recipe file (`ftl run` also takes a run's OUT/run.ron)
     pub recipe: PathBuf,
     /// key=value arguments, available as ftl.args.key
     pub args: Vec<String>,
@@ -113,19 +125,58 @@ fn init_logging(verbose: u8, quiet: bool) {
         .try_init();
 }
 
-/// Runs a recipe once; the exit code the process should return.
+/// Runs a recipe once (or reruns a manifest); the exit code the process should return.
 pub fn run_once(a: &RunArgs, quiet: bool) -> Result<ExitCode> {
+    if a.recipe.extension().is_some_and(|e| e == "ron") {
+        return rerun(a, quiet);
+    }
     let args = parse_args(&a.args)?;
     if !a.recipe.exists() {
         anyhow::bail!("{}: no such recipe file", a.recipe.display());
     }
     let mut env = Env::new(&a.recipe, a.out.as_deref(), a.trust);
     env.quiet = quiet;
-    let rt = Runtime::new(env, &args).context("starting the Lua runtime")?;
+    execute(env, &args)
+}
+
+fn execute(env: Env, args: &[(String, String)]) -> Result<ExitCode> {
+    let rt = Runtime::new(env, args).context("starting the Lua runtime")?;
     match rt.run()? {
         Outcome::Ok => Ok(ExitCode::SUCCESS),
         Outcome::Exit(c) => Ok(ExitCode::from(c.clamp(0, 255) as u8)),
     }
+}
+
+/// `ftl run OUT/run.ron`: the recorded run again, from its copies, with its arguments; relative
+/// paths resolve against the original recipe's directory.
+fn rerun(a: &RunArgs, quiet: bool) -> Result<ExitCode> {
+    if !a.args.is_empty() {
+        eprintln!(
+            "error: a rerun uses the arguments {} recorded; give none (got {})",
+            a.recipe.display(),
+            a.args.join(" ")
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let m = crate::manifest::Manifest::read(&a.recipe)?;
+    let copies = m.check_rerun(&a.recipe)?;
+    if m.trust && !a.trust {
+        tracing::warn!(
+            "the run was made with --trust; this rerun is sandboxed unless given --trust"
+        );
+    }
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let here = a
+        .recipe
+        .parent()
+        .map(|d| cwd.join(d))
+        .unwrap_or(cwd.clone());
+    let out = a.out.clone().unwrap_or(here);
+    let mut env = Env::new(&m.recipe.path, Some(&out), a.trust);
+    env.recipe_dir = m.recipe_dir.clone();
+    env.copies = Some(crate::lua::normalize(&cwd.join(copies)));
+    env.quiet = quiet;
+    execute(env, &m.args)
 }
 
 pub fn main() -> ExitCode {
@@ -149,6 +200,12 @@ pub fn main() -> ExitCode {
         Cmd::Ls(a) => crate::scaffold::ls(a).map(|_| ExitCode::SUCCESS),
         Cmd::Cp(a) => crate::scaffold::cp(a).map(|_| ExitCode::SUCCESS),
         Cmd::Merge(a) => crate::merge::merge(a).map(|_| ExitCode::SUCCESS),
+        Cmd::Runs(a) => crate::runs::table(&a.dir)
+            .map(|t| {
+                print!("{t}");
+                ExitCode::SUCCESS
+            })
+            .map_err(Into::into),
         Cmd::Types(a) => crate::types::types(a).map(|_| ExitCode::SUCCESS),
     };
     match r {

@@ -88,6 +88,8 @@ pub struct Dataset {
     pub prep: Prep,
     /// for messages: the file the data came from
     pub origin: String,
+    /// every file read, with a hash of what was read (the run manifest records them)
+    pub files: Vec<crate::manifest::DataFile>,
 }
 
 /// What tokenizing needs from the model.
@@ -183,6 +185,13 @@ pub fn record(v: &serde_json::Value, format: &str, origin: &str, line: usize) ->
     })
 }
 
+fn read_file(path: &Path, text: &str) -> crate::manifest::DataFile {
+    crate::manifest::DataFile {
+        path: path.to_path_buf(),
+        sha256: crate::manifest::sha256_hex(text.as_bytes()),
+    }
+}
+
 impl Dataset {
     pub fn from_records(records: Vec<Record>, origin: &str) -> Result<Self> {
         if records.is_empty() {
@@ -193,6 +202,7 @@ impl Dataset {
             ops: Vec::new(),
             prep: Prep::default(),
             origin: origin.to_string(),
+            files: Vec::new(),
         })
     }
 
@@ -205,6 +215,7 @@ impl Dataset {
             ops: Vec::new(),
             prep: Prep::default(),
             origin: origin.to_string(),
+            files: Vec::new(),
         })
     }
 
@@ -212,6 +223,7 @@ impl Dataset {
     pub fn jsonl(path: &Path, format: &str) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let origin = path.display().to_string();
+        let file = read_file(path, &text);
         let mut recs = Vec::new();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
@@ -221,7 +233,9 @@ impl Dataset {
                 .map_err(|e| Error::msg(format!("{origin}:{}: invalid JSON: {e}", i + 1)))?;
             recs.push(record(&v, format, &origin, i + 1)?);
         }
-        Self::from_records(recs, &origin)
+        let mut d = Self::from_records(recs, &origin)?;
+        d.files = vec![file];
+        Ok(d)
     }
 
     /// Plain text files (`*` and `?` in the file name), one document each, in blocks of `block`.
@@ -230,8 +244,10 @@ impl Dataset {
             return Err(Error::msg("text data: block must be at least 2 tokens"));
         }
         let mut docs = Vec::new();
+        let mut files = Vec::new();
         for p in paths {
             let s = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            files.push(read_file(p, &s));
             if !s.trim().is_empty() {
                 docs.push(s);
             }
@@ -251,6 +267,7 @@ impl Dataset {
             ops: Vec::new(),
             prep: Prep::default(),
             origin,
+            files,
         })
     }
 

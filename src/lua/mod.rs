@@ -10,6 +10,7 @@ mod model;
 mod opts;
 mod peft;
 pub mod plan;
+mod run;
 pub mod sandbox;
 mod stdlib;
 mod tensor;
@@ -40,8 +41,9 @@ pub struct Env {
     pub quiet: bool,
     /// the command-line arguments, as the recipe sees them
     pub args: Vec<(String, String)>,
-    /// training runs so far (each writes its own run record)
-    pub runs: Mutex<usize>,
+    /// a rerun: the directory of the copies (`OUT/recipe/`) the recipe and its modules are read
+    /// from, instead of the recipe's directory
+    pub copies: Option<PathBuf>,
 }
 
 /// A hash of a file's content (watch mode compares them to tell saves from reads).
@@ -99,7 +101,7 @@ impl Env {
             cancel: Arc::new(AtomicBool::new(false)),
             quiet: false,
             args: Vec::new(),
-            runs: Mutex::new(0),
+            copies: None,
         }
     }
 }
@@ -271,13 +273,23 @@ impl Runtime {
 
     /// Runs the recipe file.
     pub fn run(&self) -> Result<Outcome> {
-        let path = &self.env.recipe;
-        let src = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let path = match (&self.env.copies, self.env.recipe.file_name()) {
+            (Some(c), Some(name)) => c.join(name),
+            _ => self.env.recipe.clone(),
+        };
+        let src = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         self.run_source(&src)
     }
 
     /// Runs `src` as the recipe (named after the recipe file in errors).
     pub fn run_source(&self, src: &str) -> Result<Outcome> {
+        run::begin(&self.lua, &self.env, src);
+        let r = self.exec(src);
+        run::finish(&self.lua, &self.env, &r);
+        r
+    }
+
+    fn exec(&self, src: &str) -> Result<Outcome> {
         let name = chunk_name(&self.env.recipe);
         let mut chunk = self.lua.load(src).set_name(format!("@{name}"));
         if !self.env.trust {
@@ -329,7 +341,7 @@ fn install_require(lua: &Lua, g: &Table, ftl: Table) -> mlua::Result<()> {
         } else {
             name.replace('.', "/")
         };
-        let local = env.recipe_dir.join(format!("{rel}.lua"));
+        let local = env.copies.as_ref().unwrap_or(&env.recipe_dir).join(format!("{rel}.lua"));
         // a link counts as there even when it leads nowhere: the check below names it
         let (src, chunk) = if local.symlink_metadata().is_ok() {
             let local = env.readable(&local).lua(lua)?;

@@ -524,7 +524,8 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
                     lo.dtype = Some(DType::BF16);
                 }
             }
-            let m = hub::load(&path, &lo).lua(lua)?;
+            let mut m = hub::load(&path, &lo).lua(lua)?;
+            m.reference = Some(dir);
             let h = ModelHandle(Arc::new(Mutex::new(m)));
             super::plan::note_model(lua, &h);
             Ok(h)

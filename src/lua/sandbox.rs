@@ -56,6 +56,8 @@ impl Env {
     fn read_roots(&self) -> Vec<PathBuf> {
         let mut roots = vec![self.recipe_dir.clone(), self.out_dir.clone()];
         roots.extend(self.extra_roots.iter().cloned());
+        // a rerun reads the recipe's modules from the copies beside its manifest
+        roots.extend(self.copies.iter().cloned());
         roots.push(hf_cache::root().dir);
         roots
     }

@@ -1,11 +1,12 @@
 //! `ftl.train` and `ftl.evaluate`: options from the recipe, Lua callbacks as step hooks,
-//! checkpoints, and the `run.ron` record of every run.
+//! checkpoints, and the metrics recorder; each call reports to the run manifest (`run.rs`).
 
 use super::api;
 use super::data::DataHandle;
 use super::model::{env, pattern, ModelHandle};
 use super::opts::Opts;
-use super::{lua_err, Env, LuaExt};
+use super::{lua_err, LuaExt};
+use crate::metrics::Recorder;
 use crate::peft::target::Selector;
 use crate::train::optim::{Kind, OptimOpts};
 use crate::train::progress::Progress;
@@ -261,84 +262,6 @@ fn record_value(v: &Value) -> serde_json::Value {
     }
 }
 
-#[derive(serde::Serialize)]
-struct RunRecord {
-    ftl_version: String,
-    recipe: String,
-    recipe_sha256: String,
-    args: Vec<(String, String)>,
-    model: String,
-    config: serde_json::Value,
-    methods: Vec<MethodRecord>,
-    data: String,
-    options: serde_json::Value,
-    metrics: TrainResult,
-}
-
-#[derive(serde::Serialize)]
-struct MethodRecord {
-    name: String,
-    method: String,
-    active: bool,
-    targets: Vec<String>,
-    modules_to_save: Vec<String>,
-}
-
-fn write_record(
-    env: &Env,
-    args: &[(String, String)],
-    m: &ModelHandle,
-    data: &str,
-    options: serde_json::Value,
-    r: &TrainResult,
-) -> crate::Result<PathBuf> {
-    use sha2::Digest;
-    let src = std::fs::read(&env.recipe).unwrap_or_default();
-    let hash = sha2::Sha256::digest(&src)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let mm = m.lock();
-    let rec = RunRecord {
-        ftl_version: env!("CARGO_PKG_VERSION").into(),
-        recipe: env.recipe.display().to_string(),
-        recipe_sha256: hash,
-        args: args.to_vec(),
-        model: mm
-            .dir
-            .as_ref()
-            .map(|d| d.display().to_string())
-            .unwrap_or_else(|| "ftl.new".into()),
-        config: mm.config.clone(),
-        methods: mm
-            .adapters
-            .iter()
-            .map(|a| MethodRecord {
-                name: a.name.clone(),
-                method: a.method.kind().into(),
-                active: mm.active.contains(&a.name),
-                targets: a.targets.clone(),
-                modules_to_save: a.modules_to_save.clone(),
-            })
-            .collect(),
-        data: data.into(),
-        options,
-        metrics: r.clone(),
-    };
-    drop(mm);
-    let text = ron::ser::to_string_pretty(&rec, ron::ser::PrettyConfig::default())
-        .map_err(|e| crate::Error::msg(e.to_string()))?;
-    let mut n = env.runs.lock().unwrap();
-    *n += 1;
-    let path = env.out_dir.join(if *n == 1 {
-        "run.ron".to_string()
-    } else {
-        format!("run-{n}.ron")
-    });
-    crate::st::write_atomic(&path, text.as_bytes())?;
-    Ok(path)
-}
-
 pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
     ftl.set(
         "train",
@@ -396,15 +319,36 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
             };
             let total = opts.max_steps.unwrap_or(0);
             let mut progress = Progress::new(total, o.or("log_every", 10)?, env.quiet);
+            let call = super::run::training_starts(lua, &env, &data, eval.as_ref()).lua(lua)?;
+            let mut recorder = match call {
+                Some(n) => Some(Recorder::new(&env.out_dir, n).lua(lua)?),
+                None => None,
+            };
             let mut hooks: Vec<&mut dyn Hook> = vec![&mut progress, &mut hooks_lua];
             if let Some(c) = ckpt.as_mut() {
                 hooks.push(c);
             }
+            if let Some(r) = recorder.as_mut() {
+                hooks.push(r);
+            }
             let r = crate::train::train(&h.0, &data, &opts, eval.as_ref(), &mut hooks, &env.cancel)
                 .lua(lua)?;
             drop(hooks);
-            let args: Vec<(String, String)> = env.args.clone();
-            write_record(&env, &args, &h, &data.origin, options, &r).lua(lua)?;
+            if let (Some(rec), Some(n)) = (&recorder, call) {
+                rec.finish().lua(lua)?;
+                super::run::training_done(
+                    lua,
+                    &env,
+                    n,
+                    &h,
+                    &data,
+                    eval.as_ref(),
+                    options,
+                    &opts,
+                    &r,
+                )
+                .lua(lua)?;
+            }
             result_table(lua, &r)
         })?,
     )?;
@@ -419,6 +363,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
             }
             let e = crate::train::evaluate(&h.0, &data, o.or("batch_size", 8)?, o.get("max_len")?)
                 .lua(lua)?;
+            super::run::evaluated(lua, &env(lua), &data, &e).lua(lua)?;
             eval_table(lua, &e)
         })?,
     )?;

@@ -348,6 +348,8 @@ pub struct Model {
     /// config.json as loaded (written back by `save`)
     pub config: serde_json::Value,
     pub dir: Option<PathBuf>,
+    /// the reference `ftl.load` was given (a path or hub id), for the run manifest
+    pub reference: Option<String>,
     pub tokenizer: Option<Tokenizer>,
     pub adapters: Vec<AdapterInfo>,
     pub active: Vec<String>,
@@ -370,6 +372,7 @@ impl Model {
             arch,
             config,
             dir: None,
+            reference: None,
             tokenizer: None,
             adapters: Vec::new(),
             active: Vec::new(),

@@ -102,7 +102,8 @@ pub struct EvalInfo {
     pub accuracy: Option<f64>,
 }
 
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct TrainResult {
     pub steps: usize,
     pub epochs: usize,

@@ -13,6 +13,7 @@ mod gguf;
 mod gguf_tokenizer;
 mod hub;
 mod invariants;
+mod manifest;
 mod merge;
 mod recipes;
 mod sandbox;

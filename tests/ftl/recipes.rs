@@ -317,7 +317,7 @@ print("recipe training matches", r.loss, r.trainable, r.grad_bytes)
     assert!(out.contains("recipe training matches"), "{out}");
     let ron = std::fs::read_to_string(out_dir.join("run.ron")).unwrap();
     for k in [
-        "recipe_sha256",
+        "sha256",
         "train.lua",
         "methods",
         "lora",
