@@ -19,4 +19,5 @@ mod recipes;
 mod sandbox;
 mod semantics;
 mod training;
+mod types;
 mod watch;
