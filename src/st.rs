@@ -60,6 +60,11 @@ impl StFile {
             .is_ok()
     }
 
+    /// How `name` is stored (`F32`, `BF16`, …), from the header.
+    pub fn stored_dtype(&self, name: &str) -> Option<String> {
+        self.meta.info(name).map(|i| format!("{:?}", i.dtype))
+    }
+
     pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
         Ok(self.view(name)?.shape().to_vec())
     }

@@ -207,6 +207,12 @@ impl GgufFile {
         Ok(q.dequantize(&Device::Cpu)?)
     }
 
+    /// How `name` is stored (`Q4_1`, `F32`, …), from the header.
+    pub fn stored_dtype(&self, name: &str) -> Option<String> {
+        let t = self.content.tensor_infos.get(name)?.ggml_dtype;
+        Some(format!("{t:?}"))
+    }
+
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
         self.content
             .tensor_infos
@@ -557,7 +563,7 @@ impl Source for GgufWeights {
             });
         }
         if self.shapes_only {
-            return Ok(Tensor::zeros(shape, self.dtype, &self.device)?);
+            return super::hub::stand_in(shape, self.dtype, &self.device);
         }
         super::hub::cached(&self.file.path, &g, self.dtype, &self.device, || {
             self.load(&g)
@@ -570,6 +576,10 @@ impl Source for GgufWeights {
 
     fn origin(&self) -> String {
         self.file.path.display().to_string()
+    }
+
+    fn stored_dtype(&self, name: &str) -> Option<String> {
+        self.file.stored_dtype(&gguf_name(name)?)
     }
 }
 
@@ -588,6 +598,9 @@ pub fn load(path: &Path, opts: &LoadOpts) -> Result<Model> {
     let mut m = super::hub::build(&config, path, &weights, dtype, &opts.device, opts.head)?;
     m.dir = Some(path.to_path_buf());
     m.tokenizer = tokenizer;
+    if opts.shapes_only {
+        super::hub::record_stored_dtypes(&mut m, &weights);
+    }
     Ok(m)
 }
 

@@ -29,6 +29,22 @@ pub trait Source {
     }
     /// Where the tensors come from, for messages.
     fn origin(&self) -> String;
+    /// How the file stores `name` (its dtype there, before conversion), when it says.
+    fn stored_dtype(&self, _name: &str) -> Option<String> {
+        None
+    }
+}
+
+/// Each weight's dtype in the file, for a shapes-only model (what `ftl inspect` shows).
+pub fn record_stored_dtypes(m: &mut Model, src: &dyn Source) {
+    m.stored_dtypes = m
+        .handles()
+        .into_iter()
+        .filter_map(|(path, suffix, _)| {
+            let name = format!("{path}.{suffix}");
+            src.stored_dtype(&name).map(|d| (name, d.to_lowercase()))
+        })
+        .collect();
 }
 
 /// Loaded base tensors kept across runs (`ftl watch`), keyed by file identity, tensor, dtype and
@@ -205,7 +221,7 @@ impl Source for Weights {
             });
         }
         if self.shapes_only {
-            return Ok(Tensor::zeros(shape, self.dtype, &self.device)?);
+            return stand_in(shape, self.dtype, &self.device);
         }
         cached(&f.path, &stored, self.dtype, &self.device, || {
             f.load(&stored, &self.device, Some(self.dtype))
@@ -219,6 +235,17 @@ impl Source for Weights {
     fn origin(&self) -> String {
         self.dir.display().to_string()
     }
+
+    fn stored_dtype(&self, name: &str) -> Option<String> {
+        let s = self.resolve(name)?;
+        self.file_of(&s).stored_dtype(&s)
+    }
+}
+
+/// A plan's weight: one zero broadcast to the shape, so a plan of a large model allocates (and
+/// the allocator touches) nothing per weight.
+pub fn stand_in(shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+    Ok(Tensor::zeros((), dtype, device)?.broadcast_as(shape)?)
 }
 
 /// Random initialisation, as HF's `_init_weights` (for `ftl.new`).
@@ -260,7 +287,7 @@ impl Source for RandomInit {
     }
 }
 
-/// Zero tensors of the requested shapes: plan mode's stand-in for random initialisation.
+/// Stand-ins of the requested shapes: plan mode's random initialisation.
 pub struct Shapes {
     pub dtype: DType,
     pub device: Device,
@@ -268,7 +295,7 @@ pub struct Shapes {
 
 impl Source for Shapes {
     fn get(&self, _name: &str, shape: &[usize], _init: Init) -> Result<Tensor> {
-        Ok(Tensor::zeros(shape, self.dtype, &self.device)?)
+        stand_in(shape, self.dtype, &self.device)
     }
 
     fn has(&self, _name: &str) -> bool {
@@ -330,6 +357,9 @@ pub fn load(dir: &Path, opts: &LoadOpts) -> Result<Model> {
     weights.shapes_only = opts.shapes_only;
     let mut m = build(&config, &cfg_path, &weights, dtype, &opts.device, opts.head)?;
     m.dir = Some(dir.to_path_buf());
+    if opts.shapes_only {
+        record_stored_dtypes(&mut m, &weights);
+    }
     let tok = dir.join("tokenizer.json");
     let tc = dir.join("tokenizer_config.json");
     if tok.exists() {

@@ -359,6 +359,8 @@ pub struct Model {
     pub dtype: DType,
     /// seeds adapter initialisation
     pub seed: u64,
+    /// weight name → its dtype in the file, for shapes-only models (`ftl inspect`)
+    pub stored_dtypes: std::collections::BTreeMap<String, String>,
 }
 
 impl Model {
@@ -381,6 +383,7 @@ impl Model {
             device,
             dtype,
             seed: 0,
+            stored_dtypes: Default::default(),
         }
     }
 

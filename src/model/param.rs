@@ -8,20 +8,23 @@ use crate::error::{Error, Result};
 use candle_core::{DType, Tensor, Var};
 use std::sync::{Arc, RwLock};
 
-/// Plan mode: weights are zero tensors standing for their shapes, so unfreezing one gives a
-/// fresh zero variable instead of a copy (which would touch every page of a model never read).
-static SHAPES_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+thread_local! {
+    /// Plan mode: weights are stand-ins for their shapes, so making one trainable marks it
+    /// instead of copying it into a variable (which would touch every page of a model never
+    /// read). Per thread, so a plan never changes a training running beside it.
+    static SHAPES_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
-/// While the guard lives, parameters are shapes only (see `SHAPES_ONLY`).
+/// While the guard lives, parameters on this thread are shapes only (see `SHAPES_ONLY`).
 pub struct ShapesOnly(bool);
 
 pub fn shapes_only() -> ShapesOnly {
-    ShapesOnly(SHAPES_ONLY.swap(true, std::sync::atomic::Ordering::SeqCst))
+    ShapesOnly(SHAPES_ONLY.with(|c| c.replace(true)))
 }
 
 impl Drop for ShapesOnly {
     fn drop(&mut self) {
-        SHAPES_ONLY.store(self.0, std::sync::atomic::Ordering::SeqCst);
+        SHAPES_ONLY.with(|c| c.set(self.0));
     }
 }
 
@@ -36,6 +39,8 @@ struct State {
     /// The current base value; when trainable, the variable's tensor.
     value: Tensor,
     var: Option<Var>,
+    /// Trainable in a plan: no variable, the value stays its stand-in.
+    planned: bool,
 }
 
 impl std::fmt::Debug for Param {
@@ -45,7 +50,7 @@ impl std::fmt::Debug for Param {
             f,
             "Param({:?}, trainable={})",
             s.value.dims(),
-            s.var.is_some()
+            s.var.is_some() || s.planned
         )
     }
 }
@@ -56,6 +61,7 @@ impl Param {
             state: Arc::new(RwLock::new(State {
                 value: t,
                 var: None,
+                planned: false,
             })),
             copies: Default::default(),
         }
@@ -130,7 +136,8 @@ impl Param {
     }
 
     pub fn is_trainable(&self) -> bool {
-        self.state.read().unwrap().var.is_some()
+        let s = self.state.read().unwrap();
+        s.var.is_some() || s.planned
     }
 
     pub fn var(&self) -> Option<Var> {
@@ -144,21 +151,19 @@ impl Param {
     /// Makes the base value trainable (a variable with its own storage) or frozen again.
     pub fn set_trainable(&self, on: bool) -> Result<()> {
         let mut s = self.state.write().unwrap();
-        match (on, s.var.is_some()) {
-            (true, false) => {
-                let v = if SHAPES_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
-                    Var::zeros(s.value.shape(), s.value.dtype(), s.value.device())?
-                } else {
-                    Var::from_tensor(&s.value)?
-                };
+        if !on {
+            s.planned = false;
+            if let Some(v) = s.var.take() {
+                s.value = v.as_tensor().detach();
+            }
+        } else if s.var.is_none() && !s.planned {
+            if SHAPES_ONLY.with(|c| c.get()) {
+                s.planned = true;
+            } else {
+                let v = Var::from_tensor(&s.value)?;
                 s.value = v.as_tensor().clone();
                 s.var = Some(v);
             }
-            (false, true) => {
-                let v = s.var.take().unwrap();
-                s.value = v.as_tensor().detach();
-            }
-            _ => {}
         }
         Ok(())
     }

@@ -123,12 +123,13 @@ pub fn plan(
             .flat_map(|n| m.adapter_params(n))
             .map(|(_, p)| p.elem_count())
             .sum::<usize>();
-    let weights = bytes(&base)
-        + m.adapter_names()
-            .iter()
-            .flat_map(|n| m.adapter_params(n))
-            .map(|(_, p)| p.elem_count() * p.value().dtype().size_in_bytes())
-            .sum::<usize>();
+    let adapters = m
+        .adapter_names()
+        .iter()
+        .flat_map(|n| m.adapter_params(n))
+        .map(|(_, p)| p.elem_count() * p.value().dtype().size_in_bytes())
+        .sum::<usize>();
+    let weights = bytes(&base) + adapters;
     let gradients = gradient_bytes(&mut m, &trainable, o);
     let sizes: Vec<_> = trainable
         .iter()
@@ -136,11 +137,10 @@ pub fn plan(
         .collect();
     let optimizer = state_bytes_for(&o.optimizer.kind, &sizes);
     let tokens = o.batch_size * batch_len;
+    // a plan's weights are broadcast stand-ins, so what the process holds is ftl's own and the
+    // adapters' (counted in `weights`)
     let runtime = if m.device.is_cpu() {
-        // the allocator may have zeroed some of the shapes-only weights by hand: those pages
-        // are the plan's, not what a run needs besides its tensors
-        let zeros: u64 = base.iter().map(|(_, p)| resident_bytes(&p.value())).sum();
-        super::current_rss().saturating_sub(zeros)
+        super::current_rss().saturating_sub(adapters as u64)
     } else {
         0
     };
@@ -374,31 +374,4 @@ fn activation_bytes(
         kept * layer
     };
     body + head + t * h * a
-}
-
-/// How much of a CPU tensor's storage is resident in memory (`mincore`).
-fn resident_bytes(t: &candle_core::Tensor) -> u64 {
-    use candle_core::{CpuStorage, Storage};
-    let (st, _) = t.storage_and_layout();
-    let (ptr, len) = match &*st {
-        Storage::Cpu(CpuStorage::F32(v)) => (v.as_ptr() as usize, v.len() * 4),
-        Storage::Cpu(CpuStorage::BF16(v)) => (v.as_ptr() as usize, v.len() * 2),
-        Storage::Cpu(CpuStorage::F16(v)) => (v.as_ptr() as usize, v.len() * 2),
-        _ => return 0,
-    };
-    // SAFETY: sysconf has no preconditions
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
-    let start = ptr / page * page;
-    let pages = (ptr + len - start).div_ceil(page);
-    if len == 0 || pages == 0 {
-        return 0;
-    }
-    let mut vec = vec![0u8; pages];
-    // SAFETY: [start, start + pages·page) covers the live allocation `st` holds (borrowed for
-    // this call); mincore only reads the page tables and writes `vec`, one byte per page
-    let r = unsafe { libc::mincore(start as *mut libc::c_void, pages * page, vec.as_mut_ptr()) };
-    if r != 0 {
-        return 0;
-    }
-    vec.iter().filter(|b| *b & 1 == 1).count() as u64 * page as u64
 }

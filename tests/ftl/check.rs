@@ -326,4 +326,20 @@ ftl.train(m, d, {lr = 1e-4, epochs = 2, batch_size = 8, grad_accum = 2, checkpoi
         "{out}"
     );
     assert!(out.contains("(the recipe checkpoints)"), "{out}");
+
+    // inspect shows the file's quantization per weight (the loader dequantizes to f32)
+    let (code, out, err) = ftl(&["inspect", &gguf.display().to_string()], t.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("(loaded as f32 on the CPU)"), "{out}");
+    let dtype = |module: &str| -> String {
+        let l = out
+            .lines()
+            .find(|l| l.trim_start_matches(['*', ' ']).starts_with(module))
+            .unwrap_or_else(|| panic!("no {module} in\n{out}"));
+        l.split_whitespace().rev().nth(1).unwrap().to_string()
+    };
+    assert_eq!(dtype("self_attn.q_proj"), "q4_1");
+    assert_eq!(dtype("input_layernorm"), "f32");
+    assert_eq!(dtype("model.embed_tokens"), "q8_0");
+    assert_eq!(dtype("lm_head"), "q8_0", "tied: the embedding's dtype");
 }
