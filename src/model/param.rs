@@ -100,11 +100,19 @@ impl Param {
     }
 
     /// The tensor a forward pass uses under `ctx`: an active adapter's copy, else the base value.
+    /// Outside training it is detached: an evaluation or a generation records no graph, so a
+    /// trained model infers as fast as a frozen one (with the variable, every op would keep its
+    /// inputs for a backward pass that never comes).
     pub fn get(&self, ctx: &Ctx) -> Tensor {
-        if let Some(p) = self.active_copy(ctx) {
-            return p.value();
+        let t = match self.active_copy(ctx) {
+            Some(p) => p.value(),
+            None => self.state.read().unwrap().value.clone(),
+        };
+        if ctx.train {
+            t
+        } else {
+            t.detach()
         }
-        self.state.read().unwrap().value.clone()
     }
 
     /// The copy a forward pass under `ctx` uses instead of the base value, if any.
