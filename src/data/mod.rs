@@ -319,6 +319,18 @@ impl Dataset {
         items
     }
 
+    /// An instruction record's prompt: the template (Alpaca's by default) filled in, the text the
+    /// response follows.
+    fn prompt(&self, instruction: &str, input: &str) -> String {
+        let tpl = match (&self.prep.template, input.is_empty()) {
+            (Some(t), _) => t.as_str(),
+            (None, true) => ALPACA,
+            (None, false) => ALPACA_INPUT,
+        };
+        tpl.replace("{instruction}", instruction)
+            .replace("{input}", input)
+    }
+
     /// The records of `jsonl`/`from` data as JSON objects with their format's fields, after the
     /// splits and shuffles (so a held-out split can be asked, not only scored).
     pub fn rows(&self) -> Result<Vec<serde_json::Value>> {
@@ -335,7 +347,8 @@ impl Dataset {
             .map(|rec| match rec {
                 Record::Text(t) => json!({ "text": t }),
                 Record::Instruction { instruction, input, output } => {
-                    json!({ "instruction": instruction, "input": input, "output": output })
+                    let prompt = self.prompt(&instruction, &input);
+                    json!({ "instruction": instruction, "input": input, "output": output, "prompt": prompt })
                 }
                 Record::Chat(m) => json!({
                     "messages": m.into_iter().map(|(role, content)| json!({ "role": role, "content": content })).collect::<Vec<_>>()
@@ -461,14 +474,7 @@ impl Dataset {
                 input,
                 output,
             } => {
-                let tpl = match (&self.prep.template, input.is_empty()) {
-                    (Some(t), _) => t.as_str(),
-                    (None, true) => ALPACA,
-                    (None, false) => ALPACA_INPUT,
-                };
-                let prompt = tpl
-                    .replace("{instruction}", instruction)
-                    .replace("{input}", input);
+                let prompt = self.prompt(instruction, input);
                 let p = with_bos(tok.encode(&prompt, true)?);
                 let mut r = tok.encode(output, false)?;
                 if self.prep.eos != Some(false) {

@@ -94,6 +94,16 @@ pub const LOAD: Class = Class {
             "boolean",
             "false loads a BERT classifier as its bare encoder (default true)"
         ),
+        f!(
+            "num_labels",
+            "integer",
+            "a BERT classifier with this many labels: a bare encoder checkpoint gets a new, randomly initialised head (HF's num_labels=)"
+        ),
+        f!(
+            "seed",
+            "integer",
+            "seeds the weights a checkpoint lacks (default 0)"
+        ),
     ],
 };
 
@@ -537,6 +547,50 @@ pub const TENSOR_FROM: Class = Class {
     fields: &[f!("dtype", "ftl.Dtype|\"i64\"|\"u32\"", "default f32")],
 };
 
+pub const PLOT: Class = Class {
+    class: "ftl.PlotOpts",
+    what: "ftl.plot",
+    doc: "A figure for ftl.plot",
+    fields: &[
+        f!("title", "string", "the figure's title"),
+        f!("columns", "integer", "panels per row (default 2)"),
+        f!("panels", "ftl.PlotPanel[]", "the panels, row by row"),
+    ],
+};
+
+pub const PLOT_PANEL: Class = Class {
+    class: "ftl.PlotPanel",
+    what: "ftl.plot panel",
+    doc: "One panel of a figure",
+    fields: &[
+        f!("title", "string", "the panel's title"),
+        f!("x", "string", "the x axis' label"),
+        f!("y", "string", "the y axis' label"),
+        f!(
+            "kind",
+            "\"lines\"|\"points\"",
+            "lines over each series' points (default), or labelled markers"
+        ),
+        f!("log_x", "boolean", "a log10 x axis (default false)"),
+        f!("series", "ftl.PlotSeries[]", "the data"),
+    ],
+};
+
+pub const PLOT_SERIES: Class = Class {
+    class: "ftl.PlotSeries",
+    what: "ftl.plot series",
+    doc: "One series of a panel",
+    fields: &[
+        f!("name", "string", "the legend's (or the marker's) label"),
+        f!("x", "number[]", "x values"),
+        f!(
+            "y",
+            "number[]",
+            "y values, as many (NaN or missing points are skipped)"
+        ),
+    ],
+};
+
 /// Every options table; `Opts` takes one of these.
 pub const OPTIONS: &[&Class] = &[
     &LOAD,
@@ -561,6 +615,9 @@ pub const OPTIONS: &[&Class] = &[
     &TRAIN_SAVE,
     &EVALUATE,
     &TENSOR_FROM,
+    &PLOT,
+    &PLOT_PANEL,
+    &PLOT_SERIES,
 ];
 
 /// Tables functions return (stubs only; nothing checks them).
@@ -580,7 +637,7 @@ pub const RESULTS: &[Class] = &[
             f!(
                 "peak_mem_bytes",
                 "integer",
-                "peak memory (RSS on CPU, device memory on GPU)"
+                "this training's peak memory (RSS on CPU, device memory above the context on GPU)"
             ),
             f!(
                 "recomputed_layers",
@@ -765,6 +822,15 @@ pub const FUNCS: &[Func] = &[
     func!("ftl.fs", "exists", ["path": "string"], "boolean", "Whether a readable path exists"),
     func!("ftl.fs", "is_dir", ["path": "string"], "boolean", "Whether a readable path is a directory"),
     func!("ftl.fs", "read", ["path": "string"], "string", "A text file's content"),
+    func!("ftl.fs", "size", ["path": "string"], "integer", "The bytes of a file, or of every file under a directory"),
+    func!(
+        "ftl",
+        "clock",
+        [],
+        "number",
+        "Wall-clock seconds since the run started (for timing)"
+    ),
+    func!("ftl", "plot", ["path": "string", "figure": "ftl.PlotOpts"], "string", "Writes a figure of line or point panels as SVG in the output directory; returns its path"),
     func!("ftl.fs", "join", ["...": "string"], "string", "Joins path segments"),
     func!("ftl.json", "read", ["path": "string"], "any", "A JSON file as Lua values"),
     func!("ftl.json", "decode", ["text": "string"], "any", "A JSON string as Lua values"),
@@ -792,7 +858,7 @@ pub const FUNCS: &[Func] = &[
     method!("ftl.Model", "forward", ["input_ids": "ftl.Ids", "attention_mask?": "ftl.Ids", "opts?": "ftl.ForwardOpts"], "ftl.Tensor", "Logits (or the last hidden state of a bare encoder)"),
     method!("ftl.Model", "state_dict", ["opts?": "ftl.StateDictOpts"], "table<string, ftl.Tensor>", "Tensors by PEFT's parameter names"),
     method!("ftl.Model", "load_state_dict", ["tensors": "table<string, ftl.Tensor>", "opts?": "ftl.LoadStateDictOpts"], "integer", "Sets tensors by name; returns how many"),
-    method!("ftl.Model", "generate", ["prompt": "string", "opts?": "ftl.GenerateOpts"], "string", "Generates a continuation"),
+    method!("ftl.Model", "generate", ["prompt": "string", "opts?": "ftl.GenerateOpts"], "string, integer", "Generates a continuation; also returns the number of tokens generated"),
     method!(
         "ftl.Model",
         "merge",

@@ -38,6 +38,13 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
         })?,
     )?;
     fs.set(
+        "size",
+        lua.create_function(|lua, p: String| {
+            let path = env(lua).input(&p).lua(lua)?;
+            tree_size(&path).map_err(|e| lua_err(lua, format!("{}: {e}", path.display())))
+        })?,
+    )?;
+    fs.set(
         "join",
         lua.create_function(|_, parts: mlua::Variadic<String>| {
             let mut p = std::path::PathBuf::new();
@@ -67,4 +74,17 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
     )?;
     ftl.set("json", json)?;
     Ok(())
+}
+
+/// The bytes of a file, or of every file under a directory (what keeping it costs on disk).
+fn tree_size(p: &std::path::Path) -> std::io::Result<u64> {
+    let meta = std::fs::metadata(p)?;
+    if !meta.is_dir() {
+        return Ok(meta.len());
+    }
+    let mut n = 0;
+    for e in std::fs::read_dir(p)? {
+        n += tree_size(&e?.path())?;
+    }
+    Ok(n)
 }

@@ -10,6 +10,7 @@ mod model;
 mod opts;
 mod peft;
 pub mod plan;
+mod plot;
 mod run;
 pub mod sandbox;
 mod stdlib;
@@ -44,6 +45,8 @@ pub struct Env {
     /// a rerun: the directory of the copies (`OUT/recipe/`) the recipe and its modules are read
     /// from, instead of the recipe's directory
     pub copies: Option<PathBuf>,
+    /// `ftl compare`: the table the recipe returns is the spec of `require("compare").run`
+    pub compare: bool,
 }
 
 /// A hash of a file's content (watch mode compares them to tell saves from reads).
@@ -102,6 +105,7 @@ impl Env {
             quiet: false,
             args: Vec::new(),
             copies: None,
+            compare: false,
         }
     }
 }
@@ -246,10 +250,17 @@ impl Runtime {
         fs::register(lua, &ftl)?;
         data::register(lua, &ftl)?;
         train::register(lua, &ftl)?;
+        plot::register(lua, &ftl)?;
         ftl.set("args", args::to_table(lua, args)?)?;
         ftl.set("out_dir", self.env.out_dir.display().to_string())?;
         ftl.set("recipe_dir", self.env.recipe_dir.display().to_string())?;
         ftl.set("version", env!("CARGO_PKG_VERSION"))?;
+        // wall-clock seconds, the same with or without --trust (Lua's own os.clock is CPU time)
+        let start = std::time::Instant::now();
+        ftl.set(
+            "clock",
+            lua.create_function(move |_, ()| Ok(start.elapsed().as_secs_f64()))?,
+        )?;
         g.set("ftl", ftl.clone())?;
         install_require(lua, &g, ftl)?;
         Ok(())
@@ -289,13 +300,36 @@ impl Runtime {
         r
     }
 
+    /// `ftl compare`: runs the comparison the recipe's returned table describes.
+    fn compare(&self, spec: Value) -> mlua::Result<()> {
+        let Value::Table(spec) = spec else {
+            return Err(mlua::Error::RuntimeError(format!(
+                "{}: ftl compare needs the recipe to return the comparison's spec (return {{model = ..., \
+                 train = ..., eval = ..., methods = ...}}; see require(\"compare\")), it returned {}",
+                chunk_name(&self.env.recipe),
+                spec.type_name()
+            )));
+        };
+        let run: mlua::Function = self
+            .lua
+            .load("return require('compare').run")
+            .set_name("=ftl compare")
+            .eval()?;
+        run.call::<()>(spec)
+    }
+
     fn exec(&self, src: &str) -> Result<Outcome> {
         let name = chunk_name(&self.env.recipe);
         let mut chunk = self.lua.load(src).set_name(format!("@{name}"));
         if !self.env.trust {
             chunk = chunk.set_mode(mlua::chunk::ChunkMode::Text);
         }
-        match chunk.exec() {
+        let done = if self.env.compare {
+            chunk.eval::<Value>().and_then(|v| self.compare(v))
+        } else {
+            chunk.exec()
+        };
+        match done {
             Ok(()) => Ok(Outcome::Ok),
             Err(e) => match exit_code(&e) {
                 Some(0) => Ok(Outcome::Ok),

@@ -518,6 +518,8 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
                 })?);
             }
             lo.head = o.or("head", true)?;
+            lo.num_labels = o.get("num_labels")?;
+            lo.seed = o.or("seed", 0u64)?;
             if plan {
                 lo.shapes_only = true;
                 if gpu && lo.dtype.is_none() {

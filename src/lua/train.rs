@@ -331,6 +331,9 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
             if let Some(r) = recorder.as_mut() {
                 hooks.push(r);
             }
+            // models the recipe dropped are freed now, not inside this training's memory peak
+            lua.gc_collect()?;
+            lua.gc_collect()?;
             let r = crate::train::train(&h.0, &data, &opts, eval.as_ref(), &mut hooks, &env.cancel)
                 .lua(lua)?;
             drop(hooks);

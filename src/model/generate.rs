@@ -94,8 +94,9 @@ impl Model {
         Ok(last.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?[0])
     }
 
-    /// Generated text after `prompt`, cut at the first stop string.
-    pub fn generate(&self, prompt: &str, o: &GenOpts) -> Result<String> {
+    /// Generated text after `prompt`, cut at the first stop string, and how many tokens were
+    /// generated for it (the stop string's included: they were computed).
+    pub fn generate(&self, prompt: &str, o: &GenOpts) -> Result<(String, usize)> {
         let tok = self.tokenizer.as_ref().ok_or_else(|| {
             Error::msg("generate needs a tokenizer (the model directory has no tokenizer.json)")
         })?;
@@ -112,6 +113,6 @@ impl Model {
         if let Some(cut) = o.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
             text.truncate(cut);
         }
-        Ok(text)
+        Ok((text, ids.len()))
     }
 }

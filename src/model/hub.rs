@@ -287,6 +287,99 @@ impl Source for RandomInit {
     }
 }
 
+/// A checkpoint with a new head: the weights it lacks under `prefixes` (a classifier the base
+/// model never had) are initialised as HF's `_init_weights` does, as `from_pretrained(...,
+/// num_labels=)` does with the "newly initialized" warning.
+pub struct NewHead<'a> {
+    pub inner: &'a dyn Source,
+    pub random: &'a dyn Source,
+    pub prefixes: &'static [&'static str],
+    /// the names that were initialised, for the warning
+    pub filled: std::cell::RefCell<Vec<String>>,
+}
+
+impl NewHead<'_> {
+    fn fills(&self, name: &str) -> bool {
+        !self.inner.has(name) && self.prefixes.iter().any(|p| name.starts_with(p))
+    }
+}
+
+impl Source for NewHead<'_> {
+    fn get(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        if self.fills(name) {
+            self.filled.borrow_mut().push(name.to_string());
+            return self.random.get(name, shape, init);
+        }
+        self.inner.get(name, shape, init)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.inner.has(name) || self.fills(name)
+    }
+
+    fn origin(&self) -> String {
+        self.inner.origin()
+    }
+
+    fn stored_dtype(&self, name: &str) -> Option<String> {
+        self.inner.stored_dtype(name)
+    }
+}
+
+/// Whether this is the first new head from `dir` with `seed` in this process (a comparison loads
+/// the same checkpoint once per method; one warning says it).
+fn warn_once(dir: &Path, seed: u64) -> bool {
+    static SEEN: std::sync::Mutex<Vec<(PathBuf, u64)>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (dir.to_path_buf(), seed);
+    if seen.contains(&key) {
+        return false;
+    }
+    seen.push(key);
+    true
+}
+
+/// `config` as a sequence classifier with `n` labels (HF's `num_labels=`): the label maps are
+/// kept when they have `n` entries, else replaced by `LABEL_i`.
+fn with_labels(config: &mut serde_json::Value, cfg_path: &Path, n: usize) -> Result<()> {
+    let mt = config
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    if mt != "bert" {
+        return Err(Error::config(
+            cfg_path,
+            "model_type",
+            format!("num_labels= makes a sequence classifier, which ftl has for bert; this model is `{mt}`"),
+        ));
+    }
+    if n == 0 {
+        return Err(Error::config(cfg_path, "num_labels", "must be at least 1"));
+    }
+    let o = config
+        .as_object_mut()
+        .ok_or_else(|| Error::config(cfg_path, "config", "not a JSON object"))?;
+    let kept = o
+        .get("id2label")
+        .and_then(|m| m.as_object())
+        .is_some_and(|m| m.len() == n);
+    if !kept {
+        let id2label: serde_json::Map<String, serde_json::Value> = (0..n)
+            .map(|i| (i.to_string(), format!("LABEL_{i}").into()))
+            .collect();
+        let label2id: serde_json::Map<String, serde_json::Value> =
+            (0..n).map(|i| (format!("LABEL_{i}"), i.into())).collect();
+        o.insert("id2label".into(), id2label.into());
+        o.insert("label2id".into(), label2id.into());
+    }
+    o.insert("num_labels".into(), n.into());
+    o.insert(
+        "architectures".into(),
+        serde_json::json!(["BertForSequenceClassification"]),
+    );
+    Ok(())
+}
+
 /// Stand-ins of the requested shapes: plan mode's random initialisation.
 pub struct Shapes {
     pub dtype: DType,
@@ -317,6 +410,10 @@ pub struct LoadOpts {
     /// plan mode (`ftl check`, `ftl inspect`): read the files' headers only; every weight is a
     /// zero tensor of its stored shape (zeroed pages are mapped lazily, so this costs no time)
     pub shapes_only: bool,
+    /// a sequence classifier with this many labels (a new head where the checkpoint has none)
+    pub num_labels: Option<usize>,
+    /// seeds the weights the checkpoint lacks
+    pub seed: u64,
 }
 
 impl Default for LoadOpts {
@@ -326,6 +423,8 @@ impl Default for LoadOpts {
             device: Device::Cpu,
             head: true,
             shapes_only: false,
+            num_labels: None,
+            seed: 0,
         }
     }
 }
@@ -347,7 +446,7 @@ pub fn load(dir: &Path, opts: &LoadOpts) -> Result<Model> {
         return Err(Error::file(dir, "no such model directory or GGUF file"));
     }
     let cfg_path = dir.join("config.json");
-    let config = read_json(&cfg_path)?;
+    let mut config = read_json(&cfg_path)?;
     let dtype = opts.dtype.unwrap_or(if opts.device.is_cpu() {
         DType::F32
     } else {
@@ -355,7 +454,41 @@ pub fn load(dir: &Path, opts: &LoadOpts) -> Result<Model> {
     });
     let mut weights = Weights::open(dir, dtype, &opts.device)?;
     weights.shapes_only = opts.shapes_only;
-    let mut m = build(&config, &cfg_path, &weights, dtype, &opts.device, opts.head)?;
+    let mut m = match opts.num_labels {
+        Some(n) => {
+            with_labels(&mut config, &cfg_path, n)?;
+            let random: Box<dyn Source> = if opts.shapes_only {
+                Box::new(Shapes {
+                    dtype,
+                    device: opts.device.clone(),
+                })
+            } else {
+                Box::new(RandomInit {
+                    seed: opts.seed,
+                    dtype,
+                    device: opts.device.clone(),
+                })
+            };
+            let src = NewHead {
+                inner: &weights,
+                random: random.as_ref(),
+                prefixes: &["classifier.", "bert.pooler.", "pooler."],
+                filled: Default::default(),
+            };
+            let m = build(&config, &cfg_path, &src, dtype, &opts.device, true)?;
+            let filled = src.filled.borrow();
+            if !filled.is_empty() && warn_once(dir, opts.seed) {
+                tracing::warn!(
+                    "{}: newly initialized (seed {}), train them: {}",
+                    dir.display(),
+                    opts.seed,
+                    filled.join(", ")
+                );
+            }
+            m
+        }
+        None => build(&config, &cfg_path, &weights, dtype, &opts.device, opts.head)?,
+    };
     m.dir = Some(dir.to_path_buf());
     if opts.shapes_only {
         record_stored_dtypes(&mut m, &weights);

@@ -283,6 +283,29 @@ pub fn sample_device_memory(dev: &candle_core::Device) {
     }
 }
 
+/// Starts a new high-water mark, so that a training reports its own peak rather than the
+/// process's (a comparison trains many models one after another). On the CPU freed heap pages go
+/// back to the system first, then the kernel's VmHWM restarts at the current RSS; on a GPU the
+/// peak restarts at the memory in use now.
+pub fn reset_peak_memory(dev: &candle_core::Device) {
+    if dev.is_cpu() {
+        // SAFETY: both only return free heap memory to the system (mimalloc is the binary's
+        // allocator, glibc's malloc the tests')
+        unsafe {
+            libmimalloc_sys::mi_collect(true);
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            libc::malloc_trim(0);
+        }
+        // "5" resets the peak RSS (Documentation/filesystems/proc.rst); without /proc (or
+        // permission) the peak stays the process's
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+    } else if let Some(u) = device_used(dev) {
+        use std::sync::atomic::Ordering::Relaxed;
+        DEVICE_BASE.fetch_min(u, Relaxed);
+        DEVICE_PEAK.store(u, Relaxed);
+    }
+}
+
 /// Peak device memory above the baseline sampled first (the CUDA context excluded).
 pub fn device_peak_bytes(dev: &candle_core::Device) -> Option<u64> {
     use std::sync::atomic::Ordering::Relaxed;
@@ -341,6 +364,7 @@ pub fn train(
     let plan = Plan::new(&ex, o)?;
     let _uploads = crate::model::keep_small_uploads(&lock(model).device);
     let device = lock(model).device.clone();
+    reset_peak_memory(&device);
     let mut opt = Optimizer::new(o.optimizer.clone());
     let mut res = TrainResult::default();
     let start = Instant::now();

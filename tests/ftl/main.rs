@@ -2,6 +2,7 @@
 
 mod check;
 mod common;
+mod compare;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod deep;
