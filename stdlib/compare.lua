@@ -156,8 +156,8 @@ local function probe(m, facts)
   return ok
 end
 
--- Greedy generation speed: tokens/s over `inference.runs` generations of `inference.tokens`
--- tokens from the prompt (one warm-up first). Classifiers: tokens/s through forward passes.
+-- Greedy generation speed: tokens/s over `inference.runs` generations of exactly
+-- `inference.tokens` tokens from the prompt (one warm-up first). Classifiers: tokens/s through forward passes.
 local function inference_speed(m, spec, prompt_text, classify)
   local inf = spec.inference or {}
   local runs = inf.runs or 3
@@ -191,7 +191,9 @@ local function inference_speed(m, spec, prompt_text, classify)
   m:generate(prompt_text, {max_tokens = 4})
   local t0, n = ftl.clock(), 0
   for _ = 1, runs do
-    local _, k = m:generate(prompt_text, {max_tokens = tokens})
+    -- every model generates the same number of tokens: one that answers and stops at once would
+    -- otherwise be timed on its prompt
+    local _, k = m:generate(prompt_text, {max_tokens = tokens, min_tokens = tokens})
     n = n + k
   end
   return n / math.max(ftl.clock() - t0, 1e-9)

@@ -311,6 +311,11 @@ pub const GENERATE: Class = Class {
         f!("top_p", "number", "nucleus sampling"),
         f!("seed", "integer", "sampling seed (default 0)"),
         f!("stop", "string|string[]", "stop at any of these strings"),
+        f!(
+            "min_tokens",
+            "integer",
+            "no end-of-sequence token before this many new tokens (HF's min_new_tokens; default 0)"
+        ),
     ],
 };
 

@@ -403,6 +403,7 @@ impl UserData for ModelHandle {
                     top_p: o.get("top_p")?,
                     seed: o.or("seed", 0)?,
                     stop,
+                    min_tokens: o.or("min_tokens", 0)?,
                 };
                 h.lock().generate(&prompt, &g).lua(lua)
             },

@@ -14,6 +14,9 @@ pub struct GenOpts {
     pub top_p: Option<f64>,
     pub seed: u64,
     pub stop: Vec<String>,
+    /// the end-of-sequence token is not chosen before this many new tokens (HF's
+    /// `min_new_tokens`): a generation of a known length, for timing
+    pub min_tokens: usize,
 }
 
 impl Default for GenOpts {
@@ -24,6 +27,7 @@ impl Default for GenOpts {
             top_p: None,
             seed: 0,
             stop: Vec::new(),
+            min_tokens: 0,
         }
     }
 }
@@ -76,7 +80,14 @@ impl Model {
                 .narrow(1, logits.dim(1)? - 1, 1)?
                 .squeeze(1)?
                 .squeeze(0)?;
-            let last = last.to_dtype(DType::F32)?;
+            let mut last = last.to_dtype(DType::F32)?;
+            if let Some(e) = eos.filter(|_| out.len() < o.min_tokens) {
+                let mut v = last.to_vec1::<f32>()?;
+                if let Some(x) = v.get_mut(e as usize) {
+                    *x = f32::NEG_INFINITY;
+                }
+                last = Tensor::new(v, last.device())?;
+            }
             let tok = lp.sample(&last)?;
             out.push(tok);
             all.push(tok);
