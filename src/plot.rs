@@ -221,7 +221,16 @@ mod tests {
         };
         let s = svg(&f).unwrap();
         assert!(s.starts_with("<svg"), "{}", &s[..40]);
-        assert!(s.contains(">lora<") && s.contains(">ia3<") && s.contains(">full<"));
+        // the texts drawn: legend entries and point labels
+        let texts: Vec<&str> = s
+            .split("<text")
+            .skip(1)
+            .filter_map(|t| t.split_once('>')?.1.split_once("</text>"))
+            .map(|(body, _)| body.trim())
+            .collect();
+        for name in ["lora", "ia3", "full", "loss", "accuracy"] {
+            assert!(texts.contains(&name), "no text {name} in {texts:?}");
+        }
         assert!(!s.contains("NaN"));
     }
 }

@@ -109,3 +109,20 @@ pub fn examples(e: &Expected) -> Vec<ftl::data::Example> {
         })
         .collect()
 }
+
+/// A real checkpoint under `models/` (`scripts/fetch-models.sh` fetches them), or None with a
+/// SKIPPED line saying so.
+pub fn real_model(rel: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(rel);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "SKIPPED: {} is absent (run scripts/fetch-models.sh)",
+            p.display()
+        );
+        None
+    }
+}

