@@ -190,6 +190,7 @@ fn rerun(a: &RunArgs, quiet: bool) -> Result<ExitCode> {
     env.recipe_dir = m.recipe_dir.clone();
     env.copies = Some(crate::lua::normalize(&cwd.join(copies)));
     env.quiet = quiet;
+    env.compare = m.compare;
     execute(env, &m.args)
 }
 

@@ -31,6 +31,9 @@ pub struct Manifest {
     /// `ftl.args` (paths that exist made absolute, as the recipe saw them)
     pub args: Vec<(String, String)>,
     pub trust: bool,
+    /// made by `ftl compare` (a rerun compares again)
+    #[serde(default)]
+    pub compare: bool,
     /// the manifest this run reran, if it was a rerun
     pub rerun_of: Option<PathBuf>,
     /// seconds since the Unix epoch at the start

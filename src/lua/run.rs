@@ -40,6 +40,7 @@ pub fn begin(lua: &Lua, env: &Env, src: &str) {
     let mut m = Manifest::new(&env.recipe, &env.recipe_dir);
     m.args = env.args.clone();
     m.trust = env.trust;
+    m.compare = env.compare;
     m.rerun_of = env
         .copies
         .as_ref()

@@ -242,6 +242,30 @@ return {
         assert!(svg.contains(name), "comparison.svg lacks `{name}`");
     }
 
+    // a rerun from the manifest compares again, with the same numbers
+    let again = t.path().join("again");
+    let (code, stdout, err) = ftl(&[
+        "run",
+        out.join("run.ron").to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+        "-q",
+    ]);
+    assert_eq!(code, 0, "{stdout}\n{err}");
+    let (_, rerun) = read_csv(&again.join("comparison.csv"));
+    assert_eq!(rerun.len(), rows.len());
+    for (a, b) in rows.iter().zip(&rerun) {
+        for col in [
+            "method",
+            "trainable",
+            "task_loss",
+            "retention_loss",
+            "storage_bytes",
+        ] {
+            assert_eq!(a[col], b[col], "{} {col}", a["method"]);
+        }
+    }
+
     // the saved results, loaded afresh in another process, give the losses the table reports
     let check = write(
         t.path(),
