@@ -10,7 +10,6 @@ use crate::train::{self, optim, Flow, Hook, StepInfo, TrainOpts};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 use clap::Args;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 #[derive(Args, Clone, Debug)]
@@ -219,14 +218,7 @@ pub fn run_one(a: &BenchArgs, method: &str) -> Result<serde_json::Value> {
     let mut times = Times(Vec::new());
     #[cfg(feature = "profile")]
     let prof = crate::profile::start();
-    let res = train::train(
-        &model,
-        &data,
-        &opts,
-        None,
-        &mut [&mut times],
-        &AtomicBool::new(false),
-    )?;
+    let res = train::train(&model, &data, &opts, None, &mut [&mut times])?;
     #[cfg(feature = "profile")]
     if let Some(p) = prof {
         p.finish();

@@ -250,5 +250,6 @@ pub fn check(recipe: &Path, args: &[String], out: Option<&Path>, trust: bool) ->
     Ok(match outcome {
         Outcome::Ok => ExitCode::SUCCESS,
         Outcome::Exit(c) => ExitCode::from(c.clamp(0, 255) as u8),
+        Outcome::Cancelled => ExitCode::from(130),
     })
 }

@@ -158,6 +158,7 @@ fn execute(env: Env, args: &[(String, String)]) -> Result<ExitCode> {
     match rt.run()? {
         Outcome::Ok => Ok(ExitCode::SUCCESS),
         Outcome::Exit(c) => Ok(ExitCode::from(c.clamp(0, 255) as u8)),
+        Outcome::Cancelled => Ok(ExitCode::from(130)),
     }
 }
 

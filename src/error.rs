@@ -40,6 +40,10 @@ pub enum Error {
     #[error("{0}")]
     Msg(String),
 
+    /// The run was cancelled (`crate::cancel`): never caught, it ends the run.
+    #[error("cancelled")]
+    Cancelled,
+
     #[error("{}", without_backtrace(&.0.to_string()))]
     Candle(#[from] candle_core::Error),
 }

@@ -1,6 +1,7 @@
 //! ftl: a fine-tuning lab for transformer models — HF models and PEFT methods in Rust, driven by
 //! Lua recipes.
 
+pub mod cancel;
 pub mod error;
 pub mod gguf;
 pub mod model;

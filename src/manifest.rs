@@ -40,8 +40,14 @@ pub struct Manifest {
     pub started_unix: u64,
     /// seconds from the start to the last update of this file
     pub time_s: f64,
-    /// "running", "done", "exit N" or "failed: MESSAGE"
+    /// "running", "done", "exit N", "cancelled" or "failed: MESSAGE"
     pub status: String,
+    /// under `ftl watch`: what changed since the previous run (`recipe.lua:12 r = 8 → 16`)
+    #[serde(default)]
+    pub changed: Option<String>,
+    /// what the recipe returned, in short (`acc=0.91 loss=0.2`)
+    #[serde(default)]
+    pub returned: Option<String>,
     /// every file a dataset of the run was read from (training, eval= and ftl.evaluate data)
     pub data: Vec<DataFile>,
     /// the `ftl.train` calls, in order

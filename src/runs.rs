@@ -18,7 +18,19 @@ fn find(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
-    entries.sort();
+    // run-2 before run-10
+    entries.sort_by_key(|p| {
+        let n = p
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let digits = n.len() - n.chars().rev().take_while(char::is_ascii_digit).count();
+        (
+            n[..digits].to_string(),
+            n[digits..].parse::<u64>().unwrap_or(0),
+            n,
+        )
+    });
     for p in entries {
         if p.file_name().is_some_and(|n| n == manifest::FILE) && p.is_file() {
             out.push(p);
@@ -33,7 +45,8 @@ fn loss(x: Option<f64>) -> String {
     x.map_or("-".into(), |v| format!("{v:.4}"))
 }
 
-/// One row per run: where, recipe, arguments, final loss, eval loss, time, trainable parameters.
+/// One row per run: where, recipe, arguments, what changed (watch), final loss, eval loss, what
+/// the recipe returned, time, trainable parameters.
 fn row(dir: &Path, path: &Path, m: &Manifest) -> Vec<String> {
     let last = m.trainings.last().map(|t| &t.metrics);
     let recipe = m
@@ -56,11 +69,13 @@ fn row(dir: &Path, path: &Path, m: &Manifest) -> Vec<String> {
         run_dir(dir, path),
         recipe,
         if args.is_empty() { "-".into() } else { args },
+        m.changed.clone().unwrap_or_else(|| "-".into()),
         loss(last.map(|r| r.loss)),
         loss(
             last.and_then(|r| r.eval_loss)
                 .or(m.evaluations.last().map(|e| e.loss)),
         ),
+        m.returned.clone().unwrap_or_else(|| "-".into()),
         format!("{:.1}s{status}", m.time_s),
         last.map_or("-".into(), |r| r.trainable.to_string()),
     ]
@@ -89,8 +104,10 @@ pub fn table(dir: &Path) -> Result<String> {
         "run",
         "recipe",
         "args",
+        "changed",
         "loss",
         "eval loss",
+        "returned",
         "time",
         "trainable",
     ]

@@ -835,6 +835,7 @@ pub const FUNCS: &[Func] = &[
         "number",
         "Wall-clock seconds since the run started (for timing)"
     ),
+    func!("ftl", "cache", ["key": "string", "fn": "fun(): any"], "any", "fn's results, kept across the runs of ftl watch (keyed by key, fn's code and ftl.args); outside watch, calls fn"),
     func!("ftl", "plot", ["path": "string", "figure": "ftl.PlotOpts"], "string", "Writes a figure of line or point panels as SVG in the output directory; returns its path"),
     func!("ftl.fs", "join", ["...": "string"], "string", "Joins path segments"),
     func!("ftl.json", "read", ["path": "string"], "any", "A JSON file as Lua values"),

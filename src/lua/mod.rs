@@ -4,6 +4,7 @@
 
 pub mod api;
 mod args;
+mod cache;
 mod data;
 mod fs;
 mod model;
@@ -18,12 +19,12 @@ mod tensor;
 mod train;
 
 pub use args::parse_args;
+pub use cache::cache_across_runs;
 pub use stdlib::STDLIB;
 
 use crate::error::{Error, Result};
 use mlua::{Lua, LuaOptions, StdLib, Table, Value};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 /// Where a run reads and writes, and what it may touch.
@@ -36,8 +37,8 @@ pub struct Env {
     pub extra_roots: Vec<PathBuf>,
     /// every file the run loaded with `require`, with a hash of what it read (watch mode)
     pub required: Mutex<Vec<(PathBuf, u64)>>,
-    /// set to stop a running training loop (watch mode)
-    pub cancel: Arc<AtomicBool>,
+    /// stops the run as a whole (watch mode): see `Cancelled`
+    pub cancel: crate::cancel::Token,
     /// quiet progress output (tests, watch)
     pub quiet: bool,
     /// the command-line arguments, as the recipe sees them
@@ -47,6 +48,11 @@ pub struct Env {
     pub copies: Option<PathBuf>,
     /// `ftl compare`: the table the recipe returns is the spec of `require("compare").run`
     pub compare: bool,
+    /// every path the run read data or a model from (watch mode watches them)
+    pub opened: Mutex<Vec<PathBuf>>,
+    /// a run of `ftl watch`: what changed since the previous run. Such a run always leaves a
+    /// manifest, so that the history has every run.
+    pub watched: Option<String>,
 }
 
 /// A hash of a file's content (watch mode compares them to tell saves from reads).
@@ -101,11 +107,13 @@ impl Env {
             trust,
             extra_roots: Vec::new(),
             required: Mutex::new(Vec::new()),
-            cancel: Arc::new(AtomicBool::new(false)),
+            cancel: crate::cancel::Token::new(),
             quiet: false,
             args: Vec::new(),
             copies: None,
             compare: false,
+            opened: Mutex::new(Vec::new()),
+            watched: None,
         }
     }
 }
@@ -122,11 +130,31 @@ impl std::fmt::Display for ExitRequest {
 
 impl std::error::Error for ExitRequest {}
 
+/// What a cancelled run unwinds with. `pcall`, `xpcall` and `coroutine.resume` re-raise it (see
+/// `guard_protected_calls`) and every ftl function raises it once the run is cancelled, so that
+/// nothing after the point of cancellation runs.
+#[derive(Debug)]
+pub struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cancelled")
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
+fn cancelled_err() -> mlua::Error {
+    mlua::Error::external(Cancelled)
+}
+
 /// How a recipe run ended.
 #[derive(Debug)]
 pub enum Outcome {
     Ok,
     Exit(i32),
+    /// stopped by its cancellation flag
+    Cancelled,
 }
 
 /// "recipe.lua:12" for the Lua code calling into Rust right now.
@@ -151,6 +179,10 @@ pub(crate) fn location(lua: &Lua) -> Option<String> {
 
 /// An error raised in Lua, prefixed with the calling line.
 pub(crate) fn lua_err(lua: &Lua, msg: impl std::fmt::Display) -> mlua::Error {
+    // whatever failed after a cancellation failed because of it
+    if crate::cancel::requested() {
+        return cancelled_err();
+    }
     let msg = crate::error::without_backtrace(&msg.to_string());
     match location(lua) {
         Some(l) => mlua::Error::RuntimeError(format!("{l}: {msg}")),
@@ -179,6 +211,16 @@ pub fn describe(e: &mlua::Error) -> String {
         mlua::Error::ExternalError(x) => x.to_string(),
         mlua::Error::MemoryError(_) => sandbox::memory_message(),
         other => other.to_string(),
+    }
+}
+
+fn is_cancelled(e: &mlua::Error) -> bool {
+    match e {
+        mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => {
+            is_cancelled(cause)
+        }
+        mlua::Error::ExternalError(x) => x.downcast_ref::<Cancelled>().is_some(),
+        _ => false,
     }
 }
 
@@ -251,6 +293,7 @@ impl Runtime {
         data::register(lua, &ftl)?;
         train::register(lua, &ftl)?;
         plot::register(lua, &ftl)?;
+        cache::register(lua, &ftl)?;
         ftl.set("args", args::to_table(lua, args)?)?;
         ftl.set("out_dir", self.env.out_dir.display().to_string())?;
         ftl.set("recipe_dir", self.env.recipe_dir.display().to_string())?;
@@ -263,23 +306,20 @@ impl Runtime {
         )?;
         g.set("ftl", ftl.clone())?;
         install_require(lua, &g, ftl)?;
-        Ok(())
-    }
-
-    /// Makes pure-Lua code stop with an error once `cancel` is set (Rust calls poll it themselves).
-    pub fn interrupt_on(&self, cancel: Arc<AtomicBool>) {
-        let _ = self.lua.set_hook(
-            mlua::HookTriggers::new().every_nth_instruction(10_000),
+        guard_protected_calls(lua)?;
+        let cancel = self.env.cancel.clone();
+        // pure-Lua code (a loop) stops soon after a cancellation too; Rust calls poll themselves
+        lua.set_hook(
+            mlua::HookTriggers::new().every_nth_instruction(1000),
             move |_, _| {
-                if cancel.load(std::sync::atomic::Ordering::Relaxed) {
-                    Err(mlua::Error::RuntimeError(
-                        "cancelled: the recipe changed".into(),
-                    ))
+                if cancel.is_cancelled() {
+                    Err(cancelled_err())
                 } else {
                     Ok(mlua::VmState::Continue)
                 }
             },
-        );
+        )?;
+        Ok(())
     }
 
     /// Runs the recipe file.
@@ -294,9 +334,10 @@ impl Runtime {
 
     /// Runs `src` as the recipe (named after the recipe file in errors).
     pub fn run_source(&self, src: &str) -> Result<Outcome> {
+        let _cancel = crate::cancel::install(&self.env.cancel);
         run::begin(&self.lua, &self.env, src);
-        let r = self.exec(src);
-        run::finish(&self.lua, &self.env, &r);
+        let (r, returned) = self.exec(src);
+        run::finish(&self.lua, &self.env, &r, returned);
         r
     }
 
@@ -318,19 +359,28 @@ impl Runtime {
         run.call::<()>(spec)
     }
 
-    fn exec(&self, src: &str) -> Result<Outcome> {
+    /// How the run ended, and what the recipe returned (in short, for the manifest).
+    fn exec(&self, src: &str) -> (Result<Outcome>, Option<String>) {
         let name = chunk_name(&self.env.recipe);
         let mut chunk = self.lua.load(src).set_name(format!("@{name}"));
         if !self.env.trust {
             chunk = chunk.set_mode(mlua::chunk::ChunkMode::Text);
         }
+        let mut returned = None;
         let done = if self.env.compare {
             chunk.eval::<Value>().and_then(|v| self.compare(v))
         } else {
-            chunk.exec()
+            chunk.eval::<mlua::MultiValue>().map(|v| {
+                returned = run::summary(&v);
+            })
         };
+        (self.outcome(done), returned)
+    }
+
+    fn outcome(&self, done: mlua::Result<()>) -> Result<Outcome> {
         match done {
             Ok(()) => Ok(Outcome::Ok),
+            Err(e) if is_cancelled(&e) || self.env.cancel.is_cancelled() => Ok(Outcome::Cancelled),
             Err(e) => match exit_code(&e) {
                 Some(0) => Ok(Outcome::Ok),
                 Some(c) => Ok(Outcome::Exit(c)),
@@ -346,6 +396,40 @@ impl Runtime {
             },
         }
     }
+}
+
+/// `pcall`, `xpcall` and `coroutine.resume` as Lua has them, except that a cancelled run's error
+/// goes through them: a recipe's error handling cannot keep a cancelled run going.
+fn guard_protected_calls(lua: &Lua) -> mlua::Result<()> {
+    let cancelled = lua.create_function(|_, ()| Ok(crate::cancel::requested()))?;
+    let stop = lua.create_function(|_, ()| Err::<(), _>(cancelled_err()))?;
+    lua.load(
+        r#"
+        local cancelled, stop = ...
+        local pcall_, xpcall_ = pcall, xpcall
+        local function after(...)
+          if cancelled() then stop() end
+          return ...
+        end
+        pcall = function(...) return after(pcall_(...)) end
+        xpcall = function(f, handler, ...)
+          local h = handler
+          if type(handler) == "function" then
+            h = function(e)
+              if cancelled() then return e end
+              return handler(e)
+            end
+          end
+          return after(xpcall_(f, h, ...))
+        end
+        if coroutine then
+          local resume = coroutine.resume
+          coroutine.resume = function(...) return after(resume(...)) end
+        end
+        "#,
+    )
+    .set_name("=ftl")
+    .call::<()>((cancelled, stop))
 }
 
 /// The name errors show for a file: relative to the current directory when inside it.

@@ -41,6 +41,7 @@ pub fn begin(lua: &Lua, env: &Env, src: &str) {
     m.args = env.args.clone();
     m.trust = env.trust;
     m.compare = env.compare;
+    m.changed = env.watched.clone();
     m.rerun_of = env
         .copies
         .as_ref()
@@ -50,22 +51,24 @@ pub fn begin(lua: &Lua, env: &Env, src: &str) {
         manifest: m,
         src: src.to_string(),
         started: Instant::now(),
-        active: false,
+        active: env.watched.is_some(),
         calls: 0,
         hashes: HashMap::new(),
     })));
 }
 
-/// Records how the run ended, if it left a manifest.
-pub fn finish(lua: &Lua, env: &Env, r: &crate::Result<Outcome>) {
+/// Records how the run ended and what the recipe returned, if it left a manifest.
+pub fn finish(lua: &Lua, env: &Env, r: &crate::Result<Outcome>, returned: Option<String>) {
     let Some(l) = log(lua) else { return };
     let mut l = l.lock().unwrap();
     if !l.active {
         return;
     }
+    l.manifest.returned = returned;
     l.manifest.status = match r {
         Ok(Outcome::Ok) => "done".into(),
         Ok(Outcome::Exit(c)) => format!("exit {c}"),
+        Ok(Outcome::Cancelled) => "cancelled".into(),
         Err(e) => format!("failed: {e}"),
     };
     if let Err(e) = save(&mut l, env) {
@@ -234,4 +237,58 @@ pub fn evaluated(lua: &Lua, env: &Env, data: &Dataset, e: &EvalInfo) -> crate::R
         accuracy: e.accuracy,
     });
     save(&mut l, env)
+}
+
+/// What a recipe returned, in one short line: `acc=0.91 loss=0.2134`, `0.5`, `"text"`, `{3 items}`.
+pub fn summary(values: &mlua::MultiValue) -> Option<String> {
+    fn scalar(v: &mlua::Value) -> Option<String> {
+        Some(match v {
+            mlua::Value::Boolean(b) => b.to_string(),
+            mlua::Value::Integer(i) => i.to_string(),
+            mlua::Value::Number(n) => format!("{n:.4}")
+                .trim_end_matches('0')
+                .trim_end_matches('.')
+                .to_string(),
+            mlua::Value::String(s) => format!("{:?}", s.to_string_lossy()),
+            _ => return None,
+        })
+    }
+    fn one(v: &mlua::Value) -> String {
+        if let Some(s) = scalar(v) {
+            return s;
+        }
+        match v {
+            mlua::Value::Table(t) => {
+                let mut named: Vec<(String, String)> = Vec::new();
+                let mut items = 0;
+                for (k, v) in t.pairs::<mlua::Value, mlua::Value>().flatten() {
+                    match (&k, scalar(&v)) {
+                        (mlua::Value::String(k), Some(v)) => named.push((k.to_string_lossy(), v)),
+                        _ => items += 1,
+                    }
+                }
+                named.sort();
+                let mut parts: Vec<String> =
+                    named.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+                if items > 0 {
+                    parts.push(format!(
+                        "{{{items} item{}}}",
+                        if items == 1 { "" } else { "s" }
+                    ));
+                }
+                parts.join(" ")
+            }
+            other => other.type_name().to_string(),
+        }
+    }
+    let s: Vec<String> = values.iter().map(one).filter(|s| !s.is_empty()).collect();
+    if s.is_empty() {
+        return None;
+    }
+    let s = s.join(", ");
+    Some(if s.chars().count() > 120 {
+        s.chars().take(117).collect::<String>() + "..."
+    } else {
+        s
+    })
 }

@@ -65,6 +65,14 @@ impl Env {
     /// The one sandbox check: `path` (absolute) if its real location is inside a root, as the
     /// path to open.
     fn check(&self, path: &Path, write: bool) -> Result<PathBuf> {
+        let p = self.allowed(path, write)?;
+        if !write {
+            self.opened.lock().unwrap().push(p.clone());
+        }
+        Ok(p)
+    }
+
+    fn allowed(&self, path: &Path, write: bool) -> Result<PathBuf> {
         let lexical = normalize(path);
         if self.trust {
             return Ok(lexical);
@@ -110,6 +118,8 @@ impl Env {
 
     /// A path the recipe writes: relative to the output directory.
     pub fn output(&self, p: &str) -> Result<PathBuf> {
+        // a cancelled run writes nothing more
+        crate::cancel::check()?;
         self.check(&self.out_dir.join(p), true)
     }
 
@@ -130,7 +140,7 @@ impl Env {
 pub const DEFAULT_MEMORY: usize = 1 << 30;
 
 /// `2GiB`, `512M`, `1000000`; `0` is no limit.
-fn parse_size(s: &str) -> Option<usize> {
+pub(super) fn parse_size(s: &str) -> Option<usize> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

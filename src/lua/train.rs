@@ -334,8 +334,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
             // models the recipe dropped are freed now, not inside this training's memory peak
             lua.gc_collect()?;
             lua.gc_collect()?;
-            let r = crate::train::train(&h.0, &data, &opts, eval.as_ref(), &mut hooks, &env.cancel)
-                .lua(lua)?;
+            let r = crate::train::train(&h.0, &data, &opts, eval.as_ref(), &mut hooks).lua(lua)?;
             drop(hooks);
             if let (Some(rec), Some(n)) = (&recorder, call) {
                 rec.finish().lua(lua)?;

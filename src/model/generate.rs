@@ -69,6 +69,7 @@ impl Model {
         let mut out = Vec::new();
         let mut next_input: Vec<u32> = prompt_ids.to_vec();
         for _ in 0..o.max_tokens {
+            crate::cancel::check()?;
             let logits = if use_cache {
                 let ids = Tensor::new(next_input.as_slice(), &self.device)?.unsqueeze(0)?;
                 self.forward_with(&ids, None, None, &ctx, Some(&mut past))?

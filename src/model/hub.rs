@@ -47,10 +47,16 @@ pub fn record_stored_dtypes(m: &mut Model, src: &dyn Source) {
         .collect();
 }
 
-/// Loaded base tensors kept across runs (`ftl watch`), keyed by file identity, tensor, dtype and
-/// device: a rerun that loads the same model finds them in memory. Frozen tensors are never
-/// written in place, so sharing them is safe.
-static CACHE: std::sync::OnceLock<std::sync::Mutex<HashMap<String, Tensor>>> =
+/// Loaded base tensors kept across runs (`ftl watch`): a rerun that loads the same model finds
+/// them in memory. Per file, keyed by its identity (size, mtime): a changed file drops its
+/// tensors. Frozen tensors are never written in place, so sharing them is safe.
+struct CachedFile {
+    identity: String,
+    /// "tensor|dtype|device" → the tensor, and whether a run used it since the last sweep
+    tensors: HashMap<String, (Tensor, bool)>,
+}
+
+static CACHE: std::sync::OnceLock<std::sync::Mutex<HashMap<PathBuf, CachedFile>>> =
     std::sync::OnceLock::new();
 static CACHE_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -58,8 +64,18 @@ pub fn keep_weights_across_runs(on: bool) {
     CACHE_ON.store(on, std::sync::atomic::Ordering::SeqCst);
 }
 
-/// `load()` of tensor `name` of file `path`, through the cross-run cache when it is on: keyed by
-/// the file's identity (path, size, mtime), the tensor, dtype and device.
+/// Drops the cached tensors no run used since the last sweep (called after each complete run,
+/// so that the cache holds what the last run loaded and memory does not grow over reruns).
+pub fn sweep_weights() {
+    let Some(cache) = CACHE.get() else { return };
+    let mut c = cache.lock().unwrap();
+    for f in c.values_mut() {
+        f.tensors.retain(|_, (_, used)| std::mem::take(used));
+    }
+    c.retain(|_, f| !f.tensors.is_empty());
+}
+
+/// `load()` of tensor `name` of file `path`, through the cross-run cache when it is on.
 pub(crate) fn cached(
     path: &Path,
     name: &str,
@@ -70,7 +86,7 @@ pub(crate) fn cached(
     if !CACHE_ON.load(std::sync::atomic::Ordering::Relaxed) {
         return load();
     }
-    let key = (|| {
+    let identity = (|| {
         let md = std::fs::metadata(path).ok()?;
         let mtime = md
             .modified()
@@ -78,23 +94,34 @@ pub(crate) fn cached(
             .duration_since(std::time::UNIX_EPOCH)
             .ok()?
             .as_nanos();
-        Some(format!(
-            "{}|{}|{mtime}|{name}|{dtype:?}|{:?}",
-            path.display(),
-            md.len(),
-            device.location()
-        ))
+        Some(format!("{}|{mtime}", md.len()))
     })();
+    let Some(identity) = identity else {
+        return load();
+    };
+    let key = format!("{name}|{dtype:?}|{:?}", device.location());
     let cache = CACHE.get_or_init(Default::default);
-    if let Some(t) = key
-        .as_ref()
-        .and_then(|k| cache.lock().unwrap().get(k).cloned())
     {
-        return Ok(t);
+        let mut c = cache.lock().unwrap();
+        let f = c.entry(path.to_path_buf()).or_insert_with(|| CachedFile {
+            identity: identity.clone(),
+            tensors: HashMap::new(),
+        });
+        if f.identity != identity {
+            *f = CachedFile {
+                identity: identity.clone(),
+                tensors: HashMap::new(),
+            };
+        }
+        if let Some((t, used)) = f.tensors.get_mut(&key) {
+            *used = true;
+            return Ok(t.clone());
+        }
     }
     let t = load()?;
-    if let Some(k) = key {
-        cache.lock().unwrap().insert(k, t.clone());
+    let mut c = cache.lock().unwrap();
+    if let Some(f) = c.get_mut(path).filter(|f| f.identity == identity) {
+        f.tensors.insert(key, (t.clone(), true));
     }
     Ok(t)
 }

@@ -14,7 +14,6 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, D};
 use optim::{OptimOpts, Optimizer};
 use schedule::Schedule;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -353,7 +352,6 @@ pub fn train(
     o: &TrainOpts,
     eval: Option<&Dataset>,
     hooks: &mut [&mut dyn Hook],
-    cancel: &AtomicBool,
 ) -> Result<TrainResult> {
     check_opts(o)?;
     let (ex, pad) = prepare(model, data, o.max_len)?;
@@ -451,7 +449,7 @@ pub fn train(
                 flow = Flow::Stop;
             }
         }
-        if flow == Flow::Stop || cancel.load(Ordering::Relaxed) {
+        if flow == Flow::Stop {
             break;
         }
     }
@@ -529,6 +527,8 @@ fn accumulate(
     // parameters inside one layer get their whole gradient from that layer's segment
     let layered = lock(model).in_one_layer(params);
     for (j, b) in batches.iter().enumerate() {
+        // a cancelled run stops within a micro-batch, not a whole step later
+        crate::cancel::check()?;
         let t0 = Instant::now();
         let m = lock(model);
         let seed = o
@@ -661,6 +661,7 @@ fn evaluate_examples(
     let (mut sum, mut n, mut correct) = (0f64, 0usize, 0usize);
     let cls = ex.first().is_some_and(|e| e.class.is_some());
     for idx in batch_indices(ex, batch_size.max(1), None, false) {
+        crate::cancel::check()?;
         let b = Batch::collate(
             &idx.iter().map(|&i| ex[i].clone()).collect::<Vec<_>>(),
             pad,

@@ -12,7 +12,6 @@ use ftl::train::{self, optim, Flow, Hook, StepInfo, TrainOpts};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 /// The deep model: the GGUF that scripts/fetch-models.sh fetches (transformers dequantised it to
@@ -125,15 +124,7 @@ pub fn deviation(model_dir: &Path, dev: &Device) -> Deviation {
         losses: Vec::new(),
     };
     let model = Arc::new(Mutex::new(m));
-    let res = train::train(
-        &model,
-        &data,
-        &opts,
-        None,
-        &mut [&mut snaps],
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    let res = train::train(&model, &data, &opts, None, &mut [&mut snaps]).unwrap();
     assert_eq!(res.steps, steps);
     let loss0 = meta["losses_f64"][0].as_f64().unwrap();
     Deviation {

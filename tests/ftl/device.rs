@@ -34,7 +34,6 @@ fn device_path_trains_every_method_like_the_cpu_path() {
     use ftl::data::{Dataset, Label, Record};
     use ftl::train::{self, TrainOpts};
     use std::collections::BTreeMap;
-    use std::sync::atomic::AtomicBool;
     use std::sync::{Arc, Mutex};
 
     let _reset = Reset;
@@ -119,7 +118,7 @@ fn device_path_trains_every_method_like_the_cpu_path() {
                 checkpoint,
                 ..Default::default()
             };
-            let r = train::train(&m, data, &o, None, &mut [], &AtomicBool::new(false)).unwrap();
+            let r = train::train(&m, data, &o, None, &mut []).unwrap();
             let mut m = m.lock().unwrap();
             let updates: BTreeMap<String, Tensor> = m
                 .trainable_params()

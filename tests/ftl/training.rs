@@ -16,7 +16,6 @@ use ftl::Model;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 /// Records the first step's raw gradients, every step's loss/lr and parameter values.
@@ -252,15 +251,7 @@ pub(crate) fn check(c: Case) -> Arc<Mutex<Model>> {
         params: all_params(&mut model),
     };
     let model = Arc::new(Mutex::new(model));
-    let res = train::train(
-        &model,
-        &data,
-        &opts,
-        None,
-        &mut [&mut rec],
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    let res = train::train(&model, &data, &opts, None, &mut [&mut rec]).unwrap();
     assert_eq!(res.steps, steps, "{name}");
     let losses: Vec<f64> = meta
         .get("losses")
@@ -627,15 +618,7 @@ fn only_trainable_tensors_change_and_frozen_weights_get_no_gradient() {
         frozen,
         got: Default::default(),
     };
-    let r = train::train(
-        &m,
-        &data,
-        &opts(3),
-        None,
-        &mut [&mut h],
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    let r = train::train(&m, &data, &opts(3), None, &mut [&mut h]).unwrap();
     assert_eq!(h.steps, 3);
     assert!(h.checked > 3, "one backward pass per layer segment");
     assert_eq!(h.got.len(), 8, "every trainable tensor got a gradient");
@@ -710,15 +693,7 @@ fn unfreezing_in_a_callback_applies_from_the_next_step() {
         }
     }
     let mut w = Watch(m.clone(), w0, Vec::new());
-    train::train(
-        &m,
-        &data,
-        &opts(4),
-        None,
-        &mut [&mut w, &mut h],
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    train::train(&m, &data, &opts(4), None, &mut [&mut w, &mut h]).unwrap();
     // 8 LoRA tensors, then 3 more from step 3 on
     assert_eq!(h.seen, vec![8, 8, 11, 11]);
     assert_eq!(w.2, vec![false, false, true, true]);
@@ -731,7 +706,7 @@ fn loss_falls_on_a_small_dataset() {
     let before = train::evaluate(&m, &data, 8, None).unwrap().loss;
     let mut o = opts(60);
     o.lr = 1e-2;
-    let r = train::train(&m, &data, &o, None, &mut [], &AtomicBool::new(false)).unwrap();
+    let r = train::train(&m, &data, &o, None, &mut []).unwrap();
     let after = train::evaluate(&m, &data, 8, None).unwrap().loss;
     eprintln!("loss {before:.3} -> {after:.3} (last step {:.3})", r.loss);
     assert!(before > 6.0, "{before}");
@@ -744,7 +719,7 @@ fn activation_checkpointing_recomputes_each_layer_with_the_same_dropout() {
         let (m, data) = small_setup(0);
         let mut o = opts(3);
         o.checkpoint = checkpoint;
-        let r = train::train(&m, &data, &o, None, &mut [], &AtomicBool::new(false)).unwrap();
+        let r = train::train(&m, &data, &o, None, &mut []).unwrap();
         let layers = m.lock().unwrap().info_dims().layers;
         (r, snapshot(&m), layers)
     };
@@ -772,7 +747,7 @@ fn same_seed_same_run_bit_for_bit() {
         let (m, data) = small_setup(0);
         let mut o = opts(5);
         o.shuffle = true;
-        let r = train::train(&m, &data, &o, None, &mut [], &AtomicBool::new(false)).unwrap();
+        let r = train::train(&m, &data, &o, None, &mut []).unwrap();
         (r.loss, snapshot(&m))
     };
     let (l1, a) = run();
@@ -793,7 +768,7 @@ fn same_seed_same_run_bit_for_bit() {
     let (m, data) = small_setup(0);
     let mut o = opts(5);
     o.seed = 6;
-    let r = train::train(&m, &data, &o, None, &mut [], &AtomicBool::new(false)).unwrap();
+    let r = train::train(&m, &data, &o, None, &mut []).unwrap();
     assert_ne!(r.loss.to_bits(), l1.to_bits());
 }
 
@@ -802,7 +777,7 @@ fn save_adapter_after_training_unfrozen_layers_saves_them() {
     let (m, data) = small_setup(0);
     let sel = Selector::new(Pattern::parse("model.layers.1.**").unwrap());
     m.lock().unwrap().set_trainable(Some(&sel), true).unwrap();
-    train::train(&m, &data, &opts(2), None, &mut [], &AtomicBool::new(false)).unwrap();
+    train::train(&m, &data, &opts(2), None, &mut []).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     ftl::peft::io::save_adapter(&mut m.lock().unwrap(), tmp.path(), "default").unwrap();
     let f = ftl::st::StFile::open(&tmp.path().join("adapter_model.safetensors")).unwrap();
@@ -839,7 +814,7 @@ fn save_adapter_after_training_unfrozen_layers_saves_them() {
 fn bad_training_input_is_a_clear_error() {
     let (m, data) = small_setup(0);
     let err = |o: TrainOpts, d: &Dataset| {
-        train::train(&m, d, &o, None, &mut [], &AtomicBool::new(false))
+        train::train(&m, d, &o, None, &mut [])
             .unwrap_err()
             .to_string()
     };
@@ -851,16 +826,9 @@ fn bad_training_input_is_a_clear_error() {
     assert!(err(o, &data).contains("lr"));
     // nothing trainable
     let frozen = Arc::new(Mutex::new(load(&fixture("llama-tiny"))));
-    let e = train::train(
-        &frozen,
-        &data,
-        &opts(1),
-        None,
-        &mut [],
-        &AtomicBool::new(false),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = train::train(&frozen, &data, &opts(1), None, &mut [])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("nothing is trainable"), "{e}");
     // empty dataset
     assert!(Dataset::from_records(Vec::new(), "empty.jsonl")
@@ -897,7 +865,7 @@ fn bad_training_input_is_a_clear_error() {
     bert.set_trainable(None, true).unwrap();
     let bert = Arc::new(Mutex::new(bert));
     let d = Dataset::jsonl(&p, "classification").unwrap();
-    let e = train::train(&bert, &d, &opts(1), None, &mut [], &AtomicBool::new(false))
+    let e = train::train(&bert, &d, &opts(1), None, &mut [])
         .unwrap_err()
         .to_string();
     assert!(
@@ -905,7 +873,7 @@ fn bad_training_input_is_a_clear_error() {
         "{e}"
     );
     // classification data for a language model
-    let e = train::train(&m, &d, &opts(1), None, &mut [], &AtomicBool::new(false))
+    let e = train::train(&m, &d, &opts(1), None, &mut [])
         .unwrap_err()
         .to_string();
     assert!(e.contains("classification"), "{e}");
