@@ -48,7 +48,9 @@ impl Hook for Progress {
                 }
             }
             None if !self.quiet
-                && (s.step.is_multiple_of(self.log_every) || s.step == s.total_steps) =>
+                && (s.step == 1
+                    || s.step.is_multiple_of(self.log_every)
+                    || s.step == s.total_steps) =>
             {
                 tracing::info!("step {}/{} epoch {} {msg}", s.step, s.total_steps, s.epoch);
             }
