@@ -41,6 +41,19 @@ fn save(p: &Path, content: &str) {
     std::fs::rename(&tmp, p).unwrap();
 }
 
+/// `ftl watch -q recipe`, stopped when dropped.
+fn start(recipe: &Path, stderr: Stdio) -> Watcher {
+    let child = ftl_bin()
+        .args(["watch", "-q"])
+        .arg(recipe)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    Watcher(child)
+}
+
 /// The number of `run-N` directories in `out`.
 fn runs(out: &Path) -> usize {
     std::fs::read_dir(out)
@@ -76,16 +89,8 @@ fn each_save_is_one_run_of_its_own_and_a_cancelled_run_stops_as_a_whole() {
         )
     };
     std::fs::write(&recipe, body("a")).unwrap();
-    let child = ftl_bin()
-        .args(["watch", "-q"])
-        .arg(&recipe)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let mut w = Watcher(child);
+    let mut w = start(&recipe, Stdio::piped());
+    let pid = w.0.id();
     let out = dir.join("runs/w");
     wait_for(&out.join("run-1/m.txt"), "a1d1");
     wait_for(&out.join("latest"), "run-1\n");
@@ -175,15 +180,7 @@ fn a_save_during_training_cancels_it_and_the_code_after_it_never_runs() {
         ftl.save_adapter(m, 'adapter')\n\
         io.write_file('after.txt', tostring(ok))\n";
     std::fs::write(&recipe, long).unwrap();
-    let child = ftl_bin()
-        .args(["watch", "-q"])
-        .arg(&recipe)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _w = Watcher(child);
+    let _w = start(&recipe, Stdio::null());
     let out = dir.join("runs/t");
     wait_for(&out.join("run-1/training.txt"), "yes");
     wait_until("some steps recorded", || {
@@ -214,15 +211,7 @@ fn ftl_cache_keeps_a_result_across_reruns_until_its_function_changes() {
         )
     };
     std::fs::write(&recipe, body("a", "1")).unwrap();
-    let child = ftl_bin()
-        .args(["watch", "-q"])
-        .arg(&recipe)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _w = Watcher(child);
+    let _w = start(&recipe, Stdio::null());
     let out = dir.join("runs/c");
     let read = |p: &Path| {
         wait_until("m.txt", || p.exists());
