@@ -3,13 +3,16 @@
 
     python3 bench/watch_latency.py MODEL [--reruns 20] [--ftl target/release/ftl]
 
-Starts `ftl watch` on a LoRA recipe for MODEL (an HF directory or GGUF file), then saves the recipe
-REPEAT times (changing the learning rate), timing from just before each write to the new run's
-`step 1/` line on stderr; the watcher's VmRSS is read after each run. Prints the median latency,
-the median first-step time ftl reports (elapsed of step 1 is in the line's tok/s; we time a run
-with an unchanged recipe's step to compare) and RSS at the first and last rerun.
+Starts `ftl watch` on a LoRA recipe for MODEL (an HF directory or GGUF file, or `llama-130m`: the
+CPU benchmark's llama shape, randomly initialised and saved as an HF directory with safetensors
+by `ftl.new` + `m:save` first), then saves the recipe
+N times (changing the learning rate), timing from just before each write to the new run's
+`step 1/` line on stderr; the watcher's VmRSS is read after each run. The first step's own time
+is the `elapsed_s` of step 1 in that run's metrics.jsonl, so latency minus it is the overhead of
+a rerun (settle delay, recipe, model from the cache, adapter, data). Prints medians of latency,
+step time and overhead, and RSS after the first, middle and last rerun.
 """
-import argparse, os, statistics, subprocess, sys, tempfile, time, threading, queue
+import argparse, json, os, statistics, subprocess, sys, tempfile, time, threading, queue
 
 ap = argparse.ArgumentParser()
 ap.add_argument("model")
@@ -19,7 +22,17 @@ a = ap.parse_args()
 
 d = tempfile.mkdtemp()
 recipe = os.path.join(d, "w.lua")
-model = os.path.abspath(a.model)
+if a.model == "llama-130m":
+    model = os.path.join(d, "make-out", "llama-130m")
+    make = os.path.join(d, "make.lua")
+    open(make, "w").write(f"""local m = ftl.new("llama", {{vocab_size = 32000, hidden_size = 768, intermediate_size = 2048,
+  num_hidden_layers = 12, num_attention_heads = 12, num_key_value_heads = 12,
+  tokenizer = ftl.tokenizer.bytes()}})
+m:save({model!r})
+""")
+    subprocess.run([a.ftl, "run", make, "--out", os.path.join(d, "make-out")], check=True)
+else:
+    model = os.path.abspath(a.model)
 def body(i):
     return f"""local m = ftl.load({model!r})
 ftl.lora(m, {{targets = {{"q_proj", "v_proj"}}, r = 8}})
@@ -27,7 +40,8 @@ local data = ftl.data.from({{{{text = "The quick brown fox jumps over the lazy d
 ftl.train(m, data, {{max_steps = 1, lr = {1e-4 * (1 + i % 7)!r}, batch_size = 1}})
 """
 open(recipe, "w").write(body(0))
-p = subprocess.Popen([a.ftl, "watch", recipe, f"model={model}"], stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+out = os.path.join(d, "out")
+p = subprocess.Popen([a.ftl, "watch", recipe, "--out", out, f"model={model}"], stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                      text=True, env={**os.environ, "FTL_LOG": "ftl=info"})
 lines = queue.Queue()
 threading.Thread(target=lambda: [lines.put((time.perf_counter(), l)) for l in p.stderr], daemon=True).start()
@@ -47,7 +61,14 @@ def rss():
 
 wait(lambda l: "step 1/" in l)
 wait(lambda l: "done in" in l)
-lat, mem = [], []
+def step_s(run):
+    for l in open(os.path.join(out, f"run-{run}", "metrics.jsonl")):
+        r = json.loads(l)
+        if r.get("step") == 1 and "elapsed_s" in r:
+            return r["elapsed_s"]
+    raise SystemExit(f"run-{run}: no step 1 in metrics.jsonl")
+
+lat, step, mem = [], [], []
 for i in range(1, a.reruns + 1):
     t0 = time.perf_counter()
     with open(recipe, "w") as f:
@@ -55,8 +76,12 @@ for i in range(1, a.reruns + 1):
     t1, _ = wait(lambda l: "step 1/" in l)
     lat.append(t1 - t0)
     wait(lambda l: "done in" in l)
+    step.append(step_s(i + 1))
     mem.append(rss())
 p.terminate(); p.wait()
-print(f"model {a.model}: {a.reruns} reruns; save → first step: median {statistics.median(lat)*1000:.0f} ms "
-      f"(min {min(lat)*1000:.0f}, max {max(lat)*1000:.0f}); RSS after rerun 1: {mem[0]/2**20:.0f} MiB, "
-      f"after rerun {a.reruns}: {mem[-1]/2**20:.0f} MiB")
+over = [x - y for x, y in zip(lat, step)]
+ms = lambda xs: f"median {statistics.median(xs)*1000:.0f} ms (min {min(xs)*1000:.0f}, max {max(xs)*1000:.0f})"
+marks = sorted({0, len(mem) // 4, len(mem) // 2, 3 * len(mem) // 4, len(mem) - 1})
+print(f"model {a.model}: {a.reruns} reruns\n  save → first step: {ms(lat)}\n  first step itself: {ms(step)}\n"
+      f"  overhead (latency − step): {ms(over)}\n  RSS after rerun "
+      + ", ".join(f"{i + 1}: {mem[i]/2**20:.1f} MiB" for i in marks))

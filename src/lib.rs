@@ -9,6 +9,7 @@ pub mod ops;
 pub mod peft;
 #[cfg(feature = "profile")]
 pub mod profile;
+pub mod reuse;
 pub mod st;
 pub mod tokenizer;
 

@@ -175,18 +175,14 @@ fn safetensors_header(path: &Path) -> Result<Vec<u8>> {
 /// A GGUF file up to its tensor data: header, metadata and tensor infos.
 fn gguf_header(path: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        candle_core::quantized::gguf_file::Content::read(&mut f)
-    }))
-    .map_err(|_| Error::file(path, "corrupt GGUF header"))?;
-    let end = read
-        .map_err(|e| Error::file(path, format!("GGUF header: {e}")))?
+    // the parsed header is the loader's (cached under `ftl watch`), so this reads it once more
+    // in one piece instead of parsing it again field by field
+    let end = crate::model::gguf::GgufFile::open(path)?
+        .content
         .tensor_data_offset;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut head = Vec::new();
-    f.by_ref()
-        .take(end)
+    f.take(end)
         .read_to_end(&mut head)
         .map_err(|e| Error::io(path, e))?;
     Ok(head)
@@ -196,7 +192,10 @@ fn gguf_header(path: &Path) -> Result<Vec<u8>> {
 /// metadata), in a fixed order.
 pub fn model_sha256(path: &Path) -> Result<String> {
     if crate::model::gguf::is_gguf(path) {
-        return Ok(sha256_hex(&gguf_header(path)?));
+        let h = crate::model::hub::cached_value(path, "sha256", || {
+            Ok(std::sync::Arc::new(sha256_hex(&gguf_header(path)?)))
+        })?;
+        return Ok(h.as_ref().clone());
     }
     let mut bytes = std::fs::read(path.join("config.json"))
         .map_err(|e| Error::io(path.join("config.json"), e))?;

@@ -90,6 +90,7 @@ impl Hook for Recorder {
             "lr": num(s.lr),
             "grad_norm": num(s.grad_norm),
             "tokens_per_s": num(s.tokens_per_s),
+            "elapsed_s": num(s.elapsed_s),
         }))?;
         Ok(Flow::Continue)
     }

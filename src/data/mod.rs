@@ -18,7 +18,7 @@ pub const IGNORE: i64 = -100;
 pub const ALPACA_INPUT: &str = "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n";
 pub const ALPACA: &str = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n";
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub enum Record {
     Text(String),
     Instruction {
@@ -34,7 +34,7 @@ pub enum Record {
     },
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub enum Label {
     Id(i64),
     Name(String),
@@ -70,6 +70,26 @@ enum Op {
         first: bool,
     },
     Shuffle(u64),
+}
+
+/// Tokenized sources kept across runs (`ftl watch`), by a hash of what tokenizing read.
+struct Kept {
+    examples: Arc<Vec<Example>>,
+    /// the tokenizer whose address is in the hash, kept so that no other takes it
+    _vocab: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    /// whether a run used it since the last sweep
+    used: bool,
+}
+
+static TOKENIZED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<u64, Kept>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Drops the tokenized sources no run used since the last sweep (`crate::reuse::sweep`).
+pub fn sweep_tokenized() {
+    TOKENIZED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|_, k| std::mem::take(&mut k.used));
 }
 
 /// Settings applied when tokenizing.
@@ -391,6 +411,69 @@ impl Dataset {
     pub fn examples(&self, c: &Ctx) -> Result<Vec<Example>> {
         let ex: Vec<Example> = match &self.source {
             Source::Examples(e) => e.as_ref().clone(),
+            _ => self.tokenized(c)?.as_ref().clone(),
+        };
+        let mut ex = self.apply_ops(ex);
+        if let Some(m) = self.prep.max_len {
+            for e in &mut ex {
+                e.ids.truncate(m);
+                e.labels.truncate(m);
+                if let Some(t) = &mut e.types {
+                    t.truncate(m);
+                }
+            }
+        }
+        if ex.is_empty() {
+            return Err(Error::msg(format!("{}: the dataset is empty", self.origin)));
+        }
+        Ok(ex)
+    }
+
+    /// The source tokenized, before splits, shuffles and truncation; under `ftl watch` kept for
+    /// the next run while the records, the tokenizer and the settings stay the same.
+    fn tokenized(&self, c: &Ctx) -> Result<Arc<Vec<Example>>> {
+        if !crate::reuse::on() {
+            return self.tokenize_source(c).map(Arc::new);
+        }
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        match &self.source {
+            Source::Records(r) => (0u8, r.as_ref()).hash(&mut h),
+            Source::Text { docs, block } => (1u8, docs.as_ref(), block).hash(&mut h),
+            Source::Examples(_) => {}
+        }
+        (&self.prep.bos, &self.prep.eos, &self.prep.template).hash(&mut h);
+        c.num_labels.hash(&mut h);
+        c.label2id
+            .map(|m| serde_json::Value::Object(m.clone()).to_string())
+            .hash(&mut h);
+        let vocab = c.tok.identity(&mut h);
+        let key = h.finish();
+        let mut kept = TOKENIZED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = kept.get_mut(&key) {
+            k.used = true;
+            tracing::debug!(
+                "{}: tokenized examples kept from an earlier run",
+                self.origin
+            );
+            return Ok(k.examples.clone());
+        }
+        drop(kept);
+        let ex = Arc::new(self.tokenize_source(c)?);
+        TOKENIZED.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            key,
+            Kept {
+                examples: ex.clone(),
+                _vocab: vocab,
+                used: true,
+            },
+        );
+        Ok(ex)
+    }
+
+    fn tokenize_source(&self, c: &Ctx) -> Result<Vec<Example>> {
+        Ok(match &self.source {
+            Source::Examples(e) => e.as_ref().clone(),
             Source::Records(r) => r
                 .iter()
                 .enumerate()
@@ -428,21 +511,7 @@ impl Dataset {
                     })
                     .collect()
             }
-        };
-        let mut ex = self.apply_ops(ex);
-        if let Some(m) = self.prep.max_len {
-            for e in &mut ex {
-                e.ids.truncate(m);
-                e.labels.truncate(m);
-                if let Some(t) = &mut e.types {
-                    t.truncate(m);
-                }
-            }
-        }
-        if ex.is_empty() {
-            return Err(Error::msg(format!("{}: the dataset is empty", self.origin)));
-        }
-        Ok(ex)
+        })
     }
 
     fn tokenize(&self, rec: &Record, c: &Ctx) -> Result<Example> {

@@ -319,6 +319,9 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
             };
             let total = opts.max_steps.unwrap_or(0);
             let mut progress = Progress::new(total, o.or("log_every", 10)?, env.quiet);
+            if env.watched.is_some() {
+                progress = progress.throttled(std::time::Duration::from_secs(5));
+            }
             let call = super::run::training_starts(lua, &env, &data, eval.as_ref()).lua(lua)?;
             let mut recorder = match call {
                 Some(n) => Some(Recorder::new(&env.out_dir, n).lua(lua)?),

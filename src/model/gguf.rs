@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// GGUF architectures ftl reads (llama.cpp writes Mistral models as `llama`).
 const ARCHS: &[&str] = &["llama", "qwen2"];
@@ -73,20 +73,36 @@ fn incomplete(path: &Path, len: u64, detail: &str) -> Error {
 /// A GGUF file's header, and the file to read tensors from.
 pub struct GgufFile {
     pub path: PathBuf,
-    pub content: Content,
+    pub content: Arc<Content>,
     file: Mutex<std::fs::File>,
     len: u64,
 }
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let content = super::hub::cached_value(path, "gguf header", || {
+            Self::read_header(path, &file, len).map(Arc::new)
+        })?;
+        let g = GgufFile {
+            path: path.to_path_buf(),
+            content,
+            file: Mutex::new(file),
+            len,
+        };
+        g.check_sizes()?;
+        Ok(g)
+    }
+
+    fn read_header(path: &Path, file: &std::fs::File, len: u64) -> Result<Content> {
+        // the header is tens of thousands of small fields (a vocabulary): buffered, it is read
+        // in a few system calls instead of one per field
+        let mut r = std::io::BufReader::with_capacity(1 << 20, file);
         // candle divides by `general.alignment` unchecked: a 0 there must not abort the program
-        let read =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut file)))
-                .map_err(|_| Error::file(path, "corrupt GGUF header (general.alignment 0?)"))?;
-        let content = read.map_err(|e| {
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut r)))
+            .map_err(|_| Error::file(path, "corrupt GGUF header (general.alignment 0?)"))?;
+        read.map_err(|e| {
             let msg = crate::error::without_backtrace(&e.to_string());
             if let Some(t) = msg
                 .strip_prefix("unknown dtype for tensor ")
@@ -107,15 +123,7 @@ impl GgufFile {
             } else {
                 Error::file(path, format!("cannot read GGUF header: {msg}"))
             }
-        })?;
-        let g = GgufFile {
-            path: path.to_path_buf(),
-            content,
-            file: Mutex::new(file),
-            len,
-        };
-        g.check_sizes()?;
-        Ok(g)
+        })
     }
 
     /// Every tensor's data lies inside the file: a truncated download is reported at load time,
@@ -592,7 +600,11 @@ pub fn load(path: &Path, opts: &LoadOpts) -> Result<Model> {
     } else {
         DType::BF16
     });
-    let tokenizer = crate::tokenizer::Tokenizer::from_gguf(&file.content, path)?;
+    let tokenizer = super::hub::cached_value(path, "tokenizer", || {
+        crate::tokenizer::Tokenizer::from_gguf(&file.content, path).map(Arc::new)
+    })?
+    .as_ref()
+    .clone();
     let mut weights = GgufWeights::new(file, &config, dtype, &opts.device)?;
     weights.shapes_only = opts.shapes_only;
     let mut m = super::hub::build(&config, path, &weights, dtype, &opts.device, opts.head)?;

@@ -8,6 +8,7 @@ use crate::st::{read_json, StFile};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// How HF initialises a tensor that is not loaded (`_init_weights`).
 #[derive(Clone, Copy, Debug)]
@@ -49,30 +50,58 @@ pub fn record_stored_dtypes(m: &mut Model, src: &dyn Source) {
 
 /// Loaded base tensors kept across runs (`ftl watch`): a rerun that loads the same model finds
 /// them in memory. Per file, keyed by its identity (size, mtime): a changed file drops its
-/// tensors. Frozen tensors are never written in place, so sharing them is safe.
+/// tensors. Frozen tensors are never written in place, so sharing them is safe. What is built
+/// from a whole file (a GGUF header, a tokenizer) is kept the same way, under a name.
+#[derive(Default)]
 struct CachedFile {
     identity: String,
     /// "tensor|dtype|device" → the tensor, and whether a run used it since the last sweep
     tensors: HashMap<String, (Tensor, bool)>,
+    /// what → the value built from the file, and whether a run used it since the last sweep
+    derived: HashMap<&'static str, (Arc<dyn std::any::Any + Send + Sync>, bool)>,
 }
 
 static CACHE: std::sync::OnceLock<std::sync::Mutex<HashMap<PathBuf, CachedFile>>> =
     std::sync::OnceLock::new();
-static CACHE_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-pub fn keep_weights_across_runs(on: bool) {
-    CACHE_ON.store(on, std::sync::atomic::Ordering::SeqCst);
-}
-
-/// Drops the cached tensors no run used since the last sweep (called after each complete run,
-/// so that the cache holds what the last run loaded and memory does not grow over reruns).
+/// Drops the cached tensors and values no run used since the last sweep (`crate::reuse::sweep`).
 pub fn sweep_weights() {
     let Some(cache) = CACHE.get() else { return };
-    let mut c = cache.lock().unwrap();
+    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
     for f in c.values_mut() {
         f.tensors.retain(|_, (_, used)| std::mem::take(used));
+        f.derived.retain(|_, (_, used)| std::mem::take(used));
     }
-    c.retain(|_, f| !f.tensors.is_empty());
+    c.retain(|_, f| !f.tensors.is_empty() || !f.derived.is_empty());
+}
+
+/// A file's identity for the cache: its size and modification time; `None` when the cache is
+/// off or the file cannot be stat'ed (then nothing is cached).
+fn identity(path: &Path) -> Option<String> {
+    if !crate::reuse::on() {
+        return None;
+    }
+    let md = std::fs::metadata(path).ok()?;
+    let mtime = md
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    Some(format!("{}|{mtime}", md.len()))
+}
+
+/// Runs `f` on `path`'s cache entry, first emptied when the file's identity changed.
+fn with_entry<R>(path: &Path, identity: &str, f: impl FnOnce(&mut CachedFile) -> R) -> R {
+    let cache = CACHE.get_or_init(Default::default);
+    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+    let e = c.entry(path.to_path_buf()).or_default();
+    if e.identity != identity {
+        *e = CachedFile {
+            identity: identity.to_string(),
+            ..Default::default()
+        };
+    }
+    f(e)
 }
 
 /// `load()` of tensor `name` of file `path`, through the cross-run cache when it is on.
@@ -83,47 +112,46 @@ pub(crate) fn cached(
     device: &Device,
     load: impl FnOnce() -> Result<Tensor>,
 ) -> Result<Tensor> {
-    if !CACHE_ON.load(std::sync::atomic::Ordering::Relaxed) {
-        return load();
-    }
-    let identity = (|| {
-        let md = std::fs::metadata(path).ok()?;
-        let mtime = md
-            .modified()
-            .ok()?
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()?
-            .as_nanos();
-        Some(format!("{}|{mtime}", md.len()))
-    })();
-    let Some(identity) = identity else {
+    let Some(id) = identity(path) else {
         return load();
     };
     let key = format!("{name}|{dtype:?}|{:?}", device.location());
-    let cache = CACHE.get_or_init(Default::default);
-    {
-        let mut c = cache.lock().unwrap();
-        let f = c.entry(path.to_path_buf()).or_insert_with(|| CachedFile {
-            identity: identity.clone(),
-            tensors: HashMap::new(),
-        });
-        if f.identity != identity {
-            *f = CachedFile {
-                identity: identity.clone(),
-                tensors: HashMap::new(),
-            };
-        }
-        if let Some((t, used)) = f.tensors.get_mut(&key) {
+    let hit = with_entry(path, &id, |f| {
+        f.tensors.get_mut(&key).map(|(t, used)| {
             *used = true;
-            return Ok(t.clone());
-        }
+            t.clone()
+        })
+    });
+    if let Some(t) = hit {
+        return Ok(t);
     }
     let t = load()?;
-    let mut c = cache.lock().unwrap();
-    if let Some(f) = c.get_mut(path).filter(|f| f.identity == identity) {
-        f.tensors.insert(key, (t.clone(), true));
-    }
+    with_entry(path, &id, |f| f.tensors.insert(key, (t.clone(), true)));
     Ok(t)
+}
+
+/// `build()` of what file `path` holds as a whole (`what` names it: "gguf header",
+/// "tokenizer"), through the cross-run cache when it is on.
+pub(crate) fn cached_value<T: Send + Sync + 'static>(
+    path: &Path,
+    what: &'static str,
+    build: impl FnOnce() -> Result<Arc<T>>,
+) -> Result<Arc<T>> {
+    let Some(id) = identity(path) else {
+        return build();
+    };
+    let hit = with_entry(path, &id, |f| {
+        f.derived.get_mut(what).and_then(|(v, used)| {
+            *used = true;
+            v.clone().downcast::<T>().ok()
+        })
+    });
+    if let Some(v) = hit {
+        return Ok(v);
+    }
+    let v = build()?;
+    with_entry(path, &id, |f| f.derived.insert(what, (v.clone(), true)));
+    Ok(v)
 }
 
 /// The safetensors files of a model directory.

@@ -50,6 +50,37 @@ pub const BYTES_EOS: u32 = 257;
 pub const BYTES_PAD: u32 = 258;
 
 impl Tokenizer {
+    /// What tokenizing with this tokenizer depends on, for keeping its output across runs: the
+    /// settings are hashed into `h` with the parsed vocabulary's address, and the vocabulary is
+    /// returned for the caller to keep alive as long as the hash, so no other takes its address.
+    pub fn identity(
+        &self,
+        h: &mut impl std::hash::Hasher,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        use std::hash::Hash;
+        (
+            self.bos,
+            self.eos,
+            self.pad,
+            self.add_bos,
+            self.add_eos,
+            &self.bos_token,
+            &self.eos_token,
+            &self.chat_template,
+        )
+            .hash(h);
+        match &self.inner {
+            Inner::Hf(t) => {
+                (Arc::as_ptr(t) as usize).hash(h);
+                Some(t.clone())
+            }
+            Inner::Bytes => {
+                0usize.hash(h);
+                None
+            }
+        }
+    }
+
     /// The byte-level tokenizer: vocabulary 259 (bytes, BOS, EOS, PAD).
     pub fn bytes() -> Self {
         Tokenizer {
@@ -71,10 +102,14 @@ impl Tokenizer {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let t = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| Error::file(path, format!("cannot read tokenizer: {e}")))?;
+        // a large vocabulary takes a while to parse: under `ftl watch` it is parsed once
+        let t = crate::model::hub::cached_value(path, "tokenizer", || {
+            tokenizers::Tokenizer::from_file(path)
+                .map(Arc::new)
+                .map_err(|e| Error::file(path, format!("cannot read tokenizer: {e}")))
+        })?;
         Ok(Tokenizer {
-            inner: Inner::Hf(Arc::new(t)),
+            inner: Inner::Hf(t),
             bos: None,
             eos: None,
             pad: None,

@@ -254,7 +254,7 @@ pub fn watch(a: &RunArgs, quiet: bool) -> Result<ExitCode> {
     let args = parse_args(&a.args)?;
     let out = Env::new(&a.recipe, a.out.as_deref(), a.trust).out_dir;
     let base = recipe.parent().map(Path::to_path_buf).unwrap_or_default();
-    crate::model::hub::keep_weights_across_runs(true);
+    crate::reuse::keep_across_runs(true);
     crate::lua::cache_across_runs(true);
     let (tx, rx) = channel::<Msg>();
     let fs_tx = tx.clone();
@@ -370,7 +370,7 @@ pub fn watch(a: &RunArgs, quiet: bool) -> Result<ExitCode> {
                     .map_err(|_| anyhow::anyhow!("the run panicked"))?;
                 report(n, &done, &out);
                 if matches!(done.result, Ok(Outcome::Ok)) {
-                    crate::model::hub::sweep_weights();
+                    crate::reuse::sweep();
                 }
                 modules = done.required.iter().map(|(p, _)| p.clone()).collect();
                 // a module saved while the run read it: rerun now

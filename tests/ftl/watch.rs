@@ -230,3 +230,136 @@ fn ftl_cache_keeps_a_result_across_reruns_until_its_function_changes() {
     assert!(third.starts_with("c2 "), "{third}");
     assert!(out.join("run-3/computed.txt").exists());
 }
+
+#[test]
+fn tokenized_data_is_kept_across_reruns_until_the_file_the_tokenizer_or_the_template_changes() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let model = dir.join("model");
+    std::fs::create_dir(&model).unwrap();
+    for f in std::fs::read_dir(crate::common::fixture("llama-tiny")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+    }
+    let line = |i: &str, o: &str| {
+        format!("{{\"instruction\": \"{i}\", \"input\": \"\", \"output\": \"{o}\"}}\n")
+    };
+    let v1 = line("Say hello.", "Hello there, friend.") + &line("Count.", "One two three.");
+    let v2 = line("Name a colour.", "Blue, like the sea.") + &line("Count.", "One two three.");
+    std::fs::write(dir.join("d.jsonl"), &v1).unwrap();
+    let recipe = dir.join("e.lua");
+    let body = |tag: &str, template: &str| {
+        format!(
+            "local m = ftl.load(ftl.args.model)\n\
+             local d = ftl.data.jsonl('d.jsonl', {{format = 'instruction'{template}}})\n\
+             local e = ftl.evaluate(m, d)\n\
+             io.write_file('m.txt', '{tag} ' .. string.format('%.6f', e.loss))\n"
+        )
+    };
+    // what a fresh process computes, for each state of the data and recipe
+    let fresh = |tag: &str, template: &str| -> String {
+        let r = dir.join(format!("fresh-{tag}.lua"));
+        std::fs::write(&r, body(tag, template)).unwrap();
+        let out = dir.join(format!("fresh-out-{tag}"));
+        let st = ftl_bin()
+            .args(["run", "-q"])
+            .arg(&r)
+            .arg("--out")
+            .arg(&out)
+            .arg(format!("model={}", model.display()))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::fs::read_to_string(out.join("m.txt")).unwrap()
+    };
+    let tpl = ", template = 'Q: {instruction}\\nA: '";
+    let want_v1 = fresh("a", "");
+    std::fs::write(&recipe, body("a", "")).unwrap();
+    let mut w = Watcher(
+        ftl_bin()
+            .args(["watch", "-q"])
+            .arg(&recipe)
+            .arg(format!("model={}", model.display()))
+            .env("FTL_LOG", "ftl=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let out = dir.join("runs/e");
+    let read = |n: usize| {
+        let p = out.join(format!("run-{n}/m.txt"));
+        wait_until("m.txt", || p.exists());
+        std::fs::read_to_string(p).unwrap()
+    };
+    assert_eq!(read(1), want_v1);
+    // a change elsewhere: the tokenized data comes from run 1, the loss is the same
+    save(&recipe, &body("b", ""));
+    assert_eq!(read(2), want_v1.replacen('a', "b", 1));
+    // the data file changed: tokenized afresh, the loss a fresh process gets
+    std::fs::write(dir.join("d.jsonl"), &v2).unwrap();
+    let want_v2 = fresh("b", "");
+    assert_ne!(want_v1.replacen('a', "b", 1), want_v2);
+    assert_eq!(read(3), want_v2);
+    // the template changed: tokenized afresh
+    save(&recipe, &body("c", tpl));
+    assert_eq!(read(4), fresh("c", tpl));
+    // the tokenizer file saved again (the same vocabulary): tokenized afresh, then kept
+    let tj = model.join("tokenizer.json");
+    save(&tj, &std::fs::read_to_string(&tj).unwrap());
+    assert_eq!(read(5), fresh("c", tpl));
+    save(&recipe, &body("d", tpl));
+    assert_eq!(read(6), fresh("d", tpl));
+    unsafe {
+        libc::kill(w.0.id() as i32, libc::SIGINT);
+    }
+    assert!(w.0.wait().unwrap().success());
+    let mut err = String::new();
+    use std::io::Read;
+    w.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    // kept in runs 2 and 6 only: runs 3, 4 and 5 changed what tokenizing reads
+    assert_eq!(
+        err.matches("tokenized examples kept from an earlier run")
+            .count(),
+        2,
+        "{err}"
+    );
+}
+
+#[test]
+fn r_enter_and_sigusr1_rerun_by_hand_and_q_enter_quits() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let recipe = dir.join("h.lua");
+    std::fs::write(&recipe, "io.write_file('m.txt', 'ran')\n").unwrap();
+    let mut w = Watcher(
+        ftl_bin()
+            .args(["watch", "-q"])
+            .arg(&recipe)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let out = dir.join("runs/h");
+    wait_for(&out.join("run-1/m.txt"), "ran");
+    wait_for(&out.join("latest"), "run-1\n");
+    use std::io::Write;
+    let mut stdin = w.0.stdin.take().unwrap();
+    stdin.write_all(b"r\n").unwrap();
+    stdin.flush().unwrap();
+    wait_for(&out.join("run-2/m.txt"), "ran");
+    wait_for(&out.join("latest"), "run-2\n");
+    unsafe {
+        libc::kill(w.0.id() as i32, libc::SIGUSR1);
+    }
+    wait_for(&out.join("run-3/m.txt"), "ran");
+    wait_for(&out.join("latest"), "run-3\n");
+    stdin.write_all(b"q\n").unwrap();
+    stdin.flush().unwrap();
+    let status = w.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(runs(&out), 3, "one run per request");
+}
