@@ -76,7 +76,7 @@ pub fn stubs() -> String {
         doc_lines(&mut out, doc);
         let _ = writeln!(out, "---@alias {name} {ty}\n");
     }
-    for c in api::OPTIONS {
+    for c in api::all_options() {
         class(&mut out, c, true);
     }
     for c in api::RESULTS {
@@ -109,7 +109,7 @@ pub fn stubs() -> String {
         }
         let _ = writeln!(out, "local {} = {{}}\n", local_of(h.class));
     }
-    for f in api::FUNCS {
+    for f in api::all_funcs() {
         func(&mut out, f);
     }
     out.push_str("return ftl\n");

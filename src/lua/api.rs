@@ -1045,7 +1045,7 @@ pub fn matches(v: &Value, ty: &str) -> bool {
         "boolean" => matches!(v, Value::Boolean(_)),
         "function" => matches!(v, Value::Function(_)),
         t if t.starts_with('"') => matches!(v, Value::String(_)),
-        t if OPTIONS.iter().any(|c| c.class == t) => matches!(v, Value::Table(_)),
+        t if all_options().any(|c| c.class == t) => matches!(v, Value::Table(_)),
         t => match v {
             Value::UserData(u) => handle_is(u, t),
             _ => false,
@@ -1110,14 +1110,91 @@ pub fn describe_type(ty: &str) -> String {
         "function" => "a function".into(),
         "any" => "any value".into(),
         t if t.starts_with('"') => format!("the string {t}"),
-        t if OPTIONS.iter().any(|c| c.class == t) => format!("a table ({t})"),
+        t if all_options().any(|c| c.class == t) => format!("a table ({t})"),
         t => format!("a {}", t.trim_start_matches("ftl.").to_lowercase()),
     }
 }
 
 /// The options table of `what` (`ftl.train`).
 pub fn options(what: &str) -> Option<&'static Class> {
-    OPTIONS.iter().copied().find(|c| c.what == what)
+    all_options().find(|c| c.what == what)
+}
+
+/// Every options table: those above and one per registry method.
+pub fn all_options() -> impl Iterator<Item = &'static Class> {
+    OPTIONS
+        .iter()
+        .copied()
+        .chain(registered().iter().map(|(c, _)| c))
+}
+
+/// Every function: those above and one per registry method (`ftl.loha`).
+pub fn all_funcs() -> impl Iterator<Item = &'static Func> {
+    FUNCS.iter().chain(registered().iter().map(|(_, f)| f))
+}
+
+/// The options every registry method's function takes before its own (PEFT's targeting).
+const TARGETING: &[Field] = &[
+    f!(
+        "targets",
+        "ftl.Pattern",
+        "modules to adapt, or \"all-linear\" (default: PEFT's for the architecture)"
+    ),
+    f!("layers", "ftl.Layers", "only these layer indices"),
+    f!("exclude", "ftl.Pattern", "modules to leave out"),
+    f!(
+        "modules_to_save",
+        "ftl.Pattern",
+        "modules trained in full as copies"
+    ),
+    f!("name", "string", "adapter name"),
+];
+
+/// The options table and the function of each registry method, made once: the names are built
+/// from the method's (`ftl.LohaOpts`, `ftl.loha`), so they live as long as the program.
+fn registered() -> &'static [(Class, Func)] {
+    static R: std::sync::OnceLock<Vec<(Class, Func)>> = std::sync::OnceLock::new();
+    R.get_or_init(|| {
+        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+        crate::peft::registry::METHODS
+            .iter()
+            .map(|m| {
+                let mut cap = m.name().to_string();
+                cap[..1].make_ascii_uppercase();
+                let class = leak(format!("ftl.{cap}Opts"));
+                let fields: Vec<Field> = TARGETING
+                    .iter()
+                    .map(|f| Field { ..*f })
+                    .chain(m.options().iter().map(|o| Field {
+                        key: o.key,
+                        ty: o.ty,
+                        doc: leak(format!("{} (default {})", o.doc, o.default)),
+                    }))
+                    .collect();
+                let c = Class {
+                    class,
+                    what: leak(format!("ftl.{}", m.name())),
+                    doc: leak(format!(
+                        "Options of ftl.{} (PEFT's {}Config fields)",
+                        m.name(),
+                        m.peft_type()
+                    )),
+                    fields: Box::leak(fields.into_boxed_slice()),
+                };
+                let f = Func {
+                    owner: "ftl",
+                    name: m.name(),
+                    method: false,
+                    params: Box::leak(
+                        vec![("m", "ftl.Model"), ("opts?", class)].into_boxed_slice(),
+                    ),
+                    ret: "ftl.Adapter",
+                    doc: m.doc(),
+                };
+                (c, f)
+            })
+            .collect()
+    })
 }
 
 #[cfg(test)]
@@ -1245,8 +1322,7 @@ mod tests {
     }
 
     fn described(owner: &str) -> BTreeSet<String> {
-        FUNCS
-            .iter()
+        all_funcs()
             .filter(|f| f.owner == owner)
             .map(|f| f.name.to_string())
             .collect()
@@ -1331,17 +1407,17 @@ mod tests {
                 || t.starts_with("fun(")
                 || t.starts_with("table<")
                 || ALIASES.iter().any(|(n, _, _)| *n == t)
-                || OPTIONS.iter().any(|c| c.class == t)
+                || all_options().any(|c| c.class == t)
                 || RESULTS.iter().any(|c| c.class == t)
                 || HANDLES.iter().any(|h| h.class == t)
         };
         let all = |ty: &str| alternatives(expand(ty)).iter().all(|a| known(a));
-        for c in OPTIONS.iter().copied().chain(RESULTS.iter()) {
+        for c in all_options().chain(RESULTS.iter()) {
             for f in c.fields {
                 assert!(all(f.ty), "{}.{}: unknown type {}", c.class, f.key, f.ty);
             }
         }
-        for f in FUNCS {
+        for f in all_funcs() {
             for (p, ty) in f.params {
                 assert!(all(ty), "{}.{} {p}: unknown type {ty}", f.owner, f.name);
             }
@@ -1349,12 +1425,12 @@ mod tests {
                 assert!(all(r), "{}.{} returns unknown type {r}", f.owner, f.name);
             }
         }
-        let mut whats: Vec<&str> = OPTIONS.iter().map(|c| c.what).collect();
+        let mut whats: Vec<&str> = all_options().map(|c| c.what).collect();
         whats.sort();
         whats.dedup();
         assert_eq!(
             whats.len(),
-            OPTIONS.len(),
+            all_options().count(),
             "two options tables share a name"
         );
     }
@@ -1403,7 +1479,7 @@ mod tests {
             .load(s.as_str())
             .into_function()
             .expect("the stubs parse as Lua");
-        for f in FUNCS {
+        for f in all_funcs() {
             let owner = if f.method {
                 format!("{}:", f.owner.trim_start_matches("ftl."))
             } else {
@@ -1415,7 +1491,7 @@ mod tests {
                 f.name
             );
         }
-        for c in OPTIONS {
+        for c in all_options() {
             assert!(s.contains(&format!("---@class {}\n", c.class)));
             for fl in c.fields {
                 assert!(

@@ -1,5 +1,6 @@
-//! `ftl.lora`, `ftl.ia3`, `ftl.adapter`, `ftl.prefix`, `ftl.prompt`, `ftl.load_adapter`: each
-//! attaches a method to a model and returns a handle to it.
+//! `ftl.lora`, `ftl.ia3`, `ftl.adapter`, `ftl.prefix`, `ftl.prompt`, `ftl.load_adapter`, and one
+//! function per registry method (`ftl.loha`, `ftl.lokr`): each attaches a method to a model and
+//! returns a handle to it.
 
 use super::api;
 use super::model::{env, layers, pattern, ModelHandle};
@@ -146,7 +147,61 @@ fn name(lua: &Lua, o: &Opts, m: &crate::Model, method: &str) -> mlua::Result<Str
     })
 }
 
+/// `ftl.<method>` for a registry method: targets as PEFT resolves them, the method's options
+/// under PEFT's names, checked and completed by the registry.
+fn register_method(
+    lua: &Lua,
+    ftl: &Table,
+    method: &'static dyn peft::registry::LinearMethod,
+) -> mlua::Result<()> {
+    let what = format!("ftl.{}", method.name());
+    let class = api::options(&what).expect("every registry method has an options table");
+    ftl.set(
+        method.name(),
+        lua.create_function(move |lua, (mv, o): (Value, Option<Table>)| {
+            let h = model_arg(lua, &mv)?;
+            let o = Opts::new(lua, o, class)?;
+            let mut m = h.lock();
+            let mt = m.arch.model_type().to_string();
+            let (sel, all_linear) = targets(lua, &o, method.default_targets(&mt), &mt, class.what)?;
+            let mut given = serde_json::Map::new();
+            for opt in method.options() {
+                let v: Value = o.value(opt.key)?;
+                // the options table has checked the types: numbers, booleans, strings
+                let j = match v {
+                    Value::Integer(i) => serde_json::json!(i),
+                    Value::Number(n) => serde_json::json!(n),
+                    Value::Boolean(b) => serde_json::json!(b),
+                    Value::String(s) => serde_json::json!(s.to_string_lossy()),
+                    _ => continue,
+                };
+                given.insert(opt.key.to_string(), j);
+            }
+            let config = peft::registry::config(method, &given, class.what).lua(lua)?;
+            let name = name(lua, &o, &m, method.name())?;
+            let mts = modules_to_save(lua, &mut m, &o.value("modules_to_save")?)?;
+            let paths: Vec<String> = resolve(lua, &mut m, &sel, all_linear, Kind::Linear)?
+                .into_iter()
+                .filter(|p| !mts.contains(p))
+                .collect();
+            m.attach_registered(&name, method, &paths, &config)
+                .lua(lua)?;
+            if !mts.is_empty() {
+                if let Err(e) = m.add_modules_to_save(&name, &mts) {
+                    m.detach(&name);
+                    return Err(e).lua(lua);
+                }
+            }
+            drop(m);
+            Ok(AdapterHandle { model: h, name })
+        })?,
+    )
+}
+
 pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
+    for m in peft::registry::METHODS {
+        register_method(lua, ftl, *m)?;
+    }
     ftl.set(
         "lora",
         lua.create_function(|lua, (mv, o): (Value, Option<Table>)| {

@@ -1,5 +1,6 @@
-//! The injectable layers every architecture is built from: `Linear` (LoRA/DoRA/IA3 slots),
-//! `Embedding` (LoRA slot) and `Norm`. Their paths and parameter names are HF's.
+//! The injectable layers every architecture is built from: `Linear` (LoRA/DoRA/IA3 slots, and
+//! `LinearAdapter`s, the place any other method acts on a linear's output), `Embedding` (LoRA
+//! slot) and `Norm`. Their paths and parameter names are HF's.
 
 use super::{Ctx, Param};
 use crate::error::Result;
@@ -8,6 +9,17 @@ use crate::peft::ia3::Ia3;
 use crate::peft::lora::{Lora, LoraEmbedding};
 use candle_core::{Tensor, D};
 
+/// What a method adds to a linear layer's output. `peft/` implements it (LoHa, LoKr, VeRA);
+/// the layer only calls it.
+pub trait LinearAdapter: Send + Sync {
+    /// The addition to the layer's output for input `x` (`[…, in]` → `[…, out]`).
+    fn delta(&self, x: &Tensor, lin: &Linear, ctx: &Ctx) -> Result<Tensor>;
+    /// The change of the weight, `[out, in]`, that merging folds in.
+    fn delta_weight(&self, lin: &Linear, ctx: &Ctx) -> Result<Tensor>;
+    /// `(suffix, param)` under PEFT's parameter names, adapter name removed.
+    fn params(&self) -> Vec<(String, Param)>;
+}
+
 /// `nn.Linear`, or HF's `Conv1D` when `transposed` (weight stored `[in, out]`).
 pub struct Linear {
     pub weight: Param,
@@ -15,6 +27,8 @@ pub struct Linear {
     pub transposed: bool,
     pub lora: Vec<(String, Lora)>,
     pub ia3: Vec<(String, Ia3)>,
+    /// other methods' adapters, by adapter name
+    pub adapters: Vec<(String, Box<dyn LinearAdapter>)>,
 }
 
 impl Linear {
@@ -25,6 +39,7 @@ impl Linear {
             transposed,
             lora: Vec::new(),
             ia3: Vec::new(),
+            adapters: Vec::new(),
         }
     }
 
@@ -91,13 +106,20 @@ impl Linear {
                 y = y.add(&l.delta(x, &base, self, ctx)?)?;
             }
         }
+        for (name, a) in &self.adapters {
+            if ctx.is_active(name) {
+                y = y.add(&a.delta(x, self, ctx)?.to_dtype(y.dtype())?)?;
+            }
+        }
         Ok(y)
     }
 
     /// The one active adapter when it is a plain LoRA (no DoRA, LoRA bias or live dropout) and
     /// nothing else is active here: the case one fused op computes.
     fn single_plain_lora(&self, ctx: &Ctx) -> Option<&Lora> {
-        if self.ia3.iter().any(|(n, _)| ctx.is_active(n)) {
+        if self.ia3.iter().any(|(n, _)| ctx.is_active(n))
+            || self.adapters.iter().any(|(n, _)| ctx.is_active(n))
+        {
             return None;
         }
         let mut active = self.lora.iter().filter(|(n, _)| ctx.is_active(n));

@@ -209,6 +209,13 @@ impl Ctx {
     }
 
     /// Inverted dropout in train mode, identity otherwise.
+    /// `n` uniform draws in [0, 1) from this pass's generator (the dropouts of PEFT methods).
+    pub fn uniform(&self, n: usize) -> Vec<f32> {
+        use rand::Rng;
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        (0..n).map(|_| rng.random::<f32>()).collect()
+    }
+
     pub fn dropout(&self, x: &Tensor, p: f32) -> Result<Tensor> {
         if !self.train || p <= 0.0 {
             return Ok(x.clone());

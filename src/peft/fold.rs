@@ -1,5 +1,5 @@
 //! Folding adapters into the base weights: the one rule `m:merge()` and `m:save(dir)` share,
-//! PEFT's `merge_and_unload`. LoRA/DoRA/IA3 deltas (Linear and Embedding LoRA alike) go into the
+//! PEFT's `merge_and_unload`. LoRA/DoRA/IA3 and registry-method deltas (Linear and Embedding LoRA alike) go into the
 //! weight they wrap in place, so a tied weight moves for both of its modules, as PEFT's in-place
 //! merge moves the one shared tensor; a module with a `modules_to_save` copy is replaced by it,
 //! which unties it from a module that does not use the same copy (PEFT then writes
@@ -74,7 +74,12 @@ impl Model {
                         let ia3: Vec<_> = l.ia3.iter().filter(|(n, _)| names.contains(n)).collect();
                         let lora: Vec<_> =
                             l.lora.iter().filter(|(n, _)| names.contains(n)).collect();
-                        if ia3.is_empty() && lora.is_empty() {
+                        let other: Vec<_> = l
+                            .adapters
+                            .iter()
+                            .filter(|(n, _)| names.contains(n))
+                            .collect();
+                        if ia3.is_empty() && lora.is_empty() && other.is_empty() {
                             return Ok(());
                         }
                         let bias = l.bias.as_ref().map(&mut take).transpose()?;
@@ -84,6 +89,18 @@ impl Model {
                         }
                         for (_, a) in lora {
                             a.merge_into(&s, &ctx)?;
+                        }
+                        for (_, a) in other {
+                            // ΔW from the adapter on the layer it was made for (its shapes)
+                            let w = s.weight_out_in(&ctx)?;
+                            let dw = a.delta_weight(l, &ctx)?.to_dtype(candle_core::DType::F32)?;
+                            let merged =
+                                (w.to_dtype(candle_core::DType::F32)? + dw)?.to_dtype(w.dtype())?;
+                            s.weight.set(&if s.transposed {
+                                merged.t()?.contiguous()?
+                            } else {
+                                merged
+                            })?;
                         }
                         touched.push(l.weight.key());
                         touched.extend(l.bias.as_ref().map(|b| b.key()));

@@ -5,7 +5,7 @@
 
 use super::lora::{LoraInit, LoraOpts};
 use super::target::{layer_of, suffix_match, Pattern};
-use super::{AdapterInfo, Kind, Method, PromptLearning};
+use super::{registry, AdapterInfo, Kind, Method, PromptLearning};
 use crate::error::{Error, Result};
 use crate::model::{Model, ModuleMut, Param, Task};
 use crate::st::{read_json, write_json, StFile};
@@ -233,6 +233,19 @@ pub fn save_adapter(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
             "tokenizer_name_or_path": if init_text.is_some() { json!(base) } else { Value::Null }
         }),
         Method::Bottleneck(_) => unreachable!(),
+        Method::Registered { name, config } => {
+            let method = registry::by_name(name)
+                .ok_or_else(|| Error::msg(format!("unknown method {name}")))?;
+            let mut c = json!({
+                "alpha_pattern": {}, "exclude_modules": null, "layers_pattern": null,
+                "layers_to_transform": null, "peft_type": method.peft_type(), "rank_pattern": {},
+                "target_modules": info.targets,
+            });
+            for (k, v) in config {
+                c[k] = v.clone();
+            }
+            c
+        }
     };
     let mut cfg = common;
     for (k, v) in specific.as_object().unwrap() {
@@ -292,12 +305,26 @@ pub fn load_adapter(m: &mut Model, dir: &Path, o: &LoadAdapterOpts) -> Result<St
     let r = match peft_type.as_str() {
         "LORA" => load_lora(m, &name, &cfg, &cfg_path, &file, o.trainable),
         "IA3" => load_ia3(m, &name, &cfg, &cfg_path, &file),
+        t if registry::by_peft_type(t).is_some() => load_registered(
+            m,
+            &name,
+            registry::by_peft_type(t).unwrap(),
+            &cfg,
+            &cfg_path,
+            &file,
+        ),
         "PREFIX_TUNING" => load_prompt_learning(m, &name, &cfg, &cfg_path, &file, true),
         "PROMPT_TUNING" => load_prompt_learning(m, &name, &cfg, &cfg_path, &file, false),
         other => Err(Error::config(
             &cfg_path,
             "peft_type",
-            format!("`{other}` is not supported (LORA, IA3, PREFIX_TUNING, PROMPT_TUNING are)"),
+            format!(
+                "`{other}` is not supported (LORA, IA3, PREFIX_TUNING, PROMPT_TUNING{} are)",
+                registry::METHODS
+                    .iter()
+                    .map(|m| format!(", {}", m.peft_type()))
+                    .collect::<String>()
+            ),
         )),
     };
     if let Err(e) = r {
@@ -654,6 +681,48 @@ fn load_ia3(m: &mut Model, name: &str, cfg: &Value, cfg_path: &Path, file: &StFi
         }
     };
     m.attach_ia3(name, &targets, &ff)?;
+    for (pname, p) in m.adapter_params(name) {
+        p.set(&tensor(
+            file,
+            &format!("{PREFIX}{pname}"),
+            &p.dims(),
+            m,
+            cfg,
+        )?)?;
+    }
+    check_no_stray_keys(m, name, file, cfg)
+}
+
+/// A registry method's adapter: its settings from the config (PEFT's field names), its
+/// tensors under PEFT's keys.
+fn load_registered(
+    m: &mut Model,
+    name: &str,
+    method: &'static dyn registry::LinearMethod,
+    cfg: &Value,
+    cfg_path: &Path,
+    file: &StFile,
+) -> Result<()> {
+    for k in ["rank_pattern", "alpha_pattern"] {
+        if cfg
+            .get(k)
+            .and_then(|v| v.as_object())
+            .is_some_and(|o| !o.is_empty())
+        {
+            return Err(Error::config(
+                cfg_path,
+                k,
+                format!(
+                    "per-module patterns are not supported for {} yet",
+                    method.peft_type()
+                ),
+            ));
+        }
+    }
+    let given = cfg.as_object().cloned().unwrap_or_default();
+    let config = registry::config(method, &given, &cfg_path.display().to_string())?;
+    let targets = peft_targets(m, cfg, cfg_path, Kind::Linear)?;
+    m.attach_registered(name, method, &targets, &config)?;
     for (pname, p) in m.adapter_params(name) {
         p.set(&tensor(
             file,

@@ -6,9 +6,12 @@ pub mod bottleneck;
 pub mod fold;
 pub mod ia3;
 pub mod io;
+pub mod loha;
+pub mod lokr;
 pub mod lora;
 pub mod prefix;
 pub mod prompt;
+pub mod registry;
 pub mod svd;
 pub mod target;
 
@@ -37,6 +40,11 @@ pub enum Method {
         init_text: Option<String>,
     },
     Bottleneck(BnConfig),
+    /// a method of the registry (`registry::METHODS`), by name, with its complete settings
+    Registered {
+        name: &'static str,
+        config: registry::Config,
+    },
 }
 
 impl Method {
@@ -48,11 +56,15 @@ impl Method {
             Method::Prefix { .. } => "prefix",
             Method::Prompt { .. } => "prompt",
             Method::Bottleneck(_) => "adapter",
+            Method::Registered { name, .. } => name,
         }
     }
 
     pub fn mergeable(&self) -> bool {
-        matches!(self, Method::Lora(_) | Method::Ia3 { .. })
+        matches!(
+            self,
+            Method::Lora(_) | Method::Ia3 { .. } | Method::Registered { .. }
+        )
     }
 }
 
@@ -255,6 +267,9 @@ impl Model {
                     for (_, a) in &l.ia3 {
                         ps.extend(a.params().into_iter().map(|x| x.1));
                     }
+                    for (_, a) in &l.adapters {
+                        ps.extend(a.params().into_iter().map(|x| x.1));
+                    }
                 }
                 ModuleMut::Embedding(e) => {
                     ps.extend(e.params().into_iter().map(|x| x.1));
@@ -310,6 +325,11 @@ impl Model {
                     }
                 }
                 for (n, a) in &l.ia3 {
+                    if n == name {
+                        out.extend(a.params().into_iter().map(|(s, q)| (format!("{p}.{s}"), q)));
+                    }
+                }
+                for (n, a) in &l.adapters {
                     if n == name {
                         out.extend(a.params().into_iter().map(|(s, q)| (format!("{p}.{s}"), q)));
                     }
@@ -490,6 +510,60 @@ impl Model {
             name: name.to_string(),
             method: Method::Ia3 {
                 feedforward: feedforward.to_vec(),
+            },
+            targets: paths.to_vec(),
+            modules_to_save: Vec::new(),
+            ensure_weight_tying: false,
+            loaded_config: None,
+        });
+        Ok(())
+    }
+
+    /// Injects a registry method's adapter (`config` complete, see `registry::config`) into
+    /// every Linear module in `paths`.
+    pub fn attach_registered(
+        &mut self,
+        name: &str,
+        method: &'static dyn registry::LinearMethod,
+        paths: &[String],
+        config: &registry::Config,
+    ) -> Result<()> {
+        self.check_new_name(name)?;
+        let want: BTreeSet<&str> = paths.iter().map(|s| s.as_str()).collect();
+        let seed = self.seed;
+        let mut err = None;
+        let mut done = BTreeSet::new();
+        self.visit(&mut |p, m| {
+            if err.is_some() || !want.contains(p) {
+                return;
+            }
+            match m {
+                ModuleMut::Linear(l) => match method.attach(config, l, p, seed) {
+                    Ok(a) => {
+                        l.adapters.push((name.to_string(), a));
+                        done.insert(p.to_string());
+                    }
+                    Err(e) => err = Some(e),
+                },
+                other => {
+                    err = Some(Error::msg(format!(
+                        "{p}: {} needs a Linear module, this is a {}",
+                        method.name(),
+                        kind_of(&other)
+                    )))
+                }
+            }
+        });
+        if let Some(e) = err {
+            self.detach(name);
+            return Err(e);
+        }
+        missing_paths(&want, &done)?;
+        self.register(AdapterInfo {
+            name: name.to_string(),
+            method: Method::Registered {
+                name: method.name(),
+                config: config.clone(),
             },
             targets: paths.to_vec(),
             modules_to_save: Vec::new(),
@@ -723,6 +797,7 @@ impl Model {
             ModuleMut::Linear(l) => {
                 l.lora.retain(|(n, _)| n != name);
                 l.ia3.retain(|(n, _)| n != name);
+                l.adapters.retain(|(n, _)| n != name);
             }
             ModuleMut::Embedding(e) => e.lora.retain(|(n, _)| n != name),
             ModuleMut::Bottleneck(s, _) => s.retain(|(n, _)| n != name),

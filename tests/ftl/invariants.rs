@@ -29,9 +29,13 @@ pub enum Method {
     Houlsby,
     Prefix,
     Prompt,
+    /// a registry method, by name
+    Registered(&'static str),
 }
 
 const METHODS: &[Method] = &[
+    Method::Registered("loha"),
+    Method::Registered("lokr"),
     Method::Lora,
     Method::Dora,
     Method::Ia3,
@@ -87,6 +91,14 @@ pub fn attach(m: &mut Model, method: Method) -> String {
                 .unwrap();
         }
         Method::Prefix => m.attach_prefix(&name, 3, None).unwrap(),
+        Method::Registered(r) => {
+            let method = ftl::peft::registry::by_name(r).unwrap();
+            let paths = select(m, &method.default_targets(&mt).unwrap(), Kind::Linear);
+            let given = serde_json::json!({"r": 2, "alpha": 4});
+            let cfg =
+                ftl::peft::registry::config(method, given.as_object().unwrap(), "test").unwrap();
+            m.attach_registered(&name, method, &paths, &cfg).unwrap();
+        }
         Method::Prompt => m.attach_prompt(&name, 3, None).unwrap(),
     }
     name
@@ -213,7 +225,10 @@ fn every_model_and_method() {
             }
 
             // merge → same output; the merged model saved and reloaded → same output
-            if matches!(method, Method::Lora | Method::Dora | Method::Ia3) {
+            if matches!(
+                method,
+                Method::Lora | Method::Dora | Method::Ia3 | Method::Registered(_)
+            ) {
                 m.merge().unwrap();
                 let lm = out(&m, &ids, &mask);
                 assert!(

@@ -186,6 +186,16 @@ fn setup(m: &mut Model, s: &Value) {
             m.add_modules_to_save("default", &mts).unwrap();
         }
     }
+    if let Some(method) = ftl::peft::registry::by_name(s["method"].as_str().unwrap_or("")) {
+        // a registry method: its settings under PEFT's names, as the reference's setup has them
+        let targets: Vec<String> = names(&s["targets"]);
+        let paths = Selector::new(Pattern::list(targets))
+            .select(&m.module_paths(Kind::Linear), "modules")
+            .unwrap();
+        let cfg = ftl::peft::registry::config(method, s.as_object().unwrap(), "meta.json").unwrap();
+        m.attach_registered("default", method, &paths, &cfg)
+            .unwrap();
+    }
     if s["method"] == "none" && s["unfreeze"].as_array().is_none_or(|a| a.is_empty()) {
         m.set_trainable(None, true).unwrap();
     }
