@@ -362,6 +362,8 @@ pub struct Model {
     pub active: Vec<String>,
     pub enabled: bool,
     pub prompts: Vec<(String, PromptLearning)>,
+    /// per adapter, tensors its layers share (VeRA's projections), by PEFT's name
+    pub shared: Vec<(String, Vec<(String, Param)>)>,
     pub device: Device,
     pub dtype: DType,
     /// seeds adapter initialisation
@@ -387,6 +389,7 @@ impl Model {
             active: Vec::new(),
             enabled: true,
             prompts: Vec::new(),
+            shared: Vec::new(),
             device,
             dtype,
             seed: 0,

@@ -51,6 +51,24 @@ fn task_type(m: &Model) -> &'static str {
     }
 }
 
+/// Whether `pname` is one of adapter `name`'s shared tensors (VeRA's projections), which PEFT
+/// keys as `base_model.<name>`.
+fn is_shared(m: &Model, name: &str, pname: &str) -> bool {
+    m.shared
+        .iter()
+        .any(|(n, sh)| n == name && sh.iter().any(|(k, _)| k == pname))
+}
+
+/// Whether adapter `name` saves its shared tensors (VeRA's `save_projection`).
+fn saves_shared(m: &Model, name: &str) -> bool {
+    match m.adapter(name).map(|a| &a.method) {
+        Some(Method::Registered { name: mn, config }) => {
+            registry::by_name(mn).is_some_and(|me| me.saves_shared(config))
+        }
+        _ => true,
+    }
+}
+
 /// Keys of a PEFT file for an adapter, `(saved key, param)`.
 fn saved_tensors(m: &mut Model, name: &str) -> Result<Vec<(String, Param)>> {
     let info = m
@@ -76,6 +94,11 @@ fn saved_tensors(m: &mut Model, name: &str) -> Result<Vec<(String, Param)>> {
             }
         } else if pname.contains(".modules_to_save.") {
             continue; // below, under every module that uses the copy
+        } else if is_shared(m, name, &pname) {
+            if !saves_shared(m, name) {
+                continue;
+            }
+            format!("base_model.{pname}")
         } else if let Some(s) = pname.strip_suffix(".lora_magnitude_vector.weight") {
             format!("{PREFIX}{s}.lora_magnitude_vector")
         } else {
@@ -237,10 +260,18 @@ pub fn save_adapter(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
             let method = registry::by_name(name)
                 .ok_or_else(|| Error::msg(format!("unknown method {name}")))?;
             let mut c = json!({
-                "alpha_pattern": {}, "exclude_modules": null, "layers_pattern": null,
-                "layers_to_transform": null, "peft_type": method.peft_type(), "rank_pattern": {},
-                "target_modules": info.targets,
+                "layers_pattern": null, "layers_to_transform": null,
+                "peft_type": method.peft_type(), "target_modules": info.targets,
             });
+            let extras: Value = serde_json::from_str(method.config_extras())
+                .map_err(|e| Error::msg(format!("{name}: config_extras: {e}")))?;
+            for (k, v) in extras.as_object().into_iter().flatten() {
+                c[k] = if k == "fan_in_fan_out" {
+                    json!(transposed)
+                } else {
+                    v.clone()
+                };
+            }
             for (k, v) in config {
                 c[k] = v.clone();
             }
@@ -724,6 +755,20 @@ fn load_registered(
     let targets = peft_targets(m, cfg, cfg_path, Kind::Linear)?;
     m.attach_registered(name, method, &targets, &config)?;
     for (pname, p) in m.adapter_params(name) {
+        if is_shared(m, name, &pname) {
+            // drawn again from the config's seed when not saved (PEFT ignores saved ones then)
+            let key = format!("base_model.{pname}");
+            if method.saves_shared(&config) {
+                if !file.has(&key) {
+                    return Err(Error::file(
+                        &file.path,
+                        format!("no tensor `{key}`, which the config's save_projection = true says is saved"),
+                    ));
+                }
+                p.set(&tensor(file, &key, &p.dims(), m, cfg)?)?;
+            }
+            continue;
+        }
         p.set(&tensor(
             file,
             &format!("{PREFIX}{pname}"),
@@ -882,7 +927,9 @@ fn check_no_stray_keys(m: &mut Model, name: &str, file: &StFile, cfg: &Value) ->
         None => Vec::new(),
     };
     for (pname, _) in m.adapter_params(name) {
-        known.push(if pname.starts_with("prompt_encoder.") {
+        known.push(if is_shared(m, name, &pname) {
+            format!("base_model.{pname}")
+        } else if pname.starts_with("prompt_encoder.") {
             "prompt_embeddings".into()
         } else if let Some(s) = pname.strip_suffix(".lora_magnitude_vector.weight") {
             format!("{PREFIX}{s}.lora_magnitude_vector")

@@ -166,6 +166,9 @@ impl LinearMethod for LoKr {
     fn options(&self) -> &'static [Opt] {
         OPTIONS
     }
+    fn config_extras(&self) -> &'static str {
+        r#"{"alpha_pattern": {}, "rank_pattern": {}, "exclude_modules": null, "use_effective_conv2d": false}"#
+    }
     fn default_targets(&self, model_type: &str) -> Option<Vec<&'static str>> {
         registry::attention_qv(model_type)
     }
@@ -195,6 +198,7 @@ impl LinearMethod for LoKr {
         lin: &Linear,
         path: &str,
         seed: u64,
+        _shared: &[(String, Param)],
     ) -> Result<Box<dyn LinearAdapter>> {
         let (out, inp) = (lin.out_features(), lin.in_features());
         let r = registry::int(cfg, "r") as usize;

@@ -14,6 +14,7 @@ pub mod prompt;
 pub mod registry;
 pub mod svd;
 pub mod target;
+pub mod vera;
 
 use crate::error::{Error, Result};
 use crate::model::{Model, ModuleMut, Param};
@@ -351,6 +352,11 @@ impl Model {
             }
             ModuleMut::Norm(_) => {}
         });
+        for (n, sh) in &self.shared {
+            if n == name {
+                out.extend(sh.iter().cloned());
+            }
+        }
         for (n, pl) in &self.prompts {
             if n == name {
                 out.extend(match pl {
@@ -531,6 +537,17 @@ impl Model {
         self.check_new_name(name)?;
         let want: BTreeSet<&str> = paths.iter().map(|s| s.as_str()).collect();
         let seed = self.seed;
+        let mut shapes = Vec::new();
+        self.visit(&mut |p, m| {
+            if let (true, ModuleMut::Linear(l)) = (want.contains(p), m) {
+                shapes.push((l.out_features(), l.in_features()));
+            }
+        });
+        let shared: Vec<(String, Param)> = method
+            .shared(config, &shapes, &self.device)?
+            .into_iter()
+            .map(|(n, t)| (n, Param::frozen(t)))
+            .collect();
         let mut err = None;
         let mut done = BTreeSet::new();
         self.visit(&mut |p, m| {
@@ -538,7 +555,7 @@ impl Model {
                 return;
             }
             match m {
-                ModuleMut::Linear(l) => match method.attach(config, l, p, seed) {
+                ModuleMut::Linear(l) => match method.attach(config, l, p, seed, &shared) {
                     Ok(a) => {
                         l.adapters.push((name.to_string(), a));
                         done.insert(p.to_string());
@@ -559,6 +576,9 @@ impl Model {
             return Err(e);
         }
         missing_paths(&want, &done)?;
+        if !shared.is_empty() {
+            self.shared.push((name.to_string(), shared));
+        }
         self.register(AdapterInfo {
             name: name.to_string(),
             method: Method::Registered {
@@ -807,6 +827,7 @@ impl Model {
             h.remove_copy(name);
         }
         self.prompts.retain(|(n, _)| n != name);
+        self.shared.retain(|(n, _)| n != name);
         self.adapters.retain(|a| a.name != name);
         self.active.retain(|a| a != name);
     }

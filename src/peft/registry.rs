@@ -5,6 +5,8 @@
 
 use crate::error::{Error, Result};
 use crate::model::layers::{Linear, LinearAdapter};
+use crate::model::Param;
+use candle_core::Tensor;
 use serde_json::{Map, Value};
 
 /// One option of a method: its PEFT config field name, LuaLS type, default (JSON) and meaning.
@@ -27,16 +29,39 @@ pub trait LinearMethod: Sync {
     /// one line for the docs and stubs
     fn doc(&self) -> &'static str;
     fn options(&self) -> &'static [Opt];
+    /// Fields PEFT writes into adapter_config.json besides the options, as a JSON object
+    /// (`fan_in_fan_out` there is set to whether the targets store their weights transposed).
+    fn config_extras(&self) -> &'static str {
+        r#"{"alpha_pattern": {}, "rank_pattern": {}, "exclude_modules": null}"#
+    }
     /// PEFT's default `target_modules` for a model type
     fn default_targets(&self, model_type: &str) -> Option<Vec<&'static str>>;
-    /// A new adapter on `lin` at `path`, initialised as PEFT does (seeded by `seed` and `path`).
+    /// A new adapter on `lin` at `path`, initialised as PEFT does (seeded by `seed` and `path`),
+    /// given the adapter's shared tensors.
     fn attach(
         &self,
         cfg: &Config,
         lin: &Linear,
         path: &str,
         seed: u64,
+        shared: &[(String, Param)],
     ) -> Result<Box<dyn LinearAdapter>>;
+    /// Frozen tensors every layer of the adapter shares (VeRA's projections), made once from the
+    /// `(out, in)` of every target; saved in PEFT's file as `base_model.<name>` when
+    /// `saves_shared`, else made again the same way when the file is read.
+    fn shared(
+        &self,
+        cfg: &Config,
+        shapes: &[(usize, usize)],
+        device: &candle_core::Device,
+    ) -> Result<Vec<(String, Tensor)>> {
+        let _ = (cfg, shapes, device);
+        Ok(Vec::new())
+    }
+    fn saves_shared(&self, cfg: &Config) -> bool {
+        let _ = cfg;
+        true
+    }
     /// Checks settings beyond their types (`r` ≥ 1, …).
     fn check(&self, cfg: &Config) -> Result<()> {
         let _ = cfg;
@@ -44,7 +69,8 @@ pub trait LinearMethod: Sync {
     }
 }
 
-pub static METHODS: &[&dyn LinearMethod] = &[&super::loha::LoHa, &super::lokr::LoKr];
+pub static METHODS: &[&dyn LinearMethod] =
+    &[&super::loha::LoHa, &super::lokr::LoKr, &super::vera::Vera];
 
 pub fn by_name(name: &str) -> Option<&'static dyn LinearMethod> {
     METHODS.iter().copied().find(|m| m.name() == name)

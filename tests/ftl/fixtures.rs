@@ -101,6 +101,33 @@ pub fn check_adapters() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// VeRA's shared projections drawn from the key as PyTorch's CPU generator draws them, bit for
+/// bit: a file saved without them (`vera-noproj`) depends on it.
+#[test]
+fn vera_projections_are_pytorch_s_bit_for_bit() {
+    let d = fixture("vera-qv");
+    let f = ftl::st::StFile::open(&d.join("adapter_model.safetensors")).unwrap();
+    let get = |k: &str| -> Vec<f32> {
+        f.load(k, &candle_core::Device::Cpu, None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let mut g = ftl::peft::vera::TorchUniform::new(42);
+    let a = g.kaiming(8, 64);
+    let b = g.kaiming(64, 8);
+    assert!(a
+        .iter()
+        .zip(get("base_model.vera_A"))
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(b
+        .iter()
+        .zip(get("base_model.vera_B"))
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
+}
+
 #[test]
 fn two_named_adapters_alone_and_together() {
     let d = fixture("lora-two-adapters");

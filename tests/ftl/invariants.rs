@@ -36,6 +36,7 @@ pub enum Method {
 const METHODS: &[Method] = &[
     Method::Registered("loha"),
     Method::Registered("lokr"),
+    Method::Registered("vera"),
     Method::Lora,
     Method::Dora,
     Method::Ia3,

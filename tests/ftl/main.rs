@@ -16,6 +16,7 @@ mod hub;
 mod invariants;
 mod manifest;
 mod merge;
+mod methods;
 mod recipes;
 mod sandbox;
 mod semantics;
