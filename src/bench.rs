@@ -28,7 +28,7 @@ pub struct BenchArgs {
     pub intermediate: usize,
     #[arg(long, default_value_t = 32000)]
     pub vocab: usize,
-    /// full, lora-qv, lora-all, ia3, prefix (comma-separated for several)
+    /// full, lora-qv, lora-all, ia3, prefix, or a registry method (loha, lokr, vera) on its default targets (comma-separated for several)
     #[arg(long, default_value = "lora-qv")]
     pub method: String,
     #[arg(long, default_value_t = 4)]
@@ -103,25 +103,36 @@ fn build(
             m.attach_lora("default", &p, &lora)?;
         }
         "lora-all" => {
-            let heads = m.arch.head_modules();
-            let p: Vec<String> = m
-                .module_paths(Kind::Linear)
-                .into_iter()
-                .filter(|p| !heads.contains(p))
-                .collect();
+            let every = Selector::new(Pattern::list(Vec::new()));
+            let p = m.all_linear(&every);
             m.attach_lora("default", &p, &lora)?;
         }
         "ia3" => {
-            let p = select(&mut m, &["k_proj", "v_proj", "down_proj"]);
-            let ff: Vec<String> = p
-                .iter()
-                .filter(|x| x.ends_with("down_proj"))
-                .cloned()
-                .collect();
+            let (targets, ff) = crate::peft::default_ia3(m.arch.model_type())
+                .ok_or_else(|| anyhow::anyhow!("no IA3 defaults for {}", a.arch))?;
+            let p = select(&mut m, &targets);
+            let ff = Pattern::list(ff.into_iter().map(String::from).collect());
+            let ff: Vec<String> = p.iter().filter(|x| ff.matches(x)).cloned().collect();
             m.attach_ia3("default", &p, &ff)?;
         }
         "prefix" => m.attach_prefix("default", 16, None)?,
-        other => bail!("unknown method {other} (full, lora-qv, lora-all, ia3, prefix)"),
+        other => {
+            let Some(method) = crate::peft::registry::by_name(other) else {
+                let more: String = crate::peft::registry::METHODS
+                    .iter()
+                    .map(|m| format!(", {}", m.name()))
+                    .collect();
+                bail!("unknown method {other} (full, lora-qv, lora-all, ia3, prefix{more})")
+            };
+            // a registry method on its default targets, at the benchmark's rank
+            let targets = method
+                .default_targets(m.arch.model_type())
+                .ok_or_else(|| anyhow::anyhow!("{other}: no default targets for {}", a.arch))?;
+            let p = select(&mut m, &targets);
+            let given = serde_json::json!({"r": r});
+            let cfg = crate::peft::registry::config(method, given.as_object().unwrap(), other)?;
+            m.attach_registered("default", method, &p, &cfg)?;
+        }
     }
     Ok(m)
 }

@@ -123,9 +123,9 @@ impl Method {
 pub struct NewArgs {
     /// The recipe to write: NAME.lua in the current directory (or a path)
     pub name: PathBuf,
-    /// The fine-tuning method the starter uses
-    #[arg(long, value_enum, default_value = "lora")]
-    pub method: Method,
+    /// The fine-tuning method the starter uses (the built-in ones, then the registry's)
+    #[arg(long, default_value = "lora", value_parser = method_names())]
+    pub method: String,
 }
 
 #[derive(Args)]
@@ -154,17 +154,53 @@ fn lua_path(p: &Path) -> PathBuf {
     }
 }
 
+/// Every `--method` `ftl new` knows: the built-in ones and the registry's.
+fn method_names() -> clap::builder::PossibleValuesParser {
+    let builtin = Method::value_variants()
+        .iter()
+        .filter_map(|m| m.to_possible_value());
+    let registry = crate::peft::registry::METHODS
+        .iter()
+        .map(|m| clap::builder::PossibleValue::new(m.name()));
+    clap::builder::PossibleValuesParser::new(builtin.chain(registry))
+}
+
+/// (description, attach lines, default learning rate) of `method`.
+fn parts(method: &str) -> (String, String, &'static str) {
+    if let Ok(m) = Method::from_str(method, true) {
+        let (d, a, lr) = m.parts();
+        return (d.to_string(), a.to_string(), lr);
+    }
+    let Some(m) = crate::peft::registry::by_name(method) else {
+        return (String::new(), String::new(), "1e-3");
+    };
+    let keys: Vec<&str> = m.options().iter().map(|o| o.key).collect();
+    (
+        format!(
+            "{} on PEFT's default targets, trained on instruction rows.",
+            m.doc().trim_start_matches("Attaches ")
+        ),
+        format!(
+            "ftl.{}(m, {{}}) -- PEFT's {} options, by their names: {}; targets = ... to choose",
+            m.name(),
+            m.peft_type(),
+            keys.join(", ")
+        ),
+        m.suggested_lr(),
+    )
+}
+
 /// The starter recipe `ftl new` writes for `method`, named `name` in its header.
-pub fn starter(name: &str, method: Method) -> String {
-    let (desc, attach, lr) = method.parts();
+pub fn starter(name: &str, method: &str) -> String {
+    let (desc, attach, lr) = parts(method);
     let save = match method {
-        Method::Full => "print(\"saved \" .. m:save(\"model\")) -- a complete HF model directory",
+        "full" => "print(\"saved \" .. m:save(\"model\")) -- a complete HF model directory",
         _ => "print(\"saved \" .. m:save_adapter(\"adapter\")) -- PEFT's format (AdapterHub's for bottleneck adapters)",
     };
     TEMPLATE
         .replace("{{name}}", name)
-        .replace("{{desc}}", desc)
-        .replace("{{attach}}", attach)
+        .replace("{{desc}}", &desc)
+        .replace("{{attach}}", &attach)
         .replace("{{lr}}", lr)
         .replace("{{save}}", save)
 }
@@ -193,7 +229,7 @@ pub fn new(a: &NewArgs) -> Result<()> {
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "recipe".into());
-    write_new(&path, starter(&stem, a.method).as_bytes())?;
+    write_new(&path, starter(&stem, &a.method).as_bytes())?;
     println!(
         "wrote {}; run it with: ftl run {} model=PATH_OR_HUB_ID",
         path.display(),

@@ -62,6 +62,10 @@ pub trait LinearMethod: Sync {
         let _ = cfg;
         true
     }
+    /// The learning rate `ftl new` starts a recipe with.
+    fn suggested_lr(&self) -> &'static str {
+        "1e-3"
+    }
     /// Checks settings beyond their types (`r` ≥ 1, …).
     fn check(&self, cfg: &Config) -> Result<()> {
         let _ = cfg;

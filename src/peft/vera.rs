@@ -132,6 +132,10 @@ impl LinearMethod for Vera {
             ("vera_B".into(), t(b, (out, r))?),
         ])
     }
+    fn suggested_lr(&self) -> &'static str {
+        // VeRA trains only scaling vectors: its paper uses rates ten times LoRA's
+        "1e-2"
+    }
     fn saves_shared(&self, cfg: &Config) -> bool {
         registry::flag(cfg, "save_projection")
     }

@@ -342,7 +342,9 @@ print(report.csv("t.csv", {{a = 1, b = "x,y"}}, {"a", "b"}))
 fn new_writes_a_starter_that_runs_for_every_method() {
     let t = tempfile::tempdir().unwrap();
     let model = format!("model={}", fixture("llama-tiny").display());
-    for method in ["full", "lora", "dora", "ia3", "adapter", "prefix", "prompt"] {
+    for method in [
+        "full", "lora", "dora", "ia3", "adapter", "prefix", "prompt", "loha", "lokr", "vera",
+    ] {
         let name = format!("x_{method}");
         let (code, out, err) = ftl_in(t.path(), &["new", &name, "--method", method]);
         assert_eq!(code, 0, "{out}\n{err}");
@@ -369,7 +371,7 @@ fn new_writes_a_starter_that_runs_for_every_method() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("already exists"), "{err}");
     assert_eq!(std::fs::read(t.path().join("x_lora.lua")).unwrap(), before);
-    let (code, _, err) = ftl_in(t.path(), &["new", "y", "--method", "lokr"]);
+    let (code, _, err) = ftl_in(t.path(), &["new", "y", "--method", "lokra"]);
     assert_eq!(code, 2, "a usage error: {err}");
 }
 
