@@ -42,17 +42,26 @@ fn model_arg(lua: &Lua, v: &Value) -> mlua::Result<ModelHandle> {
 }
 
 fn train_opts(lua: &Lua, o: &Opts) -> mlua::Result<TrainOpts> {
+    // every default is TrainOpts::default()'s (AdamW's betas and eps among them)
     let d = TrainOpts::default();
+    let Kind::AdamW {
+        beta1,
+        beta2,
+        eps: d_eps,
+    } = d.optimizer.kind
+    else {
+        unreachable!("the default optimizer is AdamW")
+    };
     let kind = match o.or::<String>("optimizer", "adamw".into())?.as_str() {
         "adamw" => {
-            let betas: Vec<f64> = o.or("betas", vec![0.9, 0.999])?;
+            let betas: Vec<f64> = o.or("betas", vec![beta1, beta2])?;
             if betas.len() != 2 {
                 return Err(lua_err(lua, "ftl.train: betas must be {beta1, beta2}"));
             }
             Kind::AdamW {
                 beta1: betas[0],
                 beta2: betas[1],
-                eps: o.or("eps", 1e-8)?,
+                eps: o.or("eps", d_eps)?,
             }
         }
         "sgd" => Kind::Sgd {
@@ -92,26 +101,26 @@ fn train_opts(lua: &Lua, o: &Opts) -> mlua::Result<TrainOpts> {
         epochs: o.get("epochs")?,
         max_steps: o.get("max_steps")?,
         batch_size,
-        grad_accum: o.or("grad_accum", 1)?,
+        grad_accum: o.or("grad_accum", d.grad_accum)?,
         max_len: o.get("max_len")?,
         lr: o
             .get("lr")?
             .ok_or_else(|| lua_err(lua, "ftl.train: lr is required"))?,
         optimizer: OptimOpts {
             kind,
-            weight_decay: o.or("weight_decay", 0.01)?,
+            weight_decay: o.or("weight_decay", d.optimizer.weight_decay)?,
         },
         no_decay: pattern(lua, &o.value("no_decay")?)?.map(Selector::new),
         clip: o.get("clip")?,
         schedule: Schedule {
             kind: skind,
-            warmup: o.or("warmup", 0)?,
+            warmup: o.or("warmup", d.schedule.warmup)?,
             min_lr,
         },
-        shuffle: o.or("shuffle", true)?,
-        group_by_length: o.or("group_by_length", false)?,
-        checkpoint: o.or("checkpoint", false)?,
-        seed: o.or("seed", 0)?,
+        shuffle: o.or("shuffle", d.shuffle)?,
+        group_by_length: o.or("group_by_length", d.group_by_length)?,
+        checkpoint: o.or("checkpoint", d.checkpoint)?,
+        seed: o.or("seed", d.seed)?,
         eval_every,
         eval_batch_size: eval_bs.unwrap_or(batch_size),
     })

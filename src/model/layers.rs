@@ -5,15 +5,43 @@
 use super::{Ctx, Param};
 use crate::error::Result;
 use crate::ops;
-use crate::peft::ia3::Ia3;
 use crate::peft::lora::{Lora, LoraEmbedding};
 use candle_core::{Tensor, D};
 
-/// What a method adds to a linear layer's output. `peft/` implements it (LoHa, LoKr, VeRA);
-/// the layer only calls it.
+/// How a method acts on a linear layer: by scaling its input or its output (IA3), or by adding
+/// to its output (LoHa, LoKr, VeRA). `peft/` implements it; the layer only calls it: inputs
+/// scaled, the base layer, outputs scaled, then every addition.
 pub trait LinearAdapter: Send + Sync {
+    /// The input the base layer sees instead of `x`, for a method that scales it.
+    fn scale_input(&self, x: &Tensor, ctx: &Ctx) -> Result<Option<Tensor>> {
+        let _ = (x, ctx);
+        Ok(None)
+    }
+    /// The base output `y` rescaled, for a method that scales it.
+    fn scale_output(&self, y: &Tensor, ctx: &Ctx) -> Result<Option<Tensor>> {
+        let _ = (y, ctx);
+        Ok(None)
+    }
     /// The addition to the layer's output for input `x` (`[…, in]` → `[…, out]`).
-    fn delta(&self, x: &Tensor, lin: &Linear, ctx: &Ctx) -> Result<Tensor>;
+    fn delta(&self, x: &Tensor, lin: &Linear, ctx: &Ctx) -> Result<Option<Tensor>>;
+    /// Folds the adapter into `into`'s weights (`lin` is the layer it was made for): by default
+    /// `W += delta_weight`. Scaling methods fold before additive ones, as the forward applies them.
+    fn merge_into(&self, lin: &Linear, into: &Linear, ctx: &Ctx) -> Result<()> {
+        let w = into.weight_out_in(ctx)?;
+        let dw = self
+            .delta_weight(lin, ctx)?
+            .to_dtype(candle_core::DType::F32)?;
+        let merged = (w.to_dtype(candle_core::DType::F32)? + dw)?.to_dtype(w.dtype())?;
+        into.weight.set(&if into.transposed {
+            merged.t()?.contiguous()?
+        } else {
+            merged
+        })
+    }
+    /// Whether it scales (merged first).
+    fn scales(&self) -> bool {
+        false
+    }
     /// The change of the weight, `[out, in]`, that merging folds in.
     fn delta_weight(&self, lin: &Linear, ctx: &Ctx) -> Result<Tensor>;
     /// `(suffix, param)` under PEFT's parameter names, adapter name removed.
@@ -26,8 +54,7 @@ pub struct Linear {
     pub bias: Option<Param>,
     pub transposed: bool,
     pub lora: Vec<(String, Lora)>,
-    pub ia3: Vec<(String, Ia3)>,
-    /// other methods' adapters, by adapter name
+    /// every other method's adapters (IA3, the registry's), by adapter name
     pub adapters: Vec<(String, Box<dyn LinearAdapter>)>,
 }
 
@@ -38,7 +65,6 @@ impl Linear {
             bias,
             transposed,
             lora: Vec::new(),
-            ia3: Vec::new(),
             adapters: Vec::new(),
         }
     }
@@ -86,19 +112,23 @@ impl Linear {
                 )?);
             }
         }
-        let ia3: Vec<&Ia3> = self
-            .ia3
+        let active: Vec<&dyn LinearAdapter> = self
+            .adapters
             .iter()
             .filter(|(n, _)| ctx.is_active(n))
-            .map(|(_, a)| a)
+            .map(|(_, a)| a.as_ref())
             .collect();
         let mut xin = x.clone();
-        for a in ia3.iter().filter(|a| a.feedforward) {
-            xin = a.scale_input(&xin, ctx)?;
+        for a in &active {
+            if let Some(scaled) = a.scale_input(&xin, ctx)? {
+                xin = scaled;
+            }
         }
         let mut base = ops::linear(&xin, &w, b.as_ref(), self.transposed)?;
-        for a in ia3.iter().filter(|a| !a.feedforward) {
-            base = a.scale_output(&base, ctx)?;
+        for a in &active {
+            if let Some(scaled) = a.scale_output(&base, ctx)? {
+                base = scaled;
+            }
         }
         let mut y = base.clone();
         for (name, l) in &self.lora {
@@ -106,9 +136,9 @@ impl Linear {
                 y = y.add(&l.delta(x, &base, self, ctx)?)?;
             }
         }
-        for (name, a) in &self.adapters {
-            if ctx.is_active(name) {
-                y = y.add(&a.delta(x, self, ctx)?.to_dtype(y.dtype())?)?;
+        for a in &active {
+            if let Some(d) = a.delta(x, self, ctx)? {
+                y = y.add(&d.to_dtype(y.dtype())?)?;
             }
         }
         Ok(y)
@@ -117,9 +147,7 @@ impl Linear {
     /// The one active adapter when it is a plain LoRA (no DoRA, LoRA bias or live dropout) and
     /// nothing else is active here: the case one fused op computes.
     fn single_plain_lora(&self, ctx: &Ctx) -> Option<&Lora> {
-        if self.ia3.iter().any(|(n, _)| ctx.is_active(n))
-            || self.adapters.iter().any(|(n, _)| ctx.is_active(n))
-        {
+        if self.adapters.iter().any(|(n, _)| ctx.is_active(n)) {
             return None;
         }
         let mut active = self.lora.iter().filter(|(n, _)| ctx.is_active(n));

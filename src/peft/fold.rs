@@ -71,36 +71,28 @@ impl Model {
             let r: Result<()> = (|| {
                 match m {
                     ModuleMut::Linear(l) => {
-                        let ia3: Vec<_> = l.ia3.iter().filter(|(n, _)| names.contains(n)).collect();
                         let lora: Vec<_> =
                             l.lora.iter().filter(|(n, _)| names.contains(n)).collect();
                         let other: Vec<_> = l
                             .adapters
                             .iter()
                             .filter(|(n, _)| names.contains(n))
+                            .map(|(_, a)| a)
                             .collect();
-                        if ia3.is_empty() && lora.is_empty() && other.is_empty() {
+                        if lora.is_empty() && other.is_empty() {
                             return Ok(());
                         }
                         let bias = l.bias.as_ref().map(&mut take).transpose()?;
                         let s = Linear::new(take(&l.weight)?, bias, l.transposed);
-                        for (_, a) in ia3 {
-                            a.merge_into(&s, &ctx)?;
+                        // as the forward applies them: scaling (IA3) first, then additions
+                        for a in other.iter().filter(|a| a.scales()) {
+                            a.merge_into(l, &s, &ctx)?;
                         }
                         for (_, a) in lora {
                             a.merge_into(&s, &ctx)?;
                         }
-                        for (_, a) in other {
-                            // ΔW from the adapter on the layer it was made for (its shapes)
-                            let w = s.weight_out_in(&ctx)?;
-                            let dw = a.delta_weight(l, &ctx)?.to_dtype(candle_core::DType::F32)?;
-                            let merged =
-                                (w.to_dtype(candle_core::DType::F32)? + dw)?.to_dtype(w.dtype())?;
-                            s.weight.set(&if s.transposed {
-                                merged.t()?.contiguous()?
-                            } else {
-                                merged
-                            })?;
+                        for a in other.iter().filter(|a| !a.scales()) {
+                            a.merge_into(l, &s, &ctx)?;
                         }
                         touched.push(l.weight.key());
                         touched.extend(l.bias.as_ref().map(|b| b.key()));

@@ -2,7 +2,7 @@
 //! for feed-forward modules, its input (`W(x ⊙ l) + b`, `ia3_l` `[1, in]`).
 
 use crate::error::Result;
-use crate::model::layers::Linear;
+use crate::model::layers::{Linear, LinearAdapter};
 use crate::model::{Ctx, Param};
 use candle_core::{DType, Tensor};
 
@@ -29,18 +29,51 @@ impl Ia3 {
     fn vector(&self, ctx: &Ctx, dt: DType) -> Result<Tensor> {
         Ok(self.l.get(ctx).flatten_all()?.to_dtype(dt)?)
     }
+}
 
-    pub fn scale_input(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        Ok(crate::ops::scale_last(x, &self.l.get(ctx).flatten_all()?)?)
+impl LinearAdapter for Ia3 {
+    fn scale_input(&self, x: &Tensor, ctx: &Ctx) -> Result<Option<Tensor>> {
+        if !self.feedforward {
+            return Ok(None);
+        }
+        Ok(Some(crate::ops::scale_last(
+            x,
+            &self.l.get(ctx).flatten_all()?,
+        )?))
     }
 
-    pub fn scale_output(&self, y: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        Ok(crate::ops::scale_last(y, &self.l.get(ctx).flatten_all()?)?)
+    fn scale_output(&self, y: &Tensor, ctx: &Ctx) -> Result<Option<Tensor>> {
+        if self.feedforward {
+            return Ok(None);
+        }
+        Ok(Some(crate::ops::scale_last(
+            y,
+            &self.l.get(ctx).flatten_all()?,
+        )?))
+    }
+
+    fn delta(&self, _x: &Tensor, _lin: &Linear, _ctx: &Ctx) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    fn scales(&self) -> bool {
+        true
+    }
+
+    /// Scaling has no additive weight change (merging scales W itself).
+    fn delta_weight(&self, lin: &Linear, ctx: &Ctx) -> Result<Tensor> {
+        let w = lin.weight_out_in(ctx)?.to_dtype(DType::F32)?;
+        let merged = if self.feedforward {
+            w.broadcast_mul(&self.vector(ctx, DType::F32)?.unsqueeze(0)?)?
+        } else {
+            w.broadcast_mul(&self.vector(ctx, DType::F32)?.unsqueeze(1)?)?
+        };
+        Ok((merged - w)?)
     }
 
     /// PEFT's merge: rows (output) or columns (feed-forward input) of W scaled; the bias is scaled
     /// only for output scaling.
-    pub fn merge_into(&self, lin: &Linear, ctx: &Ctx) -> Result<()> {
+    fn merge_into(&self, _made_for: &Linear, lin: &Linear, ctx: &Ctx) -> Result<()> {
         let w = lin.weight_out_in(ctx)?;
         let wdt = w.dtype();
         let l = self.vector(ctx, DType::F32)?;
@@ -64,7 +97,7 @@ impl Ia3 {
         })
     }
 
-    pub fn params(&self) -> Vec<(&'static str, Param)> {
-        vec![("ia3_l", self.l.clone())]
+    fn params(&self) -> Vec<(String, Param)> {
+        vec![("ia3_l".into(), self.l.clone())]
     }
 }

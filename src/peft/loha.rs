@@ -160,14 +160,12 @@ pub(crate) fn apply(x: &Tensor, dw: &Tensor) -> Result<Tensor> {
 }
 
 impl LinearAdapter for LoHaAdapter {
-    fn delta(&self, x: &Tensor, lin: &Linear, ctx: &Ctx) -> Result<Tensor> {
+    fn delta(&self, x: &Tensor, lin: &Linear, ctx: &Ctx) -> Result<Option<Tensor>> {
         if skipped(self.module_dropout, ctx) {
-            let mut shape = x.dims().to_vec();
-            *shape.last_mut().unwrap() = lin.out_features();
-            return Ok(Tensor::zeros(shape, DType::F32, x.device())?);
+            return Ok(None);
         }
         let dw = rank_dropout(self.delta_weight(lin, ctx)?, self.rank_dropout, true, ctx)?;
-        apply(x, &dw)
+        apply(x, &dw).map(Some)
     }
 
     fn delta_weight(&self, _lin: &Linear, ctx: &Ctx) -> Result<Tensor> {

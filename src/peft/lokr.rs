@@ -7,7 +7,7 @@ use super::registry::{self, Config, LinearMethod, Opt};
 use crate::error::Result;
 use crate::model::layers::{Linear, LinearAdapter};
 use crate::model::{Ctx, Param};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 pub struct LoKr;
 
@@ -252,11 +252,9 @@ fn kron(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 impl LinearAdapter for LoKrAdapter {
-    fn delta(&self, x: &Tensor, lin: &Linear, ctx: &Ctx) -> Result<Tensor> {
+    fn delta(&self, x: &Tensor, lin: &Linear, ctx: &Ctx) -> Result<Option<Tensor>> {
         if skipped(self.module_dropout, ctx) {
-            let mut shape = x.dims().to_vec();
-            *shape.last_mut().unwrap() = lin.out_features();
-            return Ok(Tensor::zeros(shape, DType::F32, x.device())?);
+            return Ok(None);
         }
         let dw = rank_dropout(
             self.delta_weight(lin, ctx)?,
@@ -264,7 +262,7 @@ impl LinearAdapter for LoKrAdapter {
             self.rescale,
             ctx,
         )?;
-        apply(x, &dw)
+        apply(x, &dw).map(Some)
     }
 
     fn delta_weight(&self, _lin: &Linear, ctx: &Ctx) -> Result<Tensor> {

@@ -265,9 +265,6 @@ impl Model {
                     for (_, a) in &l.lora {
                         ps.extend(a.params().into_iter().map(|x| x.1));
                     }
-                    for (_, a) in &l.ia3 {
-                        ps.extend(a.params().into_iter().map(|x| x.1));
-                    }
                     for (_, a) in &l.adapters {
                         ps.extend(a.params().into_iter().map(|x| x.1));
                     }
@@ -321,11 +318,6 @@ impl Model {
         self.visit(&mut |p, m| match m {
             ModuleMut::Linear(l) => {
                 for (n, a) in &l.lora {
-                    if n == name {
-                        out.extend(a.params().into_iter().map(|(s, q)| (format!("{p}.{s}"), q)));
-                    }
-                }
-                for (n, a) in &l.ia3 {
                     if n == name {
                         out.extend(a.params().into_iter().map(|(s, q)| (format!("{p}.{s}"), q)));
                     }
@@ -494,7 +486,7 @@ impl Model {
             match m {
                 ModuleMut::Linear(l) => match Ia3::init(l, feedforward.iter().any(|f| f == p)) {
                     Ok(a) => {
-                        l.ia3.push((name.to_string(), a));
+                        l.adapters.push((name.to_string(), Box::new(a)));
                         done.insert(p.to_string());
                     }
                     Err(e) => err = Some(e),
@@ -816,7 +808,6 @@ impl Model {
         self.visit(&mut |_, m| match m {
             ModuleMut::Linear(l) => {
                 l.lora.retain(|(n, _)| n != name);
-                l.ia3.retain(|(n, _)| n != name);
                 l.adapters.retain(|(n, _)| n != name);
             }
             ModuleMut::Embedding(e) => e.lora.retain(|(n, _)| n != name),

@@ -199,14 +199,14 @@ impl VeraAdapter {
 }
 
 impl LinearAdapter for VeraAdapter {
-    fn delta(&self, x: &Tensor, lin: &Linear, ctx: &Ctx) -> Result<Tensor> {
+    fn delta(&self, x: &Tensor, lin: &Linear, ctx: &Ctx) -> Result<Option<Tensor>> {
         let _ = skipped; // VeRA has no module dropout
         let (a, b) = self.sliced(lin, ctx)?;
         let x = ctx.dropout(x, self.dropout)?.to_dtype(DType::F32)?;
         let h = ops::linear(&x, &a, None, false)?;
         let h = ops::scale_last(&h, &self.lambda_d.get(ctx))?;
         let y = ops::linear(&h, &b, None, false)?;
-        Ok(ops::scale_last(&y, &self.lambda_b.get(ctx))?)
+        Ok(Some(ops::scale_last(&y, &self.lambda_b.get(ctx))?))
     }
 
     fn delta_weight(&self, lin: &Linear, ctx: &Ctx) -> Result<Tensor> {

@@ -182,13 +182,16 @@ fn broken_adapter_config_is_named() {
     );
     std::fs::write(
         t.path().join("adapter_config.json"),
-        "{\"peft_type\": \"LOHA\", \"target_modules\": [\"q_proj\"]}",
+        "{\"peft_type\": \"NO_SUCH_METHOD\", \"target_modules\": [\"q_proj\"]}",
     )
     .unwrap();
     let e = ftl::peft::io::load_adapter(&mut m, t.path(), &Default::default())
         .unwrap_err()
         .to_string();
-    assert!(e.contains("peft_type") && e.contains("LOHA"), "{e}");
+    assert!(
+        e.contains("peft_type") && e.contains("NO_SUCH_METHOD") && e.contains("LOHA, LOKR, VERA"),
+        "{e}"
+    );
 }
 
 #[test]
