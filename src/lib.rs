@@ -10,6 +10,7 @@ pub mod peft;
 #[cfg(feature = "profile")]
 pub mod profile;
 pub mod reuse;
+pub mod rng;
 pub mod st;
 pub mod tokenizer;
 

@@ -8,7 +8,6 @@ use super::llama::linear;
 use super::{Arch, BnPlace, Ctx, Dims, Flow, ModuleMut, Past, Task};
 use crate::error::{Error, Result};
 use crate::ops::{self, Activation, AttnMask};
-use crate::peft::bottleneck::{self, Bottleneck};
 use candle_core::{Device, Tensor};
 use std::sync::Arc;
 
@@ -46,8 +45,8 @@ pub struct Layer {
     pub intermediate: Linear,
     pub output: Linear,
     pub output_ln: Norm,
-    pub bn_attn: Vec<(String, Bottleneck)>,
-    pub bn_out: Vec<(String, Bottleneck)>,
+    pub bn_attn: super::layers::BlockSlot,
+    pub bn_out: super::layers::BlockSlot,
 }
 
 pub struct Bert {
@@ -260,10 +259,10 @@ impl Arch for Bert {
             let o = ops::attention(&q, &k, &v, &mask, 1.0 / (hd as f32).sqrt())?;
             let o = ops::reshape(&o, (b, t, hid))?;
             let a = ctx.dropout(&layer.attn_out.forward(&o, ctx)?, cfg.hidden_dropout)?;
-            let a = bottleneck::post_norm(&layer.bn_attn, &a, &h, &layer.attn_ln, ctx)?;
+            let a = super::layers::post_norm(&layer.bn_attn, &a, &h, &layer.attn_ln, ctx)?;
             let i = cfg.act.apply(&layer.intermediate.forward(&a, ctx)?)?;
             let o = ctx.dropout(&layer.output.forward(&i, ctx)?, cfg.hidden_dropout)?;
-            h = bottleneck::post_norm(&layer.bn_out, &o, &a, &layer.output_ln, ctx)?;
+            h = super::layers::post_norm(&layer.bn_out, &o, &a, &layer.output_ln, ctx)?;
         }
         let h = match ctx.layer(&h)? {
             Flow::Run(x) => x,

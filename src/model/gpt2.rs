@@ -7,7 +7,6 @@ use super::layers::{Embedding, Linear, Norm, NormKind};
 use super::{Arch, BnPlace, Ctx, Dims, Flow, ModuleMut, Past, Task};
 use crate::error::{Error, Result};
 use crate::ops::{self, Activation, AttnMask};
-use crate::peft::bottleneck::{self, Bottleneck};
 use candle_core::{Device, Tensor};
 use std::sync::Arc;
 
@@ -52,8 +51,8 @@ pub struct Block {
     pub ln_2: Norm,
     pub c_fc: Linear,
     pub mlp_c_proj: Linear,
-    pub bn_attn: Vec<(String, Bottleneck)>,
-    pub bn_out: Vec<(String, Bottleneck)>,
+    pub bn_attn: super::layers::BlockSlot,
+    pub bn_out: super::layers::BlockSlot,
 }
 
 pub struct Gpt2 {
@@ -194,11 +193,11 @@ impl Arch for Gpt2 {
             }
             let o = ops::reshape(&ops::attention(&q, &k, &v, &mask, scale)?, (b, t, e))?;
             let a = ctx.dropout(&blk.attn_c_proj.forward(&o, ctx)?, cfg.resid_pdrop)?;
-            h = bottleneck::pre_norm(&blk.bn_attn, &a, &h, ctx)?;
+            h = super::layers::pre_norm(&blk.bn_attn, &a, &h, ctx)?;
             let x = blk.ln_2.forward(&h, ctx)?;
             let m = cfg.act.apply(&blk.c_fc.forward(&x, ctx)?)?;
             let m = ctx.dropout(&blk.mlp_c_proj.forward(&m, ctx)?, cfg.resid_pdrop)?;
-            h = bottleneck::pre_norm(&blk.bn_out, &m, &h, ctx)?;
+            h = super::layers::pre_norm(&blk.bn_out, &m, &h, ctx)?;
         }
         let h = match ctx.layer(&h)? {
             Flow::Run(x) => x,

@@ -322,8 +322,8 @@ impl Source for RandomInit {
                 const CHUNK: usize = 1 << 16;
                 let mut v = vec![0f32; n];
                 v.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| {
-                    let mut rng = crate::peft::lora::rng_for(self.seed, &format!("{name}#{i}"));
-                    c.copy_from_slice(&crate::peft::lora::normal(&mut rng, c.len(), std as f32));
+                    let mut rng = crate::rng::rng_for(self.seed, &format!("{name}#{i}"));
+                    c.copy_from_slice(&crate::rng::normal(&mut rng, c.len(), std as f32));
                 });
                 v
             }

@@ -1,11 +1,10 @@
-//! The injectable layers every architecture is built from: `Linear` (LoRA/DoRA/IA3 slots, and
-//! `LinearAdapter`s, the place any other method acts on a linear's output), `Embedding` (LoRA
-//! slot) and `Norm`. Their paths and parameter names are HF's.
+//! The injectable layers every architecture is built from: `Linear` and `Embedding`, each with a
+//! slot where methods act (`LinearAdapter`, `EmbeddingAdapter`, which `peft/` implements: this
+//! module knows no method), and `Norm`. Their paths and parameter names are HF's.
 
 use super::{Ctx, Param};
 use crate::error::Result;
 use crate::ops;
-use crate::peft::lora::{Lora, LoraEmbedding};
 use candle_core::{Tensor, D};
 
 /// How a method acts on a linear layer: by scaling its input or its output (IA3), or by adding
@@ -22,10 +21,17 @@ pub trait LinearAdapter: Send + Sync {
         let _ = (y, ctx);
         Ok(None)
     }
-    /// The addition to the layer's output for input `x` (`[…, in]` → `[…, out]`).
-    fn delta(&self, x: &Tensor, lin: &Linear, ctx: &Ctx) -> Result<Option<Tensor>>;
+    /// The addition to the layer's output for input `x` (`[…, in]` → `[…, out]`); `base` is the
+    /// base layer's output (after scaling), which DoRA reuses.
+    fn delta(&self, x: &Tensor, base: &Tensor, lin: &Linear, ctx: &Ctx) -> Result<Option<Tensor>>;
+    /// The whole layer's output in one op, when this is the only active adapter and the method
+    /// has such an op (plain LoRA: it keeps only the input alive for the backward pass).
+    fn fused(&self, x: &Tensor, lin: &Linear, ctx: &Ctx) -> Result<Option<Tensor>> {
+        let _ = (x, lin, ctx);
+        Ok(None)
+    }
     /// Folds the adapter into `into`'s weights (`lin` is the layer it was made for): by default
-    /// `W += delta_weight`. Scaling methods fold before additive ones, as the forward applies them.
+    /// `W += delta_weight`. Adapters fold in `merge_order`.
     fn merge_into(&self, lin: &Linear, into: &Linear, ctx: &Ctx) -> Result<()> {
         let w = into.weight_out_in(ctx)?;
         let dw = self
@@ -38,9 +44,10 @@ pub trait LinearAdapter: Send + Sync {
             merged
         })
     }
-    /// Whether it scales (merged first).
-    fn scales(&self) -> bool {
-        false
+    /// When it folds among a layer's adapters, as the forward applies them: 0 scales the weight
+    /// (IA3), 1 reads the weight it adds to (DoRA's norm is the base weight's), 2 only adds.
+    fn merge_order(&self) -> u8 {
+        2
     }
     /// The change of the weight, `[out, in]`, that merging folds in.
     fn delta_weight(&self, lin: &Linear, ctx: &Ctx) -> Result<Tensor>;
@@ -53,8 +60,7 @@ pub struct Linear {
     pub weight: Param,
     pub bias: Option<Param>,
     pub transposed: bool,
-    pub lora: Vec<(String, Lora)>,
-    /// every other method's adapters (IA3, the registry's), by adapter name
+    /// the methods' adapters (LoRA, IA3, the registry's), by adapter name
     pub adapters: Vec<(String, Box<dyn LinearAdapter>)>,
 }
 
@@ -64,7 +70,6 @@ impl Linear {
             weight,
             bias,
             transposed,
-            lora: Vec::new(),
             adapters: Vec::new(),
         }
     }
@@ -96,28 +101,17 @@ impl Linear {
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let w = self.weight.get(ctx);
         let b = self.bias.as_ref().map(|b| b.get(ctx));
-        if let Some(l) = self.single_plain_lora(ctx) {
-            // one op with its own backward (fused on the CPU, the device path elsewhere) keeps
-            // only the input alive, where the composed branch keeps an f32 copy of it
-            if !ops::composed_only() {
-                let (a, bm) = (l.a.get(ctx), l.b.get(ctx));
-                return Ok(ops::lora_linear(
-                    x,
-                    &w,
-                    b.as_ref(),
-                    &a,
-                    &bm,
-                    l.scale,
-                    self.transposed,
-                )?);
-            }
-        }
         let active: Vec<&dyn LinearAdapter> = self
             .adapters
             .iter()
             .filter(|(n, _)| ctx.is_active(n))
             .map(|(_, a)| a.as_ref())
             .collect();
+        if let [one] = active.as_slice() {
+            if let Some(y) = one.fused(x, self, ctx)? {
+                return Ok(y);
+            }
+        }
         let mut xin = x.clone();
         for a in &active {
             if let Some(scaled) = a.scale_input(&xin, ctx)? {
@@ -131,29 +125,12 @@ impl Linear {
             }
         }
         let mut y = base.clone();
-        for (name, l) in &self.lora {
-            if ctx.is_active(name) {
-                y = y.add(&l.delta(x, &base, self, ctx)?)?;
-            }
-        }
         for a in &active {
-            if let Some(d) = a.delta(x, self, ctx)? {
+            if let Some(d) = a.delta(x, &base, self, ctx)? {
                 y = y.add(&d.to_dtype(y.dtype())?)?;
             }
         }
         Ok(y)
-    }
-
-    /// The one active adapter when it is a plain LoRA (no DoRA, LoRA bias or live dropout) and
-    /// nothing else is active here: the case one fused op computes.
-    fn single_plain_lora(&self, ctx: &Ctx) -> Option<&Lora> {
-        if self.adapters.iter().any(|(n, _)| ctx.is_active(n)) {
-            return None;
-        }
-        let mut active = self.lora.iter().filter(|(n, _)| ctx.is_active(n));
-        let (_, l) = active.next()?;
-        let plain = l.magnitude.is_none() && l.bias.is_none() && (l.dropout == 0.0 || !ctx.train);
-        (plain && active.next().is_none()).then_some(l)
     }
 
     /// `(suffix, param)` of the base parameters, HF-named.
@@ -166,16 +143,27 @@ impl Linear {
     }
 }
 
+/// How a method acts on an embedding (LoRA's `lora_embedding_A/B`).
+pub trait EmbeddingAdapter: Send + Sync {
+    /// `y` (`[n, dim]`, the rows of `flat_ids`) with the adapter's addition.
+    fn add_to(&self, y: Tensor, flat_ids: &Tensor, ctx: &Ctx) -> Result<Tensor>;
+    /// Folds the adapter into `into`'s weight.
+    fn merge_into(&self, into: &Embedding, ctx: &Ctx) -> Result<()>;
+    /// `(suffix, param)` under PEFT's parameter names, adapter name removed.
+    fn params(&self) -> Vec<(String, Param)>;
+}
+
 pub struct Embedding {
     pub weight: Param,
-    pub lora: Vec<(String, LoraEmbedding)>,
+    /// the methods' adapters, by adapter name
+    pub adapters: Vec<(String, Box<dyn EmbeddingAdapter>)>,
 }
 
 impl Embedding {
     pub fn new(weight: Param) -> Self {
         Embedding {
             weight,
-            lora: Vec::new(),
+            adapters: Vec::new(),
         }
     }
 
@@ -185,9 +173,9 @@ impl Embedding {
         let (b, t) = ids.dims2()?;
         let flat = ids.flatten_all()?;
         let mut y = crate::ops::embedding(&w, &flat)?;
-        for (name, l) in &self.lora {
+        for (name, a) in &self.adapters {
             if ctx.is_active(name) {
-                y = l.add_to(y, &flat, ctx)?;
+                y = a.add_to(y, &flat, ctx)?;
             }
         }
         Ok(y.reshape((b, t, w.dim(D::Minus1)?))?)
@@ -195,6 +183,47 @@ impl Embedding {
 
     pub fn params(&self) -> Vec<(&'static str, Param)> {
         vec![("weight", self.weight.clone())]
+    }
+}
+
+/// How a method acts on a block's residual stream after a sub-layer (bottleneck adapters): the
+/// architectures call `pre_norm` / `post_norm` at those places, `peft/` implements it.
+pub trait BlockAdapter: Send + Sync {
+    /// The block output at this place for sub-layer output `f` and residual `r`; `ln` is the
+    /// post-LayerNorm of post-norm models (BERT), None for pre-norm ones.
+    fn forward(&self, f: &Tensor, r: &Tensor, ln: Option<&Norm>, ctx: &Ctx) -> Result<Tensor>;
+    /// `(suffix, param)` under the method's parameter names, adapter name removed.
+    fn params(&self) -> Vec<(String, Param)>;
+}
+
+/// The adapters at one place of a block, by adapter name.
+pub type BlockSlot = Vec<(String, Box<dyn BlockAdapter>)>;
+
+fn active_in<'a>(slot: &'a BlockSlot, ctx: &Ctx) -> Result<Option<&'a dyn BlockAdapter>> {
+    let mut it = slot.iter().filter(|(n, _)| ctx.is_active(n));
+    let first = it.next();
+    if let Some((n2, _)) = it.next() {
+        return Err(crate::error::Error::msg(format!(
+            "two bottleneck adapters (`{}`, `{n2}`) are active at one place; activate one with set_adapter",
+            first.map(|f| f.0.as_str()).unwrap_or_default()
+        )));
+    }
+    Ok(first.map(|(_, b)| b.as_ref()))
+}
+
+/// Pre-norm blocks (llama family, GPT-2): the residual stream after a sub-layer with output `f`.
+pub fn pre_norm(slot: &BlockSlot, f: &Tensor, r: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    match active_in(slot, ctx)? {
+        None => Ok(ops::add(f, r)?),
+        Some(b) => b.forward(f, r, None, ctx),
+    }
+}
+
+/// Post-norm blocks (BERT): `LayerNorm(f + r)`, with the adapter in between.
+pub fn post_norm(slot: &BlockSlot, f: &Tensor, r: &Tensor, ln: &Norm, ctx: &Ctx) -> Result<Tensor> {
+    match active_in(slot, ctx)? {
+        None => ln.forward(&ops::add(f, r)?, ctx),
+        Some(b) => b.forward(f, r, Some(ln), ctx),
     }
 }
 

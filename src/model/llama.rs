@@ -7,7 +7,6 @@ use super::layers::{Embedding, Linear, Norm, NormKind};
 use super::{Arch, BnPlace, Ctx, Dims, Flow, ModuleMut, Past, Task};
 use crate::error::Result;
 use crate::ops::{self, Activation, AttnMask, Rope};
-use crate::peft::bottleneck::{self, Bottleneck};
 use candle_core::Tensor;
 use std::sync::Arc;
 
@@ -153,8 +152,8 @@ pub struct Layer {
     pub self_attn: Attention,
     pub post_attention_layernorm: Norm,
     pub mlp: Mlp,
-    pub bn_attn: Vec<(String, Bottleneck)>,
-    pub bn_out: Vec<(String, Bottleneck)>,
+    pub bn_attn: super::layers::BlockSlot,
+    pub bn_out: super::layers::BlockSlot,
 }
 
 pub struct Llama {
@@ -350,7 +349,7 @@ impl Arch for Llama {
             let a = layer
                 .self_attn
                 .forward(&x, l, &self.cfg, &self.rope, &mask, past, ctx)?;
-            h = bottleneck::pre_norm(&layer.bn_attn, &a, &h, ctx)?;
+            h = super::layers::pre_norm(&layer.bn_attn, &a, &h, ctx)?;
             let x = layer.post_attention_layernorm.forward(&h, ctx)?;
             let gate = layer.mlp.gate_proj.forward(&x, ctx)?;
             let up = layer.mlp.up_proj.forward(&x, ctx)?;
@@ -358,7 +357,7 @@ impl Arch for Llama {
                 .mlp
                 .down_proj
                 .forward(&ops::act::act_mul(self.cfg.act, &gate, &up)?, ctx)?;
-            h = bottleneck::pre_norm(&layer.bn_out, &m, &h, ctx)?;
+            h = super::layers::pre_norm(&layer.bn_out, &m, &h, ctx)?;
         }
         let h = match ctx.layer(&h)? {
             Flow::Run(x) => x,

@@ -16,7 +16,6 @@ pub mod save;
 pub use param::Param;
 
 use crate::error::{Error, Result};
-use crate::peft::bottleneck::Bottleneck;
 use crate::peft::{AdapterInfo, PromptLearning};
 use crate::tokenizer::Tokenizer;
 use candle_core::{DType, Device, Tensor, Var};
@@ -309,7 +308,7 @@ pub enum ModuleMut<'a> {
     Embedding(&'a mut Embedding),
     Norm(&'a mut Norm),
     /// where bottleneck adapters sit, AdapterHub-named (`...output.adapters`)
-    Bottleneck(&'a mut Vec<(String, Bottleneck)>, BnPlace),
+    Bottleneck(&'a mut layers::BlockSlot, BnPlace),
 }
 
 /// Where a bottleneck slot is in the block.

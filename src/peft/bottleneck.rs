@@ -310,7 +310,7 @@ impl Bottleneck {
     }
 
     /// `(suffix, param)` under AdapterHub's names, without the adapter name.
-    pub fn params(&self) -> Vec<(&'static str, Param)> {
+    fn named_params(&self) -> Vec<(&'static str, Param)> {
         let mut v = Vec::new();
         let lin = if self.norm_before.is_some() { 1 } else { 0 };
         if let Some((w, b)) = &self.norm_before {
@@ -388,7 +388,7 @@ impl Bottleneck {
 
     /// The block output at this location for sub-layer output `f` and residual `r`; `ln` is the
     /// post-LayerNorm of post-norm models (BERT), None for pre-norm ones.
-    pub fn forward(&self, f: &Tensor, r: &Tensor, ln: Option<&Norm>, ctx: &Ctx) -> Result<Tensor> {
+    fn output(&self, f: &Tensor, r: &Tensor, ln: Option<&Norm>, ctx: &Ctx) -> Result<Tensor> {
         // the adapter computes in its own dtype (f32 on a bf16 model), the model's LayerNorm in
         // the model's
         let (mdt, adt) = (f.dtype(), self.down_w.dtype());
@@ -446,42 +446,16 @@ impl Bottleneck {
     }
 }
 
-fn active<'a>(slots: &'a [(String, Bottleneck)], ctx: &Ctx) -> Result<Option<&'a Bottleneck>> {
-    let mut it = slots.iter().filter(|(n, _)| ctx.is_active(n));
-    let first = it.next();
-    if let Some((n2, _)) = it.next() {
-        return Err(Error::msg(format!(
-            "two bottleneck adapters (`{}`, `{n2}`) are active at one place; activate one with set_adapter",
-            first.unwrap().0
-        )));
+impl crate::model::layers::BlockAdapter for Bottleneck {
+    fn forward(&self, f: &Tensor, r: &Tensor, ln: Option<&Norm>, ctx: &Ctx) -> Result<Tensor> {
+        self.output(f, r, ln, ctx)
     }
-    Ok(first.map(|(_, b)| b))
-}
 
-/// Pre-norm blocks (llama family, GPT-2): the residual stream after a sub-layer with output `f`.
-pub fn pre_norm(
-    slots: &[(String, Bottleneck)],
-    f: &Tensor,
-    r: &Tensor,
-    ctx: &Ctx,
-) -> Result<Tensor> {
-    match active(slots, ctx)? {
-        None => Ok(crate::ops::add(f, r)?),
-        Some(b) => b.forward(f, r, None, ctx),
-    }
-}
-
-/// Post-norm blocks (BERT): `LayerNorm(f + r)`, with the adapter in between.
-pub fn post_norm(
-    slots: &[(String, Bottleneck)],
-    f: &Tensor,
-    r: &Tensor,
-    ln: &Norm,
-    ctx: &Ctx,
-) -> Result<Tensor> {
-    match active(slots, ctx)? {
-        None => ln.forward(&crate::ops::add(f, r)?, ctx),
-        Some(b) => b.forward(f, r, Some(ln), ctx),
+    fn params(&self) -> Vec<(String, Param)> {
+        self.named_params()
+            .into_iter()
+            .map(|(n, p)| (n.to_string(), p))
+            .collect()
     }
 }
 

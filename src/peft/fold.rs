@@ -71,40 +71,37 @@ impl Model {
             let r: Result<()> = (|| {
                 match m {
                     ModuleMut::Linear(l) => {
-                        let lora: Vec<_> =
-                            l.lora.iter().filter(|(n, _)| names.contains(n)).collect();
-                        let other: Vec<_> = l
+                        let mut these: Vec<_> = l
                             .adapters
                             .iter()
                             .filter(|(n, _)| names.contains(n))
                             .map(|(_, a)| a)
                             .collect();
-                        if lora.is_empty() && other.is_empty() {
+                        if these.is_empty() {
                             return Ok(());
                         }
                         let bias = l.bias.as_ref().map(&mut take).transpose()?;
                         let s = Linear::new(take(&l.weight)?, bias, l.transposed);
-                        // as the forward applies them: scaling (IA3) first, then additions
-                        for a in other.iter().filter(|a| a.scales()) {
-                            a.merge_into(l, &s, &ctx)?;
-                        }
-                        for (_, a) in lora {
-                            a.merge_into(&s, &ctx)?;
-                        }
-                        for a in other.iter().filter(|a| !a.scales()) {
+                        // as the forward applies them: scaling (IA3), then LoRA/DoRA, then
+                        // the additions
+                        these.sort_by_key(|a| a.merge_order());
+                        for a in these {
                             a.merge_into(l, &s, &ctx)?;
                         }
                         touched.push(l.weight.key());
                         touched.extend(l.bias.as_ref().map(|b| b.key()));
                     }
                     ModuleMut::Embedding(e) => {
-                        let lora: Vec<_> =
-                            e.lora.iter().filter(|(n, _)| names.contains(n)).collect();
-                        if lora.is_empty() {
+                        let these: Vec<_> = e
+                            .adapters
+                            .iter()
+                            .filter(|(n, _)| names.contains(n))
+                            .collect();
+                        if these.is_empty() {
                             return Ok(());
                         }
                         let s = Embedding::new(take(&e.weight)?);
-                        for (_, a) in lora {
+                        for (_, a) in these {
                             a.merge_into(&s, &ctx)?;
                         }
                         touched.push(e.weight.key());

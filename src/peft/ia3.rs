@@ -52,12 +52,18 @@ impl LinearAdapter for Ia3 {
         )?))
     }
 
-    fn delta(&self, _x: &Tensor, _lin: &Linear, _ctx: &Ctx) -> Result<Option<Tensor>> {
+    fn delta(
+        &self,
+        _x: &Tensor,
+        _base: &Tensor,
+        _lin: &Linear,
+        _ctx: &Ctx,
+    ) -> Result<Option<Tensor>> {
         Ok(None)
     }
 
-    fn scales(&self) -> bool {
-        true
+    fn merge_order(&self) -> u8 {
+        0
     }
 
     /// Scaling has no additive weight change (merging scales W itself).

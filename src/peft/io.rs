@@ -7,6 +7,7 @@ use super::lora::{LoraInit, LoraOpts};
 use super::target::{layer_of, suffix_match, Pattern};
 use super::{registry, AdapterInfo, Kind, Method, PromptLearning};
 use crate::error::{Error, Result};
+use crate::model::layers::{EmbeddingAdapter, LinearAdapter};
 use crate::model::{Model, ModuleMut, Param, Task};
 use crate::st::{read_json, write_json, StFile};
 use candle_core::{DType, Tensor};
@@ -616,21 +617,13 @@ fn load_lora(
         let o = opts_for(p);
         let r = match mm {
             ModuleMut::Linear(l) => super::lora::Lora::init(l, &o, seed, p, &ctx).map(|a| {
-                let ps = a
-                    .params()
-                    .into_iter()
-                    .map(|(s, q)| (s.to_string(), q))
-                    .collect();
-                l.lora.push((name.to_string(), a));
+                let ps = LinearAdapter::params(&a);
+                l.adapters.push((name.to_string(), Box::new(a)));
                 ps
             }),
             ModuleMut::Embedding(e) => super::lora::LoraEmbedding::init(e, &o, seed, p).map(|a| {
-                let ps = a
-                    .params()
-                    .into_iter()
-                    .map(|(s, q)| (s.to_string(), q))
-                    .collect();
-                e.lora.push((name.to_string(), a));
+                let ps = EmbeddingAdapter::params(&a);
+                e.adapters.push((name.to_string(), Box::new(a)));
                 ps
             }),
             _ => Ok(Vec::new()),

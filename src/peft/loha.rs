@@ -160,7 +160,7 @@ pub(crate) fn apply(x: &Tensor, dw: &Tensor) -> Result<Tensor> {
 }
 
 impl LinearAdapter for LoHaAdapter {
-    fn delta(&self, x: &Tensor, lin: &Linear, ctx: &Ctx) -> Result<Option<Tensor>> {
+    fn delta(&self, x: &Tensor, _base: &Tensor, lin: &Linear, ctx: &Ctx) -> Result<Option<Tensor>> {
         if skipped(self.module_dropout, ctx) {
             return Ok(None);
         }

@@ -252,7 +252,7 @@ fn kron(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 impl LinearAdapter for LoKrAdapter {
-    fn delta(&self, x: &Tensor, lin: &Linear, ctx: &Ctx) -> Result<Option<Tensor>> {
+    fn delta(&self, x: &Tensor, _base: &Tensor, lin: &Linear, ctx: &Ctx) -> Result<Option<Tensor>> {
         if skipped(self.module_dropout, ctx) {
             return Ok(None);
         }

@@ -2,11 +2,10 @@
 //! rsLoRA), DoRA's magnitude rescaling, LoRA on embeddings, initialisations and merging.
 
 use crate::error::{Error, Result};
-use crate::model::layers::{Embedding, Linear};
+use crate::model::layers::{Embedding, EmbeddingAdapter, Linear, LinearAdapter};
 use crate::model::{Ctx, Param};
 use crate::ops;
 use candle_core::{DType, Device, Tensor, D};
-use rand::{Rng, SeedableRng};
 
 /// How the A/B matrices start (PEFT's `init_lora_weights`).
 #[derive(Clone, Debug, PartialEq)]
@@ -55,32 +54,7 @@ pub struct Lora {
     pub dropout: f32,
 }
 
-/// A tiny deterministic generator per (seed, path) so that inits do not depend on call order.
-pub(crate) fn rng_for(seed: u64, path: &str) -> rand::rngs::StdRng {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    path.hash(&mut h);
-    rand::rngs::StdRng::seed_from_u64(seed ^ h.finish())
-}
-
-pub(crate) fn uniform(rng: &mut impl Rng, n: usize, bound: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-bound..=bound)).collect()
-}
-
-pub(crate) fn normal(rng: &mut impl Rng, n: usize, std: f32) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n + 1);
-    while out.len() < n {
-        // Box–Muller: two normals per pair of uniforms
-        let u1: f64 = rng.random::<f64>().max(1e-300);
-        let u2: f64 = rng.random();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let (s, c) = (2.0 * std::f64::consts::PI * u2).sin_cos();
-        out.push((r * c) as f32 * std);
-        out.push((r * s) as f32 * std);
-    }
-    out.truncate(n);
-    out
-}
+pub(crate) use crate::rng::{normal, rng_for, uniform};
 
 fn param(v: Vec<f32>, shape: (usize, usize), dev: &Device, dtype: DType) -> Result<Param> {
     let t = Tensor::from_vec(v, shape, &Device::Cpu)?
@@ -185,7 +159,7 @@ impl Lora {
     }
 
     /// This adapter's contribution to `lin`'s output. `base` is the base layer's output.
-    pub fn delta(&self, x: &Tensor, base: &Tensor, lin: &Linear, ctx: &Ctx) -> Result<Tensor> {
+    fn contribution(&self, x: &Tensor, base: &Tensor, lin: &Linear, ctx: &Ctx) -> Result<Tensor> {
         let xd = ctx.dropout(x, self.dropout)?;
         let xa = xd.to_dtype(DType::F32)?;
         let h = ops::linear(&xa, &self.a.get(ctx), None, false)?;
@@ -212,7 +186,7 @@ impl Lora {
     }
 
     /// Folds this adapter into `lin`'s weight (PEFT's merge, DoRA included).
-    pub fn merge_into(&self, lin: &Linear, ctx: &Ctx) -> Result<()> {
+    fn fold_into(&self, lin: &Linear, ctx: &Ctx) -> Result<()> {
         let w = lin.weight_out_in(ctx)?;
         let wdt = w.dtype();
         let wf = w.to_dtype(DType::F32)?;
@@ -244,17 +218,58 @@ impl Lora {
         })
     }
 
+    /// Plain LoRA (no DoRA, LoRA bias or live dropout): what one fused op computes.
+    fn plain(&self, ctx: &Ctx) -> bool {
+        self.magnitude.is_none() && self.bias.is_none() && (self.dropout == 0.0 || !ctx.train)
+    }
+}
+
+impl LinearAdapter for Lora {
+    fn delta(&self, x: &Tensor, base: &Tensor, lin: &Linear, ctx: &Ctx) -> Result<Option<Tensor>> {
+        self.contribution(x, base, lin, ctx).map(Some)
+    }
+
+    fn fused(&self, x: &Tensor, lin: &Linear, ctx: &Ctx) -> Result<Option<Tensor>> {
+        // one op with its own backward (fused on the CPU, the device path elsewhere) keeps only
+        // the input alive, where the composed branch keeps an f32 copy of it
+        if !self.plain(ctx) || ops::composed_only() {
+            return Ok(None);
+        }
+        let b = lin.bias.as_ref().map(|b| b.get(ctx));
+        Ok(Some(ops::lora_linear(
+            x,
+            &lin.weight.get(ctx),
+            b.as_ref(),
+            &self.a.get(ctx),
+            &self.b.get(ctx),
+            self.scale,
+            lin.transposed,
+        )?))
+    }
+
+    fn merge_into(&self, _made_for: &Linear, into: &Linear, ctx: &Ctx) -> Result<()> {
+        self.fold_into(into, ctx)
+    }
+
+    fn merge_order(&self) -> u8 {
+        1
+    }
+
+    fn delta_weight(&self, _lin: &Linear, ctx: &Ctx) -> Result<Tensor> {
+        Lora::delta_weight(self, ctx)
+    }
+
     /// `(suffix, param)` with PEFT's parameter names (adapter name removed).
-    pub fn params(&self) -> Vec<(&'static str, Param)> {
+    fn params(&self) -> Vec<(String, Param)> {
         let mut v = vec![
-            ("lora_A.weight", self.a.clone()),
-            ("lora_B.weight", self.b.clone()),
+            ("lora_A.weight".to_string(), self.a.clone()),
+            ("lora_B.weight".to_string(), self.b.clone()),
         ];
         if let Some(b) = &self.bias {
-            v.push(("lora_B.bias", b.clone()));
+            v.push(("lora_B.bias".into(), b.clone()));
         }
         if let Some(m) = &self.magnitude {
-            v.push(("lora_magnitude_vector.weight", m.clone()));
+            v.push(("lora_magnitude_vector.weight".into(), m.clone()));
         }
         v
     }
@@ -286,29 +301,28 @@ impl LoraEmbedding {
             scale: o.scale(),
         })
     }
+}
 
-    pub fn add_to(&self, y: Tensor, flat_ids: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+impl EmbeddingAdapter for LoraEmbedding {
+    fn add_to(&self, y: Tensor, flat_ids: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let at = self.a.get(ctx).t()?.contiguous()?;
         let h = at.index_select(flat_ids, 0)?;
         let d = (ops::linear(&h, &self.b.get(ctx), None, false)? * self.scale)?;
         Ok(y.add(&d.to_dtype(y.dtype())?)?)
     }
 
-    pub fn delta_weight(&self, ctx: &Ctx) -> Result<Tensor> {
+    fn merge_into(&self, emb: &Embedding, ctx: &Ctx) -> Result<()> {
         // [vocab, dim] = (B·A)ᵀ·s
-        Ok((self.b.get(ctx).matmul(&self.a.get(ctx))?.t()? * self.scale)?)
-    }
-
-    pub fn merge_into(&self, emb: &Embedding, ctx: &Ctx) -> Result<()> {
+        let delta = (self.b.get(ctx).matmul(&self.a.get(ctx))?.t()? * self.scale)?;
         let w = emb.weight.value();
-        let merged = (w.to_dtype(DType::F32)? + self.delta_weight(ctx)?)?.to_dtype(w.dtype())?;
+        let merged = (w.to_dtype(DType::F32)? + delta)?.to_dtype(w.dtype())?;
         emb.weight.set(&merged)
     }
 
-    pub fn params(&self) -> Vec<(&'static str, Param)> {
+    fn params(&self) -> Vec<(String, Param)> {
         vec![
-            ("lora_embedding_A", self.a.clone()),
-            ("lora_embedding_B", self.b.clone()),
+            ("lora_embedding_A".into(), self.a.clone()),
+            ("lora_embedding_B".into(), self.b.clone()),
         ]
     }
 }

@@ -262,16 +262,13 @@ impl Model {
             match m {
                 ModuleMut::Linear(l) => {
                     ps.extend(l.params().into_iter().map(|x| x.1));
-                    for (_, a) in &l.lora {
-                        ps.extend(a.params().into_iter().map(|x| x.1));
-                    }
                     for (_, a) in &l.adapters {
                         ps.extend(a.params().into_iter().map(|x| x.1));
                     }
                 }
                 ModuleMut::Embedding(e) => {
                     ps.extend(e.params().into_iter().map(|x| x.1));
-                    for (_, a) in &e.lora {
+                    for (_, a) in &e.adapters {
                         ps.extend(a.params().into_iter().map(|x| x.1));
                     }
                 }
@@ -317,11 +314,6 @@ impl Model {
         let mut out = Vec::new();
         self.visit(&mut |p, m| match m {
             ModuleMut::Linear(l) => {
-                for (n, a) in &l.lora {
-                    if n == name {
-                        out.extend(a.params().into_iter().map(|(s, q)| (format!("{p}.{s}"), q)));
-                    }
-                }
                 for (n, a) in &l.adapters {
                     if n == name {
                         out.extend(a.params().into_iter().map(|(s, q)| (format!("{p}.{s}"), q)));
@@ -329,7 +321,7 @@ impl Model {
                 }
             }
             ModuleMut::Embedding(e) => {
-                for (n, a) in &e.lora {
+                for (n, a) in &e.adapters {
                     if n == name {
                         out.extend(a.params().into_iter().map(|(s, q)| (format!("{p}.{s}"), q)));
                     }
@@ -435,11 +427,10 @@ impl Model {
                 return;
             }
             let r = match m {
-                ModuleMut::Linear(l) => {
-                    Lora::init(l, opts, seed, p, &ctx).map(|a| l.lora.push((name.to_string(), a)))
-                }
+                ModuleMut::Linear(l) => Lora::init(l, opts, seed, p, &ctx)
+                    .map(|a| l.adapters.push((name.to_string(), Box::new(a)))),
                 ModuleMut::Embedding(e) => LoraEmbedding::init(e, opts, seed, p)
-                    .map(|a| e.lora.push((name.to_string(), a))),
+                    .map(|a| e.adapters.push((name.to_string(), Box::new(a)))),
                 other => Err(Error::msg(format!(
                     "{p}: LoRA needs a Linear or Embedding module, this is a {}",
                     kind_of(&other)
@@ -682,7 +673,7 @@ impl Model {
                 }
                 match Bottleneck::init(cfg, hidden, seed, p, &device, dtype) {
                     Ok(b) => {
-                        slots.push((name.to_string(), b));
+                        slots.push((name.to_string(), Box::new(b)));
                         targets.push(p.to_string());
                     }
                     Err(e) => err = Some(e),
@@ -807,10 +798,9 @@ impl Model {
     pub fn detach(&mut self, name: &str) {
         self.visit(&mut |_, m| match m {
             ModuleMut::Linear(l) => {
-                l.lora.retain(|(n, _)| n != name);
                 l.adapters.retain(|(n, _)| n != name);
             }
-            ModuleMut::Embedding(e) => e.lora.retain(|(n, _)| n != name),
+            ModuleMut::Embedding(e) => e.adapters.retain(|(n, _)| n != name),
             ModuleMut::Bottleneck(s, _) => s.retain(|(n, _)| n != name),
             ModuleMut::Norm(_) => {}
         });

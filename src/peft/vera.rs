@@ -199,7 +199,7 @@ impl VeraAdapter {
 }
 
 impl LinearAdapter for VeraAdapter {
-    fn delta(&self, x: &Tensor, lin: &Linear, ctx: &Ctx) -> Result<Option<Tensor>> {
+    fn delta(&self, x: &Tensor, _base: &Tensor, lin: &Linear, ctx: &Ctx) -> Result<Option<Tensor>> {
         let _ = skipped; // VeRA has no module dropout
         let (a, b) = self.sliced(lin, ctx)?;
         let x = ctx.dropout(x, self.dropout)?.to_dtype(DType::F32)?;
