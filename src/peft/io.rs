@@ -705,16 +705,27 @@ fn load_ia3(m: &mut Model, name: &str, cfg: &Value, cfg_path: &Path, file: &StFi
         }
     };
     m.attach_ia3(name, &targets, &ff)?;
-    for (pname, p) in m.adapter_params(name) {
-        p.set(&tensor(
-            file,
-            &format!("{PREFIX}{pname}"),
-            &p.dims(),
-            m,
-            cfg,
-        )?)?;
-    }
+    set_from_file(m, name, file, cfg, |_, _| Ok(false))?;
     check_no_stray_keys(m, name, file, cfg)
+}
+
+/// Every parameter of adapter `name` from PEFT's key for it, except those `special` handles
+/// (returning true).
+fn set_from_file(
+    m: &mut Model,
+    name: &str,
+    file: &StFile,
+    cfg: &Value,
+    mut special: impl FnMut(&str, &Param) -> Result<bool>,
+) -> Result<()> {
+    for (pname, p) in m.adapter_params(name) {
+        if special(&pname, &p)? {
+            continue;
+        }
+        let key = format!("{PREFIX}{pname}");
+        p.set(&tensor(file, &key, &p.dims(), m, cfg)?)?;
+    }
+    Ok(())
 }
 
 /// A registry method's adapter: its settings from the config (PEFT's field names), its
@@ -747,28 +758,33 @@ fn load_registered(
     let config = registry::config(method, &given, &cfg_path.display().to_string())?;
     let targets = peft_targets(m, cfg, cfg_path, Kind::Linear)?;
     m.attach_registered(name, method, &targets, &config)?;
-    for (pname, p) in m.adapter_params(name) {
-        if is_shared(m, name, &pname) {
-            // drawn again from the config's seed when not saved (PEFT ignores saved ones then)
-            let key = format!("base_model.{pname}");
-            if method.saves_shared(&config) {
-                if !file.has(&key) {
-                    return Err(Error::file(
-                        &file.path,
-                        format!("no tensor `{key}`, which the config's save_projection = true says is saved"),
-                    ));
-                }
-                p.set(&tensor(file, &key, &p.dims(), m, cfg)?)?;
-            }
-            continue;
+    let shared: Vec<String> = m
+        .shared
+        .iter()
+        .filter(|(n, _)| n == name)
+        .flat_map(|(_, sh)| sh.iter().map(|(k, _)| k.clone()))
+        .collect();
+    let saved = method.saves_shared(&config);
+    let mut read = Vec::new();
+    set_from_file(m, name, file, cfg, |pname, p| {
+        if !shared.iter().any(|k| k == pname) {
+            return Ok(false);
         }
-        p.set(&tensor(
-            file,
-            &format!("{PREFIX}{pname}"),
-            &p.dims(),
-            m,
-            cfg,
-        )?)?;
+        // drawn again from the config's seed when not saved (PEFT ignores saved ones then)
+        let key = format!("base_model.{pname}");
+        if saved {
+            if !file.has(&key) {
+                return Err(Error::file(
+                    &file.path,
+                    format!("no tensor `{key}`, which the config's save_projection = true says is saved"),
+                ));
+            }
+            read.push((key, p.clone()));
+        }
+        Ok(true)
+    })?;
+    for (key, p) in read {
+        p.set(&tensor(file, &key, &p.dims(), m, cfg)?)?;
     }
     check_no_stray_keys(m, name, file, cfg)
 }

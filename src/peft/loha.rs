@@ -2,7 +2,7 @@
 //! `ΔW = (W1a·W1b) ⊙ (W2a·W2b) · α/r`, added to a linear layer's output as `x·ΔWᵀ`.
 
 use super::registry::{self, Config, LinearMethod, Opt};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::layers::{Linear, LinearAdapter};
 use crate::model::{Ctx, Param};
 use crate::ops;
@@ -17,24 +17,9 @@ const OPTIONS: &[Opt] = &[
         default: "8",
         doc: "rank of each of the two factors",
     },
-    Opt {
-        key: "alpha",
-        ty: "number",
-        default: "8",
-        doc: "scale α (ΔW is multiplied by α/r)",
-    },
-    Opt {
-        key: "rank_dropout",
-        ty: "number",
-        default: "0.0",
-        doc: "probability of dropping each output row of ΔW in training",
-    },
-    Opt {
-        key: "module_dropout",
-        ty: "number",
-        default: "0.0",
-        doc: "probability of skipping the whole adapter in a training pass",
-    },
+    registry::LYCORIS[0],
+    registry::LYCORIS[1],
+    registry::LYCORIS[2],
     Opt {
         key: "init_weights",
         ty: "boolean",
@@ -101,16 +86,7 @@ impl LinearMethod for LoHa {
 
 /// `r` ≥ 1 and the dropouts probabilities: what LoHa and LoKr share.
 pub(crate) fn check_common(cfg: &Config) -> Result<()> {
-    if registry::int(cfg, "r") < 1 {
-        return Err(Error::msg("r must be at least 1"));
-    }
-    for k in ["rank_dropout", "module_dropout"] {
-        let p = registry::num(cfg, k);
-        if !(0.0..1.0).contains(&p) {
-            return Err(Error::msg(format!("{k} must be in [0, 1), got {p}")));
-        }
-    }
-    Ok(())
+    registry::check_rank_and(cfg, &["rank_dropout", "module_dropout"])
 }
 
 pub(crate) fn param(v: Vec<f32>, shape: (usize, usize), dev: &Device) -> Result<Param> {

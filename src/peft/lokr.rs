@@ -18,24 +18,9 @@ const OPTIONS: &[Opt] = &[
         default: "8",
         doc: "rank of a decomposed factor",
     },
-    Opt {
-        key: "alpha",
-        ty: "number",
-        default: "8",
-        doc: "scale α (ΔW is multiplied by α/r)",
-    },
-    Opt {
-        key: "rank_dropout",
-        ty: "number",
-        default: "0.0",
-        doc: "probability of dropping each output row of ΔW in training",
-    },
-    Opt {
-        key: "module_dropout",
-        ty: "number",
-        default: "0.0",
-        doc: "probability of skipping the whole adapter in a training pass",
-    },
+    registry::LYCORIS[0],
+    registry::LYCORIS[1],
+    registry::LYCORIS[2],
     Opt {
         key: "init_weights",
         ty: "boolean|\"lycoris\"",

@@ -10,6 +10,7 @@ use candle_core::Tensor;
 use serde_json::{Map, Value};
 
 /// One option of a method: its PEFT config field name, LuaLS type, default (JSON) and meaning.
+#[derive(Clone, Copy)]
 pub struct Opt {
     pub key: &'static str,
     /// `integer`, `number`, `boolean`, `string`
@@ -124,6 +125,42 @@ pub fn config(m: &dyn LinearMethod, given: &Map<String, Value>, origin: &str) ->
     m.check(&out)
         .map_err(|e| Error::msg(format!("{origin}: {e}")))?;
     Ok(out)
+}
+
+/// The options LoHa and LoKr share (PEFT's `LycorisConfig`).
+pub const LYCORIS: [Opt; 3] = [
+    Opt {
+        key: "alpha",
+        ty: "number",
+        default: "8",
+        doc: "scale α (ΔW is multiplied by α/r)",
+    },
+    Opt {
+        key: "rank_dropout",
+        ty: "number",
+        default: "0.0",
+        doc: "probability of dropping each output row of ΔW in training",
+    },
+    Opt {
+        key: "module_dropout",
+        ty: "number",
+        default: "0.0",
+        doc: "probability of skipping the whole adapter in a training pass",
+    },
+];
+
+/// `r` at least 1 and each of `probabilities` in [0, 1).
+pub fn check_rank_and(cfg: &Config, probabilities: &[&str]) -> Result<()> {
+    if int(cfg, "r") < 1 {
+        return Err(Error::msg("r must be at least 1"));
+    }
+    for k in probabilities {
+        let p = num(cfg, k);
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::msg(format!("{k} must be in [0, 1), got {p}")));
+        }
+    }
+    Ok(())
 }
 
 /// `cfg[key]` as a number (every numeric option is stored as JSON).
