@@ -63,9 +63,9 @@ fn is_shared(m: &Model, name: &str, pname: &str) -> bool {
 /// Whether adapter `name` saves its shared tensors (VeRA's `save_projection`).
 fn saves_shared(m: &Model, name: &str) -> bool {
     match m.adapter(name).map(|a| &a.method) {
-        Some(Method::Registered { name: mn, config }) => {
-            registry::by_name(mn).is_some_and(|me| me.saves_shared(config))
-        }
+        Some(Method::Registered {
+            name: mn, config, ..
+        }) => registry::by_name(mn).is_some_and(|me| me.saves_shared(config)),
         _ => true,
     }
 }
@@ -257,7 +257,11 @@ pub fn save_adapter(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
             "tokenizer_name_or_path": if init_text.is_some() { json!(base) } else { Value::Null }
         }),
         Method::Bottleneck(_) => unreachable!(),
-        Method::Registered { name, config } => {
+        Method::Registered {
+            name,
+            config,
+            overrides,
+        } => {
             let method = registry::by_name(name)
                 .ok_or_else(|| Error::msg(format!("unknown method {name}")))?;
             let mut c = json!({
@@ -275,6 +279,17 @@ pub fn save_adapter(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
             }
             for (k, v) in config {
                 c[k] = v.clone();
+            }
+            // modules whose rank or alpha differ, as PEFT's patterns (a full path matches itself)
+            for (field, key) in [("rank_pattern", "r"), ("alpha_pattern", "alpha")] {
+                let differ: serde_json::Map<String, Value> = overrides
+                    .iter()
+                    .filter(|(_, o)| o.get(key) != config.get(key))
+                    .filter_map(|(p, o)| Some((regex::escape(p), o.get(key)?.clone())))
+                    .collect();
+                if !differ.is_empty() {
+                    c[field] = Value::Object(differ);
+                }
             }
             c
         }
@@ -738,26 +753,38 @@ fn load_registered(
     cfg_path: &Path,
     file: &StFile,
 ) -> Result<()> {
-    for k in ["rank_pattern", "alpha_pattern"] {
-        if cfg
-            .get(k)
-            .and_then(|v| v.as_object())
-            .is_some_and(|o| !o.is_empty())
-        {
+    let given = cfg.as_object().cloned().unwrap_or_default();
+    let origin = cfg_path.display().to_string();
+    let config = registry::config(method, &given, &origin)?;
+    let targets = peft_targets(m, cfg, cfg_path, Kind::Linear)?;
+    // PEFT's rank_pattern / alpha_pattern: other settings for the modules they match
+    let mut overrides = Vec::new();
+    for (field, key) in [("rank_pattern", "r"), ("alpha_pattern", "alpha")] {
+        let given = cfg.get(field).and_then(|v| v.as_object());
+        if given.is_some_and(|o| !o.is_empty()) && !method.options().iter().any(|o| o.key == key) {
             return Err(Error::config(
                 cfg_path,
-                k,
-                format!(
-                    "per-module patterns are not supported for {} yet",
-                    method.peft_type()
-                ),
+                field,
+                format!("{} has no `{key}` to vary", method.peft_type()),
             ));
         }
     }
-    let given = cfg.as_object().cloned().unwrap_or_default();
-    let config = registry::config(method, &given, &cfg_path.display().to_string())?;
-    let targets = peft_targets(m, cfg, cfg_path, Kind::Linear)?;
-    m.attach_registered(name, method, &targets, &config)?;
+    for p in &targets {
+        let r = pattern_value(cfg.get("rank_pattern"), p);
+        let alpha = pattern_value(cfg.get("alpha_pattern"), p);
+        if r.is_none() && alpha.is_none() {
+            continue;
+        }
+        let mut mine = given.clone();
+        if let Some(r) = r {
+            mine.insert("r".into(), Value::from(r as i64));
+        }
+        if let Some(a) = alpha {
+            mine.insert("alpha".into(), Value::from(a));
+        }
+        overrides.push((p.clone(), registry::config(method, &mine, &origin)?));
+    }
+    m.attach_registered_with(name, method, &targets, &config, &overrides)?;
     let shared: Vec<String> = m
         .shared
         .iter()

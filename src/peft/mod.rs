@@ -41,10 +41,12 @@ pub enum Method {
         init_text: Option<String>,
     },
     Bottleneck(BnConfig),
-    /// a method of the registry (`registry::METHODS`), by name, with its complete settings
+    /// a method of the registry (`registry::METHODS`), by name, with its complete settings and
+    /// those of the modules that differ (PEFT's `rank_pattern` / `alpha_pattern`)
     Registered {
         name: &'static str,
         config: registry::Config,
+        overrides: Vec<(String, registry::Config)>,
     },
 }
 
@@ -517,6 +519,18 @@ impl Model {
         paths: &[String],
         config: &registry::Config,
     ) -> Result<()> {
+        self.attach_registered_with(name, method, paths, config, &[])
+    }
+
+    /// `attach_registered`, with other settings for some modules (`(path, complete config)`).
+    pub fn attach_registered_with(
+        &mut self,
+        name: &str,
+        method: &'static dyn registry::LinearMethod,
+        paths: &[String],
+        config: &registry::Config,
+        overrides: &[(String, registry::Config)],
+    ) -> Result<()> {
         self.check_new_name(name)?;
         let want: BTreeSet<&str> = paths.iter().map(|s| s.as_str()).collect();
         let seed = self.seed;
@@ -538,7 +552,16 @@ impl Model {
                 return;
             }
             match m {
-                ModuleMut::Linear(l) => match method.attach(config, l, p, seed, &shared) {
+                ModuleMut::Linear(l) => match method.attach(
+                    overrides
+                        .iter()
+                        .find(|(o, _)| o == p)
+                        .map_or(config, |(_, c)| c),
+                    l,
+                    p,
+                    seed,
+                    &shared,
+                ) {
                     Ok(a) => {
                         l.adapters.push((name.to_string(), a));
                         done.insert(p.to_string());
@@ -567,6 +590,7 @@ impl Model {
             method: Method::Registered {
                 name: method.name(),
                 config: config.clone(),
+                overrides: overrides.to_vec(),
             },
             targets: paths.to_vec(),
             modules_to_save: Vec::new(),

@@ -93,3 +93,42 @@ fn bad_options_name_the_option_and_the_line() {
         assert!(err.contains("m.lua:2"), "{call}: {err}");
     }
 }
+
+/// PEFT's rank_pattern / alpha_pattern read per module (the fixture's logits are in `fixtures`),
+/// and written back so that the saved adapter reads the same.
+#[test]
+fn per_module_rank_and_alpha_survive_save_and_load() {
+    use crate::common::*;
+    let d = fixture("lokr-rank-alpha-pattern");
+    let e = expected(&d);
+    let mut m = load(&fixture("llama-tiny"));
+    ftl::peft::io::load_adapter(&mut m, &d, &Default::default()).unwrap();
+    let params = m.adapter_params("default");
+    let shape = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, p)| p.dims());
+    // r 2 decomposes layer 1's v_proj W2 (8×16 → 8×2 · 2×16); layer 0's keeps it full at r 8
+    assert_eq!(
+        shape("model.layers.1.self_attn.v_proj.lokr_w2_a"),
+        Some(vec![8, 2])
+    );
+    assert_eq!(
+        shape("model.layers.0.self_attn.v_proj.lokr_w2"),
+        Some(vec![8, 8])
+    );
+    let t = tempfile::tempdir().unwrap();
+    ftl::peft::io::save_adapter(&mut m, t.path(), "default").unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(t.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        cfg["rank_pattern"]["model\\.layers\\.1\\.self_attn\\.v_proj"], 2,
+        "{cfg}"
+    );
+    assert_eq!(
+        cfg["alpha_pattern"]["model\\.layers\\.0\\.self_attn\\.q_proj"], 3.0,
+        "{cfg}"
+    );
+    let mut back = load(&fixture("llama-tiny"));
+    ftl::peft::io::load_adapter(&mut back, t.path(), &Default::default()).unwrap();
+    assert!(rel(&logits(&back, &e), e.get("logits")) < 1e-4);
+}
