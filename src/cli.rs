@@ -70,7 +70,7 @@ Example:
     Ls(crate::scaffold::LsArgs),
     /// Copy a built-in recipe (and the data files it reads) to PATH
     Cp(crate::scaffold::CpArgs),
-    /// Fold a LoRA, DoRA or IA3 adapter into its base model and write a complete HF model directory
+    /// Fold a LoRA, DoRA, IA3, LoHa, LoKr or VeRA adapter into its base model and write a complete HF model directory
     Merge(crate::merge::MergeArgs),
     /// List the runs under DIR (each directory with a run.ron): recipe, arguments, final loss,
     /// eval loss, time, trainable parameters

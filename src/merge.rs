@@ -23,7 +23,7 @@ pub enum MergeDtype {
 pub struct MergeArgs {
     /// The base model: an HF model directory, a GGUF file, or a hub id (org/name[@rev]) in the HF cache
     pub model: PathBuf,
-    /// The adapter directory (adapter_config.json + adapter_model.safetensors) or its hub id, LoRA, DoRA or IA3
+    /// The adapter directory (adapter_config.json + adapter_model.safetensors) or its hub id, LoRA, DoRA, IA3, LoHa, LoKr or VeRA
     pub adapter: PathBuf,
     /// The model directory to write; must not exist or be empty
     pub out: PathBuf,

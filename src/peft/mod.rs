@@ -851,7 +851,7 @@ impl Model {
         Ok(())
     }
 
-    /// Folds every active LoRA/DoRA/IA3 adapter (and its `modules_to_save` copies) into the base
+    /// Folds every active LoRA/DoRA/IA3/registry-method adapter (and its `modules_to_save` copies) into the base
     /// weights (`fold`) and removes them; returns the names merged.
     pub fn merge(&mut self) -> Result<Vec<String>> {
         let names = self.foldable_active(false)?;

@@ -22,7 +22,14 @@ fn p(x: &Path) -> String {
 fn merged_models_reproduce_peft_logits() {
     let t = tempfile::tempdir().unwrap();
     let base = fixture("llama-tiny");
-    for name in ["lora-qv", "dora-qv", "ia3"] {
+    for name in [
+        "lora-qv",
+        "dora-qv",
+        "ia3",
+        "loha-qv",
+        "lokr-qv",
+        "vera-noproj",
+    ] {
         let out = t.path().join(name);
         let (code, so, se) = merge(&[&p(&base), &p(&fixture(name)), &p(&out)]);
         assert_eq!(code, 0, "{name}: {so}\n{se}");
