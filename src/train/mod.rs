@@ -547,25 +547,19 @@ fn accumulate(
         losses.push(loss.detach());
         let t1 = Instant::now();
         res.forward_s += (t1 - t0).as_secs_f64();
-        // backward one layer segment at a time, top down: each segment's activations are freed
-        // as soon as its gradients are out
-        let mut segments = ctx.take_segments();
-        let head = tape::split_off(segments.last().map_or(0, |s| s.mark));
-        let mut top = Some((loss, None, head));
         let mut bytes = 0;
-        while let Some((t, g, ops)) = top.take() {
-            let grads = tape::backward(&t, g, ops)?;
-            drop(t);
+        let mut recomputed = 0;
+        backward_by_segment(&m, b, &ctx, loss, &mut recomputed, |grads| {
             // what is alive at once: this segment's gradients and the ones accumulated so far
             let held: usize = acc
                 .iter()
                 .flatten()
                 .map(|g| g.elem_count() * g.dtype().size_in_bytes())
                 .sum();
-            bytes = bytes.max(grad_bytes(&grads, params) + held);
+            bytes = bytes.max(grad_bytes(grads, params) + held);
             sample_device_memory(&b.ids.device().clone());
             for h in hooks.iter_mut() {
-                h.on_backward(&grads, params);
+                h.on_backward(grads, params);
             }
             for (i, ((_, p), a)) in params.iter().zip(acc.iter_mut()).enumerate() {
                 let var = p.var().expect("trainable");
@@ -582,30 +576,9 @@ fn accumulate(
                     Some(prev) => (prev + g)?,
                 });
             }
-            // the gradient that reached the next boundary down continues below it
-            while let Some(seg) = segments.pop() {
-                let below = segments.last().map_or(0, |s| s.mark);
-                let Some(g) = seg.var.as_ref().and_then(|v| grads.get(v.as_tensor())) else {
-                    tape::truncate(below);
-                    continue;
-                };
-                let (out, ops) = match seg.out {
-                    Some(out) => (out, tape::split_off(below)),
-                    // checkpointing: recompute the layer below this boundary from its input
-                    None => {
-                        let input = segments.last().map(|s| s.input.clone());
-                        let replay = ctx.replay(seg.idx, input);
-                        res.recomputed_layers += 1;
-                        let start = tape::len();
-                        let out =
-                            m.forward_with(&b.ids, Some(&b.mask), b.types.as_ref(), &replay, None)?;
-                        (out, tape::split_off(start))
-                    }
-                };
-                top = Some((out, Some(g.clone()), ops));
-                break;
-            }
-        }
+            Ok(())
+        })?;
+        res.recomputed_layers += recomputed;
         drop(m);
         res.backward_s += t1.elapsed().as_secs_f64();
         res.grad_bytes = res.grad_bytes.max(bytes);
@@ -626,6 +599,51 @@ fn accumulate(
         total += l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     }
     Ok((total, grads))
+}
+
+/// The backward pass of one micro-batch from `loss`, one layer segment at a time, top down:
+/// each segment's activations are freed as soon as its gradients are out (with checkpointing, the
+/// layer below a boundary is recomputed from its input first). `on_grads` sees each segment's
+/// gradients.
+fn backward_by_segment(
+    m: &Model,
+    b: &Batch,
+    ctx: &crate::model::Ctx,
+    loss: Tensor,
+    recomputed: &mut usize,
+    mut on_grads: impl FnMut(&GradStore) -> Result<()>,
+) -> Result<()> {
+    let mut segments = ctx.take_segments();
+    let head = tape::split_off(segments.last().map_or(0, |s| s.mark));
+    let mut top = Some((loss, None, head));
+    while let Some((t, g, ops)) = top.take() {
+        let grads = tape::backward(&t, g, ops)?;
+        drop(t);
+        on_grads(&grads)?;
+        // the gradient that reached the next boundary down continues below it
+        while let Some(seg) = segments.pop() {
+            let below = segments.last().map_or(0, |s| s.mark);
+            let Some(g) = seg.var.as_ref().and_then(|v| grads.get(v.as_tensor())) else {
+                tape::truncate(below);
+                continue;
+            };
+            let (out, ops) = match seg.out {
+                Some(out) => (out, tape::split_off(below)),
+                None => {
+                    let input = segments.last().map(|s| s.input.clone());
+                    let replay = ctx.replay(seg.idx, input);
+                    *recomputed += 1;
+                    let start = tape::len();
+                    let out =
+                        m.forward_with(&b.ids, Some(&b.mask), b.types.as_ref(), &replay, None)?;
+                    (out, tape::split_off(start))
+                }
+            };
+            top = Some((out, Some(g.clone()), ops));
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Bytes of gradient the backward pass stored for model parameters.
