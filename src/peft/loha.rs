@@ -47,6 +47,10 @@ impl LinearMethod for LoHa {
     fn default_targets(&self, model_type: &str) -> Option<Vec<&'static str>> {
         registry::attention_qv(model_type)
     }
+    fn peft_wraps_conv1d(&self) -> bool {
+        // PEFT 0.21: "Target module of type Conv1D not supported"
+        false
+    }
     fn check(&self, cfg: &Config) -> Result<()> {
         check_common(cfg)
     }

@@ -157,6 +157,10 @@ impl LinearMethod for LoKr {
     fn default_targets(&self, model_type: &str) -> Option<Vec<&'static str>> {
         registry::attention_qv(model_type)
     }
+    fn peft_wraps_conv1d(&self) -> bool {
+        // PEFT 0.21: "Target module of type Conv1D not supported"
+        false
+    }
     fn check(&self, cfg: &Config) -> Result<()> {
         check_common(cfg)?;
         match cfg.get("init_weights") {

@@ -535,11 +535,26 @@ impl Model {
         let want: BTreeSet<&str> = paths.iter().map(|s| s.as_str()).collect();
         let seed = self.seed;
         let mut shapes = Vec::new();
+        let mut conv1d = Vec::new();
         self.visit(&mut |p, m| {
             if let (true, ModuleMut::Linear(l)) = (want.contains(p), m) {
                 shapes.push((l.out_features(), l.in_features()));
+                if l.transposed {
+                    conv1d.push(p.to_string());
+                }
             }
         });
+        if !conv1d.is_empty() && !method.peft_wraps_conv1d() {
+            tracing::warn!(
+                "{}: {} of the targets ({}, …) are GPT-2 Conv1D layers, which PEFT's {} does not \
+                 wrap: ftl trains, saves and merges them, but PeftModel.from_pretrained will \
+                 refuse the saved adapter",
+                method.name(),
+                conv1d.len(),
+                conv1d[0],
+                method.peft_type()
+            );
+        }
         let shared: Vec<(String, Param)> = method
             .shared(config, &shapes, &self.device)?
             .into_iter()

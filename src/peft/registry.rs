@@ -63,6 +63,11 @@ pub trait LinearMethod: Sync {
         let _ = cfg;
         true
     }
+    /// Whether PEFT can put this method on GPT-2's `Conv1D` layers (weights stored `[in, out]`):
+    /// ftl can, but a file PEFT cannot load deserves a warning.
+    fn peft_wraps_conv1d(&self) -> bool {
+        true
+    }
     /// The learning rate `ftl new` starts a recipe with.
     fn suggested_lr(&self) -> &'static str {
         "1e-3"

@@ -132,3 +132,28 @@ fn per_module_rank_and_alpha_survive_save_and_load() {
     ftl::peft::io::load_adapter(&mut back, t.path(), &Default::default()).unwrap();
     assert!(rel(&logits(&back, &e), e.get("logits")) < 1e-4);
 }
+
+/// PEFT's LoHa and LoKr refuse GPT-2's Conv1D layers: ftl adapts them, and says the file will not
+/// load in PEFT; VeRA, which PEFT puts there, says nothing.
+#[test]
+fn methods_peft_cannot_put_on_conv1d_say_so() {
+    let model = crate::common::fixture("gpt2-tiny").display().to_string();
+    for (method, warns) in [("loha", true), ("lokr", true), ("vera", false)] {
+        let (_t, p) = recipe(&format!(
+            "local m = ftl.load(ftl.args.model)\nftl.{method}(m, {{r = 2}})\n"
+        ));
+        let o = crate::recipes::ftl_bin()
+            .args(["run"])
+            .arg(&p)
+            .arg(format!("model={model}"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{method}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(
+            err.contains("PeftModel.from_pretrained will refuse"),
+            warns,
+            "{method}: {err}"
+        );
+    }
+}
