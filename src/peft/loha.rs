@@ -1,7 +1,7 @@
 //! LoHa (PEFT's `LoHaConfig`): the weight change is a Hadamard product of two low-rank products,
 //! `ΔW = (W1a·W1b) ⊙ (W2a·W2b) · α/r`, added to a linear layer's output as `x·ΔWᵀ`.
 
-use super::registry::{self, Config, LinearMethod, Opt};
+use super::registry::{self, Config, LinearMethod, Opt, Spec};
 use crate::error::Result;
 use crate::model::layers::{Linear, LinearAdapter};
 use crate::model::{Ctx, Param};
@@ -28,21 +28,17 @@ const OPTIONS: &[Opt] = &[
     },
 ];
 
+const SPEC: Spec = Spec {
+    name: "loha",
+    peft_type: "LOHA",
+    doc: "Attaches LoHa adapters (low-rank Hadamard product, PEFT's LoHaConfig)",
+    options: OPTIONS,
+    config_extras: r#"{"alpha_pattern": {}, "rank_pattern": {}, "exclude_modules": null, "use_effective_conv2d": false}"#,
+};
+
 impl LinearMethod for LoHa {
-    fn name(&self) -> &'static str {
-        "loha"
-    }
-    fn peft_type(&self) -> &'static str {
-        "LOHA"
-    }
-    fn doc(&self) -> &'static str {
-        "Attaches LoHa adapters (low-rank Hadamard product, PEFT's LoHaConfig)"
-    }
-    fn options(&self) -> &'static [Opt] {
-        OPTIONS
-    }
-    fn config_extras(&self) -> &'static str {
-        r#"{"alpha_pattern": {}, "rank_pattern": {}, "exclude_modules": null, "use_effective_conv2d": false}"#
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn default_targets(&self, model_type: &str) -> Option<Vec<&'static str>> {
         registry::attention_qv(model_type)

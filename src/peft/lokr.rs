@@ -3,7 +3,7 @@
 //! split by PEFT's `factorization`.
 
 use super::loha::{apply, check_common, param, rank_dropout, skipped};
-use super::registry::{self, Config, LinearMethod, Opt};
+use super::registry::{self, Config, LinearMethod, Opt, Spec};
 use crate::error::Result;
 use crate::model::layers::{Linear, LinearAdapter};
 use crate::model::{Ctx, Param};
@@ -138,21 +138,17 @@ impl Factor {
     }
 }
 
+const SPEC: Spec = Spec {
+    name: "lokr",
+    peft_type: "LOKR",
+    doc: "Attaches LoKr adapters (Kronecker product, PEFT's LoKrConfig)",
+    options: OPTIONS,
+    config_extras: r#"{"alpha_pattern": {}, "rank_pattern": {}, "exclude_modules": null, "use_effective_conv2d": false}"#,
+};
+
 impl LinearMethod for LoKr {
-    fn name(&self) -> &'static str {
-        "lokr"
-    }
-    fn peft_type(&self) -> &'static str {
-        "LOKR"
-    }
-    fn doc(&self) -> &'static str {
-        "Attaches LoKr adapters (Kronecker product, PEFT's LoKrConfig)"
-    }
-    fn options(&self) -> &'static [Opt] {
-        OPTIONS
-    }
-    fn config_extras(&self) -> &'static str {
-        r#"{"alpha_pattern": {}, "rank_pattern": {}, "exclude_modules": null, "use_effective_conv2d": false}"#
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn default_targets(&self, model_type: &str) -> Option<Vec<&'static str>> {
         registry::attention_qv(model_type)

@@ -22,18 +22,36 @@ pub struct Opt {
 /// A method's complete settings: every option of the method, defaults filled in.
 pub type Config = Map<String, Value>;
 
-pub trait LinearMethod: Sync {
+/// What a method is, as data.
+pub struct Spec {
     /// the Lua function (`ftl.loha`) and the method's name in messages and manifests
-    fn name(&self) -> &'static str;
+    pub name: &'static str,
     /// PEFT's `peft_type` (`LOHA`)
-    fn peft_type(&self) -> &'static str;
+    pub peft_type: &'static str,
     /// one line for the docs and stubs
-    fn doc(&self) -> &'static str;
-    fn options(&self) -> &'static [Opt];
-    /// Fields PEFT writes into adapter_config.json besides the options, as a JSON object
-    /// (`fan_in_fan_out` there is set to whether the targets store their weights transposed).
+    pub doc: &'static str,
+    pub options: &'static [Opt],
+    /// fields PEFT writes into adapter_config.json besides the options, as a JSON object
+    /// (`fan_in_fan_out` there is set to whether the targets store their weights transposed)
+    pub config_extras: &'static str,
+}
+
+pub trait LinearMethod: Sync {
+    fn spec(&self) -> &'static Spec;
+    fn name(&self) -> &'static str {
+        self.spec().name
+    }
+    fn peft_type(&self) -> &'static str {
+        self.spec().peft_type
+    }
+    fn doc(&self) -> &'static str {
+        self.spec().doc
+    }
+    fn options(&self) -> &'static [Opt] {
+        self.spec().options
+    }
     fn config_extras(&self) -> &'static str {
-        r#"{"alpha_pattern": {}, "rank_pattern": {}, "exclude_modules": null}"#
+        self.spec().config_extras
     }
     /// PEFT's default `target_modules` for a model type
     fn default_targets(&self, model_type: &str) -> Option<Vec<&'static str>>;

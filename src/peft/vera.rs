@@ -5,7 +5,7 @@
 //! them, so a file saved without them (`save_projection = false`) reads back the same.
 
 use super::loha::skipped;
-use super::registry::{self, Config, LinearMethod, Opt};
+use super::registry::{self, Config, LinearMethod, Opt, Spec};
 use crate::error::{Error, Result};
 use crate::model::layers::{Linear, LinearAdapter};
 use crate::model::{Ctx, Param};
@@ -81,21 +81,17 @@ impl TorchUniform {
     }
 }
 
+const SPEC: Spec = Spec {
+    name: "vera",
+    peft_type: "VERA",
+    doc: "Attaches VeRA (shared random projections, trained scaling vectors; PEFT's VeraConfig)",
+    options: OPTIONS,
+    config_extras: r#"{"bias": "none", "fan_in_fan_out": false}"#,
+};
+
 impl LinearMethod for Vera {
-    fn name(&self) -> &'static str {
-        "vera"
-    }
-    fn peft_type(&self) -> &'static str {
-        "VERA"
-    }
-    fn doc(&self) -> &'static str {
-        "Attaches VeRA (shared random projections, trained scaling vectors; PEFT's VeraConfig)"
-    }
-    fn options(&self) -> &'static [Opt] {
-        OPTIONS
-    }
-    fn config_extras(&self) -> &'static str {
-        r#"{"bias": "none", "fan_in_fan_out": false}"#
+    fn spec(&self) -> &'static Spec {
+        &SPEC
     }
     fn default_targets(&self, model_type: &str) -> Option<Vec<&'static str>> {
         registry::attention_qv(model_type)
