@@ -16,7 +16,34 @@ pub mod save;
 pub use param::Param;
 
 use crate::error::{Error, Result};
-use crate::peft::{AdapterInfo, PromptLearning};
+use crate::peft::AdapterInfo;
+
+/// How a method acts on the model's input as a whole: virtual tokens before the input embeddings
+/// (prompt tuning) or per-layer key/value prefixes (prefix tuning). `peft/` implements it.
+pub trait InputAdapter: Send + Sync {
+    /// how many virtual positions it adds
+    fn tokens(&self) -> usize;
+    /// `[b, tokens, hidden]` placed before the input embeddings
+    fn embeddings(&self, b: usize, ctx: &Ctx) -> Result<Option<Tensor>> {
+        let _ = (b, ctx);
+        Ok(None)
+    }
+    /// per layer `(k, v)`, each `[b, tokens, kv_heads, head_dim]`, before the input's
+    fn prefix_kv(
+        &self,
+        b: usize,
+        dims: &Dims,
+        dtype: DType,
+        ctx: &Ctx,
+    ) -> Result<Option<Vec<(Tensor, Tensor)>>> {
+        let _ = (b, dims, dtype, ctx);
+        Ok(None)
+    }
+    /// `(name, param)` under PEFT's names (`prompt_encoder.embedding.weight`)
+    fn params(&self) -> Vec<(String, Param)>;
+    /// what PEFT saves as `prompt_embeddings`
+    fn saved_embeddings(&self, ctx: &Ctx) -> Result<Tensor>;
+}
 use crate::tokenizer::Tokenizer;
 use candle_core::{DType, Device, Tensor, Var};
 use layers::{Embedding, Linear, Norm};
@@ -360,7 +387,7 @@ pub struct Model {
     pub adapters: Vec<AdapterInfo>,
     pub active: Vec<String>,
     pub enabled: bool,
-    pub prompts: Vec<(String, PromptLearning)>,
+    pub prompts: Vec<(String, Box<dyn InputAdapter>)>,
     /// per adapter, tensors its layers share (VeRA's projections), by PEFT's name
     pub shared: Vec<(String, Vec<(String, Param)>)>,
     pub device: Device,
@@ -457,24 +484,21 @@ impl Model {
                 if !ctx.is_active(name) {
                     continue;
                 }
-                match p {
-                    PromptLearning::Prompt(pt) => {
-                        let v = pt.embeddings(b, ctx)?.to_dtype(h.dtype())?;
-                        h = Tensor::cat(&[&v, &h], 1)?;
-                        key_mask = prepend_ones(&key_mask, b, pt.tokens);
-                        // PEFT keeps token types for classifiers, with zeros for the virtual tokens
-                        if let Some(t) = &types {
-                            let z = Tensor::zeros((b, pt.tokens), DType::U32, &self.device)?;
-                            types = Some(Tensor::cat(&[&z, t], 1)?);
-                        }
+                if let Some(v) = p.embeddings(b, ctx)? {
+                    let v = v.to_dtype(h.dtype())?;
+                    h = Tensor::cat(&[&v, &h], 1)?;
+                    key_mask = prepend_ones(&key_mask, b, p.tokens());
+                    // PEFT keeps token types for classifiers, with zeros for the virtual tokens
+                    if let Some(t) = &types {
+                        let z = Tensor::zeros((b, p.tokens()), DType::U32, &self.device)?;
+                        types = Some(Tensor::cat(&[&z, t], 1)?);
                     }
-                    PromptLearning::Prefix(pf) => {
-                        let kv = pf.past_key_values(b, &self.arch.dims(), h.dtype(), ctx)?;
-                        for (l, (k, v)) in kv.into_iter().enumerate() {
-                            past.push(l, k, v)?;
-                        }
-                        n_prefix += pf.tokens;
+                }
+                if let Some(kv) = p.prefix_kv(b, &self.arch.dims(), h.dtype(), ctx)? {
+                    for (l, (k, v)) in kv.into_iter().enumerate() {
+                        past.push(l, k, v)?;
                     }
+                    n_prefix += p.tokens();
                 }
             }
             if n_prefix > 0 {

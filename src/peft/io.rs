@@ -5,7 +5,7 @@
 
 use super::lora::{LoraInit, LoraOpts};
 use super::target::{layer_of, suffix_match, Pattern};
-use super::{registry, AdapterInfo, Kind, Method, PromptLearning};
+use super::{registry, AdapterInfo, Kind, Method};
 use crate::error::{Error, Result};
 use crate::model::layers::{EmbeddingAdapter, LinearAdapter};
 use crate::model::{Model, ModuleMut, Param, Task};
@@ -82,16 +82,17 @@ fn saved_tensors(m: &mut Model, name: &str) -> Result<Vec<(String, Param)>> {
             if pname != "prompt_encoder.embedding.weight" {
                 continue; // a prefix projection MLP: PEFT saves its output instead
             }
+            // prefix tuning saves its projection's output, prompt tuning its embeddings
             match m.prompts.iter().find(|(n, _)| n == name) {
-                Some((_, PromptLearning::Prefix(pf))) => {
+                Some((_, pl)) => {
                     let ctx = m.ctx(false, 0);
                     out.push((
                         "prompt_embeddings".to_string(),
-                        Param::frozen(pf.flat(&ctx)?.detach()),
+                        Param::frozen(pl.saved_embeddings(&ctx)?.detach()),
                     ));
                     continue;
                 }
-                _ => "prompt_embeddings".to_string(),
+                None => "prompt_embeddings".to_string(),
             }
         } else if pname.contains(".modules_to_save.") {
             continue; // below, under every module that uses the copy

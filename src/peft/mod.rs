@@ -106,11 +106,6 @@ pub struct AdapterInfo {
     pub loaded_config: Option<serde_json::Value>,
 }
 
-pub enum PromptLearning {
-    Prefix(prefix::Prefix),
-    Prompt(prompt::Prompt),
-}
-
 /// Which leaf modules a listing wants.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -345,10 +340,7 @@ impl Model {
         }
         for (n, pl) in &self.prompts {
             if n == name {
-                out.extend(match pl {
-                    PromptLearning::Prefix(p) => p.params(),
-                    PromptLearning::Prompt(p) => p.params(),
-                });
+                out.extend(pl.params());
             }
         }
         // modules_to_save copies: `<module>.modules_to_save.<param>`, a shared one once
@@ -632,8 +624,7 @@ impl Model {
             self.seed,
             &self.device,
         )?;
-        self.prompts
-            .push((name.to_string(), PromptLearning::Prefix(p)));
+        self.prompts.push((name.to_string(), Box::new(p)));
         self.register(AdapterInfo {
             name: name.to_string(),
             method: Method::Prefix { tokens, projection },
@@ -685,8 +676,7 @@ impl Model {
             self.seed,
             &self.device,
         )?;
-        self.prompts
-            .push((name.to_string(), PromptLearning::Prompt(p)));
+        self.prompts.push((name.to_string(), Box::new(p)));
         self.register(AdapterInfo {
             name: name.to_string(),
             method: Method::Prompt { tokens, init_text },

@@ -104,8 +104,28 @@ impl Prefix {
             })
             .collect()
     }
+}
 
-    pub fn params(&self) -> Vec<(String, Param)> {
+impl crate::model::InputAdapter for Prefix {
+    fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    fn prefix_kv(
+        &self,
+        b: usize,
+        dims: &Dims,
+        dtype: DType,
+        ctx: &Ctx,
+    ) -> Result<Option<Vec<(Tensor, Tensor)>>> {
+        self.past_key_values(b, dims, dtype, ctx).map(Some)
+    }
+
+    fn saved_embeddings(&self, ctx: &Ctx) -> Result<Tensor> {
+        self.flat(ctx)
+    }
+
+    fn params(&self) -> Vec<(String, Param)> {
         let mut v = vec![(
             "prompt_encoder.embedding.weight".to_string(),
             self.embedding.clone(),

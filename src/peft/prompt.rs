@@ -32,15 +32,25 @@ impl Prompt {
             embedding: Param::trainable(&t)?,
         })
     }
+}
 
-    /// `[b, tokens, hidden]`
-    pub fn embeddings(&self, b: usize, ctx: &Ctx) -> Result<Tensor> {
-        let e = self.embedding.get(ctx);
-        let (n, h) = e.dims2()?;
-        Ok(e.unsqueeze(0)?.broadcast_as((b, n, h))?.contiguous()?)
+impl crate::model::InputAdapter for Prompt {
+    fn tokens(&self) -> usize {
+        self.tokens
     }
 
-    pub fn params(&self) -> Vec<(String, Param)> {
+    /// `[b, tokens, hidden]`
+    fn embeddings(&self, b: usize, ctx: &Ctx) -> Result<Option<Tensor>> {
+        let e = self.embedding.get(ctx);
+        let (n, h) = e.dims2()?;
+        Ok(Some(e.unsqueeze(0)?.broadcast_as((b, n, h))?.contiguous()?))
+    }
+
+    fn saved_embeddings(&self, ctx: &Ctx) -> Result<Tensor> {
+        Ok(self.embedding.get(ctx))
+    }
+
+    fn params(&self) -> Vec<(String, Param)> {
         vec![(
             "prompt_encoder.embedding.weight".to_string(),
             self.embedding.clone(),
