@@ -1,17 +1,26 @@
-//! The training loop: micro-batches → loss → backward → accumulated gradients → clip → optimizer
-//! step, with extras (progress, callbacks, evaluation, checkpoints) hanging off step events.
+//! The training loop: a plan of steps, each step's micro-batches through `step`, and the events
+//! that everything else (evaluation, memory, progress, metrics, checkpoints, the recipe's
+//! callbacks) hangs off as hooks.
 
+mod backward;
 pub mod estimate;
+pub mod eval;
+pub mod memory;
 pub mod optim;
 pub mod progress;
 pub mod schedule;
+mod step;
 
 use crate::data::{batch_indices, Batch, Ctx as DataCtx, Dataset, Example, Prep};
 use crate::error::{Error, Result};
 use crate::model::{Model, Param, Task};
-use crate::ops::{self, tape};
+use crate::ops;
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
+pub use eval::evaluate;
+pub use memory::{
+    current_rss, device_peak_bytes, peak_rss, reset_peak_memory, sample_device_memory,
+};
 use optim::{OptimOpts, Optimizer};
 use schedule::Schedule;
 use std::sync::{Arc, Mutex};
@@ -128,18 +137,83 @@ pub enum Flow {
     Stop,
 }
 
-/// Observers of the loop. Hooks run without the model locked, so they may change it (freeze,
+/// What hangs off the loop. Hooks run without the model locked, so they may change it (freeze,
 /// unfreeze, attach); the change applies from the next step.
 pub trait Hook {
+    /// After each micro-batch's forward pass, its loss queued.
+    fn on_forward(&mut self) {}
+    /// After each backward pass, with what it stored and the parameters being trained (a
+    /// micro-batch is backpropagated one layer segment at a time: several calls).
+    fn on_backward(&mut self, _grads: &GradStore, _params: &[(String, Param)]) {}
     fn on_step(&mut self, _s: &StepInfo) -> Result<Flow> {
         Ok(Flow::Continue)
+    }
+    /// A measurement after step `s` (an evaluation), which every hook's `on_eval` then sees.
+    fn measure(&mut self, _s: &StepInfo) -> Result<Option<EvalInfo>> {
+        Ok(None)
     }
     fn on_eval(&mut self, _e: &EvalInfo) -> Result<Flow> {
         Ok(Flow::Continue)
     }
-    /// After each backward pass, with what it stored and the parameters being trained (a
-    /// micro-batch is backpropagated one layer segment at a time: several calls).
-    fn on_backward(&mut self, _grads: &GradStore, _params: &[(String, Param)]) {}
+    /// After the last step: what the hook measured goes into the result.
+    fn on_end(&mut self, _res: &mut TrainResult) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The hooks of one training, in order: the loop's own, then the caller's.
+pub struct Hooks<'a, 'b>(Vec<&'a mut (dyn Hook + 'b)>);
+
+impl<'a, 'b> Hooks<'a, 'b> {
+    fn new(
+        memory: &'a mut memory::Memory,
+        evaluation: Option<&'a mut eval::Evaluation>,
+        caller: &'a mut [&'b mut dyn Hook],
+    ) -> Self {
+        let mut all: Vec<&'a mut (dyn Hook + 'b)> = vec![memory];
+        all.extend(evaluation.map(|e| e as &mut dyn Hook));
+        all.extend(caller.iter_mut().map(|h| &mut **h));
+        Hooks(all)
+    }
+
+    fn forward(&mut self) {
+        self.0.iter_mut().for_each(|h| h.on_forward());
+    }
+
+    fn backward(&mut self, grads: &GradStore, params: &[(String, Param)]) {
+        self.0.iter_mut().for_each(|h| h.on_backward(grads, params));
+    }
+
+    /// `on_step` for every hook, then their measurements through every `on_eval`: stop if any
+    /// says so.
+    fn step(&mut self, s: &StepInfo) -> Result<Flow> {
+        let mut flow = Flow::Continue;
+        for h in self.0.iter_mut() {
+            flow = flow.and(h.on_step(s)?);
+        }
+        for i in 0..self.0.len() {
+            if let Some(e) = self.0[i].measure(s)? {
+                for h in self.0.iter_mut() {
+                    flow = flow.and(h.on_eval(&e)?);
+                }
+            }
+        }
+        Ok(flow)
+    }
+
+    fn end(&mut self, res: &mut TrainResult) -> Result<()> {
+        self.0.iter_mut().try_for_each(|h| h.on_end(res))
+    }
+}
+
+impl Flow {
+    fn and(self, other: Flow) -> Flow {
+        if other == Flow::Stop {
+            Flow::Stop
+        } else {
+            self
+        }
+    }
 }
 
 fn lock(m: &Mutex<Model>) -> std::sync::MutexGuard<'_, Model> {
@@ -235,84 +309,6 @@ pub fn loss_sum(logits: &Tensor, b: &Batch) -> Result<Tensor> {
     Ok(ops::cross_entropy_sum(&flat, &targets)?)
 }
 
-/// Resident memory of this process now (VmRSS).
-pub fn current_rss() -> u64 {
-    proc_status_kb("VmRSS:") * 1024
-}
-
-fn proc_status_kb(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Peak resident memory of this process (VmHWM).
-pub fn peak_rss() -> u64 {
-    proc_status_kb("VmHWM:") * 1024
-}
-
-static DEVICE_PEAK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-static DEVICE_BASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
-
-/// Device memory in use now (all of it: the context and the allocator's cache included).
-fn device_used(dev: &candle_core::Device) -> Option<u64> {
-    match dev {
-        #[cfg(feature = "cuda")]
-        candle_core::Device::Cuda(d) => {
-            let (free, total) = d.cuda_stream().context().mem_get_info().ok()?;
-            Some((total - free) as u64)
-        }
-        _ => None,
-    }
-}
-
-/// Records device memory use; training samples it after every forward and backward pass. The
-/// first sample (before any model memory, after the context) is the baseline.
-pub fn sample_device_memory(dev: &candle_core::Device) {
-    use std::sync::atomic::Ordering::Relaxed;
-    if let Some(u) = device_used(dev) {
-        DEVICE_BASE.fetch_min(u, Relaxed);
-        DEVICE_PEAK.fetch_max(u, Relaxed);
-    }
-}
-
-/// Starts a new high-water mark, so that a training reports its own peak rather than the
-/// process's (a comparison trains many models one after another). On the CPU freed heap pages go
-/// back to the system first, then the kernel's VmHWM restarts at the current RSS; on a GPU the
-/// peak restarts at the memory in use now.
-pub fn reset_peak_memory(dev: &candle_core::Device) {
-    if dev.is_cpu() {
-        // SAFETY: both only return free heap memory to the system (mimalloc is the binary's
-        // allocator, glibc's malloc the tests')
-        unsafe {
-            libmimalloc_sys::mi_collect(true);
-            #[cfg(all(target_os = "linux", target_env = "gnu"))]
-            libc::malloc_trim(0);
-        }
-        // "5" resets the peak RSS (Documentation/filesystems/proc.rst); without /proc (or
-        // permission) the peak stays the process's
-        let _ = std::fs::write("/proc/self/clear_refs", "5");
-    } else if let Some(u) = device_used(dev) {
-        use std::sync::atomic::Ordering::Relaxed;
-        DEVICE_BASE.fetch_min(u, Relaxed);
-        DEVICE_PEAK.store(u, Relaxed);
-    }
-}
-
-/// Peak device memory above the baseline sampled first (the CUDA context excluded).
-pub fn device_peak_bytes(dev: &candle_core::Device) -> Option<u64> {
-    use std::sync::atomic::Ordering::Relaxed;
-    sample_device_memory(dev);
-    let (p, b) = (DEVICE_PEAK.load(Relaxed), DEVICE_BASE.load(Relaxed));
-    (b != u64::MAX).then(|| p.saturating_sub(b))
-}
-
 /// Which micro-batches each optimizer step takes.
 struct Plan {
     steps: usize,
@@ -345,92 +341,76 @@ impl Plan {
     }
 }
 
+/// One step's micro-batches, padded and on the device.
+fn collate(
+    ex: &[Example],
+    micro: &[Vec<usize>],
+    pad: u32,
+    device: &candle_core::Device,
+) -> Result<Vec<Batch>> {
+    micro
+        .iter()
+        .map(|idx| {
+            let rows: Vec<Example> = idx.iter().map(|&i| ex[i].clone()).collect();
+            Batch::collate(&rows, pad, device)
+        })
+        .collect()
+}
+
 /// Trains every trainable tensor of `model` on `data`.
 pub fn train(
     model: &Arc<Mutex<Model>>,
     data: &Dataset,
     o: &TrainOpts,
     eval: Option<&Dataset>,
-    hooks: &mut [&mut dyn Hook],
+    caller: &mut [&mut dyn Hook],
 ) -> Result<TrainResult> {
     check_opts(o)?;
     let (ex, pad) = prepare(model, data, o.max_len)?;
-    let eval_ex = match eval {
-        Some(d) => Some(prepare(model, d, o.max_len)?.0),
-        None => None,
-    };
     let plan = Plan::new(&ex, o)?;
-    let _uploads = crate::model::keep_small_uploads(&lock(model).device);
     let device = lock(model).device.clone();
-    reset_peak_memory(&device);
+    let _uploads = crate::model::keep_small_uploads(&device);
+    let mut evaluation = eval
+        .map(|d| eval::Evaluation::new(model, d, pad, o))
+        .transpose()?;
+    let mut memory = memory::Memory::start(&device);
+    let mut hooks = Hooks::new(&mut memory, evaluation.as_mut(), caller);
     let mut opt = Optimizer::new(o.optimizer.clone());
     let mut res = TrainResult::default();
     let start = Instant::now();
     for (k, (epoch, micro)) in plan.schedule.iter().enumerate() {
         let params = trainable(model)?;
         let lr = schedule::lr_at(&o.schedule, o.lr, k, plan.steps);
-        let batches: Vec<Batch> = micro
-            .iter()
-            .map(|idx| {
-                Batch::collate(
-                    &idx.iter().map(|&i| ex[i].clone()).collect::<Vec<_>>(),
-                    pad,
-                    &device,
-                )
-            })
-            .collect::<Result<_>>()?;
-        let denom = batches
-            .iter()
-            .map(|b| b.loss_tokens())
-            .sum::<usize>()
-            .max(1) as f64;
-        // without accumulation or clipping, a layer's parameters are updated as soon as their
-        // gradients are out, so the gradients of all layers never exist at once
-        let early = o.grad_accum == 1 && o.clip.is_none();
-        let decay = |name: &str| !o.no_decay.as_ref().is_some_and(|s| s.matches(name));
-        let mut sq = optim::SumSq::default();
-        let mut opt_s = 0f64;
-        let mut apply = |i: usize, g: &Tensor| -> Result<()> {
-            let t = Instant::now();
-            let (name, p) = &params[i];
-            sq.add(g)?;
-            opt.update(name, p, g, lr, decay(name))?;
-            opt_s += t.elapsed().as_secs_f64();
-            Ok(())
-        };
-        let early_fn: Option<&mut EarlyUpdate> = if early { Some(&mut apply) } else { None };
-        let (loss, grads) = accumulate(
-            model, &batches, denom, &params, o, k, &mut res, hooks, early_fn,
+        let batches = collate(&ex, micro, pad, &device)?;
+        let done = step::run(
+            model, &batches, &params, &mut opt, lr, o, k, &mut res, &mut hooks,
         )?;
-        let t0 = Instant::now();
-        let (idx, mut rest): (Vec<usize>, Vec<Tensor>) = grads
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, g)| g.map(|g| (i, g)))
-            .unzip();
-        let grad_norm = (optim::clip(&mut rest, o.clip)?.powi(2) + sq.total()?).sqrt();
-        for (i, g) in idx.into_iter().zip(rest) {
-            let (name, p) = &params[i];
-            opt.update(name, p, &g, lr, decay(name))?;
-        }
-        res.optimizer_s += opt_s;
-        if !device.is_cpu() {
-            device.synchronize()?;
-        }
-        opt.retain(&params.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>());
-        res.optimizer_s += t0.elapsed().as_secs_f64();
-        res.tokens += batches.iter().map(|b| b.tokens).sum::<usize>();
         res.steps = k + 1;
         res.epochs = epoch + 1;
-        res.loss = loss;
-        res.optimizer_bytes = res.optimizer_bytes.max(opt.state_bytes());
+        res.loss = done.loss;
+        res.tokens += batches.iter().map(|b| b.tokens).sum::<usize>();
         res.trainable = params.iter().map(|(_, p)| p.elem_count()).sum();
+        res.optimizer_bytes = res.optimizer_bytes.max(opt.state_bytes());
+        let info = StepInfo::of(&res, plan.steps, lr, done.grad_norm, start);
+        if hooks.step(&info)? == Flow::Stop {
+            break;
+        }
+    }
+    res.time_s = start.elapsed().as_secs_f64();
+    res.tokens_per_s = res.tokens as f64 / res.time_s.max(1e-9);
+    hooks.end(&mut res)?;
+    Ok(res)
+}
+
+impl StepInfo {
+    /// The report of the step `res` just recorded.
+    fn of(res: &TrainResult, total_steps: usize, lr: f64, grad_norm: f64, start: Instant) -> Self {
         let elapsed = start.elapsed().as_secs_f64();
-        let info = StepInfo {
-            step: k + 1,
-            total_steps: plan.steps,
-            epoch: epoch + 1,
-            loss,
+        StepInfo {
+            step: res.steps,
+            total_steps,
+            epoch: res.epochs,
+            loss: res.loss,
             lr,
             grad_norm,
             tokens: res.tokens,
@@ -439,28 +419,8 @@ pub fn train(
             forward_s: res.forward_s,
             backward_s: res.backward_s,
             optimizer_s: res.optimizer_s,
-        };
-        let mut flow = emit(hooks, |h| h.on_step(&info))?;
-        let due = o.eval_every.is_some_and(|e| (k + 1) % e == 0) || k + 1 == plan.steps;
-        if let (Some(eex), true) = (&eval_ex, due) {
-            let e = evaluate_examples(model, eex, pad, o.eval_batch_size, k + 1)?;
-            res.eval_loss = Some(e.loss);
-            if emit(hooks, |h| h.on_eval(&e))? == Flow::Stop {
-                flow = Flow::Stop;
-            }
-        }
-        if flow == Flow::Stop {
-            break;
         }
     }
-    res.time_s = start.elapsed().as_secs_f64();
-    res.tokens_per_s = res.tokens as f64 / res.time_s.max(1e-9);
-    res.peak_mem_bytes = if device.is_cpu() {
-        peak_rss()
-    } else {
-        device_peak_bytes(&device).unwrap_or(0)
-    };
-    Ok(res)
 }
 
 fn check_opts(o: &TrainOpts) -> Result<()> {
@@ -489,221 +449,4 @@ fn trainable(model: &Mutex<Model>) -> Result<Vec<(String, Param)>> {
         ));
     }
     Ok(p)
-}
-
-fn emit(
-    hooks: &mut [&mut dyn Hook],
-    mut f: impl FnMut(&mut dyn Hook) -> Result<Flow>,
-) -> Result<Flow> {
-    let mut flow = Flow::Continue;
-    for h in hooks.iter_mut() {
-        if f(&mut **h)? == Flow::Stop {
-            flow = Flow::Stop;
-        }
-    }
-    Ok(flow)
-}
-
-/// Applies the optimizer to parameter `i` as soon as its whole gradient is known.
-type EarlyUpdate<'a> = dyn FnMut(usize, &Tensor) -> Result<()> + 'a;
-
-/// Forward and backward over one step's micro-batches; the step's mean loss and the summed
-/// gradients of `params`.
-#[allow(clippy::too_many_arguments)]
-fn accumulate(
-    model: &Mutex<Model>,
-    batches: &[Batch],
-    denom: f64,
-    params: &[(String, Param)],
-    o: &TrainOpts,
-    step: usize,
-    res: &mut TrainResult,
-    hooks: &mut [&mut dyn Hook],
-    mut early: Option<&mut EarlyUpdate>,
-) -> Result<(f64, Vec<Option<Tensor>>)> {
-    let mut losses = Vec::with_capacity(batches.len());
-    let mut acc: Vec<Option<Tensor>> = vec![None; params.len()];
-    let mut done = vec![false; params.len()];
-    // parameters inside one layer get their whole gradient from that layer's segment
-    let layered = lock(model).in_one_layer(params);
-    for (j, b) in batches.iter().enumerate() {
-        // a cancelled run stops within a micro-batch, not a whole step later
-        crate::cancel::check()?;
-        let t0 = Instant::now();
-        let m = lock(model);
-        let seed = o
-            .seed
-            .wrapping_mul(1_000_003)
-            .wrapping_add((step * o.grad_accum + j) as u64);
-        let ctx = m.ctx(true, seed).segmented().checkpointed(o.checkpoint);
-        // the device path records its ops for its own backward pass (see `ops::tape`)
-        let _recording = tape::record();
-        let logits = m.forward_with(&b.ids, Some(&b.mask), b.types.as_ref(), &ctx, None)?;
-        let loss = (loss_sum(&logits, b)? / denom)?;
-        drop(logits);
-        sample_device_memory(&b.ids.device().clone());
-        // read once the step's work is queued: reading it here would leave the GPU idle while the
-        // backward pass is being queued
-        losses.push(loss.detach());
-        let t1 = Instant::now();
-        res.forward_s += (t1 - t0).as_secs_f64();
-        let mut bytes = 0;
-        let mut recomputed = 0;
-        backward_by_segment(&m, b, &ctx, loss, &mut recomputed, |grads| {
-            // what is alive at once: this segment's gradients and the ones accumulated so far
-            let held: usize = acc
-                .iter()
-                .flatten()
-                .map(|g| g.elem_count() * g.dtype().size_in_bytes())
-                .sum();
-            bytes = bytes.max(grad_bytes(grads, params) + held);
-            sample_device_memory(&b.ids.device().clone());
-            for h in hooks.iter_mut() {
-                h.on_backward(grads, params);
-            }
-            for (i, ((_, p), a)) in params.iter().zip(acc.iter_mut()).enumerate() {
-                let var = p.var().expect("trainable");
-                let Some(g) = grads.get(var.as_tensor()) else {
-                    continue;
-                };
-                if let (Some(f), true) = (early.as_mut(), layered[i]) {
-                    f(i, g)?;
-                    done[i] = true;
-                    continue;
-                }
-                *a = Some(match a.take() {
-                    None => g.clone(),
-                    Some(prev) => (prev + g)?,
-                });
-            }
-            Ok(())
-        })?;
-        res.recomputed_layers += recomputed;
-        drop(m);
-        res.backward_s += t1.elapsed().as_secs_f64();
-        res.grad_bytes = res.grad_bytes.max(bytes);
-    }
-    let grads = params
-        .iter()
-        .zip(acc)
-        .zip(done)
-        .map(|(((_, p), g), done)| match (g, done) {
-            (_, true) => Ok(None),
-            (Some(g), _) => Ok(Some(g)),
-            // unused in this step (e.g. an adapter on inactive positions): zero gradient
-            (None, false) => Ok(Some(p.value().zeros_like()?)),
-        })
-        .collect::<Result<_>>()?;
-    let mut total = 0f64;
-    for l in losses {
-        total += l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-    }
-    Ok((total, grads))
-}
-
-/// The backward pass of one micro-batch from `loss`, one layer segment at a time, top down:
-/// each segment's activations are freed as soon as its gradients are out (with checkpointing, the
-/// layer below a boundary is recomputed from its input first). `on_grads` sees each segment's
-/// gradients.
-fn backward_by_segment(
-    m: &Model,
-    b: &Batch,
-    ctx: &crate::model::Ctx,
-    loss: Tensor,
-    recomputed: &mut usize,
-    mut on_grads: impl FnMut(&GradStore) -> Result<()>,
-) -> Result<()> {
-    let mut segments = ctx.take_segments();
-    let head = tape::split_off(segments.last().map_or(0, |s| s.mark));
-    let mut top = Some((loss, None, head));
-    while let Some((t, g, ops)) = top.take() {
-        let grads = tape::backward(&t, g, ops)?;
-        drop(t);
-        on_grads(&grads)?;
-        // the gradient that reached the next boundary down continues below it
-        while let Some(seg) = segments.pop() {
-            let below = segments.last().map_or(0, |s| s.mark);
-            let Some(g) = seg.var.as_ref().and_then(|v| grads.get(v.as_tensor())) else {
-                tape::truncate(below);
-                continue;
-            };
-            let (out, ops) = match seg.out {
-                Some(out) => (out, tape::split_off(below)),
-                None => {
-                    let input = segments.last().map(|s| s.input.clone());
-                    let replay = ctx.replay(seg.idx, input);
-                    *recomputed += 1;
-                    let start = tape::len();
-                    let out =
-                        m.forward_with(&b.ids, Some(&b.mask), b.types.as_ref(), &replay, None)?;
-                    (out, tape::split_off(start))
-                }
-            };
-            top = Some((out, Some(g.clone()), ops));
-            break;
-        }
-    }
-    Ok(())
-}
-
-/// Bytes of gradient the backward pass stored for model parameters.
-fn grad_bytes(grads: &GradStore, params: &[(String, Param)]) -> usize {
-    params
-        .iter()
-        .filter_map(|(_, p)| p.var())
-        .filter_map(|v| grads.get(v.as_tensor()))
-        .map(|g| g.elem_count() * g.dtype().size_in_bytes())
-        .sum()
-}
-
-/// Loss, perplexity and (classification) accuracy over `data`.
-pub fn evaluate(
-    model: &Arc<Mutex<Model>>,
-    data: &Dataset,
-    batch_size: usize,
-    max_len: Option<usize>,
-) -> Result<EvalInfo> {
-    let (ex, pad) = prepare(model, data, max_len)?;
-    evaluate_examples(model, &ex, pad, batch_size, 0)
-}
-
-fn evaluate_examples(
-    model: &Mutex<Model>,
-    ex: &[Example],
-    pad: u32,
-    batch_size: usize,
-    step: usize,
-) -> Result<EvalInfo> {
-    let m = lock(model);
-    let ctx = m.ctx(false, 0);
-    let (mut sum, mut n, mut correct) = (0f64, 0usize, 0usize);
-    let cls = ex.first().is_some_and(|e| e.class.is_some());
-    for idx in batch_indices(ex, batch_size.max(1), None, false) {
-        crate::cancel::check()?;
-        let b = Batch::collate(
-            &idx.iter().map(|&i| ex[i].clone()).collect::<Vec<_>>(),
-            pad,
-            &m.device,
-        )?;
-        let logits = m.forward_with(&b.ids, Some(&b.mask), b.types.as_ref(), &ctx, None)?;
-        sum += loss_sum(&logits, &b)?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
-        n += b.loss_tokens();
-        if cls {
-            let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
-            correct += pred
-                .iter()
-                .zip(&b.labels)
-                .filter(|(p, l)| **p as i64 == **l)
-                .count();
-        }
-    }
-    let loss = sum / n.max(1) as f64;
-    Ok(EvalInfo {
-        step,
-        loss,
-        perplexity: loss.exp(),
-        accuracy: cls.then(|| correct as f64 / ex.len().max(1) as f64),
-    })
 }

@@ -1,0 +1,183 @@
+//! One optimizer step: its micro-batches forward and backward, their gradients summed, clipped
+//! and applied. Where nothing needs the whole step's gradients at once (no accumulation, no
+//! clipping) a layer's parameters are updated as soon as their gradients are out, so the
+//! gradients of all layers never exist together.
+
+use super::backward::{self, Event};
+use super::optim::{self, Optimizer};
+use super::{lock, Hooks, TrainOpts, TrainResult};
+use crate::data::Batch;
+use crate::error::Result;
+use crate::model::{Model, Param};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// What a step reports: the mean loss over its label tokens and the gradient norm (before
+/// clipping).
+pub(super) struct Done {
+    pub loss: f64,
+    pub grad_norm: f64,
+}
+
+/// The step's gradients as the backward passes hand them over, segment by segment.
+struct Gradients<'a> {
+    params: &'a [(String, Param)],
+    opt: &'a mut Optimizer,
+    o: &'a TrainOpts,
+    lr: f64,
+    /// per parameter: updated as its segment's gradient comes out (the whole of it, since the
+    /// parameter lives in one layer)
+    early: Vec<bool>,
+    acc: Vec<Option<Tensor>>,
+    /// Σ g² of the parameters already updated
+    sq: optim::SumSq,
+    optimizer_s: f64,
+    /// the most gradient bytes alive at once
+    peak_bytes: usize,
+}
+
+impl Gradients<'_> {
+    fn decay(&self, name: &str) -> bool {
+        !self.o.no_decay.as_ref().is_some_and(|s| s.matches(name))
+    }
+
+    fn add(&mut self, grads: &GradStore) -> Result<()> {
+        let held: usize = self.acc.iter().flatten().map(bytes).sum();
+        let fresh: usize = self
+            .params
+            .iter()
+            .filter_map(|(_, p)| p.var())
+            .filter_map(|v| grads.get(v.as_tensor()))
+            .map(bytes)
+            .sum();
+        self.peak_bytes = self.peak_bytes.max(fresh + held);
+        for i in 0..self.params.len() {
+            let (name, p) = &self.params[i];
+            let var = p.var().expect("trainable");
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            if self.early[i] {
+                let t = Instant::now();
+                self.sq.add(g)?;
+                self.opt.update(name, p, g, self.lr, self.decay(name))?;
+                self.optimizer_s += t.elapsed().as_secs_f64();
+                continue;
+            }
+            let a = &mut self.acc[i];
+            *a = Some(match a.take() {
+                None => g.clone(),
+                Some(prev) => (prev + g)?,
+            });
+        }
+        Ok(())
+    }
+
+    /// Clips and applies what was summed; the gradient norm of the whole step.
+    fn apply(mut self, res: &mut TrainResult) -> Result<f64> {
+        let t0 = Instant::now();
+        let mut idx = Vec::new();
+        let mut rest = Vec::new();
+        for (i, g) in std::mem::take(&mut self.acc).into_iter().enumerate() {
+            match (g, self.early[i]) {
+                (_, true) => {}
+                (Some(g), _) => {
+                    idx.push(i);
+                    rest.push(g);
+                }
+                // unused in this step (e.g. an adapter on inactive positions): zero gradient
+                (None, false) => {
+                    idx.push(i);
+                    rest.push(self.params[i].1.value().zeros_like()?);
+                }
+            }
+        }
+        let grad_norm = (optim::clip(&mut rest, self.o.clip)?.powi(2) + self.sq.total()?).sqrt();
+        for (i, g) in idx.into_iter().zip(rest) {
+            let (name, p) = &self.params[i];
+            self.opt.update(name, p, &g, self.lr, self.decay(name))?;
+        }
+        let device = self.params[0].1.value().device().clone();
+        if !device.is_cpu() {
+            device.synchronize()?;
+        }
+        let names: Vec<String> = self.params.iter().map(|(n, _)| n.clone()).collect();
+        self.opt.retain(&names);
+        res.optimizer_s += self.optimizer_s + t0.elapsed().as_secs_f64();
+        res.grad_bytes = res.grad_bytes.max(self.peak_bytes);
+        Ok(grad_norm)
+    }
+}
+
+fn bytes(g: &Tensor) -> usize {
+    g.elem_count() * g.dtype().size_in_bytes()
+}
+
+/// Step `k` (from 0) over `batches` with learning rate `lr`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run(
+    model: &Mutex<Model>,
+    batches: &[Batch],
+    params: &[(String, Param)],
+    opt: &mut Optimizer,
+    lr: f64,
+    o: &TrainOpts,
+    k: usize,
+    res: &mut TrainResult,
+    hooks: &mut Hooks<'_, '_>,
+) -> Result<Done> {
+    let denom = batches
+        .iter()
+        .map(|b| b.loss_tokens())
+        .sum::<usize>()
+        .max(1) as f64;
+    let early = if o.grad_accum == 1 && o.clip.is_none() {
+        lock(model).in_one_layer(params)
+    } else {
+        vec![false; params.len()]
+    };
+    let mut grads = Gradients {
+        params,
+        opt,
+        o,
+        lr,
+        early,
+        acc: vec![None; params.len()],
+        sq: optim::SumSq::default(),
+        optimizer_s: 0.0,
+        peak_bytes: 0,
+    };
+    let mut losses = Vec::with_capacity(batches.len());
+    for (j, b) in batches.iter().enumerate() {
+        // a cancelled run stops within a micro-batch, not a whole step later
+        crate::cancel::check()?;
+        let seed = o
+            .seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add((k * o.grad_accum + j) as u64);
+        let m = lock(model);
+        let pass = backward::forward_backward(&m, b, seed, o.checkpoint, denom, |e| match e {
+            Event::Forward => {
+                hooks.forward();
+                Ok(())
+            }
+            Event::Grads(g) => {
+                hooks.backward(g, params);
+                grads.add(g)
+            }
+        })?;
+        drop(m);
+        res.forward_s += pass.forward_s;
+        res.backward_s += pass.backward_s;
+        res.recomputed_layers += pass.recomputed;
+        losses.push(pass.loss);
+    }
+    let grad_norm = grads.apply(res)?;
+    let mut loss = 0f64;
+    for l in losses {
+        loss += l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    }
+    Ok(Done { loss, grad_norm })
+}
