@@ -109,7 +109,7 @@ pub fn merge(a: &MergeArgs) -> Result<()> {
         )
     })?;
     let info = m
-        .adapters
+        .adapters()
         .iter()
         .find(|x| x.name == name)
         .context("the adapter vanished after loading")?;

@@ -428,7 +428,7 @@ impl UserData for ModelHandle {
                 let mut m = h.lock();
                 let name = match o.get::<String>("name")? {
                     Some(n) => n,
-                    None => match m.active.first().or(m.adapters.first().map(|a| &a.name)) {
+                    None => match m.active.first().or(m.adapters().first().map(|a| &a.name)) {
                         Some(n) => n.clone(),
                         None => return Err(lua_err(lua, "save_adapter: the model has no adapter")),
                     },
@@ -443,7 +443,7 @@ impl UserData for ModelHandle {
         m.add_method("adapters", |lua, h, ()| {
             let m = h.lock();
             let out = lua.create_table()?;
-            for (i, a) in m.adapters.iter().enumerate() {
+            for (i, a) in m.adapters().iter().enumerate() {
                 let t = lua.create_table()?;
                 t.set("name", a.name.clone())?;
                 t.set("method", a.method.kind())?;

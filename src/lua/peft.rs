@@ -252,7 +252,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
                     return Err(e).lua(lua);
                 }
             }
-            if let Some(a) = m.adapters.iter_mut().find(|a| a.name == name) {
+            if let Some(a) = m.adapter_mut(&name) {
                 a.ensure_weight_tying = tie;
             }
             drop(m);

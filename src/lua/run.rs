@@ -175,7 +175,7 @@ fn model_record(l: &mut RunLog, h: &ModelHandle) -> (ModelRecord, Vec<MethodReco
         config: m.config.clone(),
     };
     let methods = m
-        .adapters
+        .adapters()
         .iter()
         .map(|a| MethodRecord {
             name: a.name.clone(),

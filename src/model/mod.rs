@@ -1,5 +1,6 @@
 //! Models: a tree of injectable layers per architecture behind the `Arch` trait, plus the
-//! model-level state every architecture shares (tokenizer, adapters, active set, prompts).
+//! model-level state every architecture shares (tokenizer, active adapter names, input adapters,
+//! and what other modules keep with a model, which this module does not look into).
 
 pub mod bert;
 pub mod config;
@@ -16,7 +17,6 @@ pub mod save;
 pub use param::Param;
 
 use crate::error::{Error, Result};
-use crate::peft::AdapterInfo;
 
 /// How a method acts on the model's input as a whole: virtual tokens before the input embeddings
 /// (prompt tuning) or per-layer key/value prefixes (prefix tuning). `peft/` implements it.
@@ -376,6 +376,29 @@ pub trait Arch: Send + Sync {
     fn head_modules(&self) -> Vec<String>;
 }
 
+/// Values other modules keep with a model, at most one of each type: the model carries them
+/// without knowing what they are, so that `model/` imports nothing of the methods acting on it.
+#[derive(Default)]
+pub struct Extensions(Vec<Box<dyn std::any::Any + Send + Sync>>);
+
+impl Extensions {
+    pub fn get<T: 'static>(&self) -> Option<&T> {
+        self.0.iter().find_map(|b| b.downcast_ref::<T>())
+    }
+
+    /// The value of type `T`, a default one made first if there is none.
+    pub fn get_mut<T: Default + Send + Sync + 'static>(&mut self) -> &mut T {
+        let i = match self.0.iter().position(|b| b.is::<T>()) {
+            Some(i) => i,
+            None => {
+                self.0.push(Box::new(T::default()));
+                self.0.len() - 1
+            }
+        };
+        self.0[i].downcast_mut::<T>().expect("checked by position")
+    }
+}
+
 pub struct Model {
     pub arch: Box<dyn Arch>,
     /// config.json as loaded (written back by `save`)
@@ -384,12 +407,12 @@ pub struct Model {
     /// the reference `ftl.load` was given (a path or hub id), for the run manifest
     pub reference: Option<String>,
     pub tokenizer: Option<Tokenizer>,
-    pub adapters: Vec<AdapterInfo>,
+    /// the adapters (by the names their slots hold them under) that run
     pub active: Vec<String>,
     pub enabled: bool,
     pub prompts: Vec<(String, Box<dyn InputAdapter>)>,
-    /// per adapter, tensors its layers share (VeRA's projections), by PEFT's name
-    pub shared: Vec<(String, Vec<(String, Param)>)>,
+    /// what other modules keep with the model (`peft/`'s record of the adapters it attached)
+    pub ext: Extensions,
     pub device: Device,
     pub dtype: DType,
     /// seeds adapter initialisation
@@ -411,11 +434,10 @@ impl Model {
             dir: None,
             reference: None,
             tokenizer: None,
-            adapters: Vec::new(),
             active: Vec::new(),
             enabled: true,
             prompts: Vec::new(),
-            shared: Vec::new(),
+            ext: Extensions::default(),
             device,
             dtype,
             seed: 0,

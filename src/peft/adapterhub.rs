@@ -141,7 +141,7 @@ pub fn load(m: &mut Model, dir: &Path, cfg: &Value, o: &LoadAdapterOpts) -> Resu
         m.detach(&name);
         return Err(e);
     }
-    if let Some(a) = m.adapters.iter_mut().find(|a| a.name == name) {
+    if let Some(a) = m.adapter_mut(&name) {
         a.loaded_config = Some(cfg.clone());
     }
     if !o.trainable {

@@ -25,7 +25,7 @@ impl Model {
     pub fn foldable_active(&self, strict: bool) -> Result<Vec<String>> {
         let ctx = self.ctx(false, 0);
         let mut out = Vec::new();
-        for a in self.adapters.iter().filter(|a| ctx.is_active(&a.name)) {
+        for a in self.adapters().iter().filter(|a| ctx.is_active(&a.name)) {
             if a.method.mergeable() {
                 out.push(a.name.clone());
             } else if strict {

@@ -55,9 +55,7 @@ fn task_type(m: &Model) -> &'static str {
 /// Whether `pname` is one of adapter `name`'s shared tensors (VeRA's projections), which PEFT
 /// keys as `base_model.<name>`.
 fn is_shared(m: &Model, name: &str, pname: &str) -> bool {
-    m.shared
-        .iter()
-        .any(|(n, sh)| n == name && sh.iter().any(|(k, _)| k == pname))
+    m.shared_tensors(name).iter().any(|(k, _)| k == pname)
 }
 
 /// Whether adapter `name` saves its shared tensors (VeRA's `save_projection`).
@@ -379,7 +377,7 @@ pub fn load_adapter(m: &mut Model, dir: &Path, o: &LoadAdapterOpts) -> Result<St
         m.detach(&name);
         return Err(e);
     }
-    if let Some(a) = m.adapters.iter_mut().find(|a| a.name == name) {
+    if let Some(a) = m.adapter_mut(&name) {
         a.loaded_config = Some(cfg.clone());
     }
     if let Err(e) = load_modules_to_save(m, &name, &cfg, &cfg_path, &file) {
@@ -787,10 +785,9 @@ fn load_registered(
     }
     m.attach_registered_with(name, method, &targets, &config, &overrides)?;
     let shared: Vec<String> = m
-        .shared
+        .shared_tensors(name)
         .iter()
-        .filter(|(n, _)| n == name)
-        .flat_map(|(_, sh)| sh.iter().map(|(k, _)| k.clone()))
+        .map(|(k, _)| k.clone())
         .collect();
     let saved = method.saves_shared(&config);
     let mut read = Vec::new();
@@ -873,7 +870,7 @@ fn load_prompt_learning(
             init_text,
         }
     };
-    if let Some(a) = m.adapters.iter_mut().find(|a| a.name == name) {
+    if let Some(a) = m.adapter_mut(name) {
         a.method = method;
     }
     check_no_stray_keys(m, name, file, cfg)

@@ -106,6 +106,15 @@ pub struct AdapterInfo {
     pub loaded_config: Option<serde_json::Value>,
 }
 
+/// What PEFT keeps with a model (in `Model::ext`): the adapters attached, in order, and the
+/// tensors each one's layers share.
+#[derive(Default)]
+pub struct Attached {
+    pub adapters: Vec<AdapterInfo>,
+    /// per adapter, tensors its layers share (VeRA's projections), by PEFT's name
+    pub shared: Vec<(String, Vec<(String, Param)>)>,
+}
+
 /// Which leaf modules a listing wants.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -333,11 +342,7 @@ impl Model {
             }
             ModuleMut::Norm(_) => {}
         });
-        for (n, sh) in &self.shared {
-            if n == name {
-                out.extend(sh.iter().cloned());
-            }
-        }
+        out.extend(self.shared_tensors(name).iter().cloned());
         for (n, pl) in &self.prompts {
             if n == name {
                 out.extend(pl.params());
@@ -345,7 +350,7 @@ impl Model {
         }
         // modules_to_save copies: `<module>.modules_to_save.<param>`, a shared one once
         let mods: Vec<String> = self
-            .adapters
+            .adapters()
             .iter()
             .filter(|a| a.name == name)
             .flat_map(|a| a.modules_to_save.clone())
@@ -370,8 +375,29 @@ impl Model {
         out
     }
 
+    /// The adapters attached, in the order they were.
+    pub fn adapters(&self) -> &[AdapterInfo] {
+        self.ext.get::<Attached>().map_or(&[], |a| &a.adapters)
+    }
+
+    pub fn adapters_mut(&mut self) -> &mut Vec<AdapterInfo> {
+        &mut self.ext.get_mut::<Attached>().adapters
+    }
+
+    pub fn adapter_mut(&mut self, name: &str) -> Option<&mut AdapterInfo> {
+        self.adapters_mut().iter_mut().find(|a| a.name == name)
+    }
+
+    /// The tensors adapter `name`'s layers share, by PEFT's names (`base_model.vera_A`).
+    pub fn shared_tensors(&self, name: &str) -> &[(String, Param)] {
+        self.ext
+            .get::<Attached>()
+            .and_then(|a| a.shared.iter().find(|(n, _)| n == name))
+            .map_or(&[], |(_, sh)| sh)
+    }
+
     pub fn adapter(&self, name: &str) -> Option<&AdapterInfo> {
-        self.adapters.iter().find(|a| a.name == name)
+        self.adapters().iter().find(|a| a.name == name)
     }
 
     /// A free adapter name: `default`, else the method's name, else `name_2`, `name_3`, ….
@@ -398,14 +424,14 @@ impl Model {
     }
 
     pub fn adapter_names(&self) -> Vec<String> {
-        self.adapters.iter().map(|a| a.name.clone()).collect()
+        self.adapters().iter().map(|a| a.name.clone()).collect()
     }
 
     fn register(&mut self, info: AdapterInfo) {
         if !self.active.contains(&info.name) {
             self.active.push(info.name.clone());
         }
-        self.adapters.push(info);
+        self.adapters_mut().push(info);
     }
 
     /// Injects LoRA into every module in `paths` (Linear or Embedding).
@@ -590,7 +616,10 @@ impl Model {
         }
         missing_paths(&want, &done)?;
         if !shared.is_empty() {
-            self.shared.push((name.to_string(), shared));
+            self.ext
+                .get_mut::<Attached>()
+                .shared
+                .push((name.to_string(), shared));
         }
         self.register(AdapterInfo {
             name: name.to_string(),
@@ -812,7 +841,7 @@ impl Model {
                 "modules_to_save: `{m}` has no parameters"
             )));
         }
-        if let Some(a) = self.adapters.iter_mut().find(|a| a.name == name) {
+        if let Some(a) = self.adapter_mut(name) {
             for m in recorded {
                 if !a.modules_to_save.contains(&m) {
                     a.modules_to_save.push(m);
@@ -837,8 +866,9 @@ impl Model {
             h.remove_copy(name);
         }
         self.prompts.retain(|(n, _)| n != name);
-        self.shared.retain(|(n, _)| n != name);
-        self.adapters.retain(|a| a.name != name);
+        let attached = self.ext.get_mut::<Attached>();
+        attached.shared.retain(|(n, _)| n != name);
+        attached.adapters.retain(|a| a.name != name);
         self.active.retain(|a| a != name);
     }
 

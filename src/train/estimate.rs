@@ -182,7 +182,7 @@ pub fn plan(
 /// Every attached method: where it went and what it trains.
 pub fn methods(m: &mut Model) -> Vec<MethodPlan> {
     let infos: Vec<_> = m
-        .adapters
+        .adapters()
         .iter()
         .map(|a| {
             (
@@ -254,7 +254,7 @@ fn is_embedding(path: &str) -> bool {
 fn gradient_bytes(m: &mut Model, params: &[(String, Param)], o: &TrainOpts) -> usize {
     let layers = m.info_dims().layers;
     let prefix = m
-        .adapters
+        .adapters()
         .iter()
         .any(|a| m.active.contains(&a.name) && a.method.kind() == "prefix");
     let users = m.param_users(params);
@@ -351,7 +351,7 @@ fn activation_bytes(
     // attention probabilities, f32: rows × heads × len × len
     let attn = 4 * rows * d.heads as u64 * (len as u64).pow(2);
     let lora: u64 = m
-        .adapters
+        .adapters()
         .iter()
         .filter_map(|ad| match &ad.method {
             crate::peft::Method::Lora(o) => Some(o.r as u64 * ad.targets.len() as u64),

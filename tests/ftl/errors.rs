@@ -110,7 +110,7 @@ fn adapter_for_another_base_model() {
         "{e}"
     );
     assert!(
-        m.adapters.is_empty(),
+        m.adapters().is_empty(),
         "a failed load left an adapter behind"
     );
     // same module names, other shapes: the tensor and file are named

@@ -89,7 +89,7 @@ pub fn check_adapters() {
         }
         if let Some(want) = e.opt("logits_merged") {
             m.merge().unwrap();
-            assert!(m.adapters.is_empty());
+            assert!(m.adapters().is_empty());
             let err = rel(&logits(&m, &e), want);
             line.push_str(&format!("  merged {err:.2e}"));
             if err >= TOL {

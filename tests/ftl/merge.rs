@@ -40,7 +40,7 @@ fn merged_models_reproduce_peft_logits() {
         // holds base + adapter as PEFT computes them; merged they agree to float32 rounding)
         assert!(!out.join("adapter_config.json").exists());
         let m = load(&out);
-        assert!(m.adapters.is_empty());
+        assert!(m.adapters().is_empty());
         let e = expected(&fixture(name));
         let err = rel(&logits(&m, &e), e.get("logits"));
         assert!(err < 1e-4, "{name}: merged logits off by {err}");

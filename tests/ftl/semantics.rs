@@ -72,7 +72,7 @@ fn setup(m: &mut Model, s: &Value) {
             if !mts.is_empty() {
                 m.add_modules_to_save_tied("default", &mts, tie).unwrap();
             }
-            m.adapters[0].ensure_weight_tying = tie;
+            m.adapters_mut()[0].ensure_weight_tying = tie;
         }
         "ia3" => {
             let paths = Selector::new(Pattern::list(strs(&s["targets"])))
