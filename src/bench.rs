@@ -28,7 +28,7 @@ pub struct BenchArgs {
     pub intermediate: usize,
     #[arg(long, default_value_t = 32000)]
     pub vocab: usize,
-    /// full, lora-qv, lora-all, ia3, prefix, or a registry method (loha, lokr, vera) on its default targets (comma-separated for several)
+    /// full, lora-qv, lora-all, prefix, or a registry method (ia3, loha, lokr, vera) on its default targets (comma-separated for several)
     #[arg(long, default_value = "lora-qv")]
     pub method: String,
     #[arg(long, default_value_t = 4)]
@@ -107,22 +107,19 @@ fn build(
             let p = m.all_linear(&every);
             m.attach_lora("default", &p, &lora)?;
         }
-        "ia3" => {
-            let (targets, ff) = crate::peft::default_ia3(m.arch.model_type())
-                .ok_or_else(|| anyhow::anyhow!("no IA3 defaults for {}", a.arch))?;
-            let p = select(&mut m, &targets);
-            let ff = Pattern::list(ff.into_iter().map(String::from).collect());
-            let ff: Vec<String> = p.iter().filter(|x| ff.matches(x)).cloned().collect();
-            m.attach_ia3("default", &p, &ff)?;
+        "prefix" => {
+            use crate::peft::{prefix::PrefixTuning, registry};
+            let given = serde_json::json!({"num_virtual_tokens": 16});
+            let cfg = registry::input_config(&PrefixTuning, given.as_object().unwrap(), "prefix")?;
+            m.attach_input("default", &PrefixTuning, &cfg)?;
         }
-        "prefix" => m.attach_prefix("default", 16, None)?,
         other => {
             let Some(method) = crate::peft::registry::by_name(other) else {
                 let more: String = crate::peft::registry::METHODS
                     .iter()
                     .map(|m| format!(", {}", m.name()))
                     .collect();
-                bail!("unknown method {other} (full, lora-qv, lora-all, ia3, prefix{more})")
+                bail!("unknown method {other} (full, lora-qv, lora-all, prefix{more})")
             };
             // a registry method on its default targets, at the benchmark's rank
             let targets = method
@@ -130,7 +127,15 @@ fn build(
                 .ok_or_else(|| anyhow::anyhow!("{other}: no default targets for {}", a.arch))?;
             let p = select(&mut m, &targets);
             let given = serde_json::json!({"r": r});
-            let cfg = crate::peft::registry::config(method, given.as_object().unwrap(), other)?;
+            let mt = m.arch.model_type().to_string();
+            let given = crate::peft::registry::pick_modules(
+                method,
+                given.as_object().unwrap(),
+                &p,
+                &mt,
+                other,
+            )?;
+            let cfg = crate::peft::registry::config(method, &given, other)?;
             m.attach_registered("default", method, &p, &cfg)?;
         }
     }

@@ -159,8 +159,10 @@ fn method_names() -> clap::builder::PossibleValuesParser {
     let builtin = Method::value_variants()
         .iter()
         .filter_map(|m| m.to_possible_value());
+    // a registry method with a starter of its own (ia3) is listed once
     let registry = crate::peft::registry::METHODS
         .iter()
+        .filter(|m| Method::from_str(m.name(), true).is_err())
         .map(|m| clap::builder::PossibleValue::new(m.name()));
     clap::builder::PossibleValuesParser::new(builtin.chain(registry))
 }

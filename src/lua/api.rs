@@ -160,32 +160,6 @@ pub const LORA: Class = Class {
     ],
 };
 
-pub const IA3: Class = Class {
-    class: "ftl.Ia3Opts",
-    what: "ftl.ia3",
-    doc: "Options of ftl.ia3 (PEFT's IA3Config)",
-    fields: &[
-        f!(
-            "targets",
-            "ftl.Pattern",
-            "modules to scale (default: PEFT's for the architecture)"
-        ),
-        f!(
-            "feedforward",
-            "ftl.Pattern",
-            "which targets scale their input instead of their output"
-        ),
-        f!("layers", "ftl.Layers", "only these layer indices"),
-        f!("exclude", "ftl.Pattern", "modules to leave out"),
-        f!(
-            "modules_to_save",
-            "ftl.Pattern",
-            "modules trained in full as copies"
-        ),
-        f!("name", "string", "adapter name"),
-    ],
-};
-
 pub const ADAPTER: Class = Class {
     class: "ftl.AdapterOpts",
     what: "ftl.adapter",
@@ -219,36 +193,6 @@ pub const ADAPTER: Class = Class {
             "number",
             "dropout inside the adapter (default 0)"
         ),
-    ],
-};
-
-pub const PREFIX: Class = Class {
-    class: "ftl.PrefixOpts",
-    what: "ftl.prefix",
-    doc: "Options of ftl.prefix (PEFT's prefix tuning)",
-    fields: &[
-        f!("tokens", "integer", "virtual tokens per layer (default 20)"),
-        f!(
-            "projection",
-            "integer|boolean",
-            "reparametrise through an MLP of this hidden size (true: the model's)"
-        ),
-        f!("name", "string", "adapter name"),
-    ],
-};
-
-pub const PROMPT: Class = Class {
-    class: "ftl.PromptOpts",
-    what: "ftl.prompt",
-    doc: "Options of ftl.prompt (PEFT's prompt tuning)",
-    fields: &[
-        f!("tokens", "integer", "virtual tokens (default 20)"),
-        f!(
-            "init_text",
-            "string",
-            "initialise from this text's embeddings"
-        ),
-        f!("name", "string", "adapter name"),
     ],
 };
 
@@ -600,10 +544,7 @@ pub const PLOT_SERIES: Class = Class {
 pub const OPTIONS: &[&Class] = &[
     &LOAD,
     &LORA,
-    &IA3,
     &ADAPTER,
-    &PREFIX,
-    &PROMPT,
     &LOAD_ADAPTER,
     &FORWARD,
     &STATE_DICT,
@@ -807,10 +748,7 @@ pub const FUNCS: &[Func] = &[
     func!("ftl", "load", ["ref": "string", "opts?": "ftl.LoadOpts"], "ftl.Model", "Loads an HF model directory, a GGUF file or a hub id (org/name[@rev], from the HF cache), entirely frozen"),
     func!("ftl", "new", ["arch": "string", "config": "table<string, any>"], "ftl.Model", "A randomly initialised model of an architecture (config keys as in config.json, plus seed, dtype, device, tokenizer)"),
     func!("ftl", "lora", ["m": "ftl.Model", "opts?": "ftl.LoraOpts"], "ftl.Adapter", "Attaches LoRA (or DoRA) adapters"),
-    func!("ftl", "ia3", ["m": "ftl.Model", "opts?": "ftl.Ia3Opts"], "ftl.Adapter", "Attaches IA3 scaling vectors"),
     func!("ftl", "adapter", ["m": "ftl.Model", "opts?": "ftl.AdapterOpts"], "ftl.Adapter", "Attaches bottleneck adapters (Pfeiffer or Houlsby)"),
-    func!("ftl", "prefix", ["m": "ftl.Model", "opts?": "ftl.PrefixOpts"], "ftl.Adapter", "Attaches prefix tuning"),
-    func!("ftl", "prompt", ["m": "ftl.Model", "opts?": "ftl.PromptOpts"], "ftl.Adapter", "Attaches prompt tuning"),
     func!("ftl", "load_adapter", ["m": "ftl.Model", "dir": "string", "opts?": "ftl.LoadAdapterOpts"], "ftl.Adapter", "Loads an HF PEFT or AdapterHub adapter directory"),
     func!("ftl", "train", ["m": "ftl.Model", "data": "ftl.Dataset", "opts": "ftl.TrainOpts"], "ftl.TrainResult", "Trains whatever is trainable"),
     func!("ftl", "evaluate", ["m": "ftl.Model", "data": "ftl.Dataset", "opts?": "ftl.EvaluateOpts"], "ftl.EvalResult", "Mean loss (and accuracy) on data"),
@@ -1156,40 +1094,52 @@ fn registered() -> &'static [(Class, Func)] {
     static R: std::sync::OnceLock<Vec<(Class, Func)>> = std::sync::OnceLock::new();
     R.get_or_init(|| {
         let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
-        crate::peft::registry::METHODS
-            .iter()
-            .map(|m| {
-                let mut cap = m.name().to_string();
+        crate::peft::registry::entries()
+            .map(|e| {
+                let spec = e.spec();
+                let mut cap = spec.name.to_string();
                 cap[..1].make_ascii_uppercase();
                 let class = leak(format!("ftl.{cap}Opts"));
-                let fields: Vec<Field> = TARGETING
+                // prompt learning has no targets: only a name
+                let common = match e {
+                    crate::peft::registry::Entry::Linear(_) => TARGETING,
+                    crate::peft::registry::Entry::Input(_) => &TARGETING[TARGETING.len() - 1..],
+                };
+                let fields: Vec<Field> = common
                     .iter()
                     .map(|f| Field { ..*f })
-                    .chain(m.options().iter().map(|o| Field {
-                        key: o.key,
-                        ty: o.ty,
-                        doc: leak(format!("{} (default {})", o.doc, o.default)),
+                    .chain(spec.options.iter().map(|o| Field {
+                        key: spec.lua_name(o.key),
+                        ty: if o.ty == "modules" {
+                            "ftl.Pattern"
+                        } else {
+                            o.ty
+                        },
+                        doc: if o.ty == "modules" || o.default == "null" {
+                            o.doc
+                        } else {
+                            leak(format!("{} (default {})", o.doc, o.default))
+                        },
                     }))
                     .collect();
                 let c = Class {
                     class,
-                    what: leak(format!("ftl.{}", m.name())),
+                    what: leak(format!("ftl.{}", spec.name)),
                     doc: leak(format!(
-                        "Options of ftl.{} (PEFT's {}Config fields)",
-                        m.name(),
-                        m.peft_type()
+                        "Options of ftl.{} (PEFT's {} config fields)",
+                        spec.name, spec.peft_type
                     )),
                     fields: Box::leak(fields.into_boxed_slice()),
                 };
                 let f = Func {
                     owner: "ftl",
-                    name: m.name(),
+                    name: spec.name,
                     method: false,
                     params: Box::leak(
                         vec![("m", "ftl.Model"), ("opts?", class)].into_boxed_slice(),
                     ),
                     ret: "ftl.Adapter",
-                    doc: m.doc(),
+                    doc: spec.doc,
                 };
                 (c, f)
             })

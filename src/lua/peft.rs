@@ -1,6 +1,6 @@
-//! `ftl.lora`, `ftl.ia3`, `ftl.adapter`, `ftl.prefix`, `ftl.prompt`, `ftl.load_adapter`, and one
-//! function per registry method (`ftl.loha`, `ftl.lokr`): each attaches a method to a model and
-//! returns a handle to it.
+//! `ftl.lora`, `ftl.adapter`, `ftl.load_adapter`, and one function per registry method
+//! (`ftl.ia3`, `ftl.loha`, …, `ftl.prefix`, `ftl.prompt`): each attaches a method to a model and returns
+//! a handle to it.
 
 use super::api;
 use super::model::{env, layers, pattern, ModelHandle};
@@ -164,26 +164,46 @@ fn register_method(
             let mut m = h.lock();
             let mt = m.arch.model_type().to_string();
             let (sel, all_linear) = targets(lua, &o, method.default_targets(&mt), &mt, class.what)?;
-            let mut given = serde_json::Map::new();
-            for opt in method.options() {
-                let v: Value = o.value(opt.key)?;
-                // the options table has checked the types: numbers, booleans, strings
-                let j = match v {
-                    Value::Integer(i) => serde_json::json!(i),
-                    Value::Number(n) => serde_json::json!(n),
-                    Value::Boolean(b) => serde_json::json!(b),
-                    Value::String(s) => serde_json::json!(s.to_string_lossy()),
-                    _ => continue,
-                };
-                given.insert(opt.key.to_string(), j);
-            }
-            let config = peft::registry::config(method, &given, class.what).lua(lua)?;
             let name = name(lua, &o, &m, method.name())?;
             let mts = modules_to_save(lua, &mut m, &o.value("modules_to_save")?)?;
             let paths: Vec<String> = resolve(lua, &mut m, &sel, all_linear, Kind::Linear)?
                 .into_iter()
                 .filter(|p| !mts.contains(p))
                 .collect();
+            let mut given = serde_json::Map::new();
+            for opt in method.options() {
+                let key = method.spec().lua_name(opt.key);
+                let v: Value = o.value(key)?;
+                // the options table has checked the types: numbers, booleans, strings, patterns
+                let j = match v {
+                    Value::Nil => continue,
+                    v if opt.ty == "modules" => {
+                        let Some(p) = pattern(lua, &v)? else { continue };
+                        let picked: Vec<&String> = paths.iter().filter(|x| p.matches(x)).collect();
+                        // `{}` asks for none; a pattern that picks nothing is a mistake
+                        let none = matches!(&p, Pattern::List(l) if l.is_empty());
+                        if picked.is_empty() && !none {
+                            return Err(lua_err(
+                                lua,
+                                format!(
+                                    "{}: `{key}` matches none of the targets ({})",
+                                    class.what,
+                                    paths.join(", ")
+                                ),
+                            ));
+                        }
+                        serde_json::json!(picked)
+                    }
+                    v => match scalar(&v) {
+                        Some(j) => j,
+                        None => continue,
+                    },
+                };
+                given.insert(opt.key.to_string(), j);
+            }
+            let given =
+                peft::registry::pick_modules(method, &given, &paths, &mt, class.what).lua(lua)?;
+            let config = peft::registry::config(method, &given, class.what).lua(lua)?;
             m.attach_registered(&name, method, &paths, &config)
                 .lua(lua)?;
             if !mts.is_empty() {
@@ -198,9 +218,58 @@ fn register_method(
     )
 }
 
+/// A number, boolean or string option as JSON (the options table has checked the types).
+fn scalar(v: &Value) -> Option<serde_json::Value> {
+    Some(match v {
+        Value::Integer(i) => serde_json::json!(i),
+        Value::Number(n) => serde_json::json!(n),
+        Value::Boolean(b) => serde_json::json!(b),
+        Value::String(s) => serde_json::json!(s.to_string_lossy()),
+        _ => return None,
+    })
+}
+
+/// `ftl.<method>` for a registry input method (prompt learning): its options under the recipe
+/// API's names, checked and completed by the registry; a classifier's head trains in full.
+fn register_input_method(
+    lua: &Lua,
+    ftl: &Table,
+    method: &'static dyn peft::registry::InputMethod,
+) -> mlua::Result<()> {
+    let spec = method.spec();
+    let class = api::options(&format!("ftl.{}", spec.name))
+        .expect("every registry method has an options table");
+    ftl.set(
+        spec.name,
+        lua.create_function(move |lua, (mv, o): (Value, Option<Table>)| {
+            let h = model_arg(lua, &mv)?;
+            let o = Opts::new(lua, o, class)?;
+            let mut given = serde_json::Map::new();
+            for opt in spec.options {
+                if let Some(j) = scalar(&o.value(spec.lua_name(opt.key))?) {
+                    given.insert(opt.key.to_string(), j);
+                }
+            }
+            let config = peft::registry::input_config(method, &given, class.what).lua(lua)?;
+            let mut m = h.lock();
+            let name = name(lua, &o, &m, spec.name)?;
+            m.attach_input(&name, method, &config).lua(lua)?;
+            let mts = modules_to_save(lua, &mut m, &Value::Nil)?;
+            if !mts.is_empty() {
+                m.add_modules_to_save(&name, &mts).lua(lua)?;
+            }
+            drop(m);
+            Ok(AdapterHandle { model: h, name })
+        })?,
+    )
+}
+
 pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
     for m in peft::registry::METHODS {
         register_method(lua, ftl, *m)?;
+    }
+    for m in peft::registry::INPUT_METHODS {
+        register_input_method(lua, ftl, *m)?;
     }
     ftl.set(
         "lora",
@@ -254,44 +323,6 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
             }
             if let Some(a) = m.adapter_mut(&name) {
                 a.ensure_weight_tying = tie;
-            }
-            drop(m);
-            Ok(AdapterHandle { model: h, name })
-        })?,
-    )?;
-    ftl.set(
-        "ia3",
-        lua.create_function(|lua, (mv, o): (Value, Option<Table>)| {
-            let h = model_arg(lua, &mv)?;
-            let o = Opts::new(lua, o, &api::IA3)?;
-            let mut m = h.lock();
-            let mt = m.arch.model_type().to_string();
-            let defaults = peft::default_ia3(&mt);
-            let (sel, all_linear) = targets(
-                lua,
-                &o,
-                defaults.as_ref().map(|d| d.0.clone()),
-                &mt,
-                "ftl.ia3",
-            )?;
-            let paths = resolve(lua, &mut m, &sel, all_linear, Kind::Linear)?;
-            let ff_pat = match pattern(lua, &o.value("feedforward")?)? {
-                Some(p) => Some(p),
-                None if o.value("targets")?.is_nil() => {
-                    defaults.map(|d| Pattern::list(d.1.into_iter().map(String::from).collect()))
-                }
-                None => None,
-            };
-            let ff: Vec<String> = match ff_pat {
-                Some(p) => paths.iter().filter(|x| p.matches(x)).cloned().collect(),
-                None => Vec::new(),
-            };
-            let name = name(lua, &o, &m, "ia3")?;
-            let mts = modules_to_save(lua, &mut m, &o.value("modules_to_save")?)?;
-            let paths: Vec<String> = paths.into_iter().filter(|p| !mts.contains(p)).collect();
-            m.attach_ia3(&name, &paths, &ff).lua(lua)?;
-            if !mts.is_empty() {
-                m.add_modules_to_save(&name, &mts).lua(lua)?;
             }
             drop(m);
             Ok(AdapterHandle { model: h, name })
@@ -362,53 +393,6 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
             let cfg = BnConfig::from_json(&raw, false).lua(lua)?;
             let name = name(lua, &o, &m, "adapter")?;
             m.attach_bottleneck(&name, &cfg).lua(lua)?;
-            drop(m);
-            Ok(AdapterHandle { model: h, name })
-        })?,
-    )?;
-    ftl.set(
-        "prefix",
-        lua.create_function(|lua, (mv, o): (Value, Option<Table>)| {
-            let h = model_arg(lua, &mv)?;
-            let o = Opts::new(lua, o, &api::PREFIX)?;
-            let mut m = h.lock();
-            let projection: Option<usize> = match o.value("projection")? {
-                Value::Nil | Value::Boolean(false) => None,
-                Value::Boolean(true) => Some(m.arch.dims().hidden),
-                Value::Integer(i) if i > 0 => Some(i as usize),
-                other => {
-                    return Err(lua_err(
-                        lua,
-                        format!(
-                            "ftl.prefix: projection must be a hidden size or true, got {other:?}"
-                        ),
-                    ))
-                }
-            };
-            let name = name(lua, &o, &m, "prefix")?;
-            m.attach_prefix(&name, o.or("tokens", 20)?, projection)
-                .lua(lua)?;
-            let mts = modules_to_save(lua, &mut m, &Value::Nil)?;
-            if !mts.is_empty() {
-                m.add_modules_to_save(&name, &mts).lua(lua)?;
-            }
-            drop(m);
-            Ok(AdapterHandle { model: h, name })
-        })?,
-    )?;
-    ftl.set(
-        "prompt",
-        lua.create_function(|lua, (mv, o): (Value, Option<Table>)| {
-            let h = model_arg(lua, &mv)?;
-            let o = Opts::new(lua, o, &api::PROMPT)?;
-            let mut m = h.lock();
-            let name = name(lua, &o, &m, "prompt")?;
-            m.attach_prompt(&name, o.or("tokens", 20)?, o.get("init_text")?)
-                .lua(lua)?;
-            let mts = modules_to_save(lua, &mut m, &Value::Nil)?;
-            if !mts.is_empty() {
-                m.add_modules_to_save(&name, &mts).lua(lua)?;
-            }
             drop(m);
             Ok(AdapterHandle { model: h, name })
         })?,

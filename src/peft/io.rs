@@ -131,9 +131,10 @@ fn saved_tensors(m: &mut Model, name: &str) -> Result<Vec<(String, Param)>> {
 /// (`base_model.model.lm_head.weight`), so a copy tied modules share is saved under each of them,
 /// as PEFT saves it. Prompt learning saves them under `base_model.<module>` (no `.model`).
 fn copy_keys(m: &mut Model, name: &str, method: &Method) -> Vec<(String, Param)> {
-    let pre = match method {
-        Method::Prefix { .. } | Method::Prompt { .. } => "base_model.",
-        _ => PREFIX,
+    let pre = if method.is_input() {
+        "base_model."
+    } else {
+        PREFIX
     };
     m.handles()
         .into_iter()
@@ -201,7 +202,6 @@ pub fn save_adapter(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
         json!(mts)
     };
     let tie = info.ensure_weight_tying || trained_tied(m);
-    let dims = m.arch.dims();
     let transposed = {
         let mut t = false;
         let targets = info.targets.clone();
@@ -238,24 +238,15 @@ pub fn save_adapter(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
             "trainable_token_indices": null, "use_bdlora": null, "use_dora": o.dora,
             "use_qalora": false, "use_rslora": o.rslora, "velora_config": null
         }),
-        Method::Ia3 { feedforward } => json!({
-            "exclude_modules": null, "fan_in_fan_out": transposed, "feedforward_modules": feedforward,
-            "init_ia3_weights": true, "peft_type": "IA3", "target_modules": info.targets
-        }),
-        Method::Prefix { tokens, projection } => json!({
-            "encoder_hidden_size": projection.unwrap_or(dims.kv_heads * dims.head_dim),
-            "init_weights": null, "num_attention_heads": dims.kv_heads, "num_layers": dims.layers,
-            "num_transformer_submodules": 1, "num_virtual_tokens": tokens, "peft_type": "PREFIX_TUNING",
-            "prefix_projection": projection.is_some(), "token_dim": dims.kv_heads * dims.head_dim
-        }),
-        Method::Prompt { tokens, init_text } => json!({
-            "num_attention_heads": dims.heads, "num_layers": dims.layers, "num_transformer_submodules": 1,
-            "num_virtual_tokens": tokens, "peft_type": "PROMPT_TUNING",
-            "prompt_tuning_init": if init_text.is_some() { "TEXT" } else { "RANDOM" },
-            "prompt_tuning_init_text": init_text, "token_dim": dims.hidden, "tokenizer_kwargs": null,
-            "tokenizer_name_or_path": if init_text.is_some() { json!(base) } else { Value::Null }
-        }),
         Method::Bottleneck(_) => unreachable!(),
+        Method::Registered { name, config, .. } if info.method.is_input() => {
+            let Some(registry::Entry::Input(method)) = registry::entry(name) else {
+                unreachable!("is_input")
+            };
+            let mut c = method.peft_config(config, m);
+            c["peft_type"] = method.spec().peft_type.into();
+            c
+        }
         Method::Registered {
             name,
             config,
@@ -264,7 +255,6 @@ pub fn save_adapter(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
             let method = registry::by_name(name)
                 .ok_or_else(|| Error::msg(format!("unknown method {name}")))?;
             let mut c = json!({
-                "layers_pattern": null, "layers_to_transform": null,
                 "peft_type": method.peft_type(), "target_modules": info.targets,
             });
             let extras: Value = serde_json::from_str(method.config_extras())
@@ -350,7 +340,6 @@ pub fn load_adapter(m: &mut Model, dir: &Path, o: &LoadAdapterOpts) -> Result<St
     };
     let r = match peft_type.as_str() {
         "LORA" => load_lora(m, &name, &cfg, &cfg_path, &file, o.trainable),
-        "IA3" => load_ia3(m, &name, &cfg, &cfg_path, &file),
         t if registry::by_peft_type(t).is_some() => load_registered(
             m,
             &name,
@@ -359,16 +348,19 @@ pub fn load_adapter(m: &mut Model, dir: &Path, o: &LoadAdapterOpts) -> Result<St
             &cfg_path,
             &file,
         ),
-        "PREFIX_TUNING" => load_prompt_learning(m, &name, &cfg, &cfg_path, &file, true),
-        "PROMPT_TUNING" => load_prompt_learning(m, &name, &cfg, &cfg_path, &file, false),
+        t if registry::entry_by_peft_type(t).is_some() => {
+            let Some(registry::Entry::Input(method)) = registry::entry_by_peft_type(t) else {
+                unreachable!("linear methods are matched above")
+            };
+            load_prompt_learning(m, &name, method, &cfg, &cfg_path, &file)
+        }
         other => Err(Error::config(
             &cfg_path,
             "peft_type",
             format!(
-                "`{other}` is not supported (LORA, IA3, PREFIX_TUNING, PROMPT_TUNING{} are)",
-                registry::METHODS
-                    .iter()
-                    .map(|m| format!(", {}", m.peft_type()))
+                "`{other}` is not supported (LORA{} are)",
+                registry::entries()
+                    .map(|e| format!(", {}", e.spec().peft_type))
                     .collect::<String>()
             ),
         )),
@@ -693,36 +685,6 @@ fn load_base_overrides(m: &mut Model, file: &StFile, cfg: &Value) -> Result<()> 
     Ok(())
 }
 
-fn load_ia3(m: &mut Model, name: &str, cfg: &Value, cfg_path: &Path, file: &StFile) -> Result<()> {
-    let targets = peft_targets(m, cfg, cfg_path, Kind::Linear)?;
-    let ff: Vec<String> = match cfg.get("feedforward_modules") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => {
-            let re = Pattern::peft_regex(s)?;
-            targets.iter().filter(|p| re.matches(p)).cloned().collect()
-        }
-        // PEFT: plain endswith, no dot boundary
-        Some(Value::Array(a)) => {
-            let keys: Vec<&str> = a.iter().filter_map(|x| x.as_str()).collect();
-            targets
-                .iter()
-                .filter(|p| keys.iter().any(|k| p.ends_with(k)))
-                .cloned()
-                .collect()
-        }
-        Some(o) => {
-            return Err(Error::config(
-                cfg_path,
-                "feedforward_modules",
-                format!("unexpected {o}"),
-            ))
-        }
-    };
-    m.attach_ia3(name, &targets, &ff)?;
-    set_from_file(m, name, file, cfg, |_, _| Ok(false))?;
-    check_no_stray_keys(m, name, file, cfg)
-}
-
 /// Every parameter of adapter `name` from PEFT's key for it, except those `special` handles
 /// (returning true).
 fn set_from_file(
@@ -752,10 +714,12 @@ fn load_registered(
     cfg_path: &Path,
     file: &StFile,
 ) -> Result<()> {
-    let given = cfg.as_object().cloned().unwrap_or_default();
     let origin = cfg_path.display().to_string();
-    let config = registry::config(method, &given, &origin)?;
     let targets = peft_targets(m, cfg, cfg_path, Kind::Linear)?;
+    let given = cfg.as_object().cloned().unwrap_or_default();
+    let mt = m.arch.model_type().to_string();
+    let given = registry::pick_modules(method, &given, &targets, &mt, &origin)?;
+    let config = registry::config(method, &given, &origin)?;
     // PEFT's rank_pattern / alpha_pattern: other settings for the modules they match
     let mut overrides = Vec::new();
     for (field, key) in [("rank_pattern", "r"), ("alpha_pattern", "alpha")] {
@@ -814,20 +778,16 @@ fn load_registered(
     check_no_stray_keys(m, name, file, cfg)
 }
 
+/// A prompt-learning adapter: its settings from the config, its `prompt_embeddings` (what the
+/// adapter feeds the model at inference, a reparametrisation already applied).
 fn load_prompt_learning(
     m: &mut Model,
     name: &str,
+    method: &'static dyn registry::InputMethod,
     cfg: &Value,
     cfg_path: &Path,
     file: &StFile,
-    prefix: bool,
 ) -> Result<()> {
-    let dims = m.arch.dims();
-    let nvt = cfg
-        .get("num_virtual_tokens")
-        .and_then(|v| v.as_u64())
-        .ok_or_else(|| Error::config(cfg_path, "num_virtual_tokens", "missing"))?
-        as usize;
     let subs = cfg
         .get("num_transformer_submodules")
         .and_then(|v| v.as_u64())
@@ -839,40 +799,35 @@ fn load_prompt_learning(
             "only decoder-only / encoder models (1) are supported",
         ));
     }
-    if prefix {
-        m.attach_prefix(name, nvt, None)?;
-    } else {
-        m.attach_prompt(name, nvt, None)?;
+    if cfg
+        .get("num_virtual_tokens")
+        .and_then(|v| v.as_u64())
+        .is_none()
+    {
+        return Err(Error::config(cfg_path, "num_virtual_tokens", "missing"));
     }
-    let width = if prefix {
-        dims.layers * 2 * dims.kv_heads * dims.head_dim
-    } else {
-        dims.hidden
-    };
-    let t = tensor(file, "prompt_embeddings", &[nvt, width], m, cfg)?;
-    let (_, p) = m.adapter_params(name).into_iter().next().unwrap();
+    let origin = cfg_path.display().to_string();
+    let given = method.settings_from_peft(cfg.as_object().unwrap_or(&Default::default()));
+    let config = registry::input_config(method, &given, &origin)?;
+    // the tensor replaces the initialisation: attached without one (no text to tokenize), the
+    // settings recorded in full for saving
+    let mut bare = config.clone();
+    for o in method.spec().options {
+        if o.default == "null" {
+            bare.insert(o.key.to_string(), Value::Null);
+        }
+    }
+    m.attach_input(name, method, &bare)?;
+    if let Some(Method::Registered { config: c, .. }) = m.adapter_mut(name).map(|a| &mut a.method) {
+        *c = config;
+    }
+    let (_, p) = m
+        .adapter_params(name)
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::msg(format!("{}: no parameters", method.spec().name)))?;
+    let t = tensor(file, "prompt_embeddings", &p.dims(), m, cfg)?;
     p.set(&t)?;
-    let method = if prefix {
-        Method::Prefix {
-            tokens: nvt,
-            projection: None,
-        }
-    } else {
-        let init_text = match cfg.get("prompt_tuning_init").and_then(|v| v.as_str()) {
-            Some("TEXT") => cfg
-                .get("prompt_tuning_init_text")
-                .and_then(|v| v.as_str())
-                .map(String::from),
-            _ => None,
-        };
-        Method::Prompt {
-            tokens: nvt,
-            init_text,
-        }
-    };
-    if let Some(a) = m.adapter_mut(name) {
-        a.method = method;
-    }
     check_no_stray_keys(m, name, file, cfg)
 }
 

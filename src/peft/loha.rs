@@ -33,7 +33,8 @@ const SPEC: Spec = Spec {
     peft_type: "LOHA",
     doc: "Attaches LoHa adapters (low-rank Hadamard product, PEFT's LoHaConfig)",
     options: OPTIONS,
-    config_extras: r#"{"alpha_pattern": {}, "rank_pattern": {}, "exclude_modules": null, "use_effective_conv2d": false}"#,
+    config_extras: r#"{"layers_pattern": null, "layers_to_transform": null, "alpha_pattern": {}, "rank_pattern": {}, "exclude_modules": null, "use_effective_conv2d": false}"#,
+    lua_names: &[],
 };
 
 impl LinearMethod for LoHa {

@@ -19,7 +19,6 @@ pub mod vera;
 use crate::error::{Error, Result};
 use crate::model::{Model, ModuleMut, Param};
 use bottleneck::{BnConfig, Bottleneck};
-use ia3::Ia3;
 use lora::{Lora, LoraEmbedding, LoraOpts};
 use std::collections::{BTreeSet, HashSet};
 use target::Selector;
@@ -29,17 +28,6 @@ use target::Selector;
 #[allow(clippy::large_enum_variant)] // a handful per model: size does not matter
 pub enum Method {
     Lora(LoraOpts),
-    Ia3 {
-        feedforward: Vec<String>,
-    },
-    Prefix {
-        tokens: usize,
-        projection: Option<usize>,
-    },
-    Prompt {
-        tokens: usize,
-        init_text: Option<String>,
-    },
     Bottleneck(BnConfig),
     /// a method of the registry (`registry::METHODS`), by name, with its complete settings and
     /// those of the modules that differ (PEFT's `rank_pattern` / `alpha_pattern`)
@@ -55,19 +43,23 @@ impl Method {
         match self {
             Method::Lora(o) if o.dora => "dora",
             Method::Lora(_) => "lora",
-            Method::Ia3 { .. } => "ia3",
-            Method::Prefix { .. } => "prefix",
-            Method::Prompt { .. } => "prompt",
             Method::Bottleneck(_) => "adapter",
             Method::Registered { name, .. } => name,
         }
     }
 
     pub fn mergeable(&self) -> bool {
-        matches!(
-            self,
-            Method::Lora(_) | Method::Ia3 { .. } | Method::Registered { .. }
-        )
+        match self {
+            Method::Lora(_) => true,
+            Method::Registered { name, .. } => registry::by_name(name).is_some(),
+            Method::Bottleneck(_) => false,
+        }
+    }
+
+    /// Whether it acts on the model's input (prompt learning: PEFT keys its tensors differently).
+    pub fn is_input(&self) -> bool {
+        matches!(self, Method::Registered { name, .. }
+            if matches!(registry::entry(name), Some(registry::Entry::Input(_))))
     }
 }
 
@@ -77,16 +69,6 @@ pub fn default_lora_targets(model_type: &str) -> Option<Vec<&'static str>> {
         "llama" | "mistral" | "qwen2" => vec!["q_proj", "v_proj"],
         "gpt2" => vec!["c_attn"],
         "bert" => vec!["query", "value"],
-        _ => return None,
-    })
-}
-
-/// PEFT's default IA3 `(target_modules, feedforward_modules)` per model type.
-pub fn default_ia3(model_type: &str) -> Option<(Vec<&'static str>, Vec<&'static str>)> {
-    Some(match model_type {
-        "llama" | "mistral" | "qwen2" => (vec!["k_proj", "v_proj", "down_proj"], vec!["down_proj"]),
-        "gpt2" => (vec!["c_attn", "mlp.c_proj"], vec!["mlp.c_proj"]),
-        "bert" => (vec!["key", "value", "output.dense"], vec!["output.dense"]),
         _ => return None,
     })
 }
@@ -479,55 +461,6 @@ impl Model {
         Ok(())
     }
 
-    /// Injects IA3 into `paths`; those in `feedforward` scale their input.
-    pub fn attach_ia3(
-        &mut self,
-        name: &str,
-        paths: &[String],
-        feedforward: &[String],
-    ) -> Result<()> {
-        self.check_new_name(name)?;
-        let want: BTreeSet<&str> = paths.iter().map(|s| s.as_str()).collect();
-        let mut err = None;
-        let mut done = BTreeSet::new();
-        self.visit(&mut |p, m| {
-            if err.is_some() || !want.contains(p) {
-                return;
-            }
-            match m {
-                ModuleMut::Linear(l) => match Ia3::init(l, feedforward.iter().any(|f| f == p)) {
-                    Ok(a) => {
-                        l.adapters.push((name.to_string(), Box::new(a)));
-                        done.insert(p.to_string());
-                    }
-                    Err(e) => err = Some(e),
-                },
-                other => {
-                    err = Some(Error::msg(format!(
-                        "{p}: IA3 needs a Linear module, this is a {}",
-                        kind_of(&other)
-                    )))
-                }
-            }
-        });
-        if let Some(e) = err {
-            self.detach(name);
-            return Err(e);
-        }
-        missing_paths(&want, &done)?;
-        self.register(AdapterInfo {
-            name: name.to_string(),
-            method: Method::Ia3 {
-                feedforward: feedforward.to_vec(),
-            },
-            targets: paths.to_vec(),
-            modules_to_save: Vec::new(),
-            ensure_weight_tying: false,
-            loaded_config: None,
-        });
-        Ok(())
-    }
-
     /// Injects a registry method's adapter (`config` complete, see `registry::config`) into
     /// every Linear module in `paths`.
     pub fn attach_registered(
@@ -636,79 +569,25 @@ impl Model {
         Ok(())
     }
 
-    pub fn attach_prefix(
+    /// An input method's adapter (`config` complete, see `registry::input_config`).
+    pub fn attach_input(
         &mut self,
         name: &str,
-        tokens: usize,
-        projection: Option<usize>,
+        method: &'static dyn registry::InputMethod,
+        config: &registry::Config,
     ) -> Result<()> {
         self.check_new_name(name)?;
-        if tokens == 0 {
-            return Err(Error::msg("prefix: tokens must be at least 1"));
-        }
-        let p = prefix::Prefix::init(
-            tokens,
-            &self.arch.dims(),
-            projection,
-            self.seed,
-            &self.device,
-        )?;
-        self.prompts.push((name.to_string(), Box::new(p)));
+        let a = method
+            .attach(config, self)
+            .map_err(|e| Error::msg(format!("{}: {e}", method.spec().name)))?;
+        self.prompts.push((name.to_string(), a));
         self.register(AdapterInfo {
             name: name.to_string(),
-            method: Method::Prefix { tokens, projection },
-            targets: Vec::new(),
-            modules_to_save: Vec::new(),
-            ensure_weight_tying: false,
-            loaded_config: None,
-        });
-        Ok(())
-    }
-
-    pub fn attach_prompt(
-        &mut self,
-        name: &str,
-        tokens: usize,
-        init_text: Option<String>,
-    ) -> Result<()> {
-        self.check_new_name(name)?;
-        if tokens == 0 {
-            return Err(Error::msg("prompt: tokens must be at least 1"));
-        }
-        let init = match &init_text {
-            None => None,
-            Some(text) => {
-                let tok = self
-                    .tokenizer
-                    .as_ref()
-                    .ok_or_else(|| Error::msg("prompt: init_text needs the model's tokenizer"))?;
-                let mut ids = tok.encode(text, false)?;
-                if ids.is_empty() {
-                    return Err(Error::msg("prompt: init_text encodes to no tokens"));
-                }
-                // PEFT repeats the text's tokens to fill, then truncates
-                let reps = tokens.div_ceil(ids.len());
-                ids = ids.repeat(reps);
-                ids.truncate(tokens);
-                let idx = candle_core::Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-                let e = self
-                    .arch
-                    .word_embeddings()
-                    .forward(&idx, &crate::model::Ctx::base())?;
-                Some(e.squeeze(0)?.detach())
-            }
-        };
-        let p = prompt::Prompt::init(
-            tokens,
-            self.arch.dims().hidden,
-            init,
-            self.seed,
-            &self.device,
-        )?;
-        self.prompts.push((name.to_string(), Box::new(p)));
-        self.register(AdapterInfo {
-            name: name.to_string(),
-            method: Method::Prompt { tokens, init_text },
+            method: Method::Registered {
+                name: method.spec().name,
+                config: config.clone(),
+                overrides: Vec::new(),
+            },
             targets: Vec::new(),
             modules_to_save: Vec::new(),
             ensure_weight_tying: false,

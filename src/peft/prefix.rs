@@ -1,9 +1,94 @@
 //! Prefix tuning: learned keys/values prepended in every layer's attention (PEFT's
 //! `prompt_encoder`, `[tokens, layers·2·kv_heads·head_dim]`, optionally through an MLP).
 
-use crate::error::Result;
-use crate::model::{Ctx, Dims, Param};
+use super::registry::{Config, InputMethod, Opt, Spec};
+use crate::error::{Error, Result};
+use crate::model::{Ctx, Dims, InputAdapter, Model, Param};
 use candle_core::{DType, Device, Tensor};
+use serde_json::{json, Map, Value};
+
+pub struct PrefixTuning;
+
+const OPTIONS: &[Opt] = &[
+    Opt {
+        key: "num_virtual_tokens",
+        ty: "integer",
+        default: "20",
+        doc: "virtual tokens per layer",
+    },
+    Opt {
+        key: "encoder_hidden_size",
+        ty: "integer|boolean",
+        default: "false",
+        doc: "reparametrise through an MLP of this hidden size (true: the model's)",
+    },
+];
+
+const SPEC: Spec = Spec {
+    name: "prefix",
+    peft_type: "PREFIX_TUNING",
+    doc: "Attaches prefix tuning",
+    options: OPTIONS,
+    config_extras: "{}",
+    lua_names: &[
+        ("tokens", "num_virtual_tokens"),
+        ("projection", "encoder_hidden_size"),
+    ],
+};
+
+/// The MLP's hidden size, if any: `encoder_hidden_size` false (none), true (the model's) or a size.
+fn projection(cfg: &Config, hidden: usize) -> Result<Option<usize>> {
+    match cfg.get("encoder_hidden_size") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(None),
+        Some(Value::Bool(true)) => Ok(Some(hidden)),
+        Some(v) => match v.as_u64() {
+            Some(n) if n > 0 => Ok(Some(n as usize)),
+            _ => Err(Error::msg(format!(
+                "projection must be a hidden size or true, got {v}"
+            ))),
+        },
+    }
+}
+
+impl InputMethod for PrefixTuning {
+    fn spec(&self) -> &'static Spec {
+        &SPEC
+    }
+    fn check(&self, cfg: &Config) -> Result<()> {
+        if super::registry::int(cfg, "num_virtual_tokens") < 1 {
+            return Err(Error::msg("tokens must be at least 1"));
+        }
+        projection(cfg, 1).map(|_| ())
+    }
+    fn attach(&self, cfg: &Config, m: &Model) -> Result<Box<dyn InputAdapter>> {
+        let dims = m.arch.dims();
+        let tokens = super::registry::int(cfg, "num_virtual_tokens") as usize;
+        let proj = projection(cfg, dims.hidden)?;
+        Ok(Box::new(Prefix::init(
+            tokens, &dims, proj, m.seed, &m.device,
+        )?))
+    }
+    fn peft_config(&self, cfg: &Config, m: &Model) -> Value {
+        let dims = m.arch.dims();
+        let token_dim = dims.kv_heads * dims.head_dim;
+        let proj = projection(cfg, dims.hidden).ok().flatten();
+        json!({
+            "encoder_hidden_size": proj.unwrap_or(token_dim),
+            "init_weights": null, "num_attention_heads": dims.kv_heads, "num_layers": dims.layers,
+            "num_transformer_submodules": 1, "num_virtual_tokens": cfg["num_virtual_tokens"],
+            "prefix_projection": proj.is_some(), "token_dim": token_dim,
+        })
+    }
+    /// The saved `prompt_embeddings` are the projected prefixes (PEFT saves them so for
+    /// inference): read back without the MLP.
+    fn settings_from_peft(&self, peft: &Map<String, Value>) -> Map<String, Value> {
+        let mut out = Map::new();
+        if let Some(n) = peft.get("num_virtual_tokens") {
+            out.insert("num_virtual_tokens".into(), n.clone());
+        }
+        out
+    }
+}
 
 pub struct Prefix {
     pub tokens: usize,

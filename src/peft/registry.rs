@@ -1,11 +1,12 @@
-//! The registry of PEFT methods that act on linear layers through `LinearAdapter`: a method is
-//! one file implementing `LinearMethod` plus one line in `METHODS`. Its Lua function
-//! (`ftl.<name>`), option checking, `ftl types` stubs, PEFT file reading and writing, merging and
-//! `ftl check` come from here.
+//! The registry of PEFT methods: a method acting on linear layers (through `LinearAdapter`) is one
+//! file implementing `LinearMethod` plus one line in `METHODS`; one acting on the model's input
+//! (prompt learning, through `InputAdapter`) implements `InputMethod`, listed in `INPUT_METHODS`.
+//! Its Lua function (`ftl.<name>`), option checking, `ftl types` stubs, PEFT file reading and
+//! writing, merging and `ftl check` come from here.
 
 use crate::error::{Error, Result};
 use crate::model::layers::{Linear, LinearAdapter};
-use crate::model::Param;
+use crate::model::{InputAdapter, Model, Param};
 use candle_core::Tensor;
 use serde_json::{Map, Value};
 
@@ -13,7 +14,9 @@ use serde_json::{Map, Value};
 #[derive(Clone, Copy)]
 pub struct Opt {
     pub key: &'static str,
-    /// `integer`, `number`, `boolean`, `string`
+    /// `integer`, `number`, `boolean`, `string`, or `modules`: some of the method's targets
+    /// (a recipe pattern in Lua; in PEFT's files a full-match regex or names a path ends with,
+    /// saved as the list of paths; when absent, the method's `default_modules`)
     pub ty: &'static str,
     pub default: &'static str,
     pub doc: &'static str,
@@ -34,6 +37,19 @@ pub struct Spec {
     /// fields PEFT writes into adapter_config.json besides the options, as a JSON object
     /// (`fan_in_fan_out` there is set to whether the targets store their weights transposed)
     pub config_extras: &'static str,
+    /// `(recipe name, PEFT name)` of the options the recipe API names otherwise
+    /// (`feedforward` for IA3's `feedforward_modules`)
+    pub lua_names: &'static [(&'static str, &'static str)],
+}
+
+impl Spec {
+    /// The name a recipe passes option `key` under.
+    pub fn lua_name(&self, key: &'static str) -> &'static str {
+        self.lua_names
+            .iter()
+            .find(|(_, k)| *k == key)
+            .map_or(key, |(l, _)| l)
+    }
 }
 
 pub trait LinearMethod: Sync {
@@ -55,6 +71,12 @@ pub trait LinearMethod: Sync {
     }
     /// PEFT's default `target_modules` for a model type
     fn default_targets(&self, model_type: &str) -> Option<Vec<&'static str>>;
+    /// PEFT's default for a `modules` option (IA3's `feedforward_modules`) for a model type:
+    /// names a module path ends with.
+    fn default_modules(&self, key: &str, model_type: &str) -> Option<Vec<&'static str>> {
+        let _ = (key, model_type);
+        None
+    }
     /// A new adapter on `lin` at `path`, initialised as PEFT does (seeded by `seed` and `path`),
     /// given the adapter's shared tensors.
     fn attach(
@@ -97,8 +119,78 @@ pub trait LinearMethod: Sync {
     }
 }
 
-pub static METHODS: &[&dyn LinearMethod] =
-    &[&super::loha::LoHa, &super::lokr::LoKr, &super::vera::Vera];
+pub static METHODS: &[&dyn LinearMethod] = &[
+    &super::ia3::Ia3Method,
+    &super::loha::LoHa,
+    &super::lokr::LoKr,
+    &super::vera::Vera,
+];
+
+/// A method acting on the model's input as a whole: PEFT's prompt learning, whose file holds one
+/// `prompt_embeddings` tensor (read and written by `peft::io` for every such method).
+pub trait InputMethod: Sync {
+    fn spec(&self) -> &'static Spec;
+    /// Checks settings beyond their types (`num_virtual_tokens` ≥ 1, …).
+    fn check(&self, cfg: &Config) -> Result<()> {
+        let _ = cfg;
+        Ok(())
+    }
+    /// A new adapter for `m` (its dimensions, word embeddings, tokenizer, seed).
+    fn attach(&self, cfg: &Config, m: &Model) -> Result<Box<dyn InputAdapter>>;
+    /// The method's fields of `adapter_config.json` for these settings on `m`.
+    fn peft_config(&self, cfg: &Config, m: &Model) -> Value;
+    /// The settings of a PEFT file's config (`prompt_embeddings` holds what the adapter needs at
+    /// inference, so a reparametrisation is not read back).
+    fn settings_from_peft(&self, peft: &Map<String, Value>) -> Map<String, Value>;
+    /// The learning rate `ftl new` starts a recipe with.
+    fn suggested_lr(&self) -> &'static str {
+        "1e-2"
+    }
+}
+
+pub static INPUT_METHODS: &[&dyn InputMethod] =
+    &[&super::prefix::PrefixTuning, &super::prompt::PromptTuning];
+
+/// A registered method of either kind.
+#[derive(Clone, Copy)]
+pub enum Entry {
+    Linear(&'static dyn LinearMethod),
+    Input(&'static dyn InputMethod),
+}
+
+impl Entry {
+    pub fn spec(&self) -> &'static Spec {
+        match self {
+            Entry::Linear(m) => m.spec(),
+            Entry::Input(m) => m.spec(),
+        }
+    }
+    pub fn name(&self) -> &'static str {
+        self.spec().name
+    }
+    pub fn suggested_lr(&self) -> &'static str {
+        match self {
+            Entry::Linear(m) => m.suggested_lr(),
+            Entry::Input(m) => m.suggested_lr(),
+        }
+    }
+}
+
+/// Every registered method, linear ones first.
+pub fn entries() -> impl Iterator<Item = Entry> {
+    METHODS
+        .iter()
+        .map(|m| Entry::Linear(*m))
+        .chain(INPUT_METHODS.iter().map(|m| Entry::Input(*m)))
+}
+
+pub fn entry(name: &str) -> Option<Entry> {
+    entries().find(|e| e.name() == name)
+}
+
+pub fn entry_by_peft_type(t: &str) -> Option<Entry> {
+    entries().find(|e| e.spec().peft_type == t)
+}
 
 pub fn by_name(name: &str) -> Option<&'static dyn LinearMethod> {
     METHODS.iter().copied().find(|m| m.name() == name)
@@ -114,6 +206,9 @@ fn type_ok(v: &Value, ty: &str) -> bool {
         "number" => v.is_number(),
         "boolean" => v.is_boolean(),
         "string" => v.is_string(),
+        "modules" => v
+            .as_array()
+            .is_some_and(|a| a.iter().all(|x| x.is_string())),
         // alternatives (`boolean|"lycoris"`): the method's `check` looks closer
         _ => v.is_boolean() || v.is_string() || v.is_number(),
     }
@@ -123,13 +218,38 @@ fn type_ok(v: &Value, ty: &str) -> bool {
 /// type; `origin` names where the values came from (`ftl.loha`, an adapter_config.json). Keys
 /// the method does not know are the caller's business (a PEFT file has many more).
 pub fn config(m: &dyn LinearMethod, given: &Map<String, Value>, origin: &str) -> Result<Config> {
+    let out = settings(m.spec(), given, origin)?;
+    m.check(&out)
+        .map_err(|e| Error::msg(format!("{origin}: {e}")))?;
+    Ok(out)
+}
+
+/// `config` for an input method.
+pub fn input_config(
+    m: &dyn InputMethod,
+    given: &Map<String, Value>,
+    origin: &str,
+) -> Result<Config> {
+    let out = settings(m.spec(), given, origin)?;
+    m.check(&out)
+        .map_err(|e| Error::msg(format!("{origin}: {e}")))?;
+    Ok(out)
+}
+
+/// `given` completed with the defaults of `spec`'s options and checked against their types (an
+/// option whose default is `null` may stay absent).
+fn settings(spec: &Spec, given: &Map<String, Value>, origin: &str) -> Result<Config> {
     let mut out = Config::new();
-    for o in m.options() {
+    for o in spec.options {
         let v = match given.get(o.key) {
             Some(v) if !v.is_null() => v.clone(),
             _ => serde_json::from_str(o.default)
-                .map_err(|e| Error::msg(format!("{}: default of {}: {e}", m.name(), o.key)))?,
+                .map_err(|e| Error::msg(format!("{}: default of {}: {e}", spec.name, o.key)))?,
         };
+        if v.is_null() {
+            out.insert(o.key.to_string(), v);
+            continue;
+        }
         if !type_ok(&v, o.ty) {
             return Err(Error::msg(format!(
                 "{origin}: `{}` must be {} {}, got {v}",
@@ -145,8 +265,61 @@ pub fn config(m: &dyn LinearMethod, given: &Map<String, Value>, origin: &str) ->
         };
         out.insert(o.key.to_string(), v);
     }
-    m.check(&out)
-        .map_err(|e| Error::msg(format!("{origin}: {e}")))?;
+    Ok(out)
+}
+
+/// The targets a PEFT `modules` value picks (a string: a full-match regex; a list: names a path
+/// ends with, without a dot boundary, as PEFT's `endswith`), as a JSON list of paths.
+pub fn pick(v: &Value, targets: &[String]) -> Result<Value> {
+    let picked: Vec<&String> = match v {
+        Value::String(s) => {
+            let re = super::target::Pattern::peft_regex(s)?;
+            targets.iter().filter(|p| re.matches(p)).collect()
+        }
+        Value::Array(a) => {
+            let names: Vec<&str> = a.iter().filter_map(|x| x.as_str()).collect();
+            targets
+                .iter()
+                .filter(|p| names.iter().any(|n| p.ends_with(n)))
+                .collect()
+        }
+        other => {
+            return Err(Error::msg(format!(
+                "expected a regex or a list of names, got {other}"
+            )))
+        }
+    };
+    Ok(Value::from(picked.into_iter().cloned().collect::<Vec<_>>()))
+}
+
+/// `given` with every `modules` option resolved against `targets`: a PEFT value (`pick`) as
+/// given, or when absent the method's default for `model_type`; `origin` names where `given`
+/// came from.
+pub fn pick_modules(
+    m: &dyn LinearMethod,
+    given: &Map<String, Value>,
+    targets: &[String],
+    model_type: &str,
+    origin: &str,
+) -> Result<Map<String, Value>> {
+    let mut out = given.clone();
+    for o in m.options().iter().filter(|o| o.ty == "modules") {
+        let v = match given.get(o.key) {
+            Some(v) if !v.is_null() => v.clone(),
+            _ => match m.default_modules(o.key, model_type) {
+                Some(d) => Value::from(d),
+                None => {
+                    return Err(Error::msg(format!(
+                        "{origin}: no default `{}` for model type `{model_type}`; give it",
+                        m.spec().lua_name(o.key)
+                    )))
+                }
+            },
+        };
+        let picked =
+            pick(&v, targets).map_err(|e| Error::msg(format!("{origin}: `{}`: {e}", o.key)))?;
+        out.insert(o.key.to_string(), picked);
+    }
     Ok(out)
 }
 

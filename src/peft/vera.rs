@@ -86,7 +86,8 @@ const SPEC: Spec = Spec {
     peft_type: "VERA",
     doc: "Attaches VeRA (shared random projections, trained scaling vectors; PEFT's VeraConfig)",
     options: OPTIONS,
-    config_extras: r#"{"bias": "none", "fan_in_fan_out": false}"#,
+    config_extras: r#"{"layers_pattern": null, "layers_to_transform": null, "bias": "none", "fan_in_fan_out": false}"#,
+    lua_names: &[],
 };
 
 impl LinearMethod for Vera {

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use ftl::peft::bottleneck::BnConfig;
 use ftl::peft::lora::{LoraInit, LoraOpts};
 use ftl::peft::target::{Pattern, Selector};
-use ftl::peft::{default_ia3, default_lora_targets, Kind};
+use ftl::peft::{default_lora_targets, Kind};
 use ftl::Model;
 
 const MODELS: &[&str] = &[
@@ -73,13 +73,7 @@ pub fn attach(m: &mut Model, method: Method) -> String {
             m.attach_lora(&name, &paths, &lora_opts(method == Method::Dora))
                 .unwrap();
         }
-        Method::Ia3 => {
-            let (t, ff) = default_ia3(&mt).unwrap();
-            let paths = select(m, &t, Kind::Linear);
-            let ffp = Pattern::list(ff.iter().map(|s| s.to_string()).collect());
-            let ff: Vec<String> = paths.iter().filter(|p| ffp.matches(p)).cloned().collect();
-            m.attach_ia3(&name, &paths, &ff).unwrap();
-        }
+        Method::Ia3 => attach_registered(m, "ia3", &name, &serde_json::Map::new()),
         Method::Pfeiffer | Method::Houlsby => {
             let mut raw = BnConfig::preset(if method == Method::Pfeiffer {
                 "pfeiffer"
@@ -91,18 +85,50 @@ pub fn attach(m: &mut Model, method: Method) -> String {
             m.attach_bottleneck(&name, &BnConfig::from_json(&raw, false).unwrap())
                 .unwrap();
         }
-        Method::Prefix => m.attach_prefix(&name, 3, None).unwrap(),
+        Method::Prefix => attach_input(
+            m,
+            "prefix",
+            &name,
+            serde_json::json!({"num_virtual_tokens": 3}),
+        ),
         Method::Registered(r) => {
-            let method = ftl::peft::registry::by_name(r).unwrap();
-            let paths = select(m, &method.default_targets(&mt).unwrap(), Kind::Linear);
             let given = serde_json::json!({"r": 2, "alpha": 4});
-            let cfg =
-                ftl::peft::registry::config(method, given.as_object().unwrap(), "test").unwrap();
-            m.attach_registered(&name, method, &paths, &cfg).unwrap();
+            attach_registered(m, r, &name, given.as_object().unwrap())
         }
-        Method::Prompt => m.attach_prompt(&name, 3, None).unwrap(),
+        Method::Prompt => attach_input(
+            m,
+            "prompt",
+            &name,
+            serde_json::json!({"num_virtual_tokens": 3}),
+        ),
     }
     name
+}
+
+/// A registry method on PEFT's default targets (and default `modules` options) for `m`.
+fn attach_registered(
+    m: &mut Model,
+    method: &str,
+    name: &str,
+    given: &serde_json::Map<String, serde_json::Value>,
+) {
+    use ftl::peft::registry;
+    let mt = m.arch.model_type().to_string();
+    let method = registry::by_name(method).unwrap();
+    let paths = select(m, &method.default_targets(&mt).unwrap(), Kind::Linear);
+    let given = registry::pick_modules(method, given, &paths, &mt, "test").unwrap();
+    let cfg = registry::config(method, &given, "test").unwrap();
+    m.attach_registered(name, method, &paths, &cfg).unwrap();
+}
+
+/// A registry input method (prompt learning) with `given` settings.
+fn attach_input(m: &mut Model, method: &str, name: &str, given: serde_json::Value) {
+    use ftl::peft::registry::{self, Entry};
+    let Some(Entry::Input(method)) = registry::entry(method) else {
+        panic!("{method}")
+    };
+    let cfg = registry::input_config(method, given.as_object().unwrap(), "test").unwrap();
+    m.attach_input(name, method, &cfg).unwrap();
 }
 
 /// Moves every adapter tensor away from its init.

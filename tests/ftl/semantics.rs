@@ -80,12 +80,20 @@ fn setup(m: &mut Model, s: &Value) {
                 .unwrap();
             let ff = Pattern::list(strs(&s["feedforward"]));
             let ff: Vec<String> = paths.iter().filter(|p| ff.matches(p)).cloned().collect();
-            m.attach_ia3("default", &paths, &ff).unwrap();
+            let ia3 = ftl::peft::registry::by_name("ia3").unwrap();
+            let given = serde_json::json!({ "feedforward_modules": ff });
+            let cfg =
+                ftl::peft::registry::config(ia3, given.as_object().unwrap(), "meta.json").unwrap();
+            m.attach_registered("default", ia3, &paths, &cfg).unwrap();
         }
         "prefix" => {
             let t = s["tokens"].as_u64().unwrap() as usize;
             let h = s["projection"].as_u64().unwrap() as usize;
-            m.attach_prefix("default", t, Some(h)).unwrap();
+            let given = serde_json::json!({"num_virtual_tokens": t, "encoder_hidden_size": h});
+            let prefix = &ftl::peft::prefix::PrefixTuning;
+            let cfg = ftl::peft::registry::input_config(prefix, given.as_object().unwrap(), "meta")
+                .unwrap();
+            m.attach_input("default", prefix, &cfg).unwrap();
         }
         other => panic!("unknown method {other}"),
     }
