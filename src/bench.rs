@@ -3,7 +3,7 @@
 
 use crate::data::{Dataset, Example};
 use crate::model::hub::{self, RandomInit};
-use crate::peft::lora::{LoraInit, LoraOpts};
+use crate::peft::lora::{LoraInit, LoraMethod, LoraOpts};
 use crate::peft::target::{Pattern, Selector};
 use crate::peft::Kind;
 use crate::train::{self, optim, Flow, Hook, StepInfo, TrainOpts};
@@ -93,19 +93,20 @@ fn build(
         dora: false,
         lora_bias: false,
         init: LoraInit::Kaiming,
-    };
+    }
+    .config()?;
     match method {
         "full" => {
             m.set_trainable(None, true)?;
         }
         "lora-qv" => {
             let p = select(&mut m, &["q_proj", "v_proj"]);
-            m.attach_lora("default", &p, &lora)?;
+            m.attach_registered("default", &LoraMethod, &p, &lora)?;
         }
         "lora-all" => {
             let every = Selector::new(Pattern::list(Vec::new()));
             let p = m.all_linear(&every);
-            m.attach_lora("default", &p, &lora)?;
+            m.attach_registered("default", &LoraMethod, &p, &lora)?;
         }
         "prefix" => {
             use crate::peft::{prefix::PrefixTuning, registry};

@@ -107,59 +107,6 @@ pub const LOAD: Class = Class {
     ],
 };
 
-pub const LORA: Class = Class {
-    class: "ftl.LoraOpts",
-    what: "ftl.lora",
-    doc: "Options of ftl.lora (PEFT's LoraConfig)",
-    fields: &[
-        f!(
-            "targets",
-            "ftl.Pattern",
-            "modules to adapt (default: PEFT's for the architecture, e.g. q_proj, v_proj)"
-        ),
-        f!("r", "integer", "rank (default 8)"),
-        f!(
-            "alpha",
-            "number",
-            "scaling numerator: the update is alpha/r · BA (default 8)"
-        ),
-        f!(
-            "dropout",
-            "number",
-            "dropout on the adapter's input (default 0)"
-        ),
-        f!(
-            "rslora",
-            "boolean",
-            "scale by alpha/sqrt(r) (default false)"
-        ),
-        f!("dora", "boolean", "weight-decomposed LoRA (default false)"),
-        f!(
-            "init",
-            "\"kaiming\"|\"gaussian\"|\"pissa\"",
-            "initialisation of A (default kaiming)"
-        ),
-        f!("layers", "ftl.Layers", "only these layer indices"),
-        f!("exclude", "ftl.Pattern", "modules to leave out"),
-        f!(
-            "modules_to_save",
-            "ftl.Pattern",
-            "modules trained in full as copies"
-        ),
-        f!(
-            "name",
-            "string",
-            "adapter name (default `default`, then `lora_2`, …)"
-        ),
-        f!("lora_bias", "boolean", "train a bias on B (default false)"),
-        f!(
-            "ensure_weight_tying",
-            "boolean",
-            "tied modules share one modules_to_save copy (default false)"
-        ),
-    ],
-};
-
 pub const ADAPTER: Class = Class {
     class: "ftl.AdapterOpts",
     what: "ftl.adapter",
@@ -543,7 +490,6 @@ pub const PLOT_SERIES: Class = Class {
 /// Every options table; `Opts` takes one of these.
 pub const OPTIONS: &[&Class] = &[
     &LOAD,
-    &LORA,
     &ADAPTER,
     &LOAD_ADAPTER,
     &FORWARD,
@@ -747,7 +693,6 @@ macro_rules! method {
 pub const FUNCS: &[Func] = &[
     func!("ftl", "load", ["ref": "string", "opts?": "ftl.LoadOpts"], "ftl.Model", "Loads an HF model directory, a GGUF file or a hub id (org/name[@rev], from the HF cache), entirely frozen"),
     func!("ftl", "new", ["arch": "string", "config": "table<string, any>"], "ftl.Model", "A randomly initialised model of an architecture (config keys as in config.json, plus seed, dtype, device, tokenizer)"),
-    func!("ftl", "lora", ["m": "ftl.Model", "opts?": "ftl.LoraOpts"], "ftl.Adapter", "Attaches LoRA (or DoRA) adapters"),
     func!("ftl", "adapter", ["m": "ftl.Model", "opts?": "ftl.AdapterOpts"], "ftl.Adapter", "Attaches bottleneck adapters (Pfeiffer or Houlsby)"),
     func!("ftl", "load_adapter", ["m": "ftl.Model", "dir": "string", "opts?": "ftl.LoadAdapterOpts"], "ftl.Adapter", "Loads an HF PEFT or AdapterHub adapter directory"),
     func!("ftl", "train", ["m": "ftl.Model", "data": "ftl.Dataset", "opts": "ftl.TrainOpts"], "ftl.TrainResult", "Trains whatever is trainable"),

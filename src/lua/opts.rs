@@ -48,9 +48,15 @@ fn distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// The valid key closest to `key`.
+/// The valid key closest to `key`; of equally close ones, one that begins the other (`rank` is
+/// as far from `r` as from `name`, and meant `r`).
 pub fn closest<'k>(key: &str, valid: &[&'k str]) -> Option<&'k str> {
-    valid.iter().copied().min_by_key(|v| distance(key, v))
+    valid.iter().copied().min_by_key(|v| {
+        (
+            distance(key, v),
+            !(key.starts_with(v) || v.starts_with(key)),
+        )
+    })
 }
 
 impl<'a> Opts<'a> {

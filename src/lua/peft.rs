@@ -1,6 +1,6 @@
-//! `ftl.lora`, `ftl.adapter`, `ftl.load_adapter`, and one function per registry method
-//! (`ftl.ia3`, `ftl.loha`, …, `ftl.prefix`, `ftl.prompt`): each attaches a method to a model and returns
-//! a handle to it.
+//! `ftl.adapter`, `ftl.load_adapter`, and one function per registry method (`ftl.lora`,
+//! `ftl.ia3`, `ftl.loha`, …, `ftl.prefix`, `ftl.prompt`): each attaches a method to a model and
+//! returns a handle to it.
 
 use super::api;
 use super::model::{env, layers, pattern, ModelHandle};
@@ -8,7 +8,6 @@ use super::opts::Opts;
 use super::{lua_err, LuaExt};
 use crate::model::Task;
 use crate::peft::bottleneck::{factor_for_size, BnConfig};
-use crate::peft::lora::{LoraInit, LoraOpts};
 use crate::peft::target::{Pattern, Selector};
 use crate::peft::{self, Kind};
 use mlua::{Lua, Table, UserData, UserDataFields, UserDataMethods, Value};
@@ -166,7 +165,12 @@ fn register_method(
             let (sel, all_linear) = targets(lua, &o, method.default_targets(&mt), &mt, class.what)?;
             let name = name(lua, &o, &m, method.name())?;
             let mts = modules_to_save(lua, &mut m, &o.value("modules_to_save")?)?;
-            let paths: Vec<String> = resolve(lua, &mut m, &sel, all_linear, Kind::Linear)?
+            let kind = if method.targets_embeddings() {
+                Kind::Injectable
+            } else {
+                Kind::Linear
+            };
+            let paths: Vec<String> = resolve(lua, &mut m, &sel, all_linear, kind)?
                 .into_iter()
                 .filter(|p| !mts.contains(p))
                 .collect();
@@ -195,6 +199,10 @@ fn register_method(
                         serde_json::json!(picked)
                     }
                     v => match scalar(&v) {
+                        Some(serde_json::Value::String(s)) => method
+                            .spec()
+                            .lua_value(opt.key, &s)
+                            .unwrap_or(serde_json::Value::String(s)),
                         Some(j) => j,
                         None => continue,
                     },
@@ -204,13 +212,20 @@ fn register_method(
             let given =
                 peft::registry::pick_modules(method, &given, &paths, &mt, class.what).lua(lua)?;
             let config = peft::registry::config(method, &given, class.what).lua(lua)?;
+            let tie = peft::registry::flag(&config, "ensure_weight_tying");
+            if tie {
+                m.check_weight_tying_targets(&paths).lua(lua)?;
+            }
             m.attach_registered(&name, method, &paths, &config)
                 .lua(lua)?;
             if !mts.is_empty() {
-                if let Err(e) = m.add_modules_to_save(&name, &mts) {
+                if let Err(e) = m.add_modules_to_save_tied(&name, &mts, tie) {
                     m.detach(&name);
                     return Err(e).lua(lua);
                 }
+            }
+            if let Some(a) = m.adapter_mut(&name) {
+                a.ensure_weight_tying = tie;
             }
             drop(m);
             Ok(AdapterHandle { model: h, name })
@@ -271,63 +286,6 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
     for m in peft::registry::INPUT_METHODS {
         register_input_method(lua, ftl, *m)?;
     }
-    ftl.set(
-        "lora",
-        lua.create_function(|lua, (mv, o): (Value, Option<Table>)| {
-            let h = model_arg(lua, &mv)?;
-            let o = Opts::new(lua, o, &api::LORA)?;
-            let mut m = h.lock();
-            let mt = m.arch.model_type().to_string();
-            let (sel, all_linear) =
-                targets(lua, &o, peft::default_lora_targets(&mt), &mt, "ftl.lora")?;
-            let init = match o.or::<String>("init", "kaiming".into())?.as_str() {
-                "kaiming" | "default" => LoraInit::Kaiming,
-                "gaussian" => LoraInit::Gaussian,
-                "pissa" => LoraInit::Pissa,
-                other => {
-                    return Err(lua_err(
-                        lua,
-                        format!("ftl.lora: unknown init `{other}` (kaiming, gaussian, pissa)"),
-                    ))
-                }
-            };
-            let r: usize = o.or("r", 8)?;
-            if r == 0 {
-                return Err(lua_err(lua, "ftl.lora: r must be at least 1"));
-            }
-            let opts = LoraOpts {
-                r,
-                alpha: o.or("alpha", 8.0)?,
-                dropout: o.or("dropout", 0.0)?,
-                rslora: o.or("rslora", false)?,
-                dora: o.or("dora", false)?,
-                lora_bias: o.or("lora_bias", false)?,
-                init,
-            };
-            let name = name(lua, &o, &m, "lora")?;
-            let mts = modules_to_save(lua, &mut m, &o.value("modules_to_save")?)?;
-            let paths: Vec<String> = resolve(lua, &mut m, &sel, all_linear, Kind::Injectable)?
-                .into_iter()
-                .filter(|p| !mts.contains(p))
-                .collect();
-            let tie: bool = o.or("ensure_weight_tying", false)?;
-            if tie {
-                m.check_weight_tying_targets(&paths).lua(lua)?;
-            }
-            m.attach_lora(&name, &paths, &opts).lua(lua)?;
-            if !mts.is_empty() {
-                if let Err(e) = m.add_modules_to_save_tied(&name, &mts, tie) {
-                    m.detach(&name);
-                    return Err(e).lua(lua);
-                }
-            }
-            if let Some(a) = m.adapter_mut(&name) {
-                a.ensure_weight_tying = tie;
-            }
-            drop(m);
-            Ok(AdapterHandle { model: h, name })
-        })?,
-    )?;
     ftl.set(
         "adapter",
         lua.create_function(|lua, (mv, o): (Value, Option<Table>)| {

@@ -183,7 +183,7 @@ fn model_record(l: &mut RunLog, h: &ModelHandle) -> (ModelRecord, Vec<MethodReco
             active: m.active.contains(&a.name),
             targets: a.targets.clone(),
             modules_to_save: a.modules_to_save.clone(),
-            settings: format!("{:?}", a.method),
+            settings: a.method.settings(),
         })
         .collect();
     (rec, methods, m.seed)

@@ -33,6 +33,7 @@ const SPEC: Spec = Spec {
     options: OPTIONS,
     config_extras: r#"{"exclude_modules": null, "fan_in_fan_out": false}"#,
     lua_names: &[("feedforward", "feedforward_modules")],
+    lua_values: &[],
 };
 
 impl LinearMethod for Ia3Method {

@@ -3,11 +3,9 @@
 //! `base_model.model.<path>.lora_A.weight`, `…ia3_l`, `prompt_embeddings`, …), with PEFT's own
 //! target-matching rules when reading.
 
-use super::lora::{LoraInit, LoraOpts};
 use super::target::{layer_of, suffix_match, Pattern};
 use super::{registry, AdapterInfo, Kind, Method};
 use crate::error::{Error, Result};
-use crate::model::layers::{EmbeddingAdapter, LinearAdapter};
 use crate::model::{Model, ModuleMut, Param, Task};
 use crate::st::{read_json, write_json, StFile};
 use candle_core::{DType, Tensor};
@@ -68,6 +66,16 @@ fn saves_shared(m: &Model, name: &str) -> bool {
     }
 }
 
+/// The name (without `base_model.model.`) PEFT's file keys adapter `info`'s parameter `pname` by.
+fn saved_name(info: &AdapterInfo, pname: &str) -> String {
+    match &info.method {
+        Method::Registered { name, .. } => {
+            registry::by_name(name).map_or_else(|| pname.to_string(), |me| me.saved_name(pname))
+        }
+        Method::Bottleneck(_) => pname.to_string(),
+    }
+}
+
 /// Keys of a PEFT file for an adapter, `(saved key, param)`.
 fn saved_tensors(m: &mut Model, name: &str) -> Result<Vec<(String, Param)>> {
     let info = m
@@ -99,10 +107,8 @@ fn saved_tensors(m: &mut Model, name: &str) -> Result<Vec<(String, Param)>> {
                 continue;
             }
             format!("base_model.{pname}")
-        } else if let Some(s) = pname.strip_suffix(".lora_magnitude_vector.weight") {
-            format!("{PREFIX}{s}.lora_magnitude_vector")
         } else {
-            format!("{PREFIX}{pname}")
+            format!("{PREFIX}{}", saved_name(&info, &pname))
         };
         out.push((key, p));
     }
@@ -224,20 +230,6 @@ pub fn save_adapter(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
         "task_type": task_type(m),
     });
     let specific = match &info.method {
-        Method::Lora(o) => json!({
-            "alora_invocation_tokens": null, "alpha_pattern": {}, "arrow_config": null,
-            "bias": "none", "corda_config": null, "ensure_weight_tying": tie, "eva_config": null,
-            "exclude_modules": null, "fan_in_fan_out": transposed,
-            "init_lora_weights": match o.init { LoraInit::Gaussian => json!("gaussian"), LoraInit::Pissa => json!("pissa"), _ => json!(true) },
-            "kasa_config": null, "layer_replication": null, "layers_pattern": null,
-            "layers_to_transform": null, "loftq_config": {}, "lora_alpha": if o.alpha.fract() == 0.0 && o.alpha.abs() < 1e15 { json!(o.alpha as i64) } else { json!(o.alpha) },
-            "lora_bias": o.lora_bias, "lora_dropout": o.dropout, "lora_ga_config": null,
-            "megatron_config": null, "megatron_core": "megatron.core", "monteclora_config": null,
-            "peft_type": "LORA", "qalora_group_size": 16, "r": o.r, "rank_pattern": {},
-            "target_modules": info.targets, "target_parameters": null,
-            "trainable_token_indices": null, "use_bdlora": null, "use_dora": o.dora,
-            "use_qalora": false, "use_rslora": o.rslora, "velora_config": null
-        }),
         Method::Bottleneck(_) => unreachable!(),
         Method::Registered { name, config, .. } if info.method.is_input() => {
             let Some(registry::Entry::Input(method)) = registry::entry(name) else {
@@ -269,8 +261,12 @@ pub fn save_adapter(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
             for (k, v) in config {
                 c[k] = v.clone();
             }
+            if method.spec().has("ensure_weight_tying") {
+                c["ensure_weight_tying"] = json!(tie);
+            }
             // modules whose rank or alpha differ, as PEFT's patterns (a full path matches itself)
-            for (field, key) in [("rank_pattern", "r"), ("alpha_pattern", "alpha")] {
+            let alpha = method.spec().alpha_key().unwrap_or("alpha");
+            for (field, key) in [("rank_pattern", "r"), ("alpha_pattern", alpha)] {
                 let differ: serde_json::Map<String, Value> = overrides
                     .iter()
                     .filter(|(_, o)| o.get(key) != config.get(key))
@@ -339,7 +335,6 @@ pub fn load_adapter(m: &mut Model, dir: &Path, o: &LoadAdapterOpts) -> Result<St
         None => m.fresh_name("default"),
     };
     let r = match peft_type.as_str() {
-        "LORA" => load_lora(m, &name, &cfg, &cfg_path, &file, o.trainable),
         t if registry::by_peft_type(t).is_some() => load_registered(
             m,
             &name,
@@ -347,6 +342,7 @@ pub fn load_adapter(m: &mut Model, dir: &Path, o: &LoadAdapterOpts) -> Result<St
             &cfg,
             &cfg_path,
             &file,
+            o.trainable,
         ),
         t if registry::entry_by_peft_type(t).is_some() => {
             let Some(registry::Entry::Input(method)) = registry::entry_by_peft_type(t) else {
@@ -358,10 +354,11 @@ pub fn load_adapter(m: &mut Model, dir: &Path, o: &LoadAdapterOpts) -> Result<St
             &cfg_path,
             "peft_type",
             format!(
-                "`{other}` is not supported (LORA{} are)",
+                "`{other}` is not supported ({} are)",
                 registry::entries()
-                    .map(|e| format!(", {}", e.spec().peft_type))
-                    .collect::<String>()
+                    .map(|e| e.spec().peft_type)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )),
     };
@@ -542,127 +539,6 @@ fn tensor(file: &StFile, key: &str, want: &[usize], m: &Model, cfg: &Value) -> R
     file.load(key, &m.device, Some(DType::F32))
 }
 
-fn load_lora(
-    m: &mut Model,
-    name: &str,
-    cfg: &Value,
-    cfg_path: &Path,
-    file: &StFile,
-    trainable: bool,
-) -> Result<()> {
-    let num = |k: &str, d: f64| cfg.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
-    let flag = |k: &str| cfg.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
-    let base_r = num("r", 8.0) as usize;
-    let base_alpha = num("lora_alpha", 8.0);
-    let bias = cfg.get("bias").and_then(|v| v.as_str()).unwrap_or("none");
-    if !["none", "all", "lora_only"].contains(&bias) {
-        return Err(Error::config(
-            cfg_path,
-            "bias",
-            format!("bias=\"{bias}\" is not supported"),
-        ));
-    }
-    let init = match cfg.get("init_lora_weights") {
-        Some(Value::String(s)) if s.starts_with("pissa") => LoraInit::Pissa,
-        Some(Value::String(s)) if s == "gaussian" => LoraInit::Gaussian,
-        _ => LoraInit::Kaiming,
-    };
-    let mut targets = peft_targets(m, cfg, cfg_path, Kind::Injectable)?;
-    let tie = flag("ensure_weight_tying");
-    let tied = if tie {
-        m.tied_modules(&targets)
-    } else {
-        Vec::new()
-    };
-    if !tied.is_empty() {
-        if trainable {
-            return Err(Error::config(
-                cfg_path,
-                "ensure_weight_tying",
-                format!(
-                    "LoRA tied across {} cannot be trained by ftl (PEFT ties the head's LoRA to the \
-                     embedding's); load it with trainable = false to use, merge or save it",
-                    tied.join(", ")
-                ),
-            ));
-        }
-        // PEFT gives every other module of the tied weight (lm_head) a LoRA tied to the
-        // embedding's and saves it under its own name; frozen, it is an ordinary LoRA there
-        let hs = m.handles();
-        for (p, _, h) in &hs {
-            let partner = hs.iter().any(|(q, _, g)| tied.contains(q) && g.same(h));
-            if partner && !targets.contains(p) && file.has(&format!("{PREFIX}{p}.lora_A.weight")) {
-                targets.push(p.clone());
-            }
-        }
-    }
-    let opts_for = |p: &str| LoraOpts {
-        r: pattern_value(cfg.get("rank_pattern"), p)
-            .map(|x| x as usize)
-            .unwrap_or(base_r),
-        alpha: pattern_value(cfg.get("alpha_pattern"), p).unwrap_or(base_alpha),
-        dropout: num("lora_dropout", 0.0) as f32,
-        rslora: flag("use_rslora"),
-        dora: flag("use_dora"),
-        lora_bias: flag("lora_bias"),
-        init: LoraInit::Loaded,
-    };
-    // inject with zero-cost init, then overwrite from the file
-    let base_opts = LoraOpts {
-        init: LoraInit::Loaded,
-        ..opts_for("")
-    };
-    m.check_new_name(name)?;
-    let mut err = None;
-    let (seed, ctx) = (m.seed, crate::model::Ctx::base());
-    let mut loaded: Vec<(String, Vec<(String, Param)>)> = Vec::new();
-    m.visit(&mut |p, mm| {
-        if err.is_some() || !targets.iter().any(|t| t == p) {
-            return;
-        }
-        let o = opts_for(p);
-        let r = match mm {
-            ModuleMut::Linear(l) => super::lora::Lora::init(l, &o, seed, p, &ctx).map(|a| {
-                let ps = LinearAdapter::params(&a);
-                l.adapters.push((name.to_string(), Box::new(a)));
-                ps
-            }),
-            ModuleMut::Embedding(e) => super::lora::LoraEmbedding::init(e, &o, seed, p).map(|a| {
-                let ps = EmbeddingAdapter::params(&a);
-                e.adapters.push((name.to_string(), Box::new(a)));
-                ps
-            }),
-            _ => Ok(Vec::new()),
-        };
-        match r {
-            Ok(ps) => loaded.push((p.to_string(), ps)),
-            Err(e) => err = Some(e),
-        }
-    });
-    m.register(AdapterInfo {
-        name: name.to_string(),
-        method: Method::Lora(LoraOpts { init, ..base_opts }),
-        targets: targets.clone(),
-        modules_to_save: Vec::new(),
-        ensure_weight_tying: tie,
-        loaded_config: None,
-    });
-    if let Some(e) = err {
-        return Err(e);
-    }
-    for (path, params) in loaded {
-        for (suffix, p) in params {
-            let key = match suffix.as_str() {
-                "lora_magnitude_vector.weight" => format!("{PREFIX}{path}.lora_magnitude_vector"),
-                s => format!("{PREFIX}{path}.{s}"),
-            };
-            p.set(&tensor(file, &key, &p.dims(), m, cfg)?)?;
-        }
-    }
-    load_base_overrides(m, file, cfg)?;
-    check_no_stray_keys(m, name, file, cfg)
-}
-
 /// Base tensors an adapter file carries: biases trained with `bias="all"/"lora_only"`
 /// (`…base_layer.bias`, `…ln_f.bias`) and full embedding matrices PEFT saves next to an embedding
 /// LoRA (`…embed_tokens.base_layer.weight`). PEFT trains these in place, so they replace the base.
@@ -694,18 +570,24 @@ fn set_from_file(
     cfg: &Value,
     mut special: impl FnMut(&str, &Param) -> Result<bool>,
 ) -> Result<()> {
+    let info = m
+        .adapter(name)
+        .cloned()
+        .ok_or_else(|| Error::msg(format!("no adapter named `{name}`")))?;
     for (pname, p) in m.adapter_params(name) {
         if special(&pname, &p)? {
             continue;
         }
-        let key = format!("{PREFIX}{pname}");
+        let key = format!("{PREFIX}{}", saved_name(&info, &pname));
         p.set(&tensor(file, &key, &p.dims(), m, cfg)?)?;
     }
     Ok(())
 }
 
-/// A registry method's adapter: its settings from the config (PEFT's field names), its
-/// tensors under PEFT's keys.
+/// A registry method's adapter: its settings from the config (PEFT's field names), attached as
+/// PEFT's `from_pretrained` attaches it (its initialisation included: PiSSA leaves the base
+/// weights their residual, as in PEFT), then its tensors from PEFT's keys.
+#[allow(clippy::too_many_arguments)]
 fn load_registered(
     m: &mut Model,
     name: &str,
@@ -713,18 +595,85 @@ fn load_registered(
     cfg: &Value,
     cfg_path: &Path,
     file: &StFile,
+    trainable: bool,
 ) -> Result<()> {
     let origin = cfg_path.display().to_string();
-    let targets = peft_targets(m, cfg, cfg_path, Kind::Linear)?;
+    let kind = if method.targets_embeddings() {
+        Kind::Injectable
+    } else {
+        Kind::Linear
+    };
+    let mut targets = peft_targets(m, cfg, cfg_path, kind)?;
+    // trained biases (`bias = "all"`, `"lora_only"`, `"vera_only"`) are base tensors of the
+    // file, read by `load_base_overrides`
+    if let Some(b) = cfg.get("bias").filter(|b| !b.is_null()) {
+        let ok = b
+            .as_str()
+            .is_some_and(|b| b == "none" || b == "all" || b.ends_with("_only"));
+        if !ok {
+            return Err(Error::config(
+                cfg_path,
+                "bias",
+                format!("bias={b} is not supported"),
+            ));
+        }
+    }
+    let tie = cfg
+        .get("ensure_weight_tying")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let tied = if tie && method.targets_embeddings() {
+        m.tied_modules(&targets)
+    } else {
+        Vec::new()
+    };
+    if !tied.is_empty() {
+        if trainable {
+            return Err(Error::config(
+                cfg_path,
+                "ensure_weight_tying",
+                format!(
+                    "{} tied across {} cannot be trained by ftl (PEFT ties the head's adapter to \
+                     the embedding's); load it with trainable = false to use, merge or save it",
+                    method.peft_type(),
+                    tied.join(", ")
+                ),
+            ));
+        }
+        // PEFT gives every other module of the tied weight (lm_head) an adapter tied to the
+        // embedding's and saves it under its own name; frozen, it is an ordinary one there
+        let hs = m.handles();
+        for (p, _, h) in &hs {
+            let partner = hs.iter().any(|(q, _, g)| tied.contains(q) && g.same(h));
+            let own = |k: &String| {
+                k.strip_prefix(&format!("{PREFIX}{p}."))
+                    .is_some_and(|rest| {
+                        !rest.starts_with("base_layer.")
+                            && !rest.starts_with("modules_to_save.")
+                            && rest != "weight"
+                            && rest != "bias"
+                    })
+            };
+            if partner && !targets.contains(p) && file.names.iter().any(own) {
+                targets.push(p.clone());
+            }
+        }
+    }
     let given = cfg.as_object().cloned().unwrap_or_default();
     let mt = m.arch.model_type().to_string();
     let given = registry::pick_modules(method, &given, &targets, &mt, &origin)?;
     let config = registry::config(method, &given, &origin)?;
     // PEFT's rank_pattern / alpha_pattern: other settings for the modules they match
     let mut overrides = Vec::new();
-    for (field, key) in [("rank_pattern", "r"), ("alpha_pattern", "alpha")] {
+    for (field, key) in [
+        ("rank_pattern", "r"),
+        (
+            "alpha_pattern",
+            method.spec().alpha_key().unwrap_or("alpha"),
+        ),
+    ] {
         let given = cfg.get(field).and_then(|v| v.as_object());
-        if given.is_some_and(|o| !o.is_empty()) && !method.options().iter().any(|o| o.key == key) {
+        if given.is_some_and(|o| !o.is_empty()) && !method.spec().has(key) {
             return Err(Error::config(
                 cfg_path,
                 field,
@@ -732,6 +681,7 @@ fn load_registered(
             ));
         }
     }
+    let alpha_key = method.spec().alpha_key().unwrap_or("alpha");
     for p in &targets {
         let r = pattern_value(cfg.get("rank_pattern"), p);
         let alpha = pattern_value(cfg.get("alpha_pattern"), p);
@@ -743,11 +693,14 @@ fn load_registered(
             mine.insert("r".into(), Value::from(r as i64));
         }
         if let Some(a) = alpha {
-            mine.insert("alpha".into(), Value::from(a));
+            mine.insert(alpha_key.into(), Value::from(a));
         }
         overrides.push((p.clone(), registry::config(method, &mine, &origin)?));
     }
     m.attach_registered_with(name, method, &targets, &config, &overrides)?;
+    if let Some(a) = m.adapter_mut(name) {
+        a.ensure_weight_tying = tie;
+    }
     let shared: Vec<String> = m
         .shared_tensors(name)
         .iter()
@@ -775,6 +728,7 @@ fn load_registered(
     for (key, p) in read {
         p.set(&tensor(file, &key, &p.dims(), m, cfg)?)?;
     }
+    load_base_overrides(m, file, cfg)?;
     check_no_stray_keys(m, name, file, cfg)
 }
 
@@ -915,15 +869,17 @@ fn check_no_stray_keys(m: &mut Model, name: &str, file: &StFile, cfg: &Value) ->
         Some(me) => copy_keys(m, name, me).into_iter().map(|x| x.0).collect(),
         None => Vec::new(),
     };
+    let info = m.adapter(name).cloned();
     for (pname, _) in m.adapter_params(name) {
         known.push(if is_shared(m, name, &pname) {
             format!("base_model.{pname}")
         } else if pname.starts_with("prompt_encoder.") {
             "prompt_embeddings".into()
-        } else if let Some(s) = pname.strip_suffix(".lora_magnitude_vector.weight") {
-            format!("{PREFIX}{s}.lora_magnitude_vector")
         } else {
-            format!("{PREFIX}{pname}")
+            let n = info
+                .as_ref()
+                .map_or_else(|| pname.clone(), |i| saved_name(i, &pname));
+            format!("{PREFIX}{n}")
         });
     }
     let mts: Vec<String> = match cfg.get("modules_to_save") {

@@ -35,6 +35,7 @@ const SPEC: Spec = Spec {
     options: OPTIONS,
     config_extras: r#"{"layers_pattern": null, "layers_to_transform": null, "alpha_pattern": {}, "rank_pattern": {}, "exclude_modules": null, "use_effective_conv2d": false}"#,
     lua_names: &[],
+    lua_values: &[],
 };
 
 impl LinearMethod for LoHa {

@@ -1,11 +1,153 @@
-//! LoRA as HF PEFT computes it: `y = base(x) + s·B(A(dropout(x)))`, `s = α/r` (or `α/√r` with
-//! rsLoRA), DoRA's magnitude rescaling, LoRA on embeddings, initialisations and merging.
+//! LoRA (PEFT's `LoraConfig`) as HF PEFT computes it: `y = base(x) + s·B(A(dropout(x)))`,
+//! `s = α/r` (or `α/√r` with rsLoRA), DoRA's magnitude rescaling, LoRA on embeddings,
+//! initialisations and merging.
 
+use super::registry::{self, Config, LinearMethod, Opt, Spec};
 use crate::error::{Error, Result};
 use crate::model::layers::{Embedding, EmbeddingAdapter, Linear, LinearAdapter};
 use crate::model::{Ctx, Param};
 use crate::ops;
 use candle_core::{DType, Device, Tensor, D};
+
+pub struct LoraMethod;
+
+const OPTIONS: &[Opt] = &[
+    Opt {
+        key: "r",
+        ty: "integer",
+        default: "8",
+        doc: "rank",
+    },
+    Opt {
+        key: "lora_alpha",
+        ty: "number",
+        default: "8",
+        doc: "scaling numerator: the update is alpha/r · BA",
+    },
+    Opt {
+        key: "lora_dropout",
+        ty: "number",
+        default: "0.0",
+        doc: "dropout on the adapter's input",
+    },
+    Opt {
+        key: "use_rslora",
+        ty: "boolean",
+        default: "false",
+        doc: "scale by alpha/sqrt(r)",
+    },
+    Opt {
+        key: "use_dora",
+        ty: "boolean",
+        default: "false",
+        doc: "weight-decomposed LoRA (DoRA)",
+    },
+    Opt {
+        key: "init_lora_weights",
+        ty: "\"kaiming\"|\"gaussian\"|\"pissa\"|boolean",
+        default: "true",
+        doc: "initialisation: kaiming-uniform A and B = 0 (kaiming, true), A ~ N(0, 1/r) \
+              (gaussian), the principal singular vectors of W, which keeps the residual (pissa); \
+              false: B random too (not the identity)",
+    },
+    Opt {
+        key: "lora_bias",
+        ty: "boolean",
+        default: "false",
+        doc: "train a bias on B",
+    },
+    Opt {
+        key: "ensure_weight_tying",
+        ty: "boolean",
+        default: "false",
+        doc: "tied modules share one modules_to_save copy",
+    },
+];
+
+const SPEC: Spec = Spec {
+    name: "lora",
+    peft_type: "LORA",
+    doc: "Attaches LoRA (or DoRA) adapters",
+    options: OPTIONS,
+    config_extras: r#"{
+        "alora_invocation_tokens": null, "alpha_pattern": {}, "arrow_config": null,
+        "bias": "none", "corda_config": null, "eva_config": null, "exclude_modules": null,
+        "fan_in_fan_out": false, "kasa_config": null, "layer_replication": null,
+        "layers_pattern": null, "layers_to_transform": null, "loftq_config": {},
+        "lora_ga_config": null, "megatron_config": null, "megatron_core": "megatron.core",
+        "monteclora_config": null, "qalora_group_size": 16, "rank_pattern": {},
+        "target_parameters": null, "trainable_token_indices": null, "use_bdlora": null,
+        "use_qalora": false, "velora_config": null
+    }"#,
+    lua_names: &[
+        ("alpha", "lora_alpha"),
+        ("dropout", "lora_dropout"),
+        ("rslora", "use_rslora"),
+        ("dora", "use_dora"),
+        ("init", "init_lora_weights"),
+    ],
+    lua_values: &[
+        ("init_lora_weights", "kaiming", "true"),
+        ("init_lora_weights", "default", "true"),
+    ],
+};
+
+impl LinearMethod for LoraMethod {
+    fn spec(&self) -> &'static Spec {
+        &SPEC
+    }
+    /// PEFT's `TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`
+    fn default_targets(&self, model_type: &str) -> Option<Vec<&'static str>> {
+        Some(match model_type {
+            "llama" | "mistral" | "qwen2" => vec!["q_proj", "v_proj"],
+            "gpt2" => vec!["c_attn"],
+            "bert" => vec!["query", "value"],
+            _ => return None,
+        })
+    }
+    fn kind(&self, cfg: &Config) -> &'static str {
+        if registry::flag(cfg, "use_dora") {
+            "dora"
+        } else {
+            "lora"
+        }
+    }
+    fn targets_embeddings(&self) -> bool {
+        true
+    }
+    fn check(&self, cfg: &Config) -> Result<()> {
+        registry::check_rank_and(cfg, &["lora_dropout"])?;
+        LoraOpts::from_config(cfg).map(|_| ())
+    }
+    fn attach(
+        &self,
+        cfg: &Config,
+        lin: &Linear,
+        path: &str,
+        seed: u64,
+        _shared: &[(String, Param)],
+    ) -> Result<Box<dyn LinearAdapter>> {
+        let o = LoraOpts::from_config(cfg)?;
+        Ok(Box::new(Lora::init(lin, &o, seed, path, &Ctx::base())?))
+    }
+    fn attach_embedding(
+        &self,
+        cfg: &Config,
+        emb: &Embedding,
+        path: &str,
+        seed: u64,
+    ) -> Result<Box<dyn EmbeddingAdapter>> {
+        let o = LoraOpts::from_config(cfg)?;
+        Ok(Box::new(LoraEmbedding::init(emb, &o, seed, path)?))
+    }
+    /// PEFT saves DoRA's magnitude without its `.weight` (an older layout it keeps).
+    fn saved_name(&self, pname: &str) -> String {
+        match pname.strip_suffix(".lora_magnitude_vector.weight") {
+            Some(s) => format!("{s}.lora_magnitude_vector"),
+            None => pname.to_string(),
+        }
+    }
+}
 
 /// How the A/B matrices start (PEFT's `init_lora_weights`).
 #[derive(Clone, Debug, PartialEq)]
@@ -16,8 +158,8 @@ pub enum LoraInit {
     Gaussian,
     /// principal singular vectors of W; W keeps the residual
     Pissa,
-    /// the values are loaded right after (no init work)
-    Loaded,
+    /// PEFT's `init_lora_weights=False`: A and B as `nn.Linear` draws them (B ≠ 0)
+    Random,
 }
 
 #[derive(Clone, Debug)]
@@ -32,6 +174,55 @@ pub struct LoraOpts {
 }
 
 impl LoraOpts {
+    /// The typed settings of a complete `LoraConfig` (see `registry::config`).
+    pub fn from_config(cfg: &Config) -> Result<LoraOpts> {
+        let init = match cfg.get("init_lora_weights") {
+            Some(serde_json::Value::Bool(true)) | None => LoraInit::Kaiming,
+            Some(serde_json::Value::Bool(false)) => LoraInit::Random,
+            // EVA starts as plain LoRA (B = 0) and is initialised from data afterwards
+            Some(serde_json::Value::String(s)) if s == "gaussian" => LoraInit::Gaussian,
+            Some(serde_json::Value::String(s)) if s == "eva" => LoraInit::Kaiming,
+            Some(serde_json::Value::String(s))
+                if s == "pissa"
+                    || s.strip_prefix("pissa_niter_")
+                        .is_some_and(|n| n.parse::<u32>().is_ok()) =>
+            {
+                LoraInit::Pissa
+            }
+            Some(other) => {
+                return Err(Error::msg(format!(
+                    "init_lora_weights = {other} is not supported (true, false, \"gaussian\", \
+                     \"pissa\", \"pissa_niter_N\")"
+                )))
+            }
+        };
+        Ok(LoraOpts {
+            r: registry::int(cfg, "r").max(1) as usize,
+            alpha: registry::num(cfg, "lora_alpha"),
+            dropout: registry::num(cfg, "lora_dropout") as f32,
+            rslora: registry::flag(cfg, "use_rslora"),
+            dora: registry::flag(cfg, "use_dora"),
+            lora_bias: registry::flag(cfg, "lora_bias"),
+            init,
+        })
+    }
+
+    /// The complete `LoraConfig` of these settings (`registry::config` checks it).
+    pub fn config(&self) -> Result<Config> {
+        let init = match self.init {
+            LoraInit::Kaiming => serde_json::json!(true),
+            LoraInit::Random => serde_json::json!(false),
+            LoraInit::Gaussian => serde_json::json!("gaussian"),
+            LoraInit::Pissa => serde_json::json!("pissa"),
+        };
+        let given = serde_json::json!({
+            "r": self.r, "lora_alpha": self.alpha, "lora_dropout": self.dropout,
+            "use_rslora": self.rslora, "use_dora": self.dora, "lora_bias": self.lora_bias,
+            "init_lora_weights": init,
+        });
+        registry::config(&LoraMethod, given.as_object().unwrap(), "lora")
+    }
+
     pub fn scale(&self) -> f64 {
         if self.rslora {
             self.alpha / (self.r as f64).sqrt()
@@ -65,16 +256,20 @@ fn param(v: Vec<f32>, shape: (usize, usize), dev: &Device, dtype: DType) -> Resu
 
 impl Lora {
     /// A new adapter for `lin` (adapter tensors are f32, as PEFT's autocast keeps them).
-    pub fn init(lin: &mut Linear, o: &LoraOpts, seed: u64, path: &str, ctx: &Ctx) -> Result<Lora> {
+    pub fn init(lin: &Linear, o: &LoraOpts, seed: u64, path: &str, ctx: &Ctx) -> Result<Lora> {
         let (fan_in, fan_out, r) = (lin.in_features(), lin.out_features(), o.r);
         let dev = lin.weight.value().device().clone();
         let dt = DType::F32;
         let mut rng = rng_for(seed, path);
         let (a, b) = match o.init {
-            LoraInit::Kaiming | LoraInit::Loaded => (
+            LoraInit::Kaiming => (
                 uniform(&mut rng, r * fan_in, 1.0 / (fan_in as f32).sqrt()),
                 vec![0f32; fan_out * r],
             ),
+            LoraInit::Random => {
+                let a = uniform(&mut rng, r * fan_in, 1.0 / (fan_in as f32).sqrt());
+                (a, uniform(&mut rng, fan_out * r, 1.0 / (r as f32).sqrt()))
+            }
             LoraInit::Gaussian => (
                 normal(&mut rng, r * fan_in, 1.0 / r as f32),
                 vec![0f32; fan_out * r],
@@ -101,7 +296,7 @@ impl Lora {
     }
 
     /// PiSSA: A = √(S/s)·Vᵀ, B = U·√(S/s) of the top-r singular triplets; W keeps W − s·BA.
-    fn init_pissa(lin: &mut Linear, o: &LoraOpts, path: &str, ctx: &Ctx) -> Result<Lora> {
+    fn init_pissa(lin: &Linear, o: &LoraOpts, path: &str, ctx: &Ctx) -> Result<Lora> {
         let w = lin.weight_out_in(ctx)?.to_dtype(DType::F32)?;
         let (out, inp) = w.dims2()?;
         let r = o.r.min(out).min(inp);
@@ -288,7 +483,12 @@ impl LoraEmbedding {
         let (vocab, dim) = (d[0], d[1]);
         let dev = emb.weight.value().device().clone();
         let mut rng = rng_for(seed, path);
-        // PEFT: A = 0, B ~ N(0, 1) (gaussian: B ~ N(0, 1) too)
+        // PEFT: A = 0, B ~ N(0, 1) (gaussian and PiSSA too: PEFT decomposes only linear
+        // weights); init_lora_weights=False keeps both as `torch.randn` draws them
+        let a = match o.init {
+            LoraInit::Random => normal(&mut rng, o.r * vocab, 1.0),
+            _ => vec![0f32; o.r * vocab],
+        };
         let b = normal(&mut rng, dim * o.r, 1.0);
         if o.dora {
             return Err(Error::msg(format!(
@@ -296,7 +496,7 @@ impl LoraEmbedding {
             )));
         }
         Ok(LoraEmbedding {
-            a: param(vec![0f32; o.r * vocab], (o.r, vocab), &dev, DType::F32)?,
+            a: param(a, (o.r, vocab), &dev, DType::F32)?,
             b: param(b, (dim, o.r), &dev, DType::F32)?,
             scale: o.scale(),
         })

@@ -19,7 +19,6 @@ pub mod vera;
 use crate::error::{Error, Result};
 use crate::model::{Model, ModuleMut, Param};
 use bottleneck::{BnConfig, Bottleneck};
-use lora::{Lora, LoraEmbedding, LoraOpts};
 use std::collections::{BTreeSet, HashSet};
 use target::Selector;
 
@@ -27,7 +26,6 @@ use target::Selector;
 #[derive(Clone, Debug)]
 #[allow(clippy::large_enum_variant)] // a handful per model: size does not matter
 pub enum Method {
-    Lora(LoraOpts),
     Bottleneck(BnConfig),
     /// a method of the registry (`registry::METHODS`), by name, with its complete settings and
     /// those of the modules that differ (PEFT's `rank_pattern` / `alpha_pattern`)
@@ -41,18 +39,34 @@ pub enum Method {
 impl Method {
     pub fn kind(&self) -> &'static str {
         match self {
-            Method::Lora(o) if o.dora => "dora",
-            Method::Lora(_) => "lora",
             Method::Bottleneck(_) => "adapter",
-            Method::Registered { name, .. } => name,
+            Method::Registered { name, config, .. } => {
+                registry::by_name(name).map_or(name, |m| m.kind(config))
+            }
         }
     }
 
     pub fn mergeable(&self) -> bool {
         match self {
-            Method::Lora(_) => true,
             Method::Registered { name, .. } => registry::by_name(name).is_some(),
             Method::Bottleneck(_) => false,
+        }
+    }
+
+    /// Its resolved settings in one line, for manifests: a registry method's config as PEFT
+    /// names it (`{"r":8,"lora_alpha":16,…}`), with the modules whose settings differ.
+    pub fn settings(&self) -> String {
+        match self {
+            Method::Registered {
+                config, overrides, ..
+            } => {
+                let mut s = serde_json::Value::Object(config.clone()).to_string();
+                for (p, o) in overrides {
+                    s.push_str(&format!(" {p}: {}", serde_json::Value::Object(o.clone())));
+                }
+                s
+            }
+            Method::Bottleneck(c) => format!("{c:?}"),
         }
     }
 
@@ -61,16 +75,6 @@ impl Method {
         matches!(self, Method::Registered { name, .. }
             if matches!(registry::entry(name), Some(registry::Entry::Input(_))))
     }
-}
-
-/// PEFT's default LoRA `target_modules` per model type.
-pub fn default_lora_targets(model_type: &str) -> Option<Vec<&'static str>> {
-    Some(match model_type {
-        "llama" | "mistral" | "qwen2" => vec!["q_proj", "v_proj"],
-        "gpt2" => vec!["c_attn"],
-        "bert" => vec!["query", "value"],
-        _ => return None,
-    })
 }
 
 /// A named adapter attached to a model.
@@ -416,53 +420,8 @@ impl Model {
         self.adapters_mut().push(info);
     }
 
-    /// Injects LoRA into every module in `paths` (Linear or Embedding).
-    pub fn attach_lora(&mut self, name: &str, paths: &[String], opts: &LoraOpts) -> Result<()> {
-        self.check_new_name(name)?;
-        let want: BTreeSet<&str> = paths.iter().map(|s| s.as_str()).collect();
-        let ctx = crate::model::Ctx::base();
-        let seed = self.seed;
-        let mut err = None;
-        let mut done = BTreeSet::new();
-        self.visit(&mut |p, m| {
-            if err.is_some() || !want.contains(p) {
-                return;
-            }
-            let r = match m {
-                ModuleMut::Linear(l) => Lora::init(l, opts, seed, p, &ctx)
-                    .map(|a| l.adapters.push((name.to_string(), Box::new(a)))),
-                ModuleMut::Embedding(e) => LoraEmbedding::init(e, opts, seed, p)
-                    .map(|a| e.adapters.push((name.to_string(), Box::new(a)))),
-                other => Err(Error::msg(format!(
-                    "{p}: LoRA needs a Linear or Embedding module, this is a {}",
-                    kind_of(&other)
-                ))),
-            };
-            match r {
-                Ok(()) => {
-                    done.insert(p.to_string());
-                }
-                Err(e) => err = Some(e),
-            }
-        });
-        if let Some(e) = err {
-            self.detach(name);
-            return Err(e);
-        }
-        missing_paths(&want, &done)?;
-        self.register(AdapterInfo {
-            name: name.to_string(),
-            method: Method::Lora(opts.clone()),
-            targets: paths.to_vec(),
-            modules_to_save: Vec::new(),
-            ensure_weight_tying: false,
-            loaded_config: None,
-        });
-        Ok(())
-    }
-
     /// Injects a registry method's adapter (`config` complete, see `registry::config`) into
-    /// every Linear module in `paths`.
+    /// every module in `paths` (Linear, or Embedding where the method adapts those).
     pub fn attach_registered(
         &mut self,
         name: &str,
@@ -517,30 +476,33 @@ impl Model {
             if err.is_some() || !want.contains(p) {
                 return;
             }
-            match m {
-                ModuleMut::Linear(l) => match method.attach(
-                    overrides
-                        .iter()
-                        .find(|(o, _)| o == p)
-                        .map_or(config, |(_, c)| c),
-                    l,
-                    p,
-                    seed,
-                    &shared,
-                ) {
-                    Ok(a) => {
-                        l.adapters.push((name.to_string(), a));
-                        done.insert(p.to_string());
-                    }
-                    Err(e) => err = Some(e),
-                },
-                other => {
-                    err = Some(Error::msg(format!(
-                        "{p}: {} needs a Linear module, this is a {}",
-                        method.name(),
-                        kind_of(&other)
-                    )))
+            let cfg = overrides
+                .iter()
+                .find(|(o, _)| o == p)
+                .map_or(config, |(_, c)| c);
+            let r = match m {
+                ModuleMut::Linear(l) => method
+                    .attach(cfg, l, p, seed, &shared)
+                    .map(|a| l.adapters.push((name.to_string(), a))),
+                ModuleMut::Embedding(e) if method.targets_embeddings() => method
+                    .attach_embedding(cfg, e, p, seed)
+                    .map(|a| e.adapters.push((name.to_string(), a))),
+                other => Err(Error::msg(format!(
+                    "{p}: {} needs a Linear{} module, this is a {}",
+                    method.name(),
+                    if method.targets_embeddings() {
+                        " or Embedding"
+                    } else {
+                        ""
+                    },
+                    kind_of(&other)
+                ))),
+            };
+            match r {
+                Ok(()) => {
+                    done.insert(p.to_string());
                 }
+                Err(e) => err = Some(e),
             }
         });
         if let Some(e) = err {
@@ -765,7 +727,7 @@ impl Model {
         Ok(())
     }
 
-    /// Folds every active LoRA/DoRA/IA3/registry-method adapter (and its `modules_to_save` copies) into the base
+    /// Folds every active registry-method adapter (and its `modules_to_save` copies) into the base
     /// weights (`fold`) and removes them; returns the names merged.
     pub fn merge(&mut self) -> Result<Vec<String>> {
         let names = self.foldable_active(false)?;

@@ -34,6 +34,7 @@ const SPEC: Spec = Spec {
         ("tokens", "num_virtual_tokens"),
         ("projection", "encoder_hidden_size"),
     ],
+    lua_values: &[],
 };
 
 /// The MLP's hidden size, if any: `encoder_hidden_size` false (none), true (the model's) or a size.

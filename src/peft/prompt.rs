@@ -33,6 +33,7 @@ const SPEC: Spec = Spec {
         ("tokens", "num_virtual_tokens"),
         ("init_text", "prompt_tuning_init_text"),
     ],
+    lua_values: &[],
 };
 
 fn init_text(cfg: &Config) -> Option<&str> {

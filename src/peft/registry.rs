@@ -5,7 +5,7 @@
 //! writing, merging and `ftl check` come from here.
 
 use crate::error::{Error, Result};
-use crate::model::layers::{Linear, LinearAdapter};
+use crate::model::layers::{Embedding, EmbeddingAdapter, Linear, LinearAdapter};
 use crate::model::{InputAdapter, Model, Param};
 use candle_core::Tensor;
 use serde_json::{Map, Value};
@@ -40,6 +40,9 @@ pub struct Spec {
     /// `(recipe name, PEFT name)` of the options the recipe API names otherwise
     /// (`feedforward` for IA3's `feedforward_modules`)
     pub lua_names: &'static [(&'static str, &'static str)],
+    /// `(PEFT name, recipe string, JSON value)`: strings a recipe passes for an option that
+    /// stand for another value in PEFT's config (LoRA's `init = "kaiming"` is `true`)
+    pub lua_values: &'static [(&'static str, &'static str, &'static str)],
 }
 
 impl Spec {
@@ -49,6 +52,26 @@ impl Spec {
             .iter()
             .find(|(_, k)| *k == key)
             .map_or(key, |(l, _)| l)
+    }
+
+    /// The JSON a recipe's string `v` for option `key` stands for.
+    pub fn lua_value(&self, key: &str, v: &str) -> Option<Value> {
+        self.lua_values
+            .iter()
+            .find(|(k, l, _)| *k == key && *l == v)
+            .and_then(|(_, _, j)| serde_json::from_str(j).ok())
+    }
+
+    /// The option PEFT's `alpha_pattern` varies (`alpha`, LoRA's `lora_alpha`), if any.
+    pub fn alpha_key(&self) -> Option<&'static str> {
+        self.options
+            .iter()
+            .map(|o| o.key)
+            .find(|k| *k == "alpha" || *k == "lora_alpha")
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.options.iter().any(|o| o.key == key)
     }
 }
 
@@ -69,6 +92,12 @@ pub trait LinearMethod: Sync {
     fn config_extras(&self) -> &'static str {
         self.spec().config_extras
     }
+    /// The method's name for these settings in messages and manifests (`dora` for LoRA with
+    /// `use_dora`).
+    fn kind(&self, cfg: &Config) -> &'static str {
+        let _ = cfg;
+        self.name()
+    }
     /// PEFT's default `target_modules` for a model type
     fn default_targets(&self, model_type: &str) -> Option<Vec<&'static str>>;
     /// PEFT's default for a `modules` option (IA3's `feedforward_modules`) for a model type:
@@ -87,6 +116,28 @@ pub trait LinearMethod: Sync {
         seed: u64,
         shared: &[(String, Param)],
     ) -> Result<Box<dyn LinearAdapter>>;
+    /// Whether the method also adapts embeddings (`attach_embedding`).
+    fn targets_embeddings(&self) -> bool {
+        false
+    }
+    /// A new adapter on embedding `emb` at `path` (methods with `targets_embeddings`).
+    fn attach_embedding(
+        &self,
+        cfg: &Config,
+        emb: &Embedding,
+        path: &str,
+        seed: u64,
+    ) -> Result<Box<dyn EmbeddingAdapter>> {
+        let _ = (cfg, emb, seed);
+        Err(Error::msg(format!(
+            "{path}: {} needs a Linear module, this is an embedding",
+            self.name()
+        )))
+    }
+    /// The key (without `base_model.model.`) PEFT's file holds parameter `pname` under.
+    fn saved_name(&self, pname: &str) -> String {
+        pname.to_string()
+    }
     /// Frozen tensors every layer of the adapter shares (VeRA's projections), made once from the
     /// `(out, in)` of every target; saved in PEFT's file as `base_model.<name>` when
     /// `saves_shared`, else made again the same way when the file is read.
@@ -120,6 +171,7 @@ pub trait LinearMethod: Sync {
 }
 
 pub static METHODS: &[&dyn LinearMethod] = &[
+    &super::lora::LoraMethod,
     &super::ia3::Ia3Method,
     &super::loha::LoHa,
     &super::lokr::LoKr,
@@ -375,7 +427,7 @@ pub fn flag(cfg: &Config, key: &str) -> bool {
 /// PEFT's default `target_modules` of the LyCORIS methods (LoHa, LoKr) for the model types ftl
 /// loads: attention's query and value projections.
 pub fn attention_qv(model_type: &str) -> Option<Vec<&'static str>> {
-    super::default_lora_targets(model_type)
+    super::lora::LoraMethod.default_targets(model_type)
 }
 
 /// Kaiming-uniform with `a = √5` (PyTorch's `nn.Linear` init): U(±1/√fan_in), fan_in the number

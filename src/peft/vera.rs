@@ -88,6 +88,7 @@ const SPEC: Spec = Spec {
     options: OPTIONS,
     config_extras: r#"{"layers_pattern": null, "layers_to_transform": null, "bias": "none", "fan_in_fan_out": false}"#,
     lua_names: &[],
+    lua_values: &[],
 };
 
 impl LinearMethod for Vera {

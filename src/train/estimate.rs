@@ -354,7 +354,11 @@ fn activation_bytes(
         .adapters()
         .iter()
         .filter_map(|ad| match &ad.method {
-            crate::peft::Method::Lora(o) => Some(o.r as u64 * ad.targets.len() as u64),
+            // a low-rank method keeps an r-wide intermediate per target and token
+            crate::peft::Method::Registered { config, .. } => config
+                .get("r")
+                .and_then(|r| r.as_u64())
+                .map(|r| r * ad.targets.len() as u64),
             _ => None,
         })
         .sum::<u64>()

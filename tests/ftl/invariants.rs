@@ -6,9 +6,10 @@
 use crate::common::*;
 use candle_core::{DType, Device, Tensor};
 use ftl::peft::bottleneck::BnConfig;
-use ftl::peft::lora::{LoraInit, LoraOpts};
+use ftl::peft::lora::{LoraInit, LoraMethod, LoraOpts};
+use ftl::peft::registry::LinearMethod;
 use ftl::peft::target::{Pattern, Selector};
-use ftl::peft::{default_lora_targets, Kind};
+use ftl::peft::Kind;
 use ftl::Model;
 
 const MODELS: &[&str] = &[
@@ -69,9 +70,14 @@ pub fn attach(m: &mut Model, method: Method) -> String {
     let name = "a".to_string();
     match method {
         Method::Lora | Method::Dora => {
-            let paths = select(m, &default_lora_targets(&mt).unwrap(), Kind::Linear);
-            m.attach_lora(&name, &paths, &lora_opts(method == Method::Dora))
-                .unwrap();
+            let paths = select(m, &LoraMethod.default_targets(&mt).unwrap(), Kind::Linear);
+            m.attach_registered(
+                &name,
+                &LoraMethod,
+                &paths,
+                &lora_opts(method == Method::Dora).config().unwrap(),
+            )
+            .unwrap();
         }
         Method::Ia3 => attach_registered(m, "ia3", &name, &serde_json::Map::new()),
         Method::Pfeiffer | Method::Houlsby => {
@@ -290,7 +296,8 @@ fn pissa_init_keeps_the_output() {
         init: LoraInit::Pissa,
         ..lora_opts(false)
     };
-    m.attach_lora("p", &paths, &o).unwrap();
+    m.attach_registered("p", &LoraMethod, &paths, &o.config().unwrap())
+        .unwrap();
     assert!(rel(&out(&m, &ids, &mask), &l0) < 1e-5);
     // the residual weight is W − s·BA: the adapter holds the principal directions
     let q = m
@@ -309,11 +316,48 @@ fn pissa_init_keeps_the_output() {
     assert!(rel(&q.value(), &q0.value()) > 1e-3);
 }
 
+/// PEFT's `from_pretrained` runs PiSSA's decomposition again when it reads a PiSSA adapter (the
+/// base weights become their residual before the trained factors are read): so does ftl, and a
+/// trained PiSSA adapter read back gives the logits it was saved with (PEFT reads ftl's:
+/// peft_reads_ftl.py).
+#[test]
+fn pissa_adapter_reads_back_onto_its_residual() {
+    let dir = fixture("llama-tiny");
+    let (ids, mask) = batch(512);
+    let mut m = load(&dir);
+    let paths = select(&mut m, &["q_proj", "v_proj"], Kind::Linear);
+    let o = LoraOpts {
+        init: LoraInit::Pissa,
+        ..lora_opts(false)
+    };
+    m.attach_registered("p", &LoraMethod, &paths, &o.config().unwrap())
+        .unwrap();
+    randomise(&mut m, "p", 3);
+    let want = out(&m, &ids, &mask);
+    let tmp = tempfile::tempdir().unwrap();
+    ftl::peft::io::save_adapter(&mut m, tmp.path(), "p").unwrap();
+    let cfg = std::fs::read_to_string(tmp.path().join("adapter_config.json")).unwrap();
+    assert!(cfg.contains(r#""init_lora_weights": "pissa""#), "{cfg}");
+    let mut fresh = load(&dir);
+    ftl::peft::io::load_adapter(&mut fresh, tmp.path(), &Default::default()).unwrap();
+    let got = out(&fresh, &ids, &mask);
+    assert!(rel(&got, &want) < 1e-5, "{}", rel(&got, &want));
+    // on the original weights the trained factors give other logits
+    let base = load(&dir);
+    assert!(rel(&want, &out(&base, &ids, &mask)) > 1e-3);
+}
+
 #[test]
 fn state_dict_names_and_round_trip() {
     let mut m = load(&fixture("llama-tiny"));
     let paths = select(&mut m, &["q_proj"], Kind::Linear);
-    m.attach_lora("default", &paths, &lora_opts(true)).unwrap();
+    m.attach_registered(
+        "default",
+        &LoraMethod,
+        &paths,
+        &lora_opts(true).config().unwrap(),
+    )
+    .unwrap();
     let names: Vec<String> = m
         .adapter_params("default")
         .into_iter()

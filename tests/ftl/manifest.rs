@@ -120,7 +120,7 @@ fn the_manifest_lists_each_training_in_order_with_hashes_and_copies() {
     let meth = &m.trainings[0].methods[0];
     assert_eq!(meth.method, "lora");
     assert_eq!(meth.targets.len(), 4, "{:?}", meth.targets);
-    assert!(meth.settings.contains("r: 4"), "{}", meth.settings);
+    assert!(meth.settings.contains(r#""r":4"#), "{}", meth.settings);
     // every data file, eval= and ftl.evaluate ones too, with the sha256 of its bytes
     let names: Vec<String> = m
         .data

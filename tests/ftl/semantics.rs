@@ -9,7 +9,7 @@ use crate::common::*;
 use crate::training::{check, examples_of, meta, names, opts_of, Case};
 use ftl::data::Dataset;
 use ftl::peft::io::{load_adapter, save_adapter, LoadAdapterOpts};
-use ftl::peft::lora::{LoraInit, LoraOpts};
+use ftl::peft::lora::{LoraInit, LoraMethod, LoraOpts};
 use ftl::peft::target::{Pattern, Selector};
 use ftl::peft::Kind;
 use ftl::st::StFile;
@@ -68,7 +68,8 @@ fn setup(m: &mut Model, s: &Value) {
                 init: LoraInit::Kaiming,
             };
             let tie = s["ensure_weight_tying"].as_bool().unwrap();
-            m.attach_lora("default", &paths, &o).unwrap();
+            m.attach_registered("default", &LoraMethod, &paths, &o.config().unwrap())
+                .unwrap();
             if !mts.is_empty() {
                 m.add_modules_to_save_tied("default", &mts, tie).unwrap();
             }

@@ -8,7 +8,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 use ftl::data::{Dataset, Example};
 use ftl::model::Param;
-use ftl::peft::lora::{LoraInit, LoraOpts};
+use ftl::peft::lora::{LoraInit, LoraMethod, LoraOpts};
 use ftl::peft::target::{Pattern, Selector};
 use ftl::peft::Kind;
 use ftl::train::{self, optim, schedule, Flow, Hook, StepInfo, TrainOpts};
@@ -181,12 +181,14 @@ fn setup(m: &mut Model, s: &Value) {
             lora_bias: false,
             init: LoraInit::Kaiming,
         };
-        m.attach_lora("default", &paths, &o).unwrap();
+        m.attach_registered("default", &LoraMethod, &paths, &o.config().unwrap())
+            .unwrap();
         if !mts.is_empty() {
             m.add_modules_to_save("default", &mts).unwrap();
         }
     }
-    if let Some(method) = ftl::peft::registry::by_name(s["method"].as_str().unwrap_or("")) {
+    let registered = ftl::peft::registry::by_name(s["method"].as_str().unwrap_or(""));
+    if let Some(method) = registered.filter(|_| s["method"] != "lora") {
         // a registry method: its settings under PEFT's names, as the reference's setup has them
         let targets: Vec<String> = names(&s["targets"]);
         let paths = Selector::new(Pattern::list(targets))
@@ -549,7 +551,8 @@ fn small_setup(seed: u64) -> (Arc<Mutex<Model>>, Dataset) {
         lora_bias: false,
         init: LoraInit::Kaiming,
     };
-    m.attach_lora("default", &paths, &o).unwrap();
+    m.attach_registered("default", &LoraMethod, &paths, &o.config().unwrap())
+        .unwrap();
     let texts = [
         "the cat sat on the mat",
         "a dog ran in the park",
