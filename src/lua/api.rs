@@ -107,42 +107,6 @@ pub const LOAD: Class = Class {
     ],
 };
 
-pub const ADAPTER: Class = Class {
-    class: "ftl.AdapterOpts",
-    what: "ftl.adapter",
-    doc: "Options of ftl.adapter (AdapterHub bottleneck adapters)",
-    fields: &[
-        f!(
-            "style",
-            "\"pfeiffer\"|\"houlsby\"",
-            "after the feed-forward block (pfeiffer) or after attention and feed-forward (houlsby)"
-        ),
-        f!(
-            "reduction",
-            "number",
-            "hidden size / bottleneck size (default 16)"
-        ),
-        f!(
-            "size",
-            "integer",
-            "the bottleneck size (instead of reduction)"
-        ),
-        f!(
-            "activation",
-            "string",
-            "relu, swish, gelu, tanh, … (default: the style's)"
-        ),
-        f!("layers", "ftl.Layers", "only these layer indices"),
-        f!("name", "string", "adapter name"),
-        f!("scaling", "number", "output scaling (default 1)"),
-        f!(
-            "dropout",
-            "number",
-            "dropout inside the adapter (default 0)"
-        ),
-    ],
-};
-
 pub const LOAD_ADAPTER: Class = Class {
     class: "ftl.LoadAdapterOpts",
     what: "ftl.load_adapter",
@@ -490,7 +454,6 @@ pub const PLOT_SERIES: Class = Class {
 /// Every options table; `Opts` takes one of these.
 pub const OPTIONS: &[&Class] = &[
     &LOAD,
-    &ADAPTER,
     &LOAD_ADAPTER,
     &FORWARD,
     &STATE_DICT,
@@ -693,7 +656,6 @@ macro_rules! method {
 pub const FUNCS: &[Func] = &[
     func!("ftl", "load", ["ref": "string", "opts?": "ftl.LoadOpts"], "ftl.Model", "Loads an HF model directory, a GGUF file or a hub id (org/name[@rev], from the HF cache), entirely frozen"),
     func!("ftl", "new", ["arch": "string", "config": "table<string, any>"], "ftl.Model", "A randomly initialised model of an architecture (config keys as in config.json, plus seed, dtype, device, tokenizer)"),
-    func!("ftl", "adapter", ["m": "ftl.Model", "opts?": "ftl.AdapterOpts"], "ftl.Adapter", "Attaches bottleneck adapters (Pfeiffer or Houlsby)"),
     func!("ftl", "load_adapter", ["m": "ftl.Model", "dir": "string", "opts?": "ftl.LoadAdapterOpts"], "ftl.Adapter", "Loads an HF PEFT or AdapterHub adapter directory"),
     func!("ftl", "train", ["m": "ftl.Model", "data": "ftl.Dataset", "opts": "ftl.TrainOpts"], "ftl.TrainResult", "Trains whatever is trainable"),
     func!("ftl", "evaluate", ["m": "ftl.Model", "data": "ftl.Dataset", "opts?": "ftl.EvaluateOpts"], "ftl.EvalResult", "Mean loss (and accuracy) on data"),
@@ -1045,13 +1007,16 @@ fn registered() -> &'static [(Class, Func)] {
                 let mut cap = spec.name.to_string();
                 cap[..1].make_ascii_uppercase();
                 let class = leak(format!("ftl.{cap}Opts"));
-                // prompt learning has no targets: only a name
-                let common = match e {
-                    crate::peft::registry::Entry::Linear(_) => TARGETING,
-                    crate::peft::registry::Entry::Input(_) => &TARGETING[TARGETING.len() - 1..],
+                // prompt learning has no targets, only a name; block methods choose layers
+                use crate::peft::registry::Entry;
+                let common = |f: &&Field| match e {
+                    Entry::Linear(_) => true,
+                    Entry::Input(_) => f.key == "name",
+                    Entry::Block(_) => f.key == "name" || f.key == "layers",
                 };
-                let fields: Vec<Field> = common
+                let fields: Vec<Field> = TARGETING
                     .iter()
+                    .filter(common)
                     .map(|f| Field { ..*f })
                     .chain(spec.options.iter().map(|o| Field {
                         key: spec.lua_name(o.key),
@@ -1070,10 +1035,13 @@ fn registered() -> &'static [(Class, Func)] {
                 let c = Class {
                     class,
                     what: leak(format!("ftl.{}", spec.name)),
-                    doc: leak(format!(
-                        "Options of ftl.{} (PEFT's {} config fields)",
-                        spec.name, spec.peft_type
-                    )),
+                    doc: leak(match e {
+                        Entry::Block(_) => format!("Options of ftl.{} ({})", spec.name, spec.doc),
+                        _ => format!(
+                            "Options of ftl.{} (PEFT's {} config fields)",
+                            spec.name, spec.peft_type
+                        ),
+                    }),
                     fields: Box::leak(fields.into_boxed_slice()),
                 };
                 let f = Func {

@@ -1,13 +1,12 @@
-//! `ftl.adapter`, `ftl.load_adapter`, and one function per registry method (`ftl.lora`,
-//! `ftl.ia3`, `ftl.loha`, …, `ftl.prefix`, `ftl.prompt`): each attaches a method to a model and
-//! returns a handle to it.
+//! `ftl.load_adapter`, and one function per registry method (`ftl.lora`, `ftl.ia3`, `ftl.loha`,
+//! …, `ftl.prefix`, `ftl.prompt`, `ftl.adapter`): each attaches a method to a model and returns a
+//! handle to it.
 
 use super::api;
 use super::model::{env, layers, pattern, ModelHandle};
 use super::opts::Opts;
 use super::{lua_err, LuaExt};
 use crate::model::Task;
-use crate::peft::bottleneck::{factor_for_size, BnConfig};
 use crate::peft::target::{Pattern, Selector};
 use crate::peft::{self, Kind};
 use mlua::{Lua, Table, UserData, UserDataFields, UserDataMethods, Value};
@@ -279,6 +278,43 @@ fn register_input_method(
     )
 }
 
+/// `ftl.<method>` for a registry block method (bottleneck adapters): its options, the layers
+/// it goes in, its settings made by the method for the model's dimensions.
+fn register_block_method(
+    lua: &Lua,
+    ftl: &Table,
+    method: &'static dyn peft::registry::BlockMethod,
+) -> mlua::Result<()> {
+    let spec = method.spec();
+    let class = api::options(&format!("ftl.{}", spec.name))
+        .expect("every registry method has an options table");
+    ftl.set(
+        spec.name,
+        lua.create_function(move |lua, (mv, o): (Value, Option<Table>)| {
+            let h = model_arg(lua, &mv)?;
+            let o = Opts::new(lua, o, class)?;
+            let mut given = serde_json::Map::new();
+            for opt in spec.options {
+                if let Some(j) = scalar(&o.value(spec.lua_name(opt.key))?) {
+                    given.insert(opt.key.to_string(), j);
+                }
+            }
+            if let Some(ls) = layers(lua, &o.value("layers")?)? {
+                given.insert("layers".into(), serde_json::json!(ls));
+            }
+            let mut m = h.lock();
+            let d = m.arch.dims();
+            let config =
+                peft::registry::block_config(method, &given, d.hidden, d.layers, class.what)
+                    .lua(lua)?;
+            let name = name(lua, &o, &m, spec.name)?;
+            m.attach_block(&name, method, &config).lua(lua)?;
+            drop(m);
+            Ok(AdapterHandle { model: h, name })
+        })?,
+    )
+}
+
 pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
     for m in peft::registry::METHODS {
         register_method(lua, ftl, *m)?;
@@ -286,75 +322,9 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
     for m in peft::registry::INPUT_METHODS {
         register_input_method(lua, ftl, *m)?;
     }
-    ftl.set(
-        "adapter",
-        lua.create_function(|lua, (mv, o): (Value, Option<Table>)| {
-            let h = model_arg(lua, &mv)?;
-            let o = Opts::new(lua, o, &api::ADAPTER)?;
-            let mut m = h.lock();
-            let style: String = o.or("style", "pfeiffer".to_string())?;
-            let mut raw = BnConfig::preset(&style).lua(lua)?;
-            // ftl starts from the identity: zero up-projection (AdapterHub's mam_adapter init)
-            raw["init_weights"] = "mam_adapter".into();
-            let hidden = m.arch.dims().hidden;
-            match (o.get::<f64>("reduction")?, o.get::<usize>("size")?) {
-                (Some(_), Some(_)) => {
-                    return Err(lua_err(
-                        lua,
-                        "ftl.adapter: give reduction= or size=, not both",
-                    ))
-                }
-                (Some(r), None) => {
-                    raw["reduction_factor"] = if r.fract() == 0.0 {
-                        (r as i64).into()
-                    } else {
-                        r.into()
-                    }
-                }
-                (None, Some(s)) => {
-                    if s == 0 || s > 16 * hidden {
-                        return Err(lua_err(
-                            lua,
-                            format!("ftl.adapter: size {s} is out of range"),
-                        ));
-                    }
-                    raw["reduction_factor"] = factor_for_size(hidden, s).into();
-                }
-                (None, None) => {}
-            }
-            if let Some(a) = o.get::<String>("activation")? {
-                if crate::ops::Activation::parse(&a).is_none() {
-                    return Err(lua_err(
-                        lua,
-                        format!("ftl.adapter: unknown activation `{a}`"),
-                    ));
-                }
-                raw["non_linearity"] = a.into();
-            }
-            if let Some(s) = o.get::<f64>("scaling")? {
-                raw["scaling"] = s.into();
-            }
-            if let Some(d) = o.get::<f64>("dropout")? {
-                raw["dropout"] = d.into();
-            }
-            if let Some(ls) = layers(lua, &o.value("layers")?)? {
-                let n = m.arch.dims().layers;
-                if let Some(bad) = ls.iter().find(|&&l| l >= n) {
-                    return Err(lua_err(
-                        lua,
-                        format!("ftl.adapter: layer {bad} does not exist (the model has {n})"),
-                    ));
-                }
-                let leave: Vec<usize> = (0..n).filter(|l| !ls.contains(l)).collect();
-                raw["leave_out"] = leave.into();
-            }
-            let cfg = BnConfig::from_json(&raw, false).lua(lua)?;
-            let name = name(lua, &o, &m, "adapter")?;
-            m.attach_bottleneck(&name, &cfg).lua(lua)?;
-            drop(m);
-            Ok(AdapterHandle { model: h, name })
-        })?,
-    )?;
+    for m in peft::registry::BLOCK_METHODS {
+        register_block_method(lua, ftl, *m)?;
+    }
     ftl.set(
         "load_adapter",
         lua.create_function(|lua, (mv, dir, o): (Value, String, Option<Table>)| {

@@ -2,9 +2,8 @@
 //! (`{"config": {...}, "name", "model_type", ...}`) and `adapter.safetensors` with keys
 //! `<module>.adapters.<name>.adapter_down.0.weight`, ….
 
-use super::bottleneck::BnConfig;
+use super::bottleneck::{config_of, BnConfig, BottleneckMethod};
 use super::io::LoadAdapterOpts;
-use super::Method;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::st::{write_json, StFile};
@@ -24,13 +23,8 @@ fn file_key(pname: &str, name: &str) -> String {
 }
 
 pub fn save(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
-    let info = m
-        .adapter(name)
-        .cloned()
-        .ok_or_else(|| Error::msg(format!("no adapter named `{name}`")))?;
-    let Method::Bottleneck(cfg) = &info.method else {
-        return Err(Error::msg(format!("`{name}` is not a bottleneck adapter")));
-    };
+    let cfg = config_of(m, name)
+        .ok_or_else(|| Error::msg(format!("`{name}` is not a bottleneck adapter")))?;
     let mut tensors = BTreeMap::new();
     for (pname, p) in m.adapter_params(name) {
         tensors.insert(file_key(&pname, name), p.value().to_dtype(DType::F32)?);
@@ -43,7 +37,7 @@ pub fn save(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
         .unwrap_or("")
         .to_string();
     let config = json!({
-        "config": cfg.raw,
+        "config": Value::Object(cfg),
         "hidden_size": m.arch.dims().hidden,
         "model_class": model_class,
         "model_name": m.dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(),
@@ -91,9 +85,12 @@ pub fn load(m: &mut Model, dir: &Path, cfg: &Value, o: &LoadAdapterOpts) -> Resu
     let legacy = cfg.get("version").is_none();
     let bn = BnConfig::from_json(&raw, legacy)
         .map_err(|e| Error::config(&cfg_path, "config", e.to_string()))?;
+    // the activation as this version names it (a file without a version means gelu_new by gelu)
+    let mut raw = raw.as_object().cloned().unwrap_or_default();
+    raw.insert("non_linearity".into(), bn.non_linearity.clone().into());
     let name = o.name.clone().unwrap_or_else(|| m.fresh_name("default"));
     let file = StFile::open(&st_path)?;
-    m.attach_bottleneck(&name, &bn)?;
+    m.attach_block(&name, &BottleneckMethod, &raw)?;
     let r = (|| -> Result<()> {
         let keys: BTreeMap<String, String> = file
             .names

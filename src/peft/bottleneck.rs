@@ -1,13 +1,172 @@
-//! Bottleneck adapters computed exactly as AdapterHub's `BnConfig` family — `seq_bn` (Pfeiffer)
-//! and `double_seq_bn` (Houlsby) among them: `pre_forward` (residual / original LayerNorm),
-//! `up(act(down(x)))·scaling` with optional gate and adapter LayerNorms, `post_forward`.
+//! Bottleneck adapters (`ftl.adapter`, a registry `BlockMethod`) computed exactly as AdapterHub's
+//! `BnConfig` family — `seq_bn` (Pfeiffer) and `double_seq_bn` (Houlsby) among them:
+//! `pre_forward` (residual / original LayerNorm), `up(act(down(x)))·scaling` with optional gate
+//! and adapter LayerNorms, `post_forward`; saved in AdapterHub's format (`adapterhub`).
 
+use super::registry::{self, BlockMethod, Config, Opt, Spec};
 use crate::error::{Error, Result};
-use crate::model::layers::Norm;
-use crate::model::{BnPlace, Ctx, Param};
+use crate::model::layers::{BlockAdapter, Norm};
+use crate::model::{BnPlace, Ctx, Model, Param};
 use crate::ops::{self, Activation};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
+
+pub struct BottleneckMethod;
+
+const OPTIONS: &[Opt] = &[
+    Opt {
+        key: "style",
+        ty: "\"pfeiffer\"|\"houlsby\"",
+        default: "\"pfeiffer\"",
+        doc: "after the feed-forward block (pfeiffer: AdapterHub's seq_bn) or after attention and \
+              feed-forward (houlsby: double_seq_bn)",
+    },
+    Opt {
+        key: "reduction",
+        ty: "number",
+        default: "null",
+        doc: "hidden size / bottleneck size (default 16)",
+    },
+    Opt {
+        key: "size",
+        ty: "integer",
+        default: "null",
+        doc: "the bottleneck size (instead of reduction)",
+    },
+    Opt {
+        key: "activation",
+        ty: "string",
+        default: "null",
+        doc: "relu, swish, gelu, tanh, … (default: the style's)",
+    },
+    Opt {
+        key: "scaling",
+        ty: "number",
+        default: "null",
+        doc: "output scaling (default 1)",
+    },
+    Opt {
+        key: "dropout",
+        ty: "number",
+        default: "null",
+        doc: "dropout inside the adapter (default 0)",
+    },
+];
+
+const SPEC: Spec = Spec {
+    name: "adapter",
+    peft_type: "",
+    doc: "Attaches bottleneck adapters (Pfeiffer or Houlsby)",
+    options: OPTIONS,
+    config_extras: "{}",
+    lua_names: &[],
+    lua_values: &[],
+};
+
+impl BlockMethod for BottleneckMethod {
+    fn spec(&self) -> &'static Spec {
+        &SPEC
+    }
+
+    /// AdapterHub's preset for the style, starting from the identity (a zero up-projection, its
+    /// `mam_adapter` init), with the recipe's changes; `layers` (from the targeting options) as
+    /// AdapterHub's `leave_out`.
+    fn config_from_recipe(&self, given: &Config, hidden: usize, layers: usize) -> Result<Config> {
+        let style = given
+            .get("style")
+            .and_then(|v| v.as_str())
+            .unwrap_or("pfeiffer");
+        let mut raw = BnConfig::preset(style)?;
+        raw["init_weights"] = "mam_adapter".into();
+        let num = |k: &str| given.get(k).and_then(|v| v.as_f64());
+        match (num("reduction"), num("size")) {
+            (Some(_), Some(_)) => return Err(Error::msg("give reduction= or size=, not both")),
+            (Some(r), None) => {
+                raw["reduction_factor"] = if r.fract() == 0.0 {
+                    (r as i64).into()
+                } else {
+                    r.into()
+                }
+            }
+            (None, Some(s)) => {
+                if s < 1.0 || s as usize > 16 * hidden {
+                    return Err(Error::msg(format!("size {s} is out of range")));
+                }
+                raw["reduction_factor"] = factor_for_size(hidden, s as usize).into();
+            }
+            (None, None) => {}
+        }
+        if let Some(a) = given.get("activation").and_then(|v| v.as_str()) {
+            if Activation::parse(a).is_none() {
+                return Err(Error::msg(format!("unknown activation `{a}`")));
+            }
+            raw["non_linearity"] = a.into();
+        }
+        for k in ["scaling", "dropout"] {
+            if let Some(v) = num(k) {
+                raw[k] = v.into();
+            }
+        }
+        if let Some(ls) = given.get("layers").and_then(|v| v.as_array()) {
+            let ls: Vec<usize> = ls
+                .iter()
+                .filter_map(|x| x.as_u64())
+                .map(|x| x as usize)
+                .collect();
+            if let Some(bad) = ls.iter().find(|&&l| l >= layers) {
+                return Err(Error::msg(format!(
+                    "layer {bad} does not exist (the model has {layers})"
+                )));
+            }
+            let leave: Vec<usize> = (0..layers).filter(|l| !ls.contains(l)).collect();
+            raw["leave_out"] = leave.into();
+        }
+        BnConfig::from_json(&raw, false)?;
+        Ok(raw.as_object().cloned().unwrap_or_default())
+    }
+
+    fn attach(
+        &self,
+        cfg: &Config,
+        hidden: usize,
+        place: BnPlace,
+        layer: Option<usize>,
+        path: &str,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Option<Box<dyn BlockAdapter>>> {
+        let bn = BnConfig::from_json(&Value::Object(cfg.clone()), false)?;
+        if !bn.placed(place, layer) {
+            return Ok(None);
+        }
+        let b = Bottleneck::init(&bn, hidden, seed, path, device, DType::F32)?;
+        Ok(Some(Box::new(b)))
+    }
+
+    fn reads(&self, file_config: &Value) -> bool {
+        file_config.get("config").is_some() && file_config.get("peft_type").is_none()
+    }
+
+    fn save(&self, m: &mut Model, dir: &std::path::Path, name: &str) -> Result<()> {
+        super::adapterhub::save(m, dir, name)
+    }
+
+    fn load(
+        &self,
+        m: &mut Model,
+        dir: &std::path::Path,
+        file_config: &Value,
+        o: &super::io::LoadAdapterOpts,
+    ) -> Result<String> {
+        super::adapterhub::load(m, dir, file_config, o)
+    }
+}
+
+/// The settings of a bottleneck adapter attached as `name` (its AdapterHub config).
+pub fn config_of(m: &Model, name: &str) -> Option<Config> {
+    let me = &m.adapter(name)?.method;
+    registry::block_by_name(me.name).map(|_| me.config.clone())
+}
 
 /// Builds a parameter from values and a shape.
 type MakeParam<'a> = dyn Fn(Vec<f32>, &[usize]) -> Result<Param> + 'a;
@@ -446,7 +605,7 @@ impl Bottleneck {
     }
 }
 
-impl crate::model::layers::BlockAdapter for Bottleneck {
+impl BlockAdapter for Bottleneck {
     fn forward(&self, f: &Tensor, r: &Tensor, ln: Option<&Norm>, ctx: &Ctx) -> Result<Tensor> {
         self.output(f, r, ln, ctx)
     }

@@ -59,21 +59,14 @@ fn is_shared(m: &Model, name: &str, pname: &str) -> bool {
 /// Whether adapter `name` saves its shared tensors (VeRA's `save_projection`).
 fn saves_shared(m: &Model, name: &str) -> bool {
     match m.adapter(name).map(|a| &a.method) {
-        Some(Method::Registered {
-            name: mn, config, ..
-        }) => registry::by_name(mn).is_some_and(|me| me.saves_shared(config)),
-        _ => true,
+        Some(me) => registry::by_name(me.name).is_none_or(|r| r.saves_shared(&me.config)),
+        None => true,
     }
 }
 
 /// The name (without `base_model.model.`) PEFT's file keys adapter `info`'s parameter `pname` by.
 fn saved_name(info: &AdapterInfo, pname: &str) -> String {
-    match &info.method {
-        Method::Registered { name, .. } => {
-            registry::by_name(name).map_or_else(|| pname.to_string(), |me| me.saved_name(pname))
-        }
-        Method::Bottleneck(_) => pname.to_string(),
-    }
+    registry::by_name(info.method.name).map_or_else(|| pname.to_string(), |me| me.saved_name(pname))
 }
 
 /// Keys of a PEFT file for an adapter, `(saved key, param)`.
@@ -116,7 +109,7 @@ fn saved_tensors(m: &mut Model, name: &str) -> Result<Vec<(String, Param)>> {
     // trained base weights travel too: as modules_to_save entries, or under PEFT's
     // `base_layer` name inside a module the adapter wraps; a tied one under each module using
     // it, as PEFT saves the copy it ties (see `trained_tied`)
-    if !matches!(info.method, Method::Bottleneck(_)) {
+    if !info.method.is_block() {
         for (module, suffix, p) in m.handles() {
             if p.is_trainable() {
                 let key = if info.targets.contains(&module) {
@@ -188,8 +181,8 @@ pub fn save_adapter(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
             m.adapter_names().join(", ")
         ))
     })?;
-    if let Method::Bottleneck(_) = &info.method {
-        return super::adapterhub::save(m, dir, name);
+    if let Some(registry::Entry::Block(method)) = info.method.entry() {
+        return method.save(m, dir, name);
     }
     let base = m
         .dir
@@ -229,28 +222,25 @@ pub fn save_adapter(m: &mut Model, dir: &Path, name: &str) -> Result<()> {
         "revision": null,
         "task_type": task_type(m),
     });
-    let specific = match &info.method {
-        Method::Bottleneck(_) => unreachable!(),
-        Method::Registered { name, config, .. } if info.method.is_input() => {
-            let Some(registry::Entry::Input(method)) = registry::entry(name) else {
-                unreachable!("is_input")
-            };
+    let Method {
+        name: method_name,
+        config,
+        overrides,
+    } = &info.method;
+    let specific = match info.method.entry() {
+        Some(registry::Entry::Input(method)) => {
             let mut c = method.peft_config(config, m);
             c["peft_type"] = method.spec().peft_type.into();
             c
         }
-        Method::Registered {
-            name,
-            config,
-            overrides,
-        } => {
-            let method = registry::by_name(name)
-                .ok_or_else(|| Error::msg(format!("unknown method {name}")))?;
+        _ => {
+            let method = registry::by_name(method_name)
+                .ok_or_else(|| Error::msg(format!("unknown method {method_name}")))?;
             let mut c = json!({
                 "peft_type": method.peft_type(), "target_modules": info.targets,
             });
             let extras: Value = serde_json::from_str(method.config_extras())
-                .map_err(|e| Error::msg(format!("{name}: config_extras: {e}")))?;
+                .map_err(|e| Error::msg(format!("{method_name}: config_extras: {e}")))?;
             for (k, v) in extras.as_object().into_iter().flatten() {
                 c[k] = if k == "fan_in_fan_out" {
                     json!(transposed)
@@ -314,8 +304,8 @@ pub fn load_adapter(m: &mut Model, dir: &Path, o: &LoadAdapterOpts) -> Result<St
     }
     let cfg_path = dir.join("adapter_config.json");
     let cfg = read_json(&cfg_path)?;
-    if cfg.get("config").is_some() && cfg.get("peft_type").is_none() {
-        return super::adapterhub::load(m, dir, &cfg, o);
+    if let Some(b) = registry::BLOCK_METHODS.iter().find(|b| b.reads(&cfg)) {
+        return b.load(m, dir, &cfg, o);
     }
     let st_path = dir.join("adapter_model.safetensors");
     if !st_path.exists() {
@@ -357,6 +347,7 @@ pub fn load_adapter(m: &mut Model, dir: &Path, o: &LoadAdapterOpts) -> Result<St
                 "`{other}` is not supported ({} are)",
                 registry::entries()
                     .map(|e| e.spec().peft_type)
+                    .filter(|t| !t.is_empty())
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -772,8 +763,8 @@ fn load_prompt_learning(
         }
     }
     m.attach_input(name, method, &bare)?;
-    if let Some(Method::Registered { config: c, .. }) = m.adapter_mut(name).map(|a| &mut a.method) {
-        *c = config;
+    if let Some(a) = m.adapter_mut(name) {
+        a.method.config = config;
     }
     let (_, p) = m
         .adapter_params(name)

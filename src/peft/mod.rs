@@ -18,62 +18,59 @@ pub mod vera;
 
 use crate::error::{Error, Result};
 use crate::model::{Model, ModuleMut, Param};
-use bottleneck::{BnConfig, Bottleneck};
 use std::collections::{BTreeSet, HashSet};
 use target::Selector;
 
-/// A method and the settings needed to save it.
+/// An attached adapter's method: a method of the registry (`registry::entries`), by name, with
+/// its complete settings and those of the modules that differ (PEFT's `rank_pattern` /
+/// `alpha_pattern`).
 #[derive(Clone, Debug)]
-#[allow(clippy::large_enum_variant)] // a handful per model: size does not matter
-pub enum Method {
-    Bottleneck(BnConfig),
-    /// a method of the registry (`registry::METHODS`), by name, with its complete settings and
-    /// those of the modules that differ (PEFT's `rank_pattern` / `alpha_pattern`)
-    Registered {
-        name: &'static str,
-        config: registry::Config,
-        overrides: Vec<(String, registry::Config)>,
-    },
+pub struct Method {
+    pub name: &'static str,
+    pub config: registry::Config,
+    pub overrides: Vec<(String, registry::Config)>,
 }
 
 impl Method {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Method::Bottleneck(_) => "adapter",
-            Method::Registered { name, config, .. } => {
-                registry::by_name(name).map_or(name, |m| m.kind(config))
-            }
+    pub fn new(name: &'static str, config: &registry::Config) -> Method {
+        Method {
+            name,
+            config: config.clone(),
+            overrides: Vec::new(),
         }
     }
 
+    pub fn kind(&self) -> &'static str {
+        registry::by_name(self.name).map_or(self.name, |m| m.kind(&self.config))
+    }
+
+    /// Whether it folds into the base weights (the linear methods).
     pub fn mergeable(&self) -> bool {
-        match self {
-            Method::Registered { name, .. } => registry::by_name(name).is_some(),
-            Method::Bottleneck(_) => false,
-        }
+        registry::by_name(self.name).is_some()
     }
 
     /// Its resolved settings in one line, for manifests: a registry method's config as PEFT
     /// names it (`{"r":8,"lora_alpha":16,…}`), with the modules whose settings differ.
     pub fn settings(&self) -> String {
-        match self {
-            Method::Registered {
-                config, overrides, ..
-            } => {
-                let mut s = serde_json::Value::Object(config.clone()).to_string();
-                for (p, o) in overrides {
-                    s.push_str(&format!(" {p}: {}", serde_json::Value::Object(o.clone())));
-                }
-                s
-            }
-            Method::Bottleneck(c) => format!("{c:?}"),
+        let mut s = serde_json::Value::Object(self.config.clone()).to_string();
+        for (p, o) in &self.overrides {
+            s.push_str(&format!(" {p}: {}", serde_json::Value::Object(o.clone())));
         }
+        s
     }
 
     /// Whether it acts on the model's input (prompt learning: PEFT keys its tensors differently).
     pub fn is_input(&self) -> bool {
-        matches!(self, Method::Registered { name, .. }
-            if matches!(registry::entry(name), Some(registry::Entry::Input(_))))
+        matches!(self.entry(), Some(registry::Entry::Input(_)))
+    }
+
+    /// Whether it acts on block outputs (bottleneck adapters: saved in their own format).
+    pub fn is_block(&self) -> bool {
+        matches!(self.entry(), Some(registry::Entry::Block(_)))
+    }
+
+    pub fn entry(&self) -> Option<registry::Entry> {
+        registry::entry(self.name)
     }
 }
 
@@ -518,7 +515,7 @@ impl Model {
         }
         self.register(AdapterInfo {
             name: name.to_string(),
-            method: Method::Registered {
+            method: Method {
                 name: method.name(),
                 config: config.clone(),
                 overrides: overrides.to_vec(),
@@ -545,11 +542,7 @@ impl Model {
         self.prompts.push((name.to_string(), a));
         self.register(AdapterInfo {
             name: name.to_string(),
-            method: Method::Registered {
-                name: method.spec().name,
-                config: config.clone(),
-                overrides: Vec::new(),
-            },
+            method: Method::new(method.spec().name, config),
             targets: Vec::new(),
             modules_to_save: Vec::new(),
             ensure_weight_tying: false,
@@ -558,23 +551,30 @@ impl Model {
         Ok(())
     }
 
-    /// Bottleneck adapters in every block's slots that `cfg` places them in.
-    pub fn attach_bottleneck(&mut self, name: &str, cfg: &BnConfig) -> Result<()> {
+    /// A block method's adapters (`config` complete, see `registry::block_config`) in every
+    /// block slot its settings place them in.
+    pub fn attach_block(
+        &mut self,
+        name: &str,
+        method: &'static dyn registry::BlockMethod,
+        config: &registry::Config,
+    ) -> Result<()> {
         self.check_new_name(name)?;
         let hidden = self.arch.dims().hidden;
-        let (seed, device, dtype) = (self.seed, self.device.clone(), candle_core::DType::F32);
+        let (seed, device) = (self.seed, self.device.clone());
         let mut err = None;
         let mut targets = Vec::new();
         self.visit(&mut |p, m| {
             if let ModuleMut::Bottleneck(slots, place) = m {
-                if err.is_some() || !cfg.placed(place, target::layer_of(p)) {
+                if err.is_some() {
                     return;
                 }
-                match Bottleneck::init(cfg, hidden, seed, p, &device, dtype) {
-                    Ok(b) => {
-                        slots.push((name.to_string(), Box::new(b)));
+                match method.attach(config, hidden, place, target::layer_of(p), p, seed, &device) {
+                    Ok(Some(b)) => {
+                        slots.push((name.to_string(), b));
                         targets.push(p.to_string());
                     }
+                    Ok(None) => {}
                     Err(e) => err = Some(e),
                 }
             }
@@ -590,7 +590,7 @@ impl Model {
         }
         self.register(AdapterInfo {
             name: name.to_string(),
-            method: Method::Bottleneck(cfg.clone()),
+            method: Method::new(method.spec().name, config),
             targets,
             modules_to_save: Vec::new(),
             ensure_weight_tying: false,

@@ -1,12 +1,14 @@
 //! The registry of PEFT methods: a method acting on linear layers (through `LinearAdapter`) is one
 //! file implementing `LinearMethod` plus one line in `METHODS`; one acting on the model's input
-//! (prompt learning, through `InputAdapter`) implements `InputMethod`, listed in `INPUT_METHODS`.
+//! (prompt learning, through `InputAdapter`) implements `InputMethod`, listed in `INPUT_METHODS`;
+//! one acting on a block's output (bottleneck adapters, through `BlockAdapter`) implements
+//! `BlockMethod`, listed in `BLOCK_METHODS`.
 //! Its Lua function (`ftl.<name>`), option checking, `ftl types` stubs, PEFT file reading and
 //! writing, merging and `ftl check` come from here.
 
 use crate::error::{Error, Result};
-use crate::model::layers::{Embedding, EmbeddingAdapter, Linear, LinearAdapter};
-use crate::model::{InputAdapter, Model, Param};
+use crate::model::layers::{BlockAdapter, Embedding, EmbeddingAdapter, Linear, LinearAdapter};
+use crate::model::{BnPlace, InputAdapter, Model, Param};
 use candle_core::Tensor;
 use serde_json::{Map, Value};
 
@@ -203,11 +205,52 @@ pub trait InputMethod: Sync {
 pub static INPUT_METHODS: &[&dyn InputMethod] =
     &[&super::prefix::PrefixTuning, &super::prompt::PromptTuning];
 
-/// A registered method of either kind.
+/// A method acting on a block's output, in the slots the model has after attention and after
+/// the feed-forward block (AdapterHub's bottleneck adapters). Its file format is its own: its
+/// `options` are the recipe's, its settings (`Config`) what its file's config holds.
+pub trait BlockMethod: Sync {
+    fn spec(&self) -> &'static Spec;
+    /// The complete settings from a recipe's options (`given`, defaults filled in, and `layers`:
+    /// the layer indices asked for, if any), for a model of `hidden` width with `layers` layers.
+    fn config_from_recipe(&self, given: &Config, hidden: usize, layers: usize) -> Result<Config>;
+    /// A new adapter in the slot at `place` of `path` (`layer`), or None where the settings put
+    /// none.
+    #[allow(clippy::too_many_arguments)]
+    fn attach(
+        &self,
+        cfg: &Config,
+        hidden: usize,
+        place: BnPlace,
+        layer: Option<usize>,
+        path: &str,
+        seed: u64,
+        device: &candle_core::Device,
+    ) -> Result<Option<Box<dyn BlockAdapter>>>;
+    /// Whether an adapter directory's `adapter_config.json` is in this method's format.
+    fn reads(&self, file_config: &Value) -> bool;
+    /// Writes adapter `name` of `m` to `dir` in the method's format.
+    fn save(&self, m: &mut Model, dir: &std::path::Path, name: &str) -> Result<()>;
+    /// Reads an adapter directory (`file_config` its parsed config) into `m`; returns its name.
+    fn load(
+        &self,
+        m: &mut Model,
+        dir: &std::path::Path,
+        file_config: &Value,
+        o: &super::io::LoadAdapterOpts,
+    ) -> Result<String>;
+    fn suggested_lr(&self) -> &'static str {
+        "1e-3"
+    }
+}
+
+pub static BLOCK_METHODS: &[&dyn BlockMethod] = &[&super::bottleneck::BottleneckMethod];
+
+/// A registered method of any kind.
 #[derive(Clone, Copy)]
 pub enum Entry {
     Linear(&'static dyn LinearMethod),
     Input(&'static dyn InputMethod),
+    Block(&'static dyn BlockMethod),
 }
 
 impl Entry {
@@ -215,6 +258,7 @@ impl Entry {
         match self {
             Entry::Linear(m) => m.spec(),
             Entry::Input(m) => m.spec(),
+            Entry::Block(m) => m.spec(),
         }
     }
     pub fn name(&self) -> &'static str {
@@ -224,16 +268,25 @@ impl Entry {
         match self {
             Entry::Linear(m) => m.suggested_lr(),
             Entry::Input(m) => m.suggested_lr(),
+            Entry::Block(m) => m.suggested_lr(),
         }
     }
 }
 
-/// Every registered method, linear ones first.
+/// Every registered method: linear ones, input ones, block ones.
 pub fn entries() -> impl Iterator<Item = Entry> {
     METHODS
         .iter()
         .map(|m| Entry::Linear(*m))
         .chain(INPUT_METHODS.iter().map(|m| Entry::Input(*m)))
+        .chain(BLOCK_METHODS.iter().map(|m| Entry::Block(*m)))
+}
+
+pub fn block_by_name(name: &str) -> Option<&'static dyn BlockMethod> {
+    BLOCK_METHODS
+        .iter()
+        .copied()
+        .find(|m| m.spec().name == name)
 }
 
 pub fn entry(name: &str) -> Option<Entry> {
@@ -241,7 +294,7 @@ pub fn entry(name: &str) -> Option<Entry> {
 }
 
 pub fn entry_by_peft_type(t: &str) -> Option<Entry> {
-    entries().find(|e| e.spec().peft_type == t)
+    entries().find(|e| !t.is_empty() && e.spec().peft_type == t)
 }
 
 pub fn by_name(name: &str) -> Option<&'static dyn LinearMethod> {
@@ -274,6 +327,23 @@ pub fn config(m: &dyn LinearMethod, given: &Map<String, Value>, origin: &str) ->
     m.check(&out)
         .map_err(|e| Error::msg(format!("{origin}: {e}")))?;
     Ok(out)
+}
+
+/// A block method's complete settings from a recipe's options (`origin` names the caller).
+pub fn block_config(
+    m: &dyn BlockMethod,
+    given: &Map<String, Value>,
+    hidden: usize,
+    layers: usize,
+    origin: &str,
+) -> Result<Config> {
+    let mut out = settings(m.spec(), given, origin)?;
+    // the targeting option block methods take
+    if let Some(l) = given.get("layers") {
+        out.insert("layers".into(), l.clone());
+    }
+    m.config_from_recipe(&out, hidden, layers)
+        .map_err(|e| Error::msg(format!("{origin}: {e}")))
 }
 
 /// `config` for an input method.

@@ -353,13 +353,10 @@ fn activation_bytes(
     let lora: u64 = m
         .adapters()
         .iter()
-        .filter_map(|ad| match &ad.method {
-            // a low-rank method keeps an r-wide intermediate per target and token
-            crate::peft::Method::Registered { config, .. } => config
-                .get("r")
-                .and_then(|r| r.as_u64())
-                .map(|r| r * ad.targets.len() as u64),
-            _ => None,
+        // a low-rank method keeps an r-wide intermediate per target and token
+        .filter_map(|ad| {
+            let r = ad.method.config.get("r")?.as_u64()?;
+            Some(r * ad.targets.len() as u64)
         })
         .sum::<u64>()
         * a

@@ -5,7 +5,6 @@
 
 use crate::common::*;
 use candle_core::{DType, Device, Tensor};
-use ftl::peft::bottleneck::BnConfig;
 use ftl::peft::lora::{LoraInit, LoraMethod, LoraOpts};
 use ftl::peft::registry::LinearMethod;
 use ftl::peft::target::{Pattern, Selector};
@@ -81,15 +80,23 @@ pub fn attach(m: &mut Model, method: Method) -> String {
         }
         Method::Ia3 => attach_registered(m, "ia3", &name, &serde_json::Map::new()),
         Method::Pfeiffer | Method::Houlsby => {
-            let mut raw = BnConfig::preset(if method == Method::Pfeiffer {
+            use ftl::peft::bottleneck::BottleneckMethod;
+            let style = if method == Method::Pfeiffer {
                 "pfeiffer"
             } else {
                 "houlsby"
-            })
+            };
+            let given = serde_json::json!({"style": style, "reduction": 4});
+            let d = m.arch.dims();
+            let cfg = ftl::peft::registry::block_config(
+                &BottleneckMethod,
+                given.as_object().unwrap(),
+                d.hidden,
+                d.layers,
+                "test",
+            )
             .unwrap();
-            raw["reduction_factor"] = 4.into();
-            m.attach_bottleneck(&name, &BnConfig::from_json(&raw, false).unwrap())
-                .unwrap();
+            m.attach_block(&name, &BottleneckMethod, &cfg).unwrap();
         }
         Method::Prefix => attach_input(
             m,
