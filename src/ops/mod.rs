@@ -9,6 +9,7 @@ pub mod act;
 pub mod attention;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod device;
 pub mod generic;
 pub mod linear;
 pub mod loss;
@@ -65,6 +66,19 @@ pub fn fused(t: &Tensor) -> bool {
 /// True when ops must use the composed reference.
 pub fn composed_only() -> bool {
     path() == Path::Composed
+}
+
+/// Whether `t` takes ftl's own CUDA kernels.
+pub(crate) fn kernels(t: &Tensor) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::usable(t)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = t;
+        false
+    }
 }
 
 /// `a + b` for two values of one shape (residual connections).

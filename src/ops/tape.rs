@@ -172,7 +172,7 @@ impl State<'_> {
             self.store.insert(t, sum);
         } else if t.track_op() {
             let grads = match g {
-                Some(g) => super::generic::seed_grad(t, &g)?.backward()?,
+                Some(g) => super::device::seed_grad(t, &g)?.backward()?,
                 None => t.backward()?,
             };
             self.store.extend(grads)?;
