@@ -3,8 +3,7 @@
 //! RMSNorm, rotary embeddings, SwiGLU and AdamW. Tensors must be contiguous, f32 or bf16.
 
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig,
-    PushKernelArg,
+    CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::WrapErr;
 use candle_core::op::BackpropOp;
@@ -27,7 +26,7 @@ fn sfx(dt: DType) -> Result<&'static str> {
     })
 }
 
-fn dev_of(t: &Tensor) -> Result<CudaDevice> {
+pub(crate) fn dev_of(t: &Tensor) -> Result<CudaDevice> {
     match t.device() {
         candle_core::Device::Cuda(d) => Ok(d.clone()),
         _ => candle_core::bail!("ftl kernels: not a CUDA tensor"),
@@ -35,18 +34,18 @@ fn dev_of(t: &Tensor) -> Result<CudaDevice> {
 }
 
 /// A loaded kernel and the stream it launches on (candle's own `CudaFunc` is not exported).
-struct Func {
-    func: CudaFunction,
+pub(crate) struct Func {
+    pub(crate) func: CudaFunction,
     stream: Arc<CudaStream>,
 }
 
 impl Func {
-    fn builder(&self) -> LaunchArgs<'_> {
+    pub(crate) fn builder(&self) -> LaunchArgs<'_> {
         self.stream.launch_builder(&self.func)
     }
 }
 
-fn func(dev: &CudaDevice, name: &str, dt: DType) -> Result<Func> {
+pub(crate) fn func(dev: &CudaDevice, name: &str, dt: DType) -> Result<Func> {
     let f = dev.get_or_load_custom_func(&format!("{name}_{}", sfx(dt)?), "ftl_kernels", PTX)?;
     Ok(Func {
         func: f.into_cuda_function(),
@@ -54,7 +53,7 @@ fn func(dev: &CudaDevice, name: &str, dt: DType) -> Result<Func> {
     })
 }
 
-fn rows_cfg(rows: usize, cols: usize) -> LaunchConfig {
+pub(crate) fn rows_cfg(rows: usize, cols: usize) -> LaunchConfig {
     let threads = cols.next_power_of_two().clamp(32, 1024) as u32;
     LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
@@ -64,10 +63,10 @@ fn rows_cfg(rows: usize, cols: usize) -> LaunchConfig {
 }
 
 /// Longest row the one-warp-per-row kernels hold in registers (32 lanes × 32).
-const WARP_ROW: usize = 1024;
+pub(crate) const WARP_ROW: usize = 1024;
 
 /// Eight rows (warps) per block.
-fn warp_rows_cfg(rows: usize) -> LaunchConfig {
+pub(crate) fn warp_rows_cfg(rows: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (rows.div_ceil(8) as u32, 1, 1),
         block_dim: (256, 1, 1),
@@ -75,7 +74,7 @@ fn warp_rows_cfg(rows: usize) -> LaunchConfig {
     }
 }
 
-fn elem_cfg(n: usize) -> LaunchConfig {
+pub(crate) fn elem_cfg(n: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (n.div_ceil(256) as u32, 1, 1),
         block_dim: (256, 1, 1),
@@ -84,7 +83,7 @@ fn elem_cfg(n: usize) -> LaunchConfig {
 }
 
 /// A grid-stride launch for the 16-byte-vector kernels (eight values or fewer per thread and step).
-fn vec_cfg(n: usize) -> LaunchConfig {
+pub(crate) fn vec_cfg(n: usize) -> LaunchConfig {
     elem_cfg(n.div_ceil(8).clamp(1, 1 << 20))
 }
 
@@ -113,13 +112,13 @@ macro_rules! view {
             .contiguous_offsets()
             .ok_or_else(|| candle_core::Error::Msg("ftl kernels: input not contiguous".into()))?;
         match &*$guard {
-            Storage::Cuda(c) => c.as_cuda_slice::<$ty>()?.slice(o1..o2),
+            candle_core::Storage::Cuda(c) => c.as_cuda_slice::<$ty>()?.slice(o1..o2),
             _ => candle_core::bail!("ftl kernels: not a CUDA tensor"),
         }
     }};
 }
 
-fn wrap<T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
+pub(crate) fn wrap<T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
     s: CudaSlice<T>,
     dev: &CudaDevice,
     shape: impl Into<Shape>,
@@ -135,23 +134,27 @@ fn wrap<T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
 /// Runs `f` with a typed view of `t`; dispatches on f32 / bf16.
 macro_rules! typed {
     ($t:expr, |$v:ident: $ty:ident| $body:expr) => {{
+        use candle_core::cuda_backend::cudarc::driver::CudaView;
         let t = $t.contiguous()?;
         let (g, _) = t.storage_and_layout();
         match t.dtype() {
-            DType::F32 => {
+            candle_core::DType::F32 => {
                 type $ty = f32;
-                let $v: CudaView<'_, f32> = view!(g, t, f32);
+                let $v: CudaView<'_, f32> = $crate::ops::cuda::view!(g, t, f32);
                 $body
             }
-            DType::BF16 => {
-                type $ty = bf16;
-                let $v: CudaView<'_, bf16> = view!(g, t, bf16);
+            candle_core::DType::BF16 => {
+                type $ty = half::bf16;
+                let $v: CudaView<'_, half::bf16> = $crate::ops::cuda::view!(g, t, half::bf16);
                 $body
             }
             other => candle_core::bail!("ftl kernels: dtype {other:?}"),
         }
     }};
 }
+
+// the macros by path, for the launchers in the op files
+pub(crate) use {args, opt_args, typed, view};
 
 /// Masked softmax of attention scores `s` `[rows, tk]` (f32) into `out` dtype; `kv` `[b, tk]` u8.
 #[allow(clippy::too_many_arguments)]
@@ -296,80 +299,9 @@ pub fn ce_bwd(x: &Tensor, labels: &Tensor, g: &Tensor) -> Result<Tensor> {
     })
 }
 
-fn rows_of(t: &Tensor) -> Result<(usize, usize)> {
+pub(crate) fn rows_of(t: &Tensor) -> Result<(usize, usize)> {
     let n = t.dim(candle_core::D::Minus1)?;
     Ok((t.elem_count() / n.max(1), n))
-}
-
-pub fn rms_fwd(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let dev = dev_of(x)?;
-    let (rows, n) = rows_of(x)?;
-    let w = w.to_dtype(x.dtype())?.contiguous()?;
-    let (gw, _) = w.storage_and_layout();
-    let f = func(&dev, "rms_fwd", x.dtype())?;
-    let x = x.contiguous()?;
-    let (rows_, n_, eps_, vec) = (rows as i64, n as i32, eps as f32, row_vec(n, &[&x, &w]));
-    let shape = x.shape().clone();
-    typed!(x, |xv: Ty| {
-        let wv = view!(gw, w, Ty);
-        let dst = unsafe { dev.alloc::<Ty>(rows * n)? };
-        let mut b = f.builder();
-        args!(b, &xv, &wv, &dst, &rows_, &n_, &eps_, &vec);
-        unsafe { b.launch(warp_rows_cfg(rows)) }.w()?;
-        Ok(wrap(dst, &dev, shape))
-    })
-}
-
-/// `(dx, dw)` of RMSNorm; `dw` in f32.
-pub fn rms_bwd(
-    x: &Tensor,
-    w: &Tensor,
-    g: &Tensor,
-    eps: f64,
-    need_dx: bool,
-    need_dw: bool,
-) -> Result<(Option<Tensor>, Option<Tensor>)> {
-    let dev = dev_of(x)?;
-    let (rows, n) = rows_of(x)?;
-    let w = w.to_dtype(x.dtype())?.contiguous()?;
-    let g = g.to_dtype(x.dtype())?.contiguous()?;
-    let (gw, _) = w.storage_and_layout();
-    let (gg, _) = g.storage_and_layout();
-    let f = func(&dev, "rms_bwd", x.dtype())?;
-    let x = x.contiguous()?;
-    let (rows_, n_, eps_, vec) = (rows as i64, n as i32, eps as f32, row_vec(n, &[&x, &w, &g]));
-    let shape = x.shape().clone();
-    let dw = if need_dw {
-        Some(dev.alloc_zeros::<f32>(n)?)
-    } else {
-        None
-    };
-    typed!(x, |xv: Ty| {
-        let wv = view!(gw, w, Ty);
-        let gv = view!(gg, g, Ty);
-        let dx = if need_dx {
-            Some(unsafe { dev.alloc::<Ty>(rows * n)? })
-        } else {
-            None
-        };
-        let mut b = f.builder();
-        args!(b, &xv, &wv, &gv);
-        opt_args!(b, &dx, &dw);
-        // with dw: a few blocks take all rows, each adding its part of dw (in shared memory up to
-        // the default 48 KiB) once (kernels.cu)
-        let local = (need_dw && n * 4 <= 48 * 1024) as i32;
-        args!(b, &rows_, &n_, &eps_, &vec, &local);
-        let mut cfg = warp_rows_cfg(rows);
-        if need_dw {
-            cfg.grid_dim.0 = cfg.grid_dim.0.min(264);
-            cfg.shared_mem_bytes = local as u32 * (n * 4) as u32;
-        }
-        unsafe { b.launch(cfg) }.w()?;
-        Ok((
-            dx.map(|d| wrap(d, &dev, shape.clone())),
-            dw.map(|d| wrap(d, &dev, n)),
-        ))
-    })
 }
 
 /// Rotary embeddings of `x` `[b, t, h, d]` with tables `[t, d/2]` (f32); `sign` −1 inverts.
@@ -567,7 +499,7 @@ fn lora_func(dev: &CudaDevice, name: &str, r: usize, dt: DType) -> Result<Func> 
     func(dev, &format!("{name}_r{}", lora_bucket(r)?), dt)
 }
 
-fn block_cfg(grid: (usize, usize)) -> Result<LaunchConfig> {
+pub(crate) fn block_cfg(grid: (usize, usize)) -> Result<LaunchConfig> {
     if grid.1 > 65535 {
         candle_core::bail!("ftl kernels: {} row blocks exceed the grid", grid.1);
     }
@@ -663,7 +595,7 @@ pub fn lora_outer(l: &Tensor, x: &Tensor, s: f32) -> Result<Tensor> {
 
 /// The device address of a contiguous f32 or bf16 CUDA tensor's first element. Every kernel and
 /// cuBLAS call runs on the device's one stream, so the address is used in stream order.
-fn addr(t: &Tensor) -> Result<u64> {
+pub(crate) fn addr(t: &Tensor) -> Result<u64> {
     use candle_core::cuda_backend::cudarc::driver::DevicePtr;
     let (g, l) = t.storage_and_layout();
     let (o1, _) = l
@@ -976,14 +908,14 @@ pub fn lora_tc_bwd(
 
 /// Whether the element-wise kernels may use 16-byte vectors on `ts` (their data 16-byte aligned;
 /// fresh outputs are).
-fn vec16(ts: &[&Tensor]) -> i32 {
+pub(crate) fn vec16(ts: &[&Tensor]) -> i32 {
     ts.iter()
         .all(|t| (t.layout().start_offset() * t.dtype().size_in_bytes()).is_multiple_of(16))
         as i32
 }
 
 /// Whether rows of `n` values of `ts` can be read in 16-byte vectors.
-fn row_vec(n: usize, ts: &[&Tensor]) -> i32 {
+pub(crate) fn row_vec(n: usize, ts: &[&Tensor]) -> i32 {
     let v = 16 / ts[0].dtype().size_in_bytes();
     (n.is_multiple_of(v) && vec16(ts) == 1) as i32
 }
