@@ -304,27 +304,6 @@ pub(crate) fn rows_of(t: &Tensor) -> Result<(usize, usize)> {
     Ok((t.elem_count() / n.max(1), n))
 }
 
-/// Rotary embeddings of `x` `[b, t, h, d]` with tables `[t, d/2]` (f32); `sign` −1 inverts.
-pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, sign: f32) -> Result<Tensor> {
-    let dev = dev_of(x)?;
-    let (b_, t, h, d) = x.dims4()?;
-    let rows = b_ * t * h;
-    let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
-    let (gc, _) = cos.storage_and_layout();
-    let (gs, _) = sin.storage_and_layout();
-    let (cv, sv) = (view!(gc, cos, f32), view!(gs, sin, f32));
-    let f = func(&dev, "rope", x.dtype())?;
-    let (rows_, t_, h_, d_) = (rows as i64, t as i32, h as i32, d as i32);
-    let shape = x.shape().clone();
-    typed!(x, |xv: Ty| {
-        let dst = unsafe { dev.alloc::<Ty>(rows * d)? };
-        let mut b = f.builder();
-        args!(b, &xv, &dst, &cv, &sv, &rows_, &t_, &h_, &d_, &sign);
-        unsafe { b.launch(elem_cfg(rows * d / 2)) }.w()?;
-        Ok(wrap(dst, &dev, shape))
-    })
-}
-
 pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     let dev = dev_of(g)?;
     let n = g.elem_count();

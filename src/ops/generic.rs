@@ -7,7 +7,6 @@ pub use super::device::set_chunk_bytes;
 use super::device::{attach, attach_fresh, chunk_bytes, rows};
 use super::tape::Bwd;
 use super::{kernels, needs_grad, AttnMask};
-use crate::ops::rope::Rope;
 use candle_core::{DType, Device, Result, Tensor, D};
 use std::sync::Arc;
 
@@ -326,46 +325,6 @@ fn lora_linear_tc(
         Ok(vec![dx, dw, dpack])
     });
     lora_attach(x, w, &pack, b, y, bwd)
-}
-
-/// Rotary embeddings on `[b, t, h, d]`: `(x1, x2) → (x1·c − x2·s, x2·c + x1·s)`.
-pub fn rope(x: &Tensor, r: &Rope, offset: usize) -> Result<Tensor> {
-    let (_, t, _, d) = x.dims4()?;
-    let (cos, sin) = r.tables_on(offset, t, x.device())?;
-    #[cfg(feature = "cuda")]
-    if kernels(x) {
-        let x = &x.contiguous()?;
-        let y = super::cuda::rope(&x.detach(), &cos, &sin, 1.0)?;
-        return attach_fresh(
-            &[x],
-            y,
-            Arc::new(move |_a: &[&Tensor], _: &Tensor, g: &Tensor| {
-                Ok(vec![Some(super::cuda::rope(g, &cos, &sin, -1.0)?)])
-            }),
-        );
-    }
-    let rot = move |x: &Tensor, sign: f64| -> Result<Tensor> {
-        let h = d / 2;
-        let dt = x.dtype();
-        let xf = x.to_dtype(DType::F32)?;
-        let (c, s) = (
-            cos.reshape((1, t, 1, h))?,
-            (sin.reshape((1, t, 1, h))? * sign)?,
-        );
-        let x1 = xf.narrow(D::Minus1, 0, h)?;
-        let x2 = xf.narrow(D::Minus1, h, h)?;
-        let y1 = x1.broadcast_mul(&c)?.sub(&x2.broadcast_mul(&s)?)?;
-        let y2 = x2.broadcast_mul(&c)?.add(&x1.broadcast_mul(&s)?)?;
-        Tensor::cat(&[&y1, &y2], D::Minus1)?.to_dtype(dt)
-    };
-    let rot = Arc::new(rot);
-    let y = rot(&x.detach(), 1.0)?;
-    let rb = rot.clone();
-    attach(
-        &[x],
-        y,
-        Arc::new(move |_a: &[&Tensor], _: &Tensor, g: &Tensor| Ok(vec![Some(rb(g, -1.0)?)])),
-    )
 }
 
 /// `silu(gate) · up`.
