@@ -304,67 +304,6 @@ pub(crate) fn rows_of(t: &Tensor) -> Result<(usize, usize)> {
     Ok((t.elem_count() / n.max(1), n))
 }
 
-pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
-    let dev = dev_of(g)?;
-    let n = g.elem_count();
-    let u = u.to_dtype(g.dtype())?.contiguous()?;
-    let (gu, _) = u.storage_and_layout();
-    let f = func(&dev, "silu_mul_fwd", g.dtype())?;
-    let g = g.contiguous()?;
-    let (n_, vec) = (n as i64, vec16(&[&g, &u]));
-    let shape = g.shape().clone();
-    typed!(g, |gv: Ty| {
-        let uv = view!(gu, u, Ty);
-        let dst = unsafe { dev.alloc::<Ty>(n)? };
-        let mut b = f.builder();
-        args!(b, &gv, &uv, &dst, &n_, &vec);
-        unsafe { b.launch(vec_cfg(n)) }.w()?;
-        Ok(wrap(dst, &dev, shape))
-    })
-}
-
-pub fn silu_mul_bwd(
-    g: &Tensor,
-    u: &Tensor,
-    d: &Tensor,
-    need_g: bool,
-    need_u: bool,
-) -> Result<(Option<Tensor>, Option<Tensor>)> {
-    let dev = dev_of(g)?;
-    let n = g.elem_count();
-    let u = u.to_dtype(g.dtype())?.contiguous()?;
-    let d = d.to_dtype(g.dtype())?.contiguous()?;
-    let (gu, _) = u.storage_and_layout();
-    let (gd, _) = d.storage_and_layout();
-    let f = func(&dev, "silu_mul_bwd", g.dtype())?;
-    let g = g.contiguous()?;
-    let (n_, vec) = (n as i64, vec16(&[&g, &u, &d]));
-    let shape = g.shape().clone();
-    typed!(g, |gv: Ty| {
-        let uv = view!(gu, u, Ty);
-        let dv = view!(gd, d, Ty);
-        let dg = if need_g {
-            Some(unsafe { dev.alloc::<Ty>(n)? })
-        } else {
-            None
-        };
-        let du = if need_u {
-            Some(unsafe { dev.alloc::<Ty>(n)? })
-        } else {
-            None
-        };
-        let mut b = f.builder();
-        args!(b, &gv, &uv, &dv);
-        opt_args!(b, &dg, &du);
-        args!(b, &n_, &vec);
-        unsafe { b.launch(vec_cfg(n)) }.w()?;
-        Ok((
-            dg.map(|x| wrap(x, &dev, shape.clone())),
-            du.map(|x| wrap(x, &dev, shape.clone())),
-        ))
-    })
-}
-
 /// One AdamW update in place: `p`, `m`, `v` are written (all of `p`'s dtype), `g` read.
 #[allow(clippy::too_many_arguments)]
 pub fn adamw(

@@ -327,48 +327,6 @@ fn lora_linear_tc(
     lora_attach(x, w, &pack, b, y, bwd)
 }
 
-/// `silu(gate) · up`.
-pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if kernels(gate) && gate.shape() == up.shape() {
-        let (gate, up) = (&gate.contiguous()?, &up.contiguous()?);
-        let y = super::cuda::silu_mul(&gate.detach(), &up.detach())?;
-        let bwd: Bwd = Arc::new(|a: &[&Tensor], _: &Tensor, g: &Tensor| {
-            let (dg, du) = super::cuda::silu_mul_bwd(
-                &a[0].detach(),
-                &a[1].detach(),
-                g,
-                needs_grad(a[0]),
-                needs_grad(a[1]),
-            )?;
-            Ok(vec![dg, du.map(|d| d.to_dtype(a[1].dtype())).transpose()?])
-        });
-        return attach_fresh(&[gate, up], y, bwd);
-    }
-    let y = gate.detach().silu()?.mul(&up.detach())?;
-    let bwd: Bwd = Arc::new(|a: &[&Tensor], _: &Tensor, g: &Tensor| {
-        let dt = a[0].dtype();
-        let gt = a[0].detach().to_dtype(DType::F32)?;
-        let up = a[1].detach().to_dtype(DType::F32)?;
-        let gf = g.to_dtype(DType::F32)?;
-        let s = candle_nn::ops::sigmoid(&gt)?;
-        let dg = if needs_grad(a[0]) {
-            let one_minus = (1.0 - &s)?;
-            let ds = (&s * ((&gt * one_minus)? + 1.0)?)?;
-            Some((&gf * &up)?.mul(&ds)?.to_dtype(dt)?)
-        } else {
-            None
-        };
-        let du = if needs_grad(a[1]) {
-            Some((gf * (gt * s)?)?.to_dtype(a[1].dtype())?)
-        } else {
-            None
-        };
-        Ok(vec![dg, du])
-    });
-    attach(&[gate, up], y, bwd)
-}
-
 impl AttnMask {
     /// The key mask `[b, tk]` as u8 on `dev` (all ones without padding), once per mask.
     fn device_key_valid(&self, b: usize, tk: usize, dev: &Device) -> Result<Tensor> {
