@@ -260,45 +260,6 @@ pub fn attn_softmax_bwd(p: &Tensor, dp: &Tensor, scale: f32) -> Result<Tensor> {
     })
 }
 
-/// Per-row cross-entropy `lse − x[label]` (0 where label < 0) `[n]` f32; labels i32 on the device.
-pub fn ce_rows(x: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    let dev = dev_of(x)?;
-    let (n, v) = x.dims2()?;
-    let labels = labels.contiguous()?;
-    let (gl, _) = labels.storage_and_layout();
-    let lv = view!(gl, labels, u32);
-    let f = func(&dev, "ce_fwd", x.dtype())?;
-    let v_ = v as i32;
-    typed!(x, |xv: _Ty| {
-        let dst = unsafe { dev.alloc::<f32>(n)? };
-        let mut b = f.builder();
-        args!(b, &xv, &lv, &dst, &v_);
-        unsafe { b.launch(rows_cfg(n, v)) }.w()?;
-        Ok(wrap(dst, &dev, n))
-    })
-}
-
-/// `(softmax(x) − onehot(label)) · g` per row (0 for ignored rows); `g` a 1-element f32 tensor.
-pub fn ce_bwd(x: &Tensor, labels: &Tensor, g: &Tensor) -> Result<Tensor> {
-    let dev = dev_of(x)?;
-    let (n, v) = x.dims2()?;
-    let labels = labels.contiguous()?;
-    let g = g.to_dtype(DType::F32)?.reshape(1)?.contiguous()?;
-    let (gl, _) = labels.storage_and_layout();
-    let lv = view!(gl, labels, u32);
-    let (gg, _) = g.storage_and_layout();
-    let gv = view!(gg, g, f32);
-    let f = func(&dev, "ce_bwd", x.dtype())?;
-    let v_ = v as i32;
-    typed!(x, |xv: Ty| {
-        let dst = unsafe { dev.alloc::<Ty>(n * v)? };
-        let mut b = f.builder();
-        args!(b, &xv, &lv, &gv, &dst, &v_);
-        unsafe { b.launch(rows_cfg(n, v)) }.w()?;
-        Ok(wrap(dst, &dev, (n, v)))
-    })
-}
-
 pub(crate) fn rows_of(t: &Tensor) -> Result<(usize, usize)> {
     let n = t.dim(candle_core::D::Minus1)?;
     Ok((t.elem_count() / n.max(1), n))

@@ -4,7 +4,7 @@
 //! pass, as with the fused CPU kernels, and frozen inputs get no gradient.
 
 pub use super::device::set_chunk_bytes;
-use super::device::{attach, attach_fresh, chunk_bytes, rows};
+use super::device::{attach_fresh, chunk_bytes, rows};
 use super::tape::Bwd;
 use super::{kernels, needs_grad, AttnMask};
 use candle_core::{DType, Device, Result, Tensor, D};
@@ -686,80 +686,4 @@ fn attn_bwd(
     let dk = ds.t()?.matmul(&qg)?;
     let back = |x: Tensor| -> Result<Tensor> { x.transpose(1, 2)?.contiguous() };
     Ok((ungroup(&dq, tq)?.contiguous()?, back(dk)?, back(dv)?))
-}
-
-/// Rows `x` `[n, v]` in f32 as `z = x − max` and `log Σ exp(z)` `[n, 1]`, the exponentials summed
-/// in f64: an f32 sum over a large vocabulary is biased low (see `ops::loss`).
-fn shifted_lse(x: &Tensor) -> Result<(Tensor, Tensor)> {
-    let xf = x.to_dtype(DType::F32)?;
-    let z = xf.broadcast_sub(&xf.max_keepdim(D::Minus1)?)?;
-    let ls = z
-        .exp()?
-        .to_dtype(DType::F64)?
-        .sum_keepdim(D::Minus1)?
-        .log()?
-        .to_dtype(DType::F32)?;
-    Ok((z, ls))
-}
-
-/// Σ −log softmax(logits)[label] over labelled rows; `logits` `[n, vocab]`.
-pub fn cross_entropy_sum(logits: &Tensor, labels: &[i64]) -> Result<Tensor> {
-    let (n, v) = logits.dims2()?;
-    #[cfg(feature = "cuda")]
-    if kernels(logits) {
-        let logits = &logits.contiguous()?;
-        // labels as i32 bit patterns (-100: ignored)
-        let lab: Vec<u32> = labels.iter().map(|&l| l as i32 as u32).collect();
-        let lab = Tensor::from_vec(lab, n, &Device::Cpu)?.to_device(logits.device())?;
-        let loss = super::cuda::ce_rows(&logits.detach(), &lab)?.sum_all()?;
-        let bwd: Bwd = Arc::new(move |a: &[&Tensor], _: &Tensor, g: &Tensor| {
-            Ok(vec![Some(super::cuda::ce_bwd(&a[0].detach(), &lab, g)?)])
-        });
-        let _ = v;
-        return attach(&[logits], loss, bwd);
-    }
-    let dev = logits.device().clone();
-    let keep: Vec<f32> = labels
-        .iter()
-        .map(|&l| if l < 0 { 0.0 } else { 1.0 })
-        .collect();
-    let idx: Vec<u32> = labels
-        .iter()
-        .map(|&l| if l < 0 { 0 } else { l as u32 })
-        .collect();
-    let keep = Tensor::from_vec(keep, (n, 1), &Device::Cpu)?.to_device(&dev)?;
-    let idx = Tensor::from_vec(idx, (n, 1), &Device::Cpu)?.to_device(&dev)?;
-    // rows in chunks, so the f32 copies of the logits stay small
-    let chunk = (chunk_bytes() / (v * 4)).clamp(1, n.max(1));
-    let starts: Vec<usize> = (0..n).step_by(chunk).collect();
-    let ld = logits.detach();
-    let mut loss = Tensor::zeros((), DType::F32, &dev)?;
-    for &s in &starts {
-        let len = chunk.min(n - s);
-        let (z, ls) = shifted_lse(&ld.narrow(0, s, len)?)?;
-        let picked = z.gather(&idx.narrow(0, s, len)?, 1)?;
-        loss = (loss + ls.sub(&picked)?.mul(&keep.narrow(0, s, len)?)?.sum_all()?)?;
-    }
-    let bwd: Bwd = Arc::new(move |a: &[&Tensor], _: &Tensor, g: &Tensor| {
-        let gf = g.to_dtype(DType::F32)?;
-        let ld = a[0].detach();
-        let mut parts = Vec::with_capacity(starts.len());
-        for &s in &starts {
-            let len = chunk.min(n - s);
-            let (z, ls) = shifted_lse(&ld.narrow(0, s, len)?)?;
-            let p = z.broadcast_sub(&ls)?.exp()?;
-            let ones = Tensor::ones((len, 1), DType::F32, &dev)?;
-            let onehot = Tensor::zeros((len, v), DType::F32, &dev)?.scatter_add(
-                &idx.narrow(0, s, len)?,
-                &ones,
-                1,
-            )?;
-            let d = (p - onehot)?
-                .broadcast_mul(&keep.narrow(0, s, len)?)?
-                .broadcast_mul(&gf)?;
-            parts.push(d.to_dtype(a[0].dtype())?);
-        }
-        Ok(vec![Some(Tensor::cat(&parts, 0)?)])
-    });
-    attach(&[logits], loss, bwd)
 }
