@@ -822,44 +822,6 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     })
 }
 
-/// `x · v` per column of `[.., N]` `x`, `v` `[N]` rounded to `x`'s dtype first.
-pub fn scale_cols(x: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let dev = dev_of(x)?;
-    let (m, n) = rows_of(x)?;
-    let v = v.to_dtype(DType::F32)?.contiguous()?;
-    let (gv, _) = v.storage_and_layout();
-    let vv = view!(gv, v, f32);
-    let f = func(&dev, "scale_cols", x.dtype())?;
-    let (total, n_) = ((m * n) as i64, n as i32);
-    let shape = x.shape().clone();
-    let vec = vec16(&[x]);
-    typed!(x, |xv: Ty| {
-        let dst = unsafe { dev.alloc::<Ty>(m * n)? };
-        let mut b = f.builder();
-        args!(b, &xv, &vv, &dst, &total, &n_, &vec);
-        unsafe { b.launch(vec_cfg(m * n)) }.w()?;
-        Ok(wrap(dst, &dev, shape))
-    })
-}
-
-/// `Σ_rows g ⊙ x` per column of `[M, N]` `g` and `x` (same dtype): `[N]` f32.
-pub fn colsum_mul(g: &Tensor, x: &Tensor) -> Result<Tensor> {
-    let dev = dev_of(x)?;
-    let (m, n) = rows_of(x)?;
-    let g = g.to_dtype(x.dtype())?.contiguous()?;
-    let (gg, _) = g.storage_and_layout();
-    let f = func(&dev, "colsum_mul", x.dtype())?;
-    let (m_, n_) = (m as i64, n as i32);
-    typed!(x, |xv: Ty| {
-        let gv = view!(gg, g, Ty);
-        let dst = unsafe { dev.alloc::<f32>(n)? };
-        let mut b = f.builder();
-        args!(b, &gv, &xv, &dst, &m_, &n_);
-        unsafe { b.launch(block_cfg((n.div_ceil(32), 1))?) }.w()?;
-        Ok(wrap(dst, &dev, n))
-    })
-}
-
 /// Flash attention forward launches so far (tests check that the kernels, not a fallback, ran).
 pub static FLASH_LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 

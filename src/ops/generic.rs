@@ -497,47 +497,6 @@ pub fn attention(
     attach_fresh(&[q, k, v], y, bwd)
 }
 
-/// `x · v` over the last dimension (IA3's scaling), `v` `[n]` cast to `x`'s dtype; `v`'s gradient
-/// summed in f32.
-pub fn scale_last(x: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let scale = |x: &Tensor, v: &Tensor| -> Result<Tensor> {
-        #[cfg(feature = "cuda")]
-        if kernels(x) {
-            return super::cuda::scale_cols(x, v);
-        }
-        x.broadcast_mul(&v.to_dtype(x.dtype())?)
-    };
-    let y = scale(&x.detach(), &v.detach())?;
-    let bwd: Bwd = Arc::new(move |a: &[&Tensor], _: &Tensor, g: &Tensor| {
-        let (x, v) = (a[0].detach(), a[1].detach());
-        let dx = if needs_grad(a[0]) {
-            Some(scale(g, &v)?)
-        } else {
-            None
-        };
-        let dv = if needs_grad(a[1]) {
-            #[cfg(feature = "cuda")]
-            if kernels(&x) {
-                return Ok(vec![
-                    dx,
-                    Some(super::cuda::colsum_mul(g, &x)?.to_dtype(v.dtype())?),
-                ]);
-            }
-            let n = v.elem_count();
-            let p = (g.to_dtype(DType::F32)? * x.to_dtype(DType::F32)?)?;
-            Some(
-                p.reshape((p.elem_count() / n, n))?
-                    .sum(0)?
-                    .to_dtype(v.dtype())?,
-            )
-        } else {
-            None
-        };
-        Ok(vec![dx, dv])
-    });
-    attach_fresh(&[x, v], y, bwd)
-}
-
 /// Attention in bf16 by the flash kernels: the scores never reach memory, and the inputs and
 /// output keep the model's `[b, t, heads, d]` layout.
 #[cfg(feature = "cuda")]

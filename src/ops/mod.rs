@@ -28,6 +28,7 @@ pub use linear::{linear, lora_linear};
 pub use loss::{cross_entropy_sum, IGNORE_INDEX};
 pub use norm::{layer_norm, rms_norm};
 pub use rope::{rope, Rope};
+pub use scale::scale_last;
 
 /// Which implementation the ops take (tests compare them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,19 +88,6 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         return a + b;
     }
     generic::add(a, b)
-}
-
-/// `x · v` over the last dimension, `v` `[n]` cast to `x`'s dtype (IA3's scaling).
-pub fn scale_last(x: &Tensor, v: &Tensor) -> Result<Tensor> {
-    if fused(x) && fused(v) && x.dim(candle_core::D::Minus1)? == v.elem_count() && v.rank() == 1 {
-        return x
-            .contiguous()?
-            .apply_op2(&v.contiguous()?, scale::ScaleLast);
-    }
-    if composed_only() {
-        return x.broadcast_mul(&v.to_dtype(x.dtype())?);
-    }
-    generic::scale_last(x, v)
 }
 
 /// `t` in another shape, its gradient reshaped back without a copy on the device path.
