@@ -339,27 +339,6 @@ pub fn sum_sq(x: &Tensor) -> Result<Tensor> {
     })
 }
 
-/// The gradient of an embedding table `[vocab, h]` from the gradient `g` `[rows, h]` of the rows
-/// that `ids` (u32) selected: summed in f32 (repeated tokens add up), returned in `g`'s dtype.
-pub fn embed_bwd(g: &Tensor, ids: &Tensor, vocab: usize) -> Result<Tensor> {
-    let dev = dev_of(g)?;
-    let (rows, h) = g.dims2()?;
-    let g = g.contiguous()?;
-    let ids = ids.contiguous()?;
-    let (gi, _) = ids.storage_and_layout();
-    let iv = view!(gi, ids, u32);
-    let f = func(&dev, "embed_bwd", g.dtype())?;
-    let acc = dev.alloc_zeros::<f32>(vocab * h)?;
-    let (rows_, h_, vocab_, vec) = (rows as i64, h as i32, vocab as i64, row_vec(h, &[&g]));
-    typed!(g, |gv: _Ty| {
-        let mut b = f.builder();
-        args!(b, &gv, &iv, &acc, &rows_, &h_, &vocab_, &vec);
-        unsafe { b.launch(warp_rows_cfg(rows)) }.w()?;
-        Ok::<_, candle_core::Error>(())
-    })?;
-    wrap(acc, &dev, (vocab, h)).to_dtype(g.dtype())
-}
-
 /// Largest LoRA rank the low-rank kernels take.
 pub const LORA_RMAX: usize = 64;
 

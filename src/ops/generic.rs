@@ -10,21 +10,6 @@ use super::{kernels, needs_grad, AttnMask};
 use candle_core::{DType, Device, Result, Tensor, D};
 use std::sync::Arc;
 
-/// Rows `ids` (u32) of the table `w` `[vocab, h]`; on the GPU its gradient is one kernel that adds
-/// each row's gradient into an f32 table (candle's index_add backward is a slow scalar loop).
-pub fn embedding(w: &Tensor, ids: &Tensor) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if kernels(w) && ids.dtype() == DType::U32 && needs_grad(w) {
-        let y = w.detach().index_select(ids, 0)?;
-        let (ids, vocab) = (ids.clone(), w.dim(0)?);
-        let bwd: Bwd = Arc::new(move |_: &[&Tensor], _: &Tensor, g: &Tensor| {
-            Ok(vec![Some(super::cuda::embed_bwd(g, &ids, vocab)?)])
-        });
-        return attach_fresh(&[w], y, bwd);
-    }
-    w.index_select(ids, 0)
-}
-
 /// `a + b` of one shape, without a graph: ftl's vectorised kernel on the GPU.
 pub(crate) fn sum2(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]

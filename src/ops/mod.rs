@@ -10,6 +10,7 @@ pub mod attention;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod device;
+mod embedding;
 pub mod generic;
 pub mod linear;
 pub mod loss;
@@ -23,7 +24,7 @@ use std::cell::Cell;
 
 pub use act::{gelu, gelu_tanh, silu_mul, Activation};
 pub use attention::{attention, AttnMask};
-pub use generic::embedding;
+pub use embedding::embedding;
 pub use linear::{linear, lora_linear};
 pub use loss::{cross_entropy_sum, IGNORE_INDEX};
 pub use norm::{layer_norm, rms_norm};
