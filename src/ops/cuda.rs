@@ -778,29 +778,6 @@ pub(crate) fn row_vec(n: usize, ts: &[&Tensor]) -> i32 {
     (n.is_multiple_of(v) && vec16(ts) == 1) as i32
 }
 
-/// `a + b` for two contiguous tensors of one shape and dtype.
-pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let dev = dev_of(a)?;
-    if a.shape() != b.shape() || a.dtype() != b.dtype() {
-        candle_core::bail!("ftl kernels: add of {:?} and {:?}", a.shape(), b.shape());
-    }
-    let n = a.elem_count();
-    let f = func(&dev, "add2", a.dtype())?;
-    let b = b.contiguous()?;
-    let (gb, _) = b.storage_and_layout();
-    let shape = a.shape().clone();
-    let vec = vec16(&[a, &b]);
-    let n_ = n as i64;
-    typed!(a, |av: Ty| {
-        let bv: CudaView<'_, Ty> = view!(gb, b, Ty);
-        let dst = unsafe { dev.alloc::<Ty>(n)? };
-        let mut bl = f.builder();
-        args!(bl, &av, &bv, &dst, &n_, &vec);
-        unsafe { bl.launch(vec_cfg(n)) }.w()?;
-        Ok(wrap(dst, &dev, shape))
-    })
-}
-
 /// Flash attention forward launches so far (tests check that the kernels, not a fallback, ran).
 pub static FLASH_LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 

@@ -10,24 +10,6 @@ use super::{kernels, needs_grad, AttnMask};
 use candle_core::{DType, Device, Result, Tensor, D};
 use std::sync::Arc;
 
-/// `a + b` of one shape, without a graph: ftl's vectorised kernel on the GPU.
-pub(crate) fn sum2(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if kernels(a) && a.dtype() == b.dtype() && a.shape() == b.shape() {
-        return super::cuda::add(a, b);
-    }
-    a + b
-}
-
-/// `a + b` (same shapes): both get the output's gradient as it is, shared.
-pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let y = sum2(&a.detach(), &b.detach())?;
-    let bwd: Bwd = Arc::new(|_: &[&Tensor], _: &Tensor, g: &Tensor| {
-        Ok(vec![Some(g.clone()), Some(g.clone())])
-    });
-    attach_fresh(&[a, b], y, bwd)
-}
-
 /// `x·Wᵀ` (`x·W` for a transposed weight) on detached inputs.
 fn mm(x: &Tensor, w: &Tensor, transposed: bool) -> Result<Tensor> {
     let wt = if transposed { w.clone() } else { w.t()? };

@@ -6,6 +6,7 @@
 //! arguments that need one (`needs_grad`).
 
 pub mod act;
+mod add;
 pub mod attention;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -23,6 +24,7 @@ use candle_core::{CpuStorage, DType, Layout, Result, Shape, Storage, Tensor};
 use std::cell::Cell;
 
 pub use act::{gelu, gelu_tanh, silu_mul, Activation};
+pub use add::add;
 pub use attention::{attention, AttnMask};
 pub use embedding::embedding;
 pub use linear::{linear, lora_linear};
@@ -81,14 +83,6 @@ pub(crate) fn kernels(t: &Tensor) -> bool {
         let _ = t;
         false
     }
-}
-
-/// `a + b` for two values of one shape (residual connections).
-pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if fused(a) || composed_only() {
-        return a + b;
-    }
-    generic::add(a, b)
 }
 
 /// `t` in another shape, its gradient reshaped back without a copy on the device path.

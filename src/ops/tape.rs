@@ -166,7 +166,7 @@ impl State<'_> {
                 None => t.ones_like()?,
             };
             let sum = match self.store.remove(t) {
-                Some(prev) => super::generic::sum2(&prev, &g)?,
+                Some(prev) => super::add::sum2(&prev, &g)?,
                 None => g,
             };
             self.store.insert(t, sum);
