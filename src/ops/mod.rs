@@ -16,6 +16,8 @@ pub mod generic;
 pub mod linear;
 pub mod loss;
 pub mod norm;
+#[cfg(feature = "cuda")]
+mod optim;
 pub mod rope;
 mod scale;
 pub mod tape;
