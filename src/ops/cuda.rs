@@ -1,6 +1,8 @@
-//! CUDA kernels of the device path (`kernels.cu`, compiled to PTX by build.rs): one launch
-//! instead of a chain of candle ops for the element-wise parts of attention, cross-entropy,
-//! RMSNorm, rotary embeddings, SwiGLU and AdamW. Tensors must be contiguous, f32 or bf16.
+//! What launching ftl's CUDA kernels takes (`kernels.cu` and `flash_attn.cu`, compiled to PTX by
+//! build.rs): loading a kernel, launch configurations, typed views of tensors and wrapping fresh
+//! buffers as tensors. Each op's launchers are in its own file (its `cuda` module), AdamW's in
+//! `optim.rs`; the ones called from outside `ops` are re-exported here. Tensors must be
+//! contiguous, f32 or bf16.
 
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchArgs, LaunchConfig,
@@ -9,6 +11,9 @@ use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, DType, Result, Shape, Storage, Tensor};
 use half::bf16;
 use std::sync::Arc;
+
+pub use super::attention::cuda::FLASH_LAUNCHES;
+pub use super::optim::{adamw, sum_sq};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
 
@@ -209,6 +214,3 @@ pub(crate) fn row_vec(n: usize, ts: &[&Tensor]) -> i32 {
     let v = 16 / ts[0].dtype().size_in_bytes();
     (n.is_multiple_of(v) && vec16(ts) == 1) as i32
 }
-
-pub use super::attention::cuda::FLASH_LAUNCHES;
-pub use super::optim::{adamw, sum_sq};
