@@ -4,9 +4,9 @@
 
 use super::device::attach;
 use super::tape::Bwd;
+use super::{backend, needs_grad, slice_f32, with_f32, Backend};
 #[cfg(feature = "cuda")]
 use super::{device::attach_fresh, kernels};
-use super::{fused, needs_grad, slice_f32, with_f32};
 use candle_core::cpu::erf::erf_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -47,18 +47,19 @@ impl Activation {
         if self == Activation::Identity {
             return Ok(x.clone());
         }
-        if fused(x) {
-            return x.contiguous()?.apply_op1(Unary(self));
-        }
-        match self {
-            Activation::Silu => x.silu(),
-            Activation::Relu => x.relu(),
-            Activation::Gelu => x.gelu_erf(),
-            Activation::GeluTanh => x.gelu(),
-            Activation::QuickGelu => x.mul(&candle_nn::ops::sigmoid(&(x * 1.702)?)?),
-            Activation::Tanh => x.tanh(),
-            Activation::Sigmoid => candle_nn::ops::sigmoid(x),
-            Activation::Identity => Ok(x.clone()),
+        match backend(&[x]) {
+            Backend::Fused => x.contiguous()?.apply_op1(Unary(self)),
+            // no device path of its own: candle's op, one node that the tape leaves to candle
+            Backend::Composed | Backend::Device => match self {
+                Activation::Silu => x.silu(),
+                Activation::Relu => x.relu(),
+                Activation::Gelu => x.gelu_erf(),
+                Activation::GeluTanh => x.gelu(),
+                Activation::QuickGelu => x.mul(&candle_nn::ops::sigmoid(&(x * 1.702)?)?),
+                Activation::Tanh => x.tanh(),
+                Activation::Sigmoid => candle_nn::ops::sigmoid(x),
+                Activation::Identity => Ok(x.clone()),
+            },
         }
     }
 
@@ -157,13 +158,14 @@ impl CustomOp1 for Unary {
 
 /// `silu(gate) * up`, the SwiGLU of llama's MLP.
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if fused(gate) && fused(up) && gate.shape() == up.shape() {
-        return gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMul);
+    match backend(&[gate, up]) {
+        Backend::Fused if gate.shape() == up.shape() => {
+            gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMul)
+        }
+        // the fused kernel takes one shape: a broadcast one takes the device path
+        Backend::Fused | Backend::Device => silu_mul_device(gate, up),
+        Backend::Composed => gate.silu()?.mul(up),
     }
-    if !super::composed_only() {
-        return silu_mul_device(gate, up);
-    }
-    gate.silu()?.mul(up)
 }
 
 /// `act(gate) * up` for any activation.

@@ -4,7 +4,7 @@
 
 use super::device::{attach_fresh, chunk_bytes};
 use super::tape::Bwd;
-use super::{fused, gemm_f32, kernels, needs_grad, slice_f32, with_f32, SendPtr};
+use super::{backend, gemm_f32, kernels, needs_grad, slice_f32, with_f32, Backend, SendPtr};
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -158,22 +158,21 @@ pub fn attention(
             );
         }
     }
-    if fused(q) && fused(k) && fused(v) {
-        let save = needs_grad(q) || needs_grad(k) || needs_grad(v);
-        let op = Attn {
-            mask: mask.clone(),
-            scale,
-            probs: Mutex::new(None),
-            save,
-        };
-        return q
-            .contiguous()?
-            .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
+    match backend(&[q, k, v]) {
+        Backend::Fused => {
+            let save = needs_grad(q) || needs_grad(k) || needs_grad(v);
+            let op = Attn {
+                mask: mask.clone(),
+                scale,
+                probs: Mutex::new(None),
+                save,
+            };
+            q.contiguous()?
+                .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+        }
+        Backend::Composed => composed(q, k, v, mask, scale),
+        Backend::Device => device(q, k, v, mask, scale),
     }
-    if super::composed_only() {
-        return composed(q, k, v, mask, scale);
-    }
-    device(q, k, v, mask, scale)
 }
 
 fn composed(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, scale: f32) -> Result<Tensor> {

@@ -11,6 +11,9 @@ use {
 
 /// Rows `ids` (u32) of the table `w` `[vocab, h]`; on the GPU its gradient is one kernel that adds
 /// each row's gradient into an f32 table (candle's index_add backward is a slow scalar loop).
+///
+/// Not routed by `backend`: the forward pass is `index_select` on every backend, and the gradient
+/// kernel is taken wherever it applies, `Path::Composed` included.
 pub fn embedding(w: &Tensor, ids: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if kernels(w) && ids.dtype() == DType::U32 && needs_grad(w) {

@@ -6,26 +6,26 @@ use super::device::{attach_fresh, rows};
 #[cfg(feature = "cuda")]
 use super::kernels;
 use super::tape::Bwd;
-use super::{fused, gemm_f32, needs_grad, slice_f32, with_f32};
+use super::{backend, gemm_f32, needs_grad, slice_f32, with_f32, Backend};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use std::sync::Arc;
 
 /// `x` is `[.., in]`; `w` is `[out, in]`, or `[in, out]` when `transposed` (GPT-2's Conv1D).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> Result<Tensor> {
-    if fused(x) && fused(w) {
-        let x = x.contiguous()?;
-        let w = w.contiguous()?;
-        let op = LinearOp { transposed };
-        return match b {
-            Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
-            None => x.apply_op2(&w, op),
-        };
+    match backend(&[x, w]) {
+        Backend::Fused => {
+            let x = x.contiguous()?;
+            let w = w.contiguous()?;
+            let op = LinearOp { transposed };
+            match b {
+                Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+                None => x.apply_op2(&w, op),
+            }
+        }
+        Backend::Composed => composed(x, w, b, transposed),
+        Backend::Device => linear_device(x, w, b, transposed),
     }
-    if super::composed_only() {
-        return composed(x, w, b, transposed);
-    }
-    linear_device(x, w, b, transposed)
 }
 
 fn composed(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> Result<Tensor> {
@@ -407,9 +407,24 @@ pub fn lora_linear(
     scale: f64,
     transposed: bool,
 ) -> Result<Tensor> {
-    if !(fused(x) && fused(w) && fused(a)) {
-        return lora_device(x, w, b, a, bm, scale, transposed);
+    match backend(&[x, w, a]) {
+        Backend::Fused => lora_fused(x, w, b, a, bm, scale, transposed),
+        // no composed form here: the reference composes LoRA of `linear`s (as peft's LoRA does
+        // under `composed_only`), so this op's own backends are the fused and the device path
+        Backend::Composed | Backend::Device => lora_device(x, w, b, a, bm, scale, transposed),
     }
+}
+
+/// `lora_linear` on the fused path: the adapter and bias packed into one input of one op.
+fn lora_fused(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &Tensor,
+    bm: &Tensor,
+    scale: f64,
+    transposed: bool,
+) -> Result<Tensor> {
     let r = a.dim(0)?;
     let mut parts = vec![a.flatten_all()?, bm.flatten_all()?];
     if let Some(b) = b {
@@ -1291,7 +1306,7 @@ mod lora_tests {
             let bm = var(&[6, 3], 5)?;
             let f = || -> Result<Tensor> {
                 let bb = if bias { Some(b.as_tensor()) } else { None };
-                if super::super::fused(x.as_tensor()) {
+                if super::super::backend(&[x.as_tensor()]) == super::super::Backend::Fused {
                     lora_linear(
                         x.as_tensor(),
                         w.as_tensor(),

@@ -6,7 +6,7 @@ use super::device::{attach, chunk_bytes};
 #[cfg(feature = "cuda")]
 use super::kernels;
 use super::tape::Bwd;
-use super::{fused, slice_f32, with_f32};
+use super::{backend, slice_f32, with_f32, Backend};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -25,14 +25,17 @@ pub fn cross_entropy_sum(logits: &Tensor, labels: &[i64]) -> Result<Tensor> {
     {
         candle_core::bail!("cross_entropy: label {bad} outside 0..{v}");
     }
-    if fused(logits) {
-        return logits.contiguous()?.apply_op1(CrossEntropy {
+    match backend(&[logits]) {
+        Backend::Fused => logits.contiguous()?.apply_op1(CrossEntropy {
             labels: Arc::new(labels.to_vec()),
-        });
+        }),
+        Backend::Composed => composed(logits, labels),
+        Backend::Device => device(logits, labels),
     }
-    if !super::composed_only() {
-        return device(logits, labels);
-    }
+}
+
+fn composed(logits: &Tensor, labels: &[i64]) -> Result<Tensor> {
+    let n = logits.dim(0)?;
     let lsm = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
     let idx: Vec<u32> = labels
         .iter()

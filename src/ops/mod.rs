@@ -1,5 +1,7 @@
-//! Differentiable tensor ops used by the models: fused CPU kernels with hand-written backward
-//! passes, and composed candle ops (the reference, and the path on other devices and dtypes).
+//! Differentiable tensor ops used by the models, one file per op with all of its backends: the
+//! composed candle ops (the reference), the fused CPU kernel with a hand-written backward pass,
+//! the device path (CUDA and other dtypes: candle ops on detached inputs and one attached backward
+//! pass, `device`) and its CUDA kernels. `backend` is the one rule that picks among them.
 //!
 //! candle's own fused softmax/rms_norm/layer_norm/rope have no backward, and its matmul backward
 //! computes the gradient of frozen weights too; everything here returns a gradient only for
@@ -45,7 +47,7 @@ pub use scale::scale_last;
 pub enum Path {
     /// fused CPU kernels for f32 on the CPU, the device path otherwise
     Auto,
-    /// the device path (`generic`) everywhere
+    /// the device path everywhere
     Device,
     /// plain composed candle ops differentiated by candle: the reference
     Composed,
@@ -69,17 +71,37 @@ fn path() -> Path {
     PATH.with(|c| c.get())
 }
 
-/// True when `t` takes the fused CPU path.
-pub fn fused(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32 && path() == Path::Auto
+/// The implementations of an op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// plain candle ops differentiated by candle: the reference
+    Composed,
+    /// the CPU kernel with its hand-written backward pass, for f32
+    Fused,
+    /// candle ops on detached inputs and one attached backward pass (`device`), with ftl's CUDA
+    /// kernels where `kernels` allows
+    Device,
 }
 
-/// True when ops must use the composed reference.
+/// The implementation an op on `ts` takes: fused where all of them are f32 on the CPU, the device
+/// path for anything else, unless `set_path` says otherwise. An op whose fused kernel also needs
+/// certain shapes takes its device path for the others itself.
+pub(crate) fn backend(ts: &[&Tensor]) -> Backend {
+    let cpu_f32 = |t: &&Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    match path() {
+        Path::Composed => Backend::Composed,
+        Path::Device => Backend::Device,
+        Path::Auto if ts.iter().all(cpu_f32) => Backend::Fused,
+        Path::Auto => Backend::Device,
+    }
+}
+
+/// True when ops must use the composed reference (for callers that compose one of their own).
 pub fn composed_only() -> bool {
     path() == Path::Composed
 }
 
-/// Whether `t` takes ftl's own CUDA kernels.
+/// Whether a device path may run ftl's own CUDA kernels on `t`.
 pub(crate) fn kernels(t: &Tensor) -> bool {
     #[cfg(feature = "cuda")]
     {

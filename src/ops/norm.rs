@@ -3,23 +3,25 @@
 
 use super::device::{attach, rows};
 use super::tape::Bwd;
+use super::{backend, needs_grad, slice_f32, with_f32, Backend};
 #[cfg(feature = "cuda")]
 use super::{device::attach_fresh, kernels};
-use super::{fused, needs_grad, slice_f32, with_f32};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use std::sync::Arc;
 
 /// HF's `LlamaRMSNorm`: normalise in f32, cast back, then scale by `w`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    if fused(x) && fused(w) {
-        return x
+    match backend(&[x, w]) {
+        Backend::Fused => x
             .contiguous()?
-            .apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 });
+            .apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 }),
+        Backend::Composed => rms_composed(x, w, eps),
+        Backend::Device => rms_device(x, w, eps),
     }
-    if !super::composed_only() {
-        return rms_device(x, w, eps);
-    }
+}
+
+fn rms_composed(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let dt = x.dtype();
     let xf = x.to_dtype(DType::F32)?;
     let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
@@ -29,16 +31,18 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 
 /// `torch.nn.LayerNorm` over the last dimension (biased variance).
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
-    if fused(x) && fused(w) && fused(b) {
-        return x.contiguous()?.apply_op3(
+    match backend(&[x, w, b]) {
+        Backend::Fused => x.contiguous()?.apply_op3(
             &w.contiguous()?,
             &b.contiguous()?,
             LayerNorm { eps: eps as f32 },
-        );
+        ),
+        Backend::Composed => layer_composed(x, w, b, eps),
+        Backend::Device => layer_device(x, w, b, eps),
     }
-    if !super::composed_only() {
-        return layer_device(x, w, b, eps);
-    }
+}
+
+fn layer_composed(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
     let dt = x.dtype();
     let xf = x.to_dtype(DType::F32)?;
     let mu = xf.mean_keepdim(D::Minus1)?;

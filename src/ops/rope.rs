@@ -3,9 +3,9 @@
 //! fused CPU kernel, the device path and its CUDA kernel.
 
 use super::device::attach;
+use super::{backend, slice_f32, Backend};
 #[cfg(feature = "cuda")]
 use super::{device::attach_fresh, kernels};
-use super::{fused, slice_f32};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -100,17 +100,23 @@ pub fn rope(x: &Tensor, r: &Rope, offset: usize) -> Result<Tensor> {
             r.head_dim()
         );
     }
+    match backend(&[x]) {
+        Backend::Fused => {
+            let (cos, sin) = r.tables(offset, t);
+            x.contiguous()?.apply_op1(RopeOp {
+                cos: Arc::new(cos),
+                sin: Arc::new(sin),
+                inverse: false,
+            })
+        }
+        Backend::Composed => composed(x, r, offset),
+        Backend::Device => device(x, r, offset),
+    }
+}
+
+fn composed(x: &Tensor, r: &Rope, offset: usize) -> Result<Tensor> {
+    let (_, t, _, d) = x.dims4()?;
     let (cos, sin) = r.tables(offset, t);
-    if fused(x) {
-        return x.contiguous()?.apply_op1(RopeOp {
-            cos: Arc::new(cos),
-            sin: Arc::new(sin),
-            inverse: false,
-        });
-    }
-    if !super::composed_only() {
-        return device(x, r, offset);
-    }
     let h = d / 2;
     let dev = x.device();
     let cos = Tensor::from_vec(cos, (t, h), &Device::Cpu)?.to_device(dev)?;

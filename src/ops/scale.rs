@@ -6,20 +6,21 @@ use super::device::attach_fresh;
 #[cfg(feature = "cuda")]
 use super::kernels;
 use super::tape::Bwd;
-use super::{composed_only, fused, needs_grad, slice_f32, with_f32};
+use super::{backend, needs_grad, slice_f32, with_f32, Backend};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
 
 /// `x · v` over the last dimension, `v` `[n]` cast to `x`'s dtype (IA3's scaling).
 pub fn scale_last(x: &Tensor, v: &Tensor) -> Result<Tensor> {
-    if fused(x) && fused(v) && x.dim(candle_core::D::Minus1)? == v.elem_count() && v.rank() == 1 {
-        return x.contiguous()?.apply_op2(&v.contiguous()?, ScaleLast);
+    match backend(&[x, v]) {
+        Backend::Fused if x.dim(candle_core::D::Minus1)? == v.elem_count() && v.rank() == 1 => {
+            x.contiguous()?.apply_op2(&v.contiguous()?, ScaleLast)
+        }
+        // the fused kernel takes one value per feature; any other `v` broadcasts on the device path
+        Backend::Fused | Backend::Device => device(x, v),
+        Backend::Composed => x.broadcast_mul(&v.to_dtype(x.dtype())?),
     }
-    if composed_only() {
-        return x.broadcast_mul(&v.to_dtype(x.dtype())?);
-    }
-    device(x, v)
 }
 
 /// `scale_last` on the device path, `v`'s gradient summed in f32: ftl's kernels on CUDA.
