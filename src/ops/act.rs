@@ -1,9 +1,16 @@
-//! Activation functions with backward passes, named as HF configs name them.
+//! Activation functions with backward passes, named as HF configs name them (fused on the CPU,
+//! candle's ops elsewhere), and SwiGLU's `silu_mul` with all of its paths: the composed
+//! reference, the fused CPU kernel, the device path and its CUDA kernels.
 
-use super::{fused, needs_grad, slice_f32, with_f32};
+use super::device::attach;
+use super::tape::Bwd;
+use super::{backend, needs_grad, slice_f32, with_f32, Backend};
+#[cfg(feature = "cuda")]
+use super::{device::attach_fresh, kernels};
 use candle_core::cpu::erf::erf_f32;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// The activations HF configs use (`hidden_act`, `activation_function`, AdapterHub's
 /// `non_linearity`).
@@ -40,18 +47,19 @@ impl Activation {
         if self == Activation::Identity {
             return Ok(x.clone());
         }
-        if fused(x) {
-            return x.contiguous()?.apply_op1(Unary(self));
-        }
-        match self {
-            Activation::Silu => x.silu(),
-            Activation::Relu => x.relu(),
-            Activation::Gelu => x.gelu_erf(),
-            Activation::GeluTanh => x.gelu(),
-            Activation::QuickGelu => x.mul(&candle_nn::ops::sigmoid(&(x * 1.702)?)?),
-            Activation::Tanh => x.tanh(),
-            Activation::Sigmoid => candle_nn::ops::sigmoid(x),
-            Activation::Identity => Ok(x.clone()),
+        match backend(&[x]) {
+            Backend::Fused => x.contiguous()?.apply_op1(Unary(self)),
+            // no device path of its own: candle's op, one node that the tape leaves to candle
+            Backend::Composed | Backend::Device => match self {
+                Activation::Silu => x.silu(),
+                Activation::Relu => x.relu(),
+                Activation::Gelu => x.gelu_erf(),
+                Activation::GeluTanh => x.gelu(),
+                Activation::QuickGelu => x.mul(&candle_nn::ops::sigmoid(&(x * 1.702)?)?),
+                Activation::Tanh => x.tanh(),
+                Activation::Sigmoid => candle_nn::ops::sigmoid(x),
+                Activation::Identity => Ok(x.clone()),
+            },
         }
     }
 
@@ -150,13 +158,14 @@ impl CustomOp1 for Unary {
 
 /// `silu(gate) * up`, the SwiGLU of llama's MLP.
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if fused(gate) && fused(up) && gate.shape() == up.shape() {
-        return gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMul);
+    match backend(&[gate, up]) {
+        Backend::Fused if gate.shape() == up.shape() => {
+            gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMul)
+        }
+        // the fused kernel takes one shape: a broadcast one takes the device path
+        Backend::Fused | Backend::Device => silu_mul_device(gate, up),
+        Backend::Composed => gate.silu()?.mul(up),
     }
-    if !super::composed_only() {
-        return super::generic::silu_mul(gate, up);
-    }
-    gate.silu()?.mul(up)
 }
 
 /// `act(gate) * up` for any activation.
@@ -165,6 +174,48 @@ pub fn act_mul(act: Activation, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         return silu_mul(gate, up);
     }
     act.apply(gate)?.mul(up)
+}
+
+/// `silu_mul` on the device path: ftl's kernels on CUDA for one shape, candle ops elsewhere.
+fn silu_mul_device(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if kernels(gate) && gate.shape() == up.shape() {
+        let (gate, up) = (&gate.contiguous()?, &up.contiguous()?);
+        let y = cuda::silu_mul(&gate.detach(), &up.detach())?;
+        let bwd: Bwd = Arc::new(|a: &[&Tensor], _: &Tensor, g: &Tensor| {
+            let (dg, du) = cuda::silu_mul_bwd(
+                &a[0].detach(),
+                &a[1].detach(),
+                g,
+                needs_grad(a[0]),
+                needs_grad(a[1]),
+            )?;
+            Ok(vec![dg, du.map(|d| d.to_dtype(a[1].dtype())).transpose()?])
+        });
+        return attach_fresh(&[gate, up], y, bwd);
+    }
+    let y = gate.detach().silu()?.mul(&up.detach())?;
+    let bwd: Bwd = Arc::new(|a: &[&Tensor], _: &Tensor, g: &Tensor| {
+        let dt = a[0].dtype();
+        let gt = a[0].detach().to_dtype(DType::F32)?;
+        let up = a[1].detach().to_dtype(DType::F32)?;
+        let gf = g.to_dtype(DType::F32)?;
+        let s = candle_nn::ops::sigmoid(&gt)?;
+        let dg = if needs_grad(a[0]) {
+            let one_minus = (1.0 - &s)?;
+            let ds = (&s * ((&gt * one_minus)? + 1.0)?)?;
+            Some((&gf * &up)?.mul(&ds)?.to_dtype(dt)?)
+        } else {
+            None
+        };
+        let du = if needs_grad(a[1]) {
+            Some((gf * (gt * s)?)?.to_dtype(a[1].dtype())?)
+        } else {
+            None
+        };
+        Ok(vec![dg, du])
+    });
+    attach(&[gate, up], y, bwd)
 }
 
 struct SiluMul;
@@ -235,6 +286,77 @@ impl CustomOp2 for SiluMul {
                     Ok((dg, du))
                 })
             })
+        })
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! SwiGLU's launchers (`silu_mul_fwd`, `silu_mul_bwd` in kernels.cu).
+
+    use crate::ops::cuda::{args, dev_of, func, opt_args, typed, vec16, vec_cfg, view, wrap};
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{Result, Tensor};
+
+    pub(super) fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+        let dev = dev_of(g)?;
+        let n = g.elem_count();
+        let u = u.to_dtype(g.dtype())?.contiguous()?;
+        let (gu, _) = u.storage_and_layout();
+        let f = func(&dev, "silu_mul_fwd", g.dtype())?;
+        let g = g.contiguous()?;
+        let (n_, vec) = (n as i64, vec16(&[&g, &u]));
+        let shape = g.shape().clone();
+        typed!(g, |gv: Ty| {
+            let uv = view!(gu, u, Ty);
+            let dst = unsafe { dev.alloc::<Ty>(n)? };
+            let mut b = f.builder();
+            args!(b, &gv, &uv, &dst, &n_, &vec);
+            unsafe { b.launch(vec_cfg(n)) }.w()?;
+            Ok(wrap(dst, &dev, shape))
+        })
+    }
+
+    pub(super) fn silu_mul_bwd(
+        g: &Tensor,
+        u: &Tensor,
+        d: &Tensor,
+        need_g: bool,
+        need_u: bool,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dev = dev_of(g)?;
+        let n = g.elem_count();
+        let u = u.to_dtype(g.dtype())?.contiguous()?;
+        let d = d.to_dtype(g.dtype())?.contiguous()?;
+        let (gu, _) = u.storage_and_layout();
+        let (gd, _) = d.storage_and_layout();
+        let f = func(&dev, "silu_mul_bwd", g.dtype())?;
+        let g = g.contiguous()?;
+        let (n_, vec) = (n as i64, vec16(&[&g, &u, &d]));
+        let shape = g.shape().clone();
+        typed!(g, |gv: Ty| {
+            let uv = view!(gu, u, Ty);
+            let dv = view!(gd, d, Ty);
+            let dg = if need_g {
+                Some(unsafe { dev.alloc::<Ty>(n)? })
+            } else {
+                None
+            };
+            let du = if need_u {
+                Some(unsafe { dev.alloc::<Ty>(n)? })
+            } else {
+                None
+            };
+            let mut b = f.builder();
+            args!(b, &gv, &uv, &dv);
+            opt_args!(b, &dg, &du);
+            args!(b, &n_, &vec);
+            unsafe { b.launch(vec_cfg(n)) }.w()?;
+            Ok((
+                dg.map(|x| wrap(x, &dev, shape.clone())),
+                du.map(|x| wrap(x, &dev, shape.clone())),
+            ))
         })
     }
 }

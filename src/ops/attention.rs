@@ -1,8 +1,11 @@
-//! Scaled dot-product attention with causal / padding / sliding-window masks and GQA, fused on
-//! the CPU (probabilities kept for the backward pass), composed elsewhere.
+//! Scaled dot-product attention with causal / padding / sliding-window masks and GQA: the
+//! composed reference, the fused CPU kernel (probabilities kept for the backward pass), the device
+//! path (recomputing them) and its CUDA kernels (masked softmax, flash attention).
 
-use super::{fused, gemm_f32, needs_grad, slice_f32, with_f32, SendPtr};
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+use super::device::{attach_fresh, chunk_bytes};
+use super::tape::Bwd;
+use super::{backend, gemm_f32, kernels, needs_grad, slice_f32, with_f32, Backend, SendPtr};
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -86,6 +89,48 @@ impl AttnMask {
     }
 }
 
+impl AttnMask {
+    /// The key mask `[b, tk]` as u8 on `dev` (all ones without padding), once per mask.
+    fn device_key_valid(&self, b: usize, tk: usize, dev: &Device) -> Result<Tensor> {
+        let key = (b, tk, format!("{:?}", dev.location()));
+        let mut cache = self.kv_cache.lock().unwrap();
+        if let Some((k, t)) = cache.as_ref() {
+            if *k == key {
+                return Ok(t.clone());
+            }
+        }
+        let v: Vec<u8> = match &self.key_valid {
+            Some(kv) => kv.iter().map(|&x| (x != 0) as u8).collect(),
+            None => vec![1; b * tk],
+        };
+        let t = Tensor::from_vec(v, (b, tk), &Device::Cpu)?.to_device(dev)?;
+        *cache = Some((key, t.clone()));
+        Ok(t)
+    }
+
+    /// Additive f32 bias `[b, 1, 1, tq, tk]` and the `[b, 1, 1, tq, 1]` factor zeroing queries with
+    /// no visible key, on `dev`; computed once per mask.
+    fn device_bias(
+        &self,
+        b: usize,
+        tq: usize,
+        tk: usize,
+        dev: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let key = (b, tq, tk, format!("{:?}", dev.location()));
+        let mut cache = self.cache.lock().unwrap();
+        if let Some((k, bias, rows)) = cache.as_ref() {
+            if *k == key {
+                return Ok((bias.clone(), rows.clone()));
+            }
+        }
+        let (bias, rows) = self.bias(b, tq, tk, dev)?;
+        let (bias, rows) = (bias.unsqueeze(1)?, rows.unsqueeze(1)?);
+        *cache = Some((key, bias.clone(), rows.clone()));
+        Ok((bias, rows))
+    }
+}
+
 /// `q` `[b, tq, h, d]`, `k`/`v` `[b, tk, hkv, d]` → `[b, tq, h, d]`.
 pub fn attention(
     q: &Tensor,
@@ -113,22 +158,21 @@ pub fn attention(
             );
         }
     }
-    if fused(q) && fused(k) && fused(v) {
-        let save = needs_grad(q) || needs_grad(k) || needs_grad(v);
-        let op = Attn {
-            mask: mask.clone(),
-            scale,
-            probs: Mutex::new(None),
-            save,
-        };
-        return q
-            .contiguous()?
-            .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
+    match backend(&[q, k, v]) {
+        Backend::Fused => {
+            let save = needs_grad(q) || needs_grad(k) || needs_grad(v);
+            let op = Attn {
+                mask: mask.clone(),
+                scale,
+                probs: Mutex::new(None),
+                save,
+            };
+            q.contiguous()?
+                .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+        }
+        Backend::Composed => composed(q, k, v, mask, scale),
+        Backend::Device => device(q, k, v, mask, scale),
     }
-    if super::composed_only() {
-        return composed(q, k, v, mask, scale);
-    }
-    super::generic::attention(q, k, v, mask, scale)
 }
 
 fn composed(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, scale: f32) -> Result<Tensor> {
@@ -154,6 +198,278 @@ fn composed(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, scale: f32) -> 
     let p = candle_nn::ops::softmax(&s, candle_core::D::Minus1)?.broadcast_mul(&rows)?;
     let p = p.to_dtype(q.dtype())?;
     p.matmul(&v)?.transpose(1, 2)
+}
+
+/// How attention hides keys: an additive bias (composed ops), or the kernel's own test.
+#[derive(Clone)]
+enum Masking {
+    Bias(Tensor, Tensor),
+    #[allow(dead_code)]
+    Kernel {
+        kv: Tensor,
+        causal: bool,
+        offset: usize,
+        window: Option<usize>,
+    },
+}
+
+impl Masking {
+    /// Samples `s..s+n` of the batch.
+    fn cut(&self, s: usize, n: usize) -> Result<Masking> {
+        Ok(match self {
+            Masking::Bias(b, r) => Masking::Bias(b.narrow(0, s, n)?, r.narrow(0, s, n)?),
+            Masking::Kernel {
+                kv,
+                causal,
+                offset,
+                window,
+            } => Masking::Kernel {
+                kv: kv.narrow(0, s, n)?,
+                causal: *causal,
+                offset: *offset,
+                window: *window,
+            },
+        })
+    }
+}
+
+/// `attention` on the device path, GQA by grouping: the queries of the `rep` heads that share a
+/// key/value head are stacked, so keys and values are never repeated. On CUDA the flash kernels
+/// for bf16, else ftl's masked softmax between candle's matrix products.
+fn device(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, scale: f32) -> Result<Tensor> {
+    let (b, tq, h, d) = q.dims4()?;
+    let (_, tk, _, _) = k.dims4()?;
+    #[cfg(feature = "cuda")]
+    // (the kernels' grid has one row of blocks per sample and head)
+    if kernels(q)
+        && [q, k, v].iter().all(|t| t.dtype() == DType::BF16)
+        && cuda::flash_dim(d)
+        && b * h <= 65535
+    {
+        return flash_attention(q, k, v, mask, scale);
+    }
+    let _ = d;
+    // samples in chunks, so the f32 scores stay small
+    let bchunk = (chunk_bytes() / (h * tq * tk * 4).max(1)).clamp(1, b);
+    let masking = if kernels(q) {
+        Masking::Kernel {
+            kv: mask.device_key_valid(b, tk, q.device())?,
+            causal: mask.causal,
+            offset: mask.offset,
+            window: mask.window,
+        }
+    } else {
+        let (bias, rows) = mask.device_bias(b, tq, tk, q.device())?;
+        Masking::Bias(bias, rows)
+    };
+    let chunks: Vec<(usize, usize)> = (0..b)
+        .step_by(bchunk)
+        .map(|s| (s, bchunk.min(b - s)))
+        .collect();
+    let whole = chunks.len() == 1;
+    let cut = move |t: &Tensor, s: usize, n: usize| -> Result<Tensor> {
+        if whole {
+            Ok(t.clone())
+        } else {
+            t.narrow(0, s, n)
+        }
+    };
+    let cut_mask = move |m: &Masking, s: usize, n: usize| -> Result<Masking> {
+        if whole {
+            Ok(m.clone())
+        } else {
+            m.cut(s, n)
+        }
+    };
+    let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
+    let mut outs = Vec::with_capacity(chunks.len());
+    for &(s, n) in &chunks {
+        let m = cut_mask(&masking, s, n)?;
+        outs.push(attn_fwd(
+            &cut(&qd, s, n)?,
+            &cut(&kd, s, n)?,
+            &cut(&vd, s, n)?,
+            &m,
+            scale,
+        )?);
+    }
+    let cat = |mut v: Vec<Tensor>| -> Result<Tensor> {
+        if v.len() == 1 {
+            Ok(v.pop().unwrap())
+        } else {
+            Tensor::cat(&v, 0)
+        }
+    };
+    let y = cat(outs)?;
+    let bwd: Bwd = Arc::new(move |a: &[&Tensor], _: &Tensor, g: &Tensor| {
+        let (q, k, v) = (a[0].detach(), a[1].detach(), a[2].detach());
+        let (mut dq, mut dk, mut dv) = (Vec::new(), Vec::new(), Vec::new());
+        for &(s, n) in &chunks {
+            let m = cut_mask(&masking, s, n)?;
+            let (a, b_, c) = attn_bwd(
+                &cut(&q, s, n)?,
+                &cut(&k, s, n)?,
+                &cut(&v, s, n)?,
+                &cut(g, s, n)?,
+                &m,
+                scale,
+            )?;
+            dq.push(a);
+            dk.push(b_);
+            dv.push(c);
+        }
+        Ok(vec![Some(cat(dq)?), Some(cat(dk)?), Some(cat(dv)?)])
+    });
+    attach_fresh(&[q, k, v], y, bwd)
+}
+
+/// Attention in bf16 by the flash kernels: the scores never reach memory, and the inputs and
+/// output keep the model's `[b, t, heads, d]` layout.
+#[cfg(feature = "cuda")]
+fn flash_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &AttnMask,
+    scale: f32,
+) -> Result<Tensor> {
+    let (b, tk) = (q.dim(0)?, k.dim(1)?);
+    let kv = mask.device_key_valid(b, tk, q.device())?;
+    let m = cuda::Flash {
+        causal: mask.causal,
+        offset: mask.offset,
+        window: mask.window.unwrap_or(0),
+        scale,
+    };
+    let (y, lse) = cuda::flash_fwd(&q.detach(), &k.detach(), &v.detach(), &kv, &m)?;
+    let bwd: Bwd = Arc::new(move |a: &[&Tensor], out: &Tensor, g: &Tensor| {
+        let (q, k, v) = (a[0].detach(), a[1].detach(), a[2].detach());
+        let (dq, dk, dv) = cuda::flash_bwd(&q, &k, &v, &out.detach(), g, &lse, &kv, &m)?;
+        Ok(vec![Some(dq), Some(dk), Some(dv)])
+    });
+    attach_fresh(&[q, k, v], y, bwd)
+}
+
+/// `[b, tq, h, d]` → `[b, hkv, rep·tq, d]` and back.
+fn group(x: &Tensor, hkv: usize) -> Result<Tensor> {
+    let (b, tq, h, d) = x.dims4()?;
+    x.reshape((b, tq, hkv, h / hkv, d))?
+        .permute((0, 2, 3, 1, 4))?
+        .reshape((b, hkv, h / hkv * tq, d))?
+        .contiguous()
+}
+
+fn ungroup(x: &Tensor, tq: usize) -> Result<Tensor> {
+    let (b, hkv, rt, d) = x.dims4()?;
+    let rep = rt / tq;
+    x.reshape((b, hkv, rep, tq, d))?
+        .permute((0, 3, 1, 2, 4))?
+        .reshape((b, tq, hkv * rep, d))
+}
+
+/// Probabilities `[b, hkv, rep·tq, tk]` of grouped queries against head-major keys, in `out`.
+/// The scores are f32 (as the fused attention of PyTorch keeps them).
+fn attn_probs(
+    qg: &Tensor,
+    kh: &Tensor,
+    m: &Masking,
+    tq: usize,
+    scale: f32,
+    out: DType,
+) -> Result<Tensor> {
+    let (b, hkv, rt, _) = qg.dims4()?;
+    let tk = kh.dim(2)?;
+    match m {
+        Masking::Bias(bias, rows) => {
+            let s = qg.matmul(&kh.t()?)?.to_dtype(DType::F32)?;
+            let s = (s * scale as f64)?.reshape((b, hkv, rt / tq, tq, tk))?;
+            let p =
+                candle_nn::ops::softmax_last_dim(&s.broadcast_add(bias)?)?.broadcast_mul(rows)?;
+            p.reshape((b, hkv, rt, tk))?.to_dtype(out)
+        }
+        #[cfg(feature = "cuda")]
+        Masking::Kernel {
+            kv,
+            causal,
+            offset,
+            window,
+        } => {
+            let s = qg
+                .to_dtype(DType::F32)?
+                .matmul(&kh.to_dtype(DType::F32)?.t()?)?;
+            let p = cuda::attn_softmax(
+                &s.reshape((b * hkv * rt, tk))?,
+                kv,
+                out,
+                tq,
+                hkv * rt,
+                *causal,
+                *offset,
+                *window,
+                scale,
+            )?;
+            p.reshape((b, hkv, rt, tk))
+        }
+        #[cfg(not(feature = "cuda"))]
+        Masking::Kernel { .. } => candle_core::bail!("attention kernels need the cuda feature"),
+    }
+}
+
+fn attn_fwd(q: &Tensor, k: &Tensor, v: &Tensor, m: &Masking, scale: f32) -> Result<Tensor> {
+    let (_, tq, _, _) = q.dims4()?;
+    let hkv = k.dim(2)?;
+    let qg = group(q, hkv)?;
+    let (kh, vh) = (
+        k.transpose(1, 2)?.contiguous()?,
+        v.transpose(1, 2)?.contiguous()?,
+    );
+    let p = attn_probs(&qg, &kh, m, tq, scale, v.dtype())?;
+    ungroup(&p.matmul(&vh)?, tq)
+}
+
+/// Gradients of q, k, v, recomputing the probabilities; the matrix products in the inputs' dtype
+/// (bf16 on a GPU), the softmax part in f32.
+fn attn_bwd(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    m: &Masking,
+    scale: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (_, tq, _, _) = q.dims4()?;
+    let hkv = k.dim(2)?;
+    let dt = q.dtype();
+    let qg = group(q, hkv)?;
+    let (kh, vh) = (
+        k.transpose(1, 2)?.contiguous()?,
+        v.transpose(1, 2)?.contiguous()?,
+    );
+    let p = attn_probs(&qg, &kh, m, tq, scale, DType::F32)?;
+    let go = group(&g.to_dtype(dt)?, hkv)?;
+    let dv = p.to_dtype(dt)?.t()?.matmul(&go)?; // [b, hkv, tk, d]
+    let dp = go.matmul(&vh.t()?)?;
+    let ds = match m {
+        #[cfg(feature = "cuda")]
+        Masking::Kernel { .. } => {
+            let (b, h, r, t) = p.dims4()?;
+            cuda::attn_softmax_bwd(
+                &p.reshape((b * h * r, t))?,
+                &dp.reshape((b * h * r, t))?,
+                scale,
+            )?
+            .reshape((b, h, r, t))?
+        }
+        _ => {
+            let dp = dp.to_dtype(DType::F32)?;
+            let dot = (&dp * &p)?.sum_keepdim(D::Minus1)?;
+            (p.mul(&dp.broadcast_sub(&dot)?)? * scale as f64)?.to_dtype(dt)?
+        }
+    };
+    let dq = ds.matmul(&kh)?;
+    let dk = ds.t()?.matmul(&qg)?;
+    let back = |x: Tensor| -> Result<Tensor> { x.transpose(1, 2)?.contiguous() };
+    Ok((ungroup(&dq, tq)?.contiguous()?, back(dk)?, back(dv)?))
 }
 
 struct Attn {
@@ -441,6 +757,294 @@ impl CustomOp3 for Attn {
             }
         };
         Ok((mk(dq, q)?, mk(dk, k)?, mk(dv, v)?))
+    }
+}
+
+#[cfg(feature = "cuda")]
+pub(super) mod cuda {
+    //! Attention's launchers: the masked softmax (`attn_softmax_*` in kernels.cu) and flash attention (flash_attn.cu).
+
+    use crate::ops::cuda::{
+        args, dev_of, func, rows_cfg, typed, view, warp_rows_cfg, wrap, Func, WARP_ROW,
+    };
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{CudaDevice, DType, Result, Tensor};
+    use half::bf16;
+
+    /// Masked softmax of attention scores `s` `[rows, tk]` (f32) into `out` dtype; `kv` `[b, tk]` u8.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attn_softmax(
+        s: &Tensor,
+        kv: &Tensor,
+        out: DType,
+        tq: usize,
+        rows_per_b: usize,
+        causal: bool,
+        offset: usize,
+        window: Option<usize>,
+        scale: f32,
+    ) -> Result<Tensor> {
+        let dev = dev_of(s)?;
+        let s = s.contiguous()?;
+        let kv = kv.contiguous()?;
+        let (rows, tk) = s.dims2()?;
+        let (gs, _) = s.storage_and_layout();
+        let (gk, _) = kv.storage_and_layout();
+        let sv = view!(gs, s, f32);
+        let kvv = view!(gk, kv, u8);
+        // rows that fit a warp's registers take the one-warp-per-row kernel
+        let warp = tk <= WARP_ROW;
+        let f = func(
+            &dev,
+            if warp {
+                "attn_softmax_fwd_w"
+            } else {
+                "attn_softmax_fwd"
+            },
+            out,
+        )?;
+        let (tk_, tq_, rpb, causal_, offset_, window_) = (
+            tk as i32,
+            tq as i32,
+            rows_per_b as i32,
+            causal as i32,
+            offset as i32,
+            window.unwrap_or(0) as i32,
+        );
+        let rows_ = rows as i64;
+        let n = rows * tk;
+        macro_rules! go {
+            ($ty:ty) => {{
+                let dst = unsafe { dev.alloc::<$ty>(n)? };
+                let mut b = f.builder();
+                args!(b, &sv, &dst, &kvv);
+                if warp {
+                    b.arg(&rows_);
+                }
+                args!(b, &tk_, &tq_, &rpb, &causal_, &offset_, &window_, &scale);
+                let cfg = if warp {
+                    warp_rows_cfg(rows)
+                } else {
+                    rows_cfg(rows, tk)
+                };
+                unsafe { b.launch(cfg) }.w()?;
+                Ok(wrap(dst, &dev, (rows, tk)))
+            }};
+        }
+        match out {
+            DType::F32 => go!(f32),
+            DType::BF16 => go!(bf16),
+            o => candle_core::bail!("attn_softmax: dtype {o:?}"),
+        }
+    }
+
+    /// `dS = P ⊙ (dP − Σ P⊙dP) · scale`, P f32, dS of dP's dtype.
+    pub(super) fn attn_softmax_bwd(p: &Tensor, dp: &Tensor, scale: f32) -> Result<Tensor> {
+        let dev = dev_of(p)?;
+        let p = p.contiguous()?;
+        let (rows, tk) = p.dims2()?;
+        let (gp, _) = p.storage_and_layout();
+        let pv = view!(gp, p, f32);
+        let warp = tk <= WARP_ROW;
+        let f = func(
+            &dev,
+            if warp {
+                "attn_softmax_bwd_w"
+            } else {
+                "attn_softmax_bwd"
+            },
+            dp.dtype(),
+        )?;
+        let tk_ = tk as i32;
+        let rows_ = rows as i64;
+        typed!(dp, |dv: Ty| {
+            let dst = unsafe { dev.alloc::<Ty>(rows * tk)? };
+            let mut b = f.builder();
+            args!(b, &pv, &dv, &dst);
+            if warp {
+                b.arg(&rows_);
+            }
+            args!(b, &tk_, &scale);
+            let cfg = if warp {
+                warp_rows_cfg(rows)
+            } else {
+                rows_cfg(rows, tk)
+            };
+            unsafe { b.launch(cfg) }.w()?;
+            Ok(wrap(dst, &dev, (rows, tk)))
+        })
+    }
+
+    /// Flash attention forward launches so far (tests check that the kernels, not a fallback, ran).
+    pub static FLASH_LAUNCHES: std::sync::atomic::AtomicUsize =
+        std::sync::atomic::AtomicUsize::new(0);
+
+    /// Head dimensions the flash attention kernels are built for (`flash_attn.cu`).
+    pub(super) fn flash_dim(d: usize) -> bool {
+        matches!(d, 32 | 64 | 96 | 128)
+    }
+
+    /// Masking and scale of a flash attention call (as `attn_softmax`).
+    #[derive(Clone, Copy, Debug)]
+    pub(super) struct Flash {
+        pub causal: bool,
+        pub offset: usize,
+        /// 0: no sliding window
+        pub window: usize,
+        pub scale: f32,
+    }
+
+    /// Shared memory of the flash kernels, as laid out in `flash_attn.cu`.
+    fn flash_smem(d: usize, backward: bool) -> u32 {
+        let (bq, bk, ld) = (64, 64, d + 8);
+        let bytes = if backward {
+            // the backward pass's query tile, double-buffered with dO, the log-sum-exps and Σ dO·O
+            let nq = if d <= 64 { 64 } else { 32 };
+            (2 * bk + 4 * nq) * ld * 2 + bk * (nq + 8) * 2 + 4 * nq * 4 + bk
+        } else {
+            // the query tile, and the key and value tiles double-buffered with their valid flags
+            (bq + 4 * bk) * ld * 2 + 2 * bk
+        };
+        bytes as u32
+    }
+
+    /// A contiguous bf16 tensor whose data start 16 bytes aligned (the kernels load 8 values at once).
+    fn aligned16(t: &Tensor) -> Result<Tensor> {
+        if t.dtype() != DType::BF16 {
+            candle_core::bail!("flash attention: bf16 only, got {:?}", t.dtype());
+        }
+        if t.is_contiguous() && t.layout().start_offset().is_multiple_of(8) {
+            Ok(t.clone())
+        } else {
+            t.force_contiguous()
+        }
+    }
+
+    fn flash_func(dev: &CudaDevice, name: &str, smem: u32) -> Result<Func> {
+        use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum as Attr;
+        let f = func(dev, name, DType::BF16)?;
+        f.func
+            .set_attribute(
+                Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .w()?;
+        Ok(f)
+    }
+
+    /// Flash attention forward: `o` `[b, tq, h, d]` (bf16) and each query row's log-sum-exp
+    /// `[b, h, tq]` (f32) from q `[b, tq, h, d]`, k and v `[b, tk, hkv, d]`, `kv` `[b, tk]` u8.
+    pub(super) fn flash_fwd(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        kv: &Tensor,
+        m: &Flash,
+    ) -> Result<(Tensor, Tensor)> {
+        let dev = dev_of(q)?;
+        let (q, k, v) = (aligned16(q)?, aligned16(k)?, aligned16(v)?);
+        let kv = kv.contiguous()?;
+        let (b, tq, h, d) = q.dims4()?;
+        let (_, tk, hkv, _) = k.dims4()?;
+        let smem = flash_smem(d, false);
+        let f = flash_func(&dev, &format!("flash_fwd_d{d}"), smem)?;
+        let (gq, _) = q.storage_and_layout();
+        let (gk, _) = k.storage_and_layout();
+        let (gv, _) = v.storage_and_layout();
+        let (gm, _) = kv.storage_and_layout();
+        let (qv, kv_, vv, mv) = (
+            view!(gq, q, bf16),
+            view!(gk, k, bf16),
+            view!(gv, v, bf16),
+            view!(gm, kv, u8),
+        );
+        let o = unsafe { dev.alloc::<bf16>(b * tq * h * d)? };
+        let lse = unsafe { dev.alloc::<f32>(b * h * tq)? };
+        let ints = [tq, tk, h, hkv, m.causal as usize, m.offset, m.window].map(|x| x as i32);
+        let mut bl = f.builder();
+        args!(bl, &qv, &kv_, &vv, &mv, &o, &lse);
+        for x in &ints {
+            bl.arg(x);
+        }
+        bl.arg(&m.scale);
+        let cfg = LaunchConfig {
+            grid_dim: (tq.div_ceil(64) as u32, (b * h) as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        unsafe { bl.launch(cfg) }.w()?;
+        FLASH_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok((wrap(o, &dev, (b, tq, h, d)), wrap(lse, &dev, (b, h, tq))))
+    }
+
+    /// Flash attention backward: `(dq, dk, dv)` in bf16 from the forward's inputs, output `o`, its
+    /// gradient `g` and `lse`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn flash_bwd(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &Tensor,
+        g: &Tensor,
+        lse: &Tensor,
+        kv: &Tensor,
+        m: &Flash,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let dev = dev_of(q)?;
+        let (q, k, v) = (aligned16(q)?, aligned16(k)?, aligned16(v)?);
+        let (o, g) = (aligned16(o)?, aligned16(&g.to_dtype(DType::BF16)?)?);
+        let (lse, kv) = (lse.contiguous()?, kv.contiguous()?);
+        let (b, tq, h, d) = q.dims4()?;
+        let (_, tk, hkv, _) = k.dims4()?;
+        let (gq, _) = q.storage_and_layout();
+        let (gk, _) = k.storage_and_layout();
+        let (gv, _) = v.storage_and_layout();
+        let (go, _) = o.storage_and_layout();
+        let (gg, _) = g.storage_and_layout();
+        let (gl, _) = lse.storage_and_layout();
+        let (gm, _) = kv.storage_and_layout();
+        let (qv, kv_, vv, ov, gv_, lv, mv) = (
+            view!(gq, q, bf16),
+            view!(gk, k, bf16),
+            view!(gv, v, bf16),
+            view!(go, o, bf16),
+            view!(gg, g, bf16),
+            view!(gl, lse, f32),
+            view!(gm, kv, u8),
+        );
+        // the softmax backward's row term Σ dO·O
+        let rows = b * tq * h;
+        let dsum = unsafe { dev.alloc::<f32>(rows)? };
+        let f = func(&dev, "flash_dsum", DType::BF16)?;
+        let (rows_, tq_, h_, d_) = (rows as i64, tq as i32, h as i32, d as i32);
+        let mut bl = f.builder();
+        args!(bl, &ov, &gv_, &dsum, &rows_, &tq_, &h_, &d_);
+        unsafe { bl.launch(warp_rows_cfg(rows)) }.w()?;
+
+        let dq = dev.alloc_zeros::<f32>(b * tq * h * d)?;
+        let dk = dev.alloc_zeros::<f32>(b * tk * hkv * d)?;
+        let dv = dev.alloc_zeros::<f32>(b * tk * hkv * d)?;
+        let smem = flash_smem(d, true);
+        let f = flash_func(&dev, &format!("flash_bwd_d{d}"), smem)?;
+        let ints = [tq, tk, h, hkv, m.causal as usize, m.offset, m.window].map(|x| x as i32);
+        let mut bl = f.builder();
+        args!(bl, &qv, &kv_, &vv, &gv_, &lv, &dsum, &mv, &dq, &dk, &dv);
+        for x in &ints {
+            bl.arg(x);
+        }
+        bl.arg(&m.scale);
+        let cfg = LaunchConfig {
+            grid_dim: (tk.div_ceil(64) as u32, (b * h) as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        unsafe { bl.launch(cfg) }.w()?;
+        Ok((
+            wrap(dq, &dev, (b, tq, h, d)).to_dtype(DType::BF16)?,
+            wrap(dk, &dev, (b, tk, hkv, d)).to_dtype(DType::BF16)?,
+            wrap(dv, &dev, (b, tk, hkv, d)).to_dtype(DType::BF16)?,
+        ))
     }
 }
 

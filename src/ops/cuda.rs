@@ -1,16 +1,19 @@
-//! CUDA kernels of the device path (`kernels.cu`, compiled to PTX by build.rs): one launch
-//! instead of a chain of candle ops for the element-wise parts of attention, cross-entropy,
-//! RMSNorm, rotary embeddings, SwiGLU and AdamW. Tensors must be contiguous, f32 or bf16.
+//! What launching ftl's CUDA kernels takes (`kernels.cu` and `flash_attn.cu`, compiled to PTX by
+//! build.rs): loading a kernel, launch configurations, typed views of tensors and wrapping fresh
+//! buffers as tensors. Each op's launchers are in its own file (its `cuda` module), AdamW's in
+//! `optim.rs`; the ones called from outside `ops` are re-exported here. Tensors must be
+//! contiguous, f32 or bf16.
 
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig,
-    PushKernelArg,
+    CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchArgs, LaunchConfig,
 };
-use candle_core::cuda_backend::WrapErr;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, DType, Result, Shape, Storage, Tensor};
 use half::bf16;
 use std::sync::Arc;
+
+pub use super::attention::cuda::FLASH_LAUNCHES;
+pub use super::optim::{adamw, sum_sq};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
 
@@ -27,7 +30,7 @@ fn sfx(dt: DType) -> Result<&'static str> {
     })
 }
 
-fn dev_of(t: &Tensor) -> Result<CudaDevice> {
+pub(crate) fn dev_of(t: &Tensor) -> Result<CudaDevice> {
     match t.device() {
         candle_core::Device::Cuda(d) => Ok(d.clone()),
         _ => candle_core::bail!("ftl kernels: not a CUDA tensor"),
@@ -35,18 +38,18 @@ fn dev_of(t: &Tensor) -> Result<CudaDevice> {
 }
 
 /// A loaded kernel and the stream it launches on (candle's own `CudaFunc` is not exported).
-struct Func {
-    func: CudaFunction,
+pub(crate) struct Func {
+    pub(crate) func: CudaFunction,
     stream: Arc<CudaStream>,
 }
 
 impl Func {
-    fn builder(&self) -> LaunchArgs<'_> {
+    pub(crate) fn builder(&self) -> LaunchArgs<'_> {
         self.stream.launch_builder(&self.func)
     }
 }
 
-fn func(dev: &CudaDevice, name: &str, dt: DType) -> Result<Func> {
+pub(crate) fn func(dev: &CudaDevice, name: &str, dt: DType) -> Result<Func> {
     let f = dev.get_or_load_custom_func(&format!("{name}_{}", sfx(dt)?), "ftl_kernels", PTX)?;
     Ok(Func {
         func: f.into_cuda_function(),
@@ -54,7 +57,7 @@ fn func(dev: &CudaDevice, name: &str, dt: DType) -> Result<Func> {
     })
 }
 
-fn rows_cfg(rows: usize, cols: usize) -> LaunchConfig {
+pub(crate) fn rows_cfg(rows: usize, cols: usize) -> LaunchConfig {
     let threads = cols.next_power_of_two().clamp(32, 1024) as u32;
     LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
@@ -64,10 +67,10 @@ fn rows_cfg(rows: usize, cols: usize) -> LaunchConfig {
 }
 
 /// Longest row the one-warp-per-row kernels hold in registers (32 lanes × 32).
-const WARP_ROW: usize = 1024;
+pub(crate) const WARP_ROW: usize = 1024;
 
 /// Eight rows (warps) per block.
-fn warp_rows_cfg(rows: usize) -> LaunchConfig {
+pub(crate) fn warp_rows_cfg(rows: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (rows.div_ceil(8) as u32, 1, 1),
         block_dim: (256, 1, 1),
@@ -75,7 +78,7 @@ fn warp_rows_cfg(rows: usize) -> LaunchConfig {
     }
 }
 
-fn elem_cfg(n: usize) -> LaunchConfig {
+pub(crate) fn elem_cfg(n: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (n.div_ceil(256) as u32, 1, 1),
         block_dim: (256, 1, 1),
@@ -84,7 +87,7 @@ fn elem_cfg(n: usize) -> LaunchConfig {
 }
 
 /// A grid-stride launch for the 16-byte-vector kernels (eight values or fewer per thread and step).
-fn vec_cfg(n: usize) -> LaunchConfig {
+pub(crate) fn vec_cfg(n: usize) -> LaunchConfig {
     elem_cfg(n.div_ceil(8).clamp(1, 1 << 20))
 }
 
@@ -113,13 +116,13 @@ macro_rules! view {
             .contiguous_offsets()
             .ok_or_else(|| candle_core::Error::Msg("ftl kernels: input not contiguous".into()))?;
         match &*$guard {
-            Storage::Cuda(c) => c.as_cuda_slice::<$ty>()?.slice(o1..o2),
+            candle_core::Storage::Cuda(c) => c.as_cuda_slice::<$ty>()?.slice(o1..o2),
             _ => candle_core::bail!("ftl kernels: not a CUDA tensor"),
         }
     }};
 }
 
-fn wrap<T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
+pub(crate) fn wrap<T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
     s: CudaSlice<T>,
     dev: &CudaDevice,
     shape: impl Into<Shape>,
@@ -135,17 +138,18 @@ fn wrap<T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
 /// Runs `f` with a typed view of `t`; dispatches on f32 / bf16.
 macro_rules! typed {
     ($t:expr, |$v:ident: $ty:ident| $body:expr) => {{
+        use candle_core::cuda_backend::cudarc::driver::CudaView;
         let t = $t.contiguous()?;
         let (g, _) = t.storage_and_layout();
         match t.dtype() {
-            DType::F32 => {
+            candle_core::DType::F32 => {
                 type $ty = f32;
-                let $v: CudaView<'_, f32> = view!(g, t, f32);
+                let $v: CudaView<'_, f32> = $crate::ops::cuda::view!(g, t, f32);
                 $body
             }
-            DType::BF16 => {
-                type $ty = bf16;
-                let $v: CudaView<'_, bf16> = view!(g, t, bf16);
+            candle_core::DType::BF16 => {
+                type $ty = half::bf16;
+                let $v: CudaView<'_, half::bf16> = $crate::ops::cuda::view!(g, t, half::bf16);
                 $body
             }
             other => candle_core::bail!("ftl kernels: dtype {other:?}"),
@@ -153,421 +157,15 @@ macro_rules! typed {
     }};
 }
 
-/// Masked softmax of attention scores `s` `[rows, tk]` (f32) into `out` dtype; `kv` `[b, tk]` u8.
-#[allow(clippy::too_many_arguments)]
-pub fn attn_softmax(
-    s: &Tensor,
-    kv: &Tensor,
-    out: DType,
-    tq: usize,
-    rows_per_b: usize,
-    causal: bool,
-    offset: usize,
-    window: Option<usize>,
-    scale: f32,
-) -> Result<Tensor> {
-    let dev = dev_of(s)?;
-    let s = s.contiguous()?;
-    let kv = kv.contiguous()?;
-    let (rows, tk) = s.dims2()?;
-    let (gs, _) = s.storage_and_layout();
-    let (gk, _) = kv.storage_and_layout();
-    let sv = view!(gs, s, f32);
-    let kvv = view!(gk, kv, u8);
-    // rows that fit a warp's registers take the one-warp-per-row kernel
-    let warp = tk <= WARP_ROW;
-    let f = func(
-        &dev,
-        if warp {
-            "attn_softmax_fwd_w"
-        } else {
-            "attn_softmax_fwd"
-        },
-        out,
-    )?;
-    let (tk_, tq_, rpb, causal_, offset_, window_) = (
-        tk as i32,
-        tq as i32,
-        rows_per_b as i32,
-        causal as i32,
-        offset as i32,
-        window.unwrap_or(0) as i32,
-    );
-    let rows_ = rows as i64;
-    let n = rows * tk;
-    macro_rules! go {
-        ($ty:ty) => {{
-            let dst = unsafe { dev.alloc::<$ty>(n)? };
-            let mut b = f.builder();
-            args!(b, &sv, &dst, &kvv);
-            if warp {
-                b.arg(&rows_);
-            }
-            args!(b, &tk_, &tq_, &rpb, &causal_, &offset_, &window_, &scale);
-            let cfg = if warp {
-                warp_rows_cfg(rows)
-            } else {
-                rows_cfg(rows, tk)
-            };
-            unsafe { b.launch(cfg) }.w()?;
-            Ok(wrap(dst, &dev, (rows, tk)))
-        }};
-    }
-    match out {
-        DType::F32 => go!(f32),
-        DType::BF16 => go!(bf16),
-        o => candle_core::bail!("attn_softmax: dtype {o:?}"),
-    }
-}
+// the macros by path, for the launchers in the op files
+pub(crate) use {args, opt_args, typed, view};
 
-/// `dS = P ⊙ (dP − Σ P⊙dP) · scale`, P f32, dS of dP's dtype.
-pub fn attn_softmax_bwd(p: &Tensor, dp: &Tensor, scale: f32) -> Result<Tensor> {
-    let dev = dev_of(p)?;
-    let p = p.contiguous()?;
-    let (rows, tk) = p.dims2()?;
-    let (gp, _) = p.storage_and_layout();
-    let pv = view!(gp, p, f32);
-    let warp = tk <= WARP_ROW;
-    let f = func(
-        &dev,
-        if warp {
-            "attn_softmax_bwd_w"
-        } else {
-            "attn_softmax_bwd"
-        },
-        dp.dtype(),
-    )?;
-    let tk_ = tk as i32;
-    let rows_ = rows as i64;
-    typed!(dp, |dv: Ty| {
-        let dst = unsafe { dev.alloc::<Ty>(rows * tk)? };
-        let mut b = f.builder();
-        args!(b, &pv, &dv, &dst);
-        if warp {
-            b.arg(&rows_);
-        }
-        args!(b, &tk_, &scale);
-        let cfg = if warp {
-            warp_rows_cfg(rows)
-        } else {
-            rows_cfg(rows, tk)
-        };
-        unsafe { b.launch(cfg) }.w()?;
-        Ok(wrap(dst, &dev, (rows, tk)))
-    })
-}
-
-/// Per-row cross-entropy `lse − x[label]` (0 where label < 0) `[n]` f32; labels i32 on the device.
-pub fn ce_rows(x: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    let dev = dev_of(x)?;
-    let (n, v) = x.dims2()?;
-    let labels = labels.contiguous()?;
-    let (gl, _) = labels.storage_and_layout();
-    let lv = view!(gl, labels, u32);
-    let f = func(&dev, "ce_fwd", x.dtype())?;
-    let v_ = v as i32;
-    typed!(x, |xv: _Ty| {
-        let dst = unsafe { dev.alloc::<f32>(n)? };
-        let mut b = f.builder();
-        args!(b, &xv, &lv, &dst, &v_);
-        unsafe { b.launch(rows_cfg(n, v)) }.w()?;
-        Ok(wrap(dst, &dev, n))
-    })
-}
-
-/// `(softmax(x) − onehot(label)) · g` per row (0 for ignored rows); `g` a 1-element f32 tensor.
-pub fn ce_bwd(x: &Tensor, labels: &Tensor, g: &Tensor) -> Result<Tensor> {
-    let dev = dev_of(x)?;
-    let (n, v) = x.dims2()?;
-    let labels = labels.contiguous()?;
-    let g = g.to_dtype(DType::F32)?.reshape(1)?.contiguous()?;
-    let (gl, _) = labels.storage_and_layout();
-    let lv = view!(gl, labels, u32);
-    let (gg, _) = g.storage_and_layout();
-    let gv = view!(gg, g, f32);
-    let f = func(&dev, "ce_bwd", x.dtype())?;
-    let v_ = v as i32;
-    typed!(x, |xv: Ty| {
-        let dst = unsafe { dev.alloc::<Ty>(n * v)? };
-        let mut b = f.builder();
-        args!(b, &xv, &lv, &gv, &dst, &v_);
-        unsafe { b.launch(rows_cfg(n, v)) }.w()?;
-        Ok(wrap(dst, &dev, (n, v)))
-    })
-}
-
-fn rows_of(t: &Tensor) -> Result<(usize, usize)> {
+pub(crate) fn rows_of(t: &Tensor) -> Result<(usize, usize)> {
     let n = t.dim(candle_core::D::Minus1)?;
     Ok((t.elem_count() / n.max(1), n))
 }
 
-pub fn rms_fwd(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let dev = dev_of(x)?;
-    let (rows, n) = rows_of(x)?;
-    let w = w.to_dtype(x.dtype())?.contiguous()?;
-    let (gw, _) = w.storage_and_layout();
-    let f = func(&dev, "rms_fwd", x.dtype())?;
-    let x = x.contiguous()?;
-    let (rows_, n_, eps_, vec) = (rows as i64, n as i32, eps as f32, row_vec(n, &[&x, &w]));
-    let shape = x.shape().clone();
-    typed!(x, |xv: Ty| {
-        let wv = view!(gw, w, Ty);
-        let dst = unsafe { dev.alloc::<Ty>(rows * n)? };
-        let mut b = f.builder();
-        args!(b, &xv, &wv, &dst, &rows_, &n_, &eps_, &vec);
-        unsafe { b.launch(warp_rows_cfg(rows)) }.w()?;
-        Ok(wrap(dst, &dev, shape))
-    })
-}
-
-/// `(dx, dw)` of RMSNorm; `dw` in f32.
-pub fn rms_bwd(
-    x: &Tensor,
-    w: &Tensor,
-    g: &Tensor,
-    eps: f64,
-    need_dx: bool,
-    need_dw: bool,
-) -> Result<(Option<Tensor>, Option<Tensor>)> {
-    let dev = dev_of(x)?;
-    let (rows, n) = rows_of(x)?;
-    let w = w.to_dtype(x.dtype())?.contiguous()?;
-    let g = g.to_dtype(x.dtype())?.contiguous()?;
-    let (gw, _) = w.storage_and_layout();
-    let (gg, _) = g.storage_and_layout();
-    let f = func(&dev, "rms_bwd", x.dtype())?;
-    let x = x.contiguous()?;
-    let (rows_, n_, eps_, vec) = (rows as i64, n as i32, eps as f32, row_vec(n, &[&x, &w, &g]));
-    let shape = x.shape().clone();
-    let dw = if need_dw {
-        Some(dev.alloc_zeros::<f32>(n)?)
-    } else {
-        None
-    };
-    typed!(x, |xv: Ty| {
-        let wv = view!(gw, w, Ty);
-        let gv = view!(gg, g, Ty);
-        let dx = if need_dx {
-            Some(unsafe { dev.alloc::<Ty>(rows * n)? })
-        } else {
-            None
-        };
-        let mut b = f.builder();
-        args!(b, &xv, &wv, &gv);
-        opt_args!(b, &dx, &dw);
-        // with dw: a few blocks take all rows, each adding its part of dw (in shared memory up to
-        // the default 48 KiB) once (kernels.cu)
-        let local = (need_dw && n * 4 <= 48 * 1024) as i32;
-        args!(b, &rows_, &n_, &eps_, &vec, &local);
-        let mut cfg = warp_rows_cfg(rows);
-        if need_dw {
-            cfg.grid_dim.0 = cfg.grid_dim.0.min(264);
-            cfg.shared_mem_bytes = local as u32 * (n * 4) as u32;
-        }
-        unsafe { b.launch(cfg) }.w()?;
-        Ok((
-            dx.map(|d| wrap(d, &dev, shape.clone())),
-            dw.map(|d| wrap(d, &dev, n)),
-        ))
-    })
-}
-
-/// Rotary embeddings of `x` `[b, t, h, d]` with tables `[t, d/2]` (f32); `sign` −1 inverts.
-pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, sign: f32) -> Result<Tensor> {
-    let dev = dev_of(x)?;
-    let (b_, t, h, d) = x.dims4()?;
-    let rows = b_ * t * h;
-    let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
-    let (gc, _) = cos.storage_and_layout();
-    let (gs, _) = sin.storage_and_layout();
-    let (cv, sv) = (view!(gc, cos, f32), view!(gs, sin, f32));
-    let f = func(&dev, "rope", x.dtype())?;
-    let (rows_, t_, h_, d_) = (rows as i64, t as i32, h as i32, d as i32);
-    let shape = x.shape().clone();
-    typed!(x, |xv: Ty| {
-        let dst = unsafe { dev.alloc::<Ty>(rows * d)? };
-        let mut b = f.builder();
-        args!(b, &xv, &dst, &cv, &sv, &rows_, &t_, &h_, &d_, &sign);
-        unsafe { b.launch(elem_cfg(rows * d / 2)) }.w()?;
-        Ok(wrap(dst, &dev, shape))
-    })
-}
-
-pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
-    let dev = dev_of(g)?;
-    let n = g.elem_count();
-    let u = u.to_dtype(g.dtype())?.contiguous()?;
-    let (gu, _) = u.storage_and_layout();
-    let f = func(&dev, "silu_mul_fwd", g.dtype())?;
-    let g = g.contiguous()?;
-    let (n_, vec) = (n as i64, vec16(&[&g, &u]));
-    let shape = g.shape().clone();
-    typed!(g, |gv: Ty| {
-        let uv = view!(gu, u, Ty);
-        let dst = unsafe { dev.alloc::<Ty>(n)? };
-        let mut b = f.builder();
-        args!(b, &gv, &uv, &dst, &n_, &vec);
-        unsafe { b.launch(vec_cfg(n)) }.w()?;
-        Ok(wrap(dst, &dev, shape))
-    })
-}
-
-pub fn silu_mul_bwd(
-    g: &Tensor,
-    u: &Tensor,
-    d: &Tensor,
-    need_g: bool,
-    need_u: bool,
-) -> Result<(Option<Tensor>, Option<Tensor>)> {
-    let dev = dev_of(g)?;
-    let n = g.elem_count();
-    let u = u.to_dtype(g.dtype())?.contiguous()?;
-    let d = d.to_dtype(g.dtype())?.contiguous()?;
-    let (gu, _) = u.storage_and_layout();
-    let (gd, _) = d.storage_and_layout();
-    let f = func(&dev, "silu_mul_bwd", g.dtype())?;
-    let g = g.contiguous()?;
-    let (n_, vec) = (n as i64, vec16(&[&g, &u, &d]));
-    let shape = g.shape().clone();
-    typed!(g, |gv: Ty| {
-        let uv = view!(gu, u, Ty);
-        let dv = view!(gd, d, Ty);
-        let dg = if need_g {
-            Some(unsafe { dev.alloc::<Ty>(n)? })
-        } else {
-            None
-        };
-        let du = if need_u {
-            Some(unsafe { dev.alloc::<Ty>(n)? })
-        } else {
-            None
-        };
-        let mut b = f.builder();
-        args!(b, &gv, &uv, &dv);
-        opt_args!(b, &dg, &du);
-        args!(b, &n_, &vec);
-        unsafe { b.launch(vec_cfg(n)) }.w()?;
-        Ok((
-            dg.map(|x| wrap(x, &dev, shape.clone())),
-            du.map(|x| wrap(x, &dev, shape.clone())),
-        ))
-    })
-}
-
-/// One AdamW update in place: `p`, `m`, `v` are written (all of `p`'s dtype), `g` read.
-#[allow(clippy::too_many_arguments)]
-pub fn adamw(
-    p: &Tensor,
-    g: &Tensor,
-    m: &Tensor,
-    v: &Tensor,
-    wd_factor: f32,
-    b1: f32,
-    b2: f32,
-    eps: f32,
-    step_size: f32,
-    bc2_sqrt: f32,
-) -> Result<()> {
-    let dev = dev_of(p)?;
-    for t in [p, m, v] {
-        if !t.is_contiguous() || t.dtype() != p.dtype() {
-            candle_core::bail!("adamw: parameter and state must be contiguous and of one dtype");
-        }
-    }
-    let g = g.to_dtype(p.dtype())?.contiguous()?;
-    let n = p.elem_count();
-    let (gp, _) = p.storage_and_layout();
-    let (gg, _) = g.storage_and_layout();
-    let (gm, _) = m.storage_and_layout();
-    let (gv, _) = v.storage_and_layout();
-    let f = func(&dev, "adamw", p.dtype())?;
-    let (n_, vec) = (n as i64, vec16(&[p, &g, m, v]));
-    macro_rules! go {
-        ($ty:ty) => {{
-            let (pv, gvv, mv, vv) = (
-                view!(gp, p, $ty),
-                view!(gg, g, $ty),
-                view!(gm, m, $ty),
-                view!(gv, v, $ty),
-            );
-            let mut b = f.builder();
-            args!(
-                b, &pv, &gvv, &mv, &vv, &n_, &wd_factor, &b1, &b2, &eps, &step_size, &bc2_sqrt,
-                &vec
-            );
-            unsafe { b.launch(vec_cfg(n)) }.w()?;
-            Ok(())
-        }};
-    }
-    match p.dtype() {
-        DType::F32 => go!(f32),
-        DType::BF16 => go!(bf16),
-        o => candle_core::bail!("adamw: dtype {o:?}"),
-    }
-}
-
-/// `Σ x²` as an f32 scalar on the device, in one pass (a gradient norm without an f32 copy).
-pub fn sum_sq(x: &Tensor) -> Result<Tensor> {
-    let dev = dev_of(x)?;
-    let n = x.elem_count();
-    let f = func(&dev, "sumsq", x.dtype())?;
-    let x = x.contiguous()?;
-    let (n_, vec) = (n as i64, vec16(&[&x]));
-    let blocks = n.div_ceil(256 * 8).clamp(1, 2048) as u32;
-    typed!(x, |xv: _Ty| {
-        let dst = dev.alloc_zeros::<f32>(1)?;
-        let mut b = f.builder();
-        args!(b, &xv, &dst, &n_, &vec);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        unsafe { b.launch(cfg) }.w()?;
-        Ok(wrap(dst, &dev, ()))
-    })
-}
-
-/// The gradient of an embedding table `[vocab, h]` from the gradient `g` `[rows, h]` of the rows
-/// that `ids` (u32) selected: summed in f32 (repeated tokens add up), returned in `g`'s dtype.
-pub fn embed_bwd(g: &Tensor, ids: &Tensor, vocab: usize) -> Result<Tensor> {
-    let dev = dev_of(g)?;
-    let (rows, h) = g.dims2()?;
-    let g = g.contiguous()?;
-    let ids = ids.contiguous()?;
-    let (gi, _) = ids.storage_and_layout();
-    let iv = view!(gi, ids, u32);
-    let f = func(&dev, "embed_bwd", g.dtype())?;
-    let acc = dev.alloc_zeros::<f32>(vocab * h)?;
-    let (rows_, h_, vocab_, vec) = (rows as i64, h as i32, vocab as i64, row_vec(h, &[&g]));
-    typed!(g, |gv: _Ty| {
-        let mut b = f.builder();
-        args!(b, &gv, &iv, &acc, &rows_, &h_, &vocab_, &vec);
-        unsafe { b.launch(warp_rows_cfg(rows)) }.w()?;
-        Ok::<_, candle_core::Error>(())
-    })?;
-    wrap(acc, &dev, (vocab, h)).to_dtype(g.dtype())
-}
-
-/// Largest LoRA rank the low-rank kernels take.
-pub const LORA_RMAX: usize = 64;
-
-/// The kernel instance for rank `r`: `{name}_r{R}` with R the next of 8, 16, 32, 64.
-/// The kernels' rank bucket (8, 16, 32, 64) that holds rank `r`.
-fn lora_bucket(r: usize) -> Result<usize> {
-    [8, 16, 32, 64]
-        .into_iter()
-        .find(|&x| r <= x)
-        .ok_or_else(|| {
-            candle_core::Error::Msg(format!("ftl kernels: LoRA rank {r} above {LORA_RMAX}"))
-        })
-}
-
-fn lora_func(dev: &CudaDevice, name: &str, r: usize, dt: DType) -> Result<Func> {
-    func(dev, &format!("{name}_r{}", lora_bucket(r)?), dt)
-}
-
-fn block_cfg(grid: (usize, usize)) -> Result<LaunchConfig> {
+pub(crate) fn block_cfg(grid: (usize, usize)) -> Result<LaunchConfig> {
     if grid.1 > 65535 {
         candle_core::bail!("ftl kernels: {} row blocks exceed the grid", grid.1);
     }
@@ -578,92 +176,9 @@ fn block_cfg(grid: (usize, usize)) -> Result<LaunchConfig> {
     })
 }
 
-/// `x [M, K] · aᵀ` for f32 `x` and `a [r, K]`: `[M, r]` (bf16 activations take `lora_tc_fwd`).
-pub fn lora_down(x: &Tensor, a: &Tensor) -> Result<Tensor> {
-    let dev = dev_of(x)?;
-    let (m, k) = x.dims2()?;
-    let r = a.dim(0)?;
-    let a = a.contiguous()?;
-    let (ga, _) = a.storage_and_layout();
-    let av = view!(ga, a, f32);
-    let rr = lora_bucket(r)?;
-    let f = func(&dev, &format!("lora_down_r{rr}"), x.dtype())?;
-    // the A tile in shared memory, [R, 256] f32 (64 KiB at R = 64: above the default limit)
-    let smem = (rr * 256 * 4) as u32;
-    {
-        use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum as Attr;
-        f.func
-            .set_attribute(
-                Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )
-            .w()?;
-    }
-    // rows per block: eight warps of LORA_ROWS(R) rows (kernels.cu)
-    let rows = 8 * match rr {
-        8 | 16 => 4,
-        32 => 2,
-        _ => 1,
-    };
-    let (m_, k_, r_) = (m as i64, k as i32, r as i32);
-    typed!(x, |xv: _Ty| {
-        let dst = unsafe { dev.alloc::<f32>(m * r)? };
-        let mut b = f.builder();
-        args!(b, &xv, &av, &dst, &m_, &k_, &r_);
-        let mut cfg = block_cfg((m.div_ceil(rows), 1))?;
-        cfg.shared_mem_bytes = smem;
-        unsafe { b.launch(cfg) }.w()?;
-        Ok(wrap(dst, &dev, (m, r)))
-    })
-}
-
-/// `y [M, N] + s · h [M, r] · bᵀ` for f32 `y` and `b [N, r]` (bf16: `lora_tc_fwd`).
-pub fn lora_up_add(y: &Tensor, h: &Tensor, bm: &Tensor, s: f32) -> Result<Tensor> {
-    let dev = dev_of(y)?;
-    let (m, n) = y.dims2()?;
-    let r = h.dim(1)?;
-    let (h, bm) = (h.contiguous()?, bm.contiguous()?);
-    let (gh, _) = h.storage_and_layout();
-    let (gb, _) = bm.storage_and_layout();
-    let (hv, bv) = (view!(gh, h, f32), view!(gb, bm, f32));
-    let f = lora_func(&dev, "lora_up_add", r, y.dtype())?;
-    let (m_, n_, r_) = (m as i64, n as i32, r as i32);
-    typed!(y, |yv: Ty| {
-        let dst = unsafe { dev.alloc::<Ty>(m * n)? };
-        let mut b = f.builder();
-        args!(b, &yv, &hv, &bv, &dst, &m_, &n_, &r_, &s);
-        unsafe { b.launch(block_cfg((n.div_ceil(256), m.div_ceil(32)))?) }.w()?;
-        Ok(wrap(dst, &dev, (m, n)))
-    })
-}
-
-/// `s · lᵀ · x` for f32 `l [M, r]` and `x [M, K]`: `[r, K]` (a LoRA weight gradient), summed
-/// over 128-row slices then across them, in a fixed order.
-pub fn lora_outer(l: &Tensor, x: &Tensor, s: f32) -> Result<Tensor> {
-    let dev = dev_of(x)?;
-    let (m, k) = x.dims2()?;
-    let r = l.dim(1)?;
-    let l = l.contiguous()?;
-    let (gl, _) = l.storage_and_layout();
-    let lv = view!(gl, l, f32);
-    let f = lora_func(&dev, "lora_outer", r, x.dtype())?;
-    let (m_, k_, r_) = (m as i64, k as i32, r as i32);
-    let splits = m.div_ceil(128);
-    let parts = typed!(x, |xv: _Ty| {
-        let dst = unsafe { dev.alloc::<f32>(splits * r * k)? };
-        let mut b = f.builder();
-        args!(b, &lv, &xv, &dst, &m_, &k_, &r_, &s);
-        unsafe { b.launch(block_cfg((k.div_ceil(256), splits))?) }.w()?;
-        Ok::<_, candle_core::Error>(wrap(dst, &dev, (splits, r * k)))
-    })?;
-    // the slices added by one matrix product (candle's sum over a leading dimension is slow)
-    let ones = Tensor::ones((1, splits), DType::F32, x.device())?;
-    ones.matmul(&parts)?.reshape((r, k))
-}
-
 /// The device address of a contiguous f32 or bf16 CUDA tensor's first element. Every kernel and
 /// cuBLAS call runs on the device's one stream, so the address is used in stream order.
-fn addr(t: &Tensor) -> Result<u64> {
+pub(crate) fn addr(t: &Tensor) -> Result<u64> {
     use candle_core::cuda_backend::cudarc::driver::DevicePtr;
     let (g, l) = t.storage_and_layout();
     let (o1, _) = l
@@ -686,535 +201,16 @@ fn addr(t: &Tensor) -> Result<u64> {
     Ok(base + (o1 * t.dtype().size_in_bytes()) as u64)
 }
 
-/// A bf16 operand of `gemm`: the row-major matrix at `at` with row stride `ld`, read transposed
-/// when `t`.
-#[derive(Clone, Copy)]
-struct Operand {
-    at: u64,
-    ld: usize,
-    t: bool,
-}
-
-impl Operand {
-    fn new(at: u64, ld: usize) -> Self {
-        Self { at, ld, t: false }
-    }
-    fn t(self) -> Self {
-        Self { t: true, ..self }
-    }
-}
-
-/// Row-major `c [m, n] = alpha · a · b + beta · c` (`a` `[m, k]`, `b` `[k, n]` after their
-/// transposes) on cuBLAS's tensor cores, accumulating in f32; `c` (row stride `ldc`) is f32 or
-/// bf16, read and rounded once when `beta` is 1.
-#[allow(clippy::too_many_arguments)]
-fn gemm(
-    dev: &CudaDevice,
-    (m, n, k): (usize, usize, usize),
-    a: Operand,
-    b: Operand,
-    c: u64,
-    ldc: usize,
-    cdt: DType,
-    alpha: f32,
-    beta: f32,
-) -> Result<()> {
-    use candle_core::cuda_backend::cudarc::cublas::{result::gemm_ex, sys};
-    let op = |t: bool| {
-        if t {
-            sys::cublasOperation_t::CUBLAS_OP_T
-        } else {
-            sys::cublasOperation_t::CUBLAS_OP_N
-        }
-    };
-    let ct = match cdt {
-        DType::F32 => sys::cudaDataType_t::CUDA_R_32F,
-        _ => sys::cudaDataType_t::CUDA_R_16BF,
-    };
-    let bf = sys::cudaDataType_t::CUDA_R_16BF;
-    let blas = dev.cublas_handle();
-    // cuBLAS is column-major: the row-major c is its cᵀ = bᵀ · aᵀ
-    unsafe {
-        gemm_ex(
-            *blas.handle(),
-            op(b.t),
-            op(a.t),
-            n as i32,
-            m as i32,
-            k as i32,
-            &alpha as *const f32 as *const _,
-            b.at as *const _,
-            bf,
-            b.ld as i32,
-            a.at as *const _,
-            bf,
-            a.ld as i32,
-            &beta as *const f32 as *const _,
-            c as *mut _,
-            ct,
-            ldc as i32,
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
-        )
-    }
-    .map_err(|e| candle_core::Error::Msg(format!("cuBLAS gemm ({m}×{k}·{k}×{n}): {e:?}")))
-}
-
-/// `lora_split` (kernels.cu): f32 `[rows, cols]` at `x` (row stride `ld`, plus the half at `off`
-/// when `off > 0`) as bf16 `[rows, 3 cols]`, high parts and remainders in the blocks `lo` says.
-#[allow(clippy::too_many_arguments)]
-fn split(
-    dev: &CudaDevice,
-    x: u64,
-    ld: usize,
-    off: usize,
-    rows: usize,
-    cols: usize,
-    lo: i32,
-) -> Result<Tensor> {
-    let f = func(dev, "lora_split", DType::F32)?;
-    let dst = unsafe { dev.alloc::<bf16>(rows * 3 * cols)? };
-    let out = wrap(dst, dev, (rows, 3 * cols));
-    let (o, ld_, off_, rows_, cols_) =
-        (addr(&out)?, ld as i64, off as i64, rows as i64, cols as i64);
-    let mut b = f.builder();
-    args!(b, &x, &ld_, &off_, &o, &rows_, &cols_, &lo);
-    unsafe { b.launch(elem_cfg((rows * cols).min(1 << 20))) }.w()?;
-    Ok(out)
-}
-
-/// `lora_fold` (kernels.cu): `out [rows, cols] = s · (x[.., j] + x[.., off + j])` into f32 at `out`.
-#[allow(clippy::too_many_arguments)]
-fn fold(
-    dev: &CudaDevice,
-    x: &Tensor,
-    ld: usize,
-    off: usize,
-    out: u64,
-    rows: usize,
-    cols: usize,
-    s: f32,
-) -> Result<()> {
-    let f = func(dev, "lora_fold", DType::F32)?;
-    let (xa, ld_, off_, rows_, cols_) = (addr(x)?, ld as i64, off as i64, rows as i64, cols as i64);
-    let mut b = f.builder();
-    args!(b, &xa, &ld_, &off_, &out, &rows_, &cols_, &s);
-    unsafe { b.launch(elem_cfg((rows * cols).min(1 << 20))) }.w()?;
-    Ok(())
-}
-
-// High parts in blocks 0 and 1, remainders in 2 (`hhl`), or in 1 (`hlh`): an `hlh` operand times
-// an `hhl` one over the 3r blocks is hi·hi + lo·hi + hi·lo; the first two blocks of `hlh` and the
-// last two of `hhl` are (hi, lo), the operand for a product whose halves `fold` adds.
-const HHL: i32 = 0b100;
-const HLH: i32 = 0b010;
-
-/// The tensor-core LoRA path's operands: `x` `[m, k]`, `y`/`g` `[m, n]` (bf16, contiguous), the
-/// split adapter `[3r, k]` and `[n, 3r]`.
-fn tc_shapes(t: &[&Tensor; 4], (m, k, n, r): (usize, usize, usize, usize)) -> Result<()> {
-    let ok = t
-        .iter()
-        .all(|t| t.dtype() == DType::BF16 && t.is_contiguous())
-        && t[0].dims2()? == (m, k)
-        && t[1].dims2()? == (m, n)
-        && t[2].dims2()? == (3 * r, k)
-        && t[3].dims2()? == (n, 3 * r);
-    if !ok {
-        candle_core::bail!(
-            "lora tensor-core path: want bf16 contiguous x [{m}, {k}], y [{m}, {n}], A [{}, {k}], B [{n}, {}]",
-            3 * r,
-            3 * r
-        );
-    }
-    Ok(())
-}
-
-/// LoRA's f32 adapter split for the tensor-core path: `a` `[r, K]` as `[3r, K]` (row blocks
-/// hi, hi, lo) and `b` `[N, r]` as `[N, 3r]` (column blocks hi, hi, lo), bf16.
-pub fn lora_tc_weights(a: &Tensor, bm: &Tensor) -> Result<(Tensor, Tensor)> {
-    let dev = dev_of(a)?;
-    let (a, bm) = (a.contiguous()?, bm.contiguous()?);
-    let (r, k) = a.dims2()?;
-    let n = bm.dim(0)?;
-    let a3 = split(&dev, addr(&a)?, r * k, 0, 1, r * k, HHL)?.reshape((3 * r, k))?;
-    let b3 = split(&dev, addr(&bm)?, r, 0, n, r, HHL)?;
-    Ok((a3, b3))
-}
-
-/// The LoRA branch on tensor cores: `y [M, N] += s · (x·Aᵀ)·Bᵀ` in place (bf16 `y`, summed in f32
-/// and rounded once), for bf16 `x [M, K]` and the split adapter of `lora_tc_weights`. Returns
-/// `x·Aᵀ` split (`[M, 3r]`, blocks hi, lo, hi) for the backward pass.
-pub fn lora_tc_fwd(x: &Tensor, y: &Tensor, a3: &Tensor, b3: &Tensor, s: f32) -> Result<Tensor> {
-    let dev = dev_of(x)?;
-    let (m, k) = x.dims2()?;
-    let n = y.dim(1)?;
-    let r = a3.dim(0)? / 3;
-    tc_shapes(&[x, y, a3, b3], (m, k, n, r))?;
-    let p = wrap(unsafe { dev.alloc::<f32>(m * 2 * r)? }, &dev, (m, 2 * r));
-    // x·[A_hi; A_lo]ᵀ, then its halves added and split
-    let a_hl = Operand::new(addr(a3)? + (r * k * 2) as u64, k).t();
-    gemm(
-        &dev,
-        (m, 2 * r, k),
-        Operand::new(addr(x)?, k),
-        a_hl,
-        addr(&p)?,
-        2 * r,
-        DType::F32,
-        1.0,
-        0.0,
-    )?;
-    let h3 = split(&dev, addr(&p)?, 2 * r, r, m, r, HLH)?;
-    let b = Operand::new(addr(b3)?, 3 * r).t();
-    gemm(
-        &dev,
-        (m, n, 3 * r),
-        Operand::new(addr(&h3)?, 3 * r),
-        b,
-        addr(y)?,
-        n,
-        DType::BF16,
-        s,
-        1.0,
-    )?;
-    Ok(h3)
-}
-
-/// The backward pass of `lora_tc_fwd` for the output gradient `g [M, N]` (bf16): adds
-/// `s · (g·B)·A` into `dx` (bf16 `[M, K]`, in place) when given, and returns the adapter's
-/// gradient `[dA (r × K), dB (N × r)]` flattened (f32) when `pack`.
-#[allow(clippy::too_many_arguments)]
-pub fn lora_tc_bwd(
-    g: &Tensor,
-    x: &Tensor,
-    a3: &Tensor,
-    b3: &Tensor,
-    h3: &Tensor,
-    s: f32,
-    dx: Option<&Tensor>,
-    pack: bool,
-) -> Result<Option<Tensor>> {
-    let dev = dev_of(g)?;
-    let (m, n) = g.dims2()?;
-    let k = x.dim(1)?;
-    let r = a3.dim(0)? / 3;
-    tc_shapes(&[x, g, a3, b3], (m, k, n, r))?;
-    if h3.dims2()? != (m, 3 * r) || dx.is_some_and(|d| d.dims2().ok() != Some((m, k))) {
-        candle_core::bail!("lora_tc_bwd: x·Aᵀ or dx does not match [{m}, {k}] and rank {r}");
-    }
-    let ga = Operand::new(addr(g)?, n);
-    // g·[B_hi, B_lo], its halves added and split
-    let p = wrap(unsafe { dev.alloc::<f32>(m * 2 * r)? }, &dev, (m, 2 * r));
-    let b_hl = Operand::new(addr(b3)? + (r * 2) as u64, 3 * r);
-    gemm(
-        &dev,
-        (m, 2 * r, n),
-        ga,
-        b_hl,
-        addr(&p)?,
-        2 * r,
-        DType::F32,
-        1.0,
-        0.0,
-    )?;
-    let g3 = split(&dev, addr(&p)?, 2 * r, r, m, r, HLH)?;
-    let g3a = Operand::new(addr(&g3)?, 3 * r);
-    if let Some(dx) = dx {
-        let a = Operand::new(addr(a3)?, k);
-        gemm(
-            &dev,
-            (m, k, 3 * r),
-            g3a,
-            a,
-            addr(dx)?,
-            k,
-            DType::BF16,
-            s,
-            1.0,
-        )?;
-    }
-    if !pack {
-        return Ok(None);
-    }
-    let out = wrap(
-        unsafe { dev.alloc::<f32>(r * k + n * r)? },
-        &dev,
-        r * k + n * r,
-    );
-    let o = addr(&out)?;
-    // dA = s · (g·B)ᵀ·x from [(g·B)_hi, (g·B)_lo]ᵀ·x ([2r, K]: its two row blocks)
-    let pa = wrap(unsafe { dev.alloc::<f32>(2 * r * k)? }, &dev, (2 * r, k));
-    gemm(
-        &dev,
-        (2 * r, k, m),
-        g3a.t(),
-        Operand::new(addr(x)?, k),
-        addr(&pa)?,
-        k,
-        DType::F32,
-        1.0,
-        0.0,
-    )?;
-    fold(&dev, &pa, 0, r * k, o, 1, r * k, s)?;
-    // dB = s · gᵀ·(x·Aᵀ) from gᵀ·[h_hi, h_lo] ([N, 2r]: its two column blocks)
-    let pb = wrap(unsafe { dev.alloc::<f32>(n * 2 * r)? }, &dev, (n, 2 * r));
-    let h = Operand::new(addr(h3)?, 3 * r);
-    gemm(
-        &dev,
-        (n, 2 * r, m),
-        ga.t(),
-        h,
-        addr(&pb)?,
-        2 * r,
-        DType::F32,
-        1.0,
-        0.0,
-    )?;
-    fold(&dev, &pb, 2 * r, r, o + (r * k * 4) as u64, n, r, s)?;
-    Ok(Some(out))
-}
-
 /// Whether the element-wise kernels may use 16-byte vectors on `ts` (their data 16-byte aligned;
 /// fresh outputs are).
-fn vec16(ts: &[&Tensor]) -> i32 {
+pub(crate) fn vec16(ts: &[&Tensor]) -> i32 {
     ts.iter()
         .all(|t| (t.layout().start_offset() * t.dtype().size_in_bytes()).is_multiple_of(16))
         as i32
 }
 
 /// Whether rows of `n` values of `ts` can be read in 16-byte vectors.
-fn row_vec(n: usize, ts: &[&Tensor]) -> i32 {
+pub(crate) fn row_vec(n: usize, ts: &[&Tensor]) -> i32 {
     let v = 16 / ts[0].dtype().size_in_bytes();
     (n.is_multiple_of(v) && vec16(ts) == 1) as i32
-}
-
-/// `a + b` for two contiguous tensors of one shape and dtype.
-pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let dev = dev_of(a)?;
-    if a.shape() != b.shape() || a.dtype() != b.dtype() {
-        candle_core::bail!("ftl kernels: add of {:?} and {:?}", a.shape(), b.shape());
-    }
-    let n = a.elem_count();
-    let f = func(&dev, "add2", a.dtype())?;
-    let b = b.contiguous()?;
-    let (gb, _) = b.storage_and_layout();
-    let shape = a.shape().clone();
-    let vec = vec16(&[a, &b]);
-    let n_ = n as i64;
-    typed!(a, |av: Ty| {
-        let bv: CudaView<'_, Ty> = view!(gb, b, Ty);
-        let dst = unsafe { dev.alloc::<Ty>(n)? };
-        let mut bl = f.builder();
-        args!(bl, &av, &bv, &dst, &n_, &vec);
-        unsafe { bl.launch(vec_cfg(n)) }.w()?;
-        Ok(wrap(dst, &dev, shape))
-    })
-}
-
-/// `x · v` per column of `[.., N]` `x`, `v` `[N]` rounded to `x`'s dtype first.
-pub fn scale_cols(x: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let dev = dev_of(x)?;
-    let (m, n) = rows_of(x)?;
-    let v = v.to_dtype(DType::F32)?.contiguous()?;
-    let (gv, _) = v.storage_and_layout();
-    let vv = view!(gv, v, f32);
-    let f = func(&dev, "scale_cols", x.dtype())?;
-    let (total, n_) = ((m * n) as i64, n as i32);
-    let shape = x.shape().clone();
-    let vec = vec16(&[x]);
-    typed!(x, |xv: Ty| {
-        let dst = unsafe { dev.alloc::<Ty>(m * n)? };
-        let mut b = f.builder();
-        args!(b, &xv, &vv, &dst, &total, &n_, &vec);
-        unsafe { b.launch(vec_cfg(m * n)) }.w()?;
-        Ok(wrap(dst, &dev, shape))
-    })
-}
-
-/// `Σ_rows g ⊙ x` per column of `[M, N]` `g` and `x` (same dtype): `[N]` f32.
-pub fn colsum_mul(g: &Tensor, x: &Tensor) -> Result<Tensor> {
-    let dev = dev_of(x)?;
-    let (m, n) = rows_of(x)?;
-    let g = g.to_dtype(x.dtype())?.contiguous()?;
-    let (gg, _) = g.storage_and_layout();
-    let f = func(&dev, "colsum_mul", x.dtype())?;
-    let (m_, n_) = (m as i64, n as i32);
-    typed!(x, |xv: Ty| {
-        let gv = view!(gg, g, Ty);
-        let dst = unsafe { dev.alloc::<f32>(n)? };
-        let mut b = f.builder();
-        args!(b, &gv, &xv, &dst, &m_, &n_);
-        unsafe { b.launch(block_cfg((n.div_ceil(32), 1))?) }.w()?;
-        Ok(wrap(dst, &dev, n))
-    })
-}
-
-/// Flash attention forward launches so far (tests check that the kernels, not a fallback, ran).
-pub static FLASH_LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Head dimensions the flash attention kernels are built for (`flash_attn.cu`).
-pub fn flash_dim(d: usize) -> bool {
-    matches!(d, 32 | 64 | 96 | 128)
-}
-
-/// Masking and scale of a flash attention call (as `attn_softmax`).
-#[derive(Clone, Copy, Debug)]
-pub struct Flash {
-    pub causal: bool,
-    pub offset: usize,
-    /// 0: no sliding window
-    pub window: usize,
-    pub scale: f32,
-}
-
-/// Shared memory of the flash kernels, as laid out in `flash_attn.cu`.
-fn flash_smem(d: usize, backward: bool) -> u32 {
-    let (bq, bk, ld) = (64, 64, d + 8);
-    let bytes = if backward {
-        // the backward pass's query tile, double-buffered with dO, the log-sum-exps and Σ dO·O
-        let nq = if d <= 64 { 64 } else { 32 };
-        (2 * bk + 4 * nq) * ld * 2 + bk * (nq + 8) * 2 + 4 * nq * 4 + bk
-    } else {
-        // the query tile, and the key and value tiles double-buffered with their valid flags
-        (bq + 4 * bk) * ld * 2 + 2 * bk
-    };
-    bytes as u32
-}
-
-/// A contiguous bf16 tensor whose data start 16 bytes aligned (the kernels load 8 values at once).
-fn aligned16(t: &Tensor) -> Result<Tensor> {
-    if t.dtype() != DType::BF16 {
-        candle_core::bail!("flash attention: bf16 only, got {:?}", t.dtype());
-    }
-    if t.is_contiguous() && t.layout().start_offset().is_multiple_of(8) {
-        Ok(t.clone())
-    } else {
-        t.force_contiguous()
-    }
-}
-
-fn flash_func(dev: &CudaDevice, name: &str, smem: u32) -> Result<Func> {
-    use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum as Attr;
-    let f = func(dev, name, DType::BF16)?;
-    f.func
-        .set_attribute(
-            Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem as i32,
-        )
-        .w()?;
-    Ok(f)
-}
-
-/// Flash attention forward: `o` `[b, tq, h, d]` (bf16) and each query row's log-sum-exp
-/// `[b, h, tq]` (f32) from q `[b, tq, h, d]`, k and v `[b, tk, hkv, d]`, `kv` `[b, tk]` u8.
-pub fn flash_fwd(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    kv: &Tensor,
-    m: &Flash,
-) -> Result<(Tensor, Tensor)> {
-    let dev = dev_of(q)?;
-    let (q, k, v) = (aligned16(q)?, aligned16(k)?, aligned16(v)?);
-    let kv = kv.contiguous()?;
-    let (b, tq, h, d) = q.dims4()?;
-    let (_, tk, hkv, _) = k.dims4()?;
-    let smem = flash_smem(d, false);
-    let f = flash_func(&dev, &format!("flash_fwd_d{d}"), smem)?;
-    let (gq, _) = q.storage_and_layout();
-    let (gk, _) = k.storage_and_layout();
-    let (gv, _) = v.storage_and_layout();
-    let (gm, _) = kv.storage_and_layout();
-    let (qv, kv_, vv, mv) = (
-        view!(gq, q, bf16),
-        view!(gk, k, bf16),
-        view!(gv, v, bf16),
-        view!(gm, kv, u8),
-    );
-    let o = unsafe { dev.alloc::<bf16>(b * tq * h * d)? };
-    let lse = unsafe { dev.alloc::<f32>(b * h * tq)? };
-    let ints = [tq, tk, h, hkv, m.causal as usize, m.offset, m.window].map(|x| x as i32);
-    let mut bl = f.builder();
-    args!(bl, &qv, &kv_, &vv, &mv, &o, &lse);
-    for x in &ints {
-        bl.arg(x);
-    }
-    bl.arg(&m.scale);
-    let cfg = LaunchConfig {
-        grid_dim: (tq.div_ceil(64) as u32, (b * h) as u32, 1),
-        block_dim: (128, 1, 1),
-        shared_mem_bytes: smem,
-    };
-    unsafe { bl.launch(cfg) }.w()?;
-    FLASH_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Ok((wrap(o, &dev, (b, tq, h, d)), wrap(lse, &dev, (b, h, tq))))
-}
-
-/// Flash attention backward: `(dq, dk, dv)` in bf16 from the forward's inputs, output `o`, its
-/// gradient `g` and `lse`.
-#[allow(clippy::too_many_arguments)]
-pub fn flash_bwd(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    o: &Tensor,
-    g: &Tensor,
-    lse: &Tensor,
-    kv: &Tensor,
-    m: &Flash,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let dev = dev_of(q)?;
-    let (q, k, v) = (aligned16(q)?, aligned16(k)?, aligned16(v)?);
-    let (o, g) = (aligned16(o)?, aligned16(&g.to_dtype(DType::BF16)?)?);
-    let (lse, kv) = (lse.contiguous()?, kv.contiguous()?);
-    let (b, tq, h, d) = q.dims4()?;
-    let (_, tk, hkv, _) = k.dims4()?;
-    let (gq, _) = q.storage_and_layout();
-    let (gk, _) = k.storage_and_layout();
-    let (gv, _) = v.storage_and_layout();
-    let (go, _) = o.storage_and_layout();
-    let (gg, _) = g.storage_and_layout();
-    let (gl, _) = lse.storage_and_layout();
-    let (gm, _) = kv.storage_and_layout();
-    let (qv, kv_, vv, ov, gv_, lv, mv) = (
-        view!(gq, q, bf16),
-        view!(gk, k, bf16),
-        view!(gv, v, bf16),
-        view!(go, o, bf16),
-        view!(gg, g, bf16),
-        view!(gl, lse, f32),
-        view!(gm, kv, u8),
-    );
-    // the softmax backward's row term Σ dO·O
-    let rows = b * tq * h;
-    let dsum = unsafe { dev.alloc::<f32>(rows)? };
-    let f = func(&dev, "flash_dsum", DType::BF16)?;
-    let (rows_, tq_, h_, d_) = (rows as i64, tq as i32, h as i32, d as i32);
-    let mut bl = f.builder();
-    args!(bl, &ov, &gv_, &dsum, &rows_, &tq_, &h_, &d_);
-    unsafe { bl.launch(warp_rows_cfg(rows)) }.w()?;
-
-    let dq = dev.alloc_zeros::<f32>(b * tq * h * d)?;
-    let dk = dev.alloc_zeros::<f32>(b * tk * hkv * d)?;
-    let dv = dev.alloc_zeros::<f32>(b * tk * hkv * d)?;
-    let smem = flash_smem(d, true);
-    let f = flash_func(&dev, &format!("flash_bwd_d{d}"), smem)?;
-    let ints = [tq, tk, h, hkv, m.causal as usize, m.offset, m.window].map(|x| x as i32);
-    let mut bl = f.builder();
-    args!(bl, &qv, &kv_, &vv, &gv_, &lv, &dsum, &mv, &dq, &dk, &dv);
-    for x in &ints {
-        bl.arg(x);
-    }
-    bl.arg(&m.scale);
-    let cfg = LaunchConfig {
-        grid_dim: (tk.div_ceil(64) as u32, (b * h) as u32, 1),
-        block_dim: (128, 1, 1),
-        shared_mem_bytes: smem,
-    };
-    unsafe { bl.launch(cfg) }.w()?;
-    Ok((
-        wrap(dq, &dev, (b, tq, h, d)).to_dtype(DType::BF16)?,
-        wrap(dk, &dev, (b, tk, hkv, d)).to_dtype(DType::BF16)?,
-        wrap(dv, &dev, (b, tk, hkv, d)).to_dtype(DType::BF16)?,
-    ))
 }

@@ -1,24 +1,31 @@
-//! `y = x·Wᵀ + b` whose backward skips the weight (and bias) gradient when they are frozen.
+//! `y = x·Wᵀ + b` whose backward skips the weight (and bias) gradient when they are frozen, and
+//! LoRA's `y + s·(x·Aᵀ)·Bᵀ` as one op: the composed reference, the fused CPU kernels, the device
+//! paths and LoRA's CUDA kernels (the low-rank kernels, the tensor-core path through cuBLAS).
 
-use super::{fused, gemm_f32, needs_grad, slice_f32, with_f32};
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
+use super::device::{attach_fresh, rows};
+#[cfg(feature = "cuda")]
+use super::kernels;
+use super::tape::Bwd;
+use super::{backend, gemm_f32, needs_grad, slice_f32, with_f32, Backend};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// `x` is `[.., in]`; `w` is `[out, in]`, or `[in, out]` when `transposed` (GPT-2's Conv1D).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> Result<Tensor> {
-    if fused(x) && fused(w) {
-        let x = x.contiguous()?;
-        let w = w.contiguous()?;
-        let op = LinearOp { transposed };
-        return match b {
-            Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
-            None => x.apply_op2(&w, op),
-        };
+    match backend(&[x, w]) {
+        Backend::Fused => {
+            let x = x.contiguous()?;
+            let w = w.contiguous()?;
+            let op = LinearOp { transposed };
+            match b {
+                Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+                None => x.apply_op2(&w, op),
+            }
+        }
+        Backend::Composed => composed(x, w, b, transposed),
+        Backend::Device => linear_device(x, w, b, transposed),
     }
-    if super::composed_only() {
-        return composed(x, w, b, transposed);
-    }
-    super::generic::linear(x, w, b, transposed)
 }
 
 fn composed(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> Result<Tensor> {
@@ -27,6 +34,64 @@ fn composed(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> Res
     match b {
         Some(b) => y.broadcast_add(b),
         None => Ok(y),
+    }
+}
+
+/// `x·Wᵀ` (`x·W` for a transposed weight) on detached inputs.
+fn mm(x: &Tensor, w: &Tensor, transposed: bool) -> Result<Tensor> {
+    let wt = if transposed { w.clone() } else { w.t()? };
+    x.broadcast_matmul(&wt)
+}
+
+/// `dW` of `y = x·Wᵀ` (of `x·W` for a transposed weight) from rows `x2` and output gradient `g2`.
+fn weight_grad(x2: &Tensor, g2: &Tensor, transposed: bool) -> Result<Tensor> {
+    if transposed {
+        x2.t()?.matmul(g2)
+    } else {
+        g2.t()?.matmul(x2)
+    }
+}
+
+/// `dx` of the same product.
+fn input_grad(g2: &Tensor, w: &Tensor, transposed: bool) -> Result<Tensor> {
+    g2.matmul(&if transposed { w.t()? } else { w.clone() })
+}
+
+/// `linear` on the device path.
+fn linear_device(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> Result<Tensor> {
+    let x = &x.contiguous()?;
+    let (xd, wd) = (x.detach(), w.detach());
+    let mut y = mm(&xd, &wd, transposed)?;
+    if let Some(b) = b {
+        y = y.broadcast_add(&b.detach())?;
+    }
+    let bwd: Bwd = Arc::new(move |a: &[&Tensor], _: &Tensor, g: &Tensor| {
+        let (x, w) = (a[0].detach(), a[1].detach());
+        let g2 = rows(g)?;
+        let x2 = rows(&x)?;
+        let dx = if needs_grad(a[0]) {
+            Some(input_grad(&g2, &w, transposed)?.reshape(x.shape())?)
+        } else {
+            None
+        };
+        let dw = if needs_grad(a[1]) {
+            Some(weight_grad(&x2, &g2, transposed)?)
+        } else {
+            None
+        };
+        let mut v = vec![dx, dw];
+        if a.len() == 3 {
+            v.push(if needs_grad(a[2]) {
+                Some(g2.to_dtype(DType::F32)?.sum(0)?.to_dtype(a[2].dtype())?)
+            } else {
+                None
+            });
+        }
+        Ok(v)
+    });
+    match b {
+        Some(b) => attach_fresh(&[x, w, b], y, bwd),
+        None => attach_fresh(&[x, w], y, bwd),
     }
 }
 
@@ -342,9 +407,24 @@ pub fn lora_linear(
     scale: f64,
     transposed: bool,
 ) -> Result<Tensor> {
-    if !(fused(x) && fused(w) && fused(a)) {
-        return super::generic::lora_linear(x, w, b, a, bm, scale, transposed);
+    match backend(&[x, w, a]) {
+        Backend::Fused => lora_fused(x, w, b, a, bm, scale, transposed),
+        // no composed form here: the reference composes LoRA of `linear`s (as peft's LoRA does
+        // under `composed_only`), so this op's own backends are the fused and the device path
+        Backend::Composed | Backend::Device => lora_device(x, w, b, a, bm, scale, transposed),
     }
+}
+
+/// `lora_linear` on the fused path: the adapter and bias packed into one input of one op.
+fn lora_fused(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &Tensor,
+    bm: &Tensor,
+    scale: f64,
+    transposed: bool,
+) -> Result<Tensor> {
     let r = a.dim(0)?;
     let mut parts = vec![a.flatten_all()?, bm.flatten_all()?];
     if let Some(b) = b {
@@ -358,6 +438,231 @@ pub fn lora_linear(
         bias: b.is_some(),
     };
     x.contiguous()?.apply_op3(&w.contiguous()?, &pack, op)
+}
+
+/// LoRA's `A` `[r, k]` and `B` `[n, r]` packed into one tensor, so that one op input carries both.
+#[derive(Clone, Copy)]
+struct LoraPack {
+    r: usize,
+    k: usize,
+    n: usize,
+}
+
+impl LoraPack {
+    fn new(a: &Tensor, bm: &Tensor) -> Result<(Tensor, LoraPack)> {
+        let (r, k) = a.dims2()?;
+        let n = bm.dim(0)?;
+        let lp = LoraPack { r, k, n };
+        let pack = Tensor::cat(&[a.detach().flatten_all()?, bm.detach().flatten_all()?], 0)?;
+        // an op of ours, so its gradient reaches A and B as two views of the packed one
+        // (candle's cat would add each into a zero-filled gradient)
+        let bwd: Bwd = Arc::new(move |_: &[&Tensor], _: &Tensor, g: &Tensor| {
+            let (da, db) = lp.unpack(g)?;
+            Ok(vec![Some(da), Some(db)])
+        });
+        Ok((attach_fresh(&[a, bm], pack, bwd)?, lp))
+    }
+
+    fn unpack(&self, p: &Tensor) -> Result<(Tensor, Tensor)> {
+        let LoraPack { r, k, n } = *self;
+        Ok((
+            p.narrow(0, 0, r * k)?.reshape((r, k))?,
+            p.narrow(0, r * k, n * r)?.reshape((n, r))?,
+        ))
+    }
+}
+
+/// The base weight's gradient of a LoRA layer, when the weight trains too.
+fn lora_base_grad(
+    w: &Tensor,
+    x2: &Tensor,
+    g2: &Tensor,
+    transposed: bool,
+) -> Result<Option<Tensor>> {
+    needs_grad(w)
+        .then(|| weight_grad(x2, g2, transposed))
+        .transpose()
+}
+
+/// A LoRA layer's output `y` as one op of `x`, `w` and the packed adapter, and a trained bias
+/// added outside it (a frozen one is in `y` already, from `frozen_base`).
+fn lora_attach(
+    x: &Tensor,
+    w: &Tensor,
+    pack: &Tensor,
+    b: Option<&Tensor>,
+    y: Tensor,
+    bwd: Bwd,
+) -> Result<Tensor> {
+    let y = attach_fresh(&[x, w, pack], y, bwd)?;
+    match b {
+        Some(b) if needs_grad(b) => y.broadcast_add(b),
+        _ => Ok(y),
+    }
+}
+
+/// The base output `x·Wᵀ` of a LoRA layer, with its bias when that is frozen (a trained bias gets
+/// its gradient from a plain add outside the op).
+fn frozen_base(xd: &Tensor, wd: &Tensor, b: Option<&Tensor>, transposed: bool) -> Result<Tensor> {
+    let y = mm(xd, wd, transposed)?;
+    match b.filter(|b| !needs_grad(b)) {
+        Some(b) => y.broadcast_add(&b.detach()),
+        None => Ok(y),
+    }
+}
+
+/// `lora_linear` on the device path; the adapter (`a` `[r, in]`, `bm` `[out, r]`) may be f32 on a
+/// bf16 model: its branch runs in the adapter's dtype, as PEFT's.
+fn lora_device(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &Tensor,
+    bm: &Tensor,
+    scale: f64,
+    transposed: bool,
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if kernels(x)
+        && a.dtype() == DType::F32
+        && bm.dtype() == DType::F32
+        && a.dim(0)? <= cuda::LORA_RMAX
+    {
+        return lora_linear_cuda(x, w, b, a, bm, scale, transposed);
+    }
+    let x = &x.contiguous()?;
+    let adt = a.dtype();
+    let (pack, lp) = LoraPack::new(a, bm)?;
+    let unpack = move |p: &Tensor| lp.unpack(p);
+    let (xd, wd) = (x.detach(), w.detach());
+    let (ad, bd) = unpack(&pack.detach())?;
+    let y = frozen_base(&xd, &wd, b, transposed)?;
+    let h = xd.to_dtype(adt)?.broadcast_matmul(&ad.t()?)?;
+    let d = (h.broadcast_matmul(&bd.t()?)? * scale)?;
+    let y = (y + d.to_dtype(x.dtype())?)?;
+    // x·Aᵀ ([rows, r], small) kept for B's gradient instead of recomputed
+    let h = rows(&h)?;
+    let bwd: Bwd = Arc::new(move |args: &[&Tensor], _: &Tensor, g: &Tensor| {
+        let (x, w) = (args[0].detach(), args[1].detach());
+        let (a, bm) = unpack(&args[2].detach())?;
+        let g2 = rows(g)?;
+        let x2 = rows(&x)?;
+        let ga = g2.to_dtype(adt)?;
+        let xa = x2.to_dtype(adt)?;
+        let dh = (ga.matmul(&bm)? * scale)?;
+        let dx = if needs_grad(args[0]) {
+            let base = input_grad(&g2, &w, transposed)?;
+            Some((base + dh.matmul(&a)?.to_dtype(x.dtype())?)?.reshape(x.shape())?)
+        } else {
+            None
+        };
+        let dw = lora_base_grad(args[1], &x2, &g2, transposed)?;
+        let dpack = if needs_grad(args[2]) {
+            let da = dh.t()?.matmul(&xa)?;
+            let db = (ga.t()?.matmul(&h)? * scale)?;
+            Some(Tensor::cat(&[da.flatten_all()?, db.flatten_all()?], 0)?)
+        } else {
+            None
+        };
+        Ok(vec![dx, dw, dpack])
+    });
+    lora_attach(x, w, &pack, b, y, bwd)
+}
+
+/// `lora_linear` with f32 adapters on the GPU: the low-rank branch in ftl's kernels (f32
+/// activations; bf16 ones take `lora_linear_tc`).
+#[cfg(feature = "cuda")]
+fn lora_linear_cuda(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &Tensor,
+    bm: &Tensor,
+    scale: f64,
+    transposed: bool,
+) -> Result<Tensor> {
+    if x.dtype() == DType::BF16 {
+        return lora_linear_tc(x, w, b, a, bm, scale, transposed);
+    }
+    let x = &x.contiguous()?;
+    let s = scale as f32;
+    let (pack, lp) = LoraPack::new(a, bm)?;
+    let unpack = move |p: &Tensor| lp.unpack(p);
+    let (xd, wd) = (x.detach(), w.detach());
+    let (ad, bd) = unpack(&pack.detach())?;
+    let y = frozen_base(&xd, &wd, b, transposed)?;
+    let shape = y.shape().clone();
+    let h = cuda::lora_down(&rows(&xd)?, &ad)?;
+    let y = cuda::lora_up_add(&rows(&y)?, &h, &bd, s)?.reshape(shape)?;
+    // x·Aᵀ ([rows, r] f32, small) kept for B's gradient instead of recomputed
+    let h = h.detach();
+    let bwd: Bwd = Arc::new(move |args: &[&Tensor], _: &Tensor, g: &Tensor| {
+        let (x, w) = (args[0].detach(), args[1].detach());
+        let (a, bm) = unpack(&args[2].detach())?;
+        let g2 = rows(g)?.contiguous()?;
+        let x2 = rows(&x)?;
+        // g·B, unscaled: the scale goes into each use below
+        let gb = cuda::lora_down(&g2, &bm.t()?.contiguous()?)?;
+        let dx = if needs_grad(args[0]) {
+            let base = input_grad(&g2, &w, transposed)?;
+            Some(cuda::lora_up_add(&base, &gb, &a.t()?.contiguous()?, s)?.reshape(x.shape())?)
+        } else {
+            None
+        };
+        let dw = lora_base_grad(args[1], &x2, &g2, transposed)?;
+        let dpack = if needs_grad(args[2]) {
+            let da = cuda::lora_outer(&gb, &x2, s)?;
+            let db = cuda::lora_outer(&h, &g2, s)?.t()?;
+            Some(Tensor::cat(&[da.flatten_all()?, db.flatten_all()?], 0)?)
+        } else {
+            None
+        };
+        Ok(vec![dx, dw, dpack])
+    });
+    lora_attach(x, w, &pack, b, y, bwd)
+}
+
+/// `lora_linear` for bf16 activations with f32 adapters on the GPU: the low-rank products on
+/// tensor cores with the adapter split into bf16 high parts and remainders (`cuda::lora_tc_fwd`),
+/// f32-accurate, the branch added to the base output in f32 and rounded once, as PEFT does.
+#[cfg(feature = "cuda")]
+fn lora_linear_tc(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &Tensor,
+    bm: &Tensor,
+    scale: f64,
+    transposed: bool,
+) -> Result<Tensor> {
+    let x = &x.contiguous()?;
+    let s = scale as f32;
+    let (pack, lp) = LoraPack::new(a, bm)?;
+    let (xd, wd) = (x.detach(), w.detach());
+    let (ad, bd) = lp.unpack(&pack.detach())?;
+    let (a3, b3) = cuda::lora_tc_weights(&ad, &bd)?;
+    let y = frozen_base(&xd, &wd, b, transposed)?;
+    let shape = y.shape().clone();
+    // the base output is this op's own: the branch is added into it in place
+    let y = rows(&y)?.contiguous()?;
+    let h3 = cuda::lora_tc_fwd(&rows(&xd)?, &y, &a3, &b3, s)?;
+    let y = y.reshape(shape)?;
+    let bwd: Bwd = Arc::new(move |args: &[&Tensor], _: &Tensor, g: &Tensor| {
+        let (x, w) = (args[0].detach(), args[1].detach());
+        let g2 = rows(&g.to_dtype(DType::BF16)?)?.contiguous()?;
+        let x2 = rows(&x)?;
+        let dx = if needs_grad(args[0]) {
+            Some(input_grad(&g2, &w, transposed)?.contiguous()?)
+        } else {
+            None
+        };
+        let dpack =
+            cuda::lora_tc_bwd(&g2, &x2, &a3, &b3, &h3, s, dx.as_ref(), needs_grad(args[2]))?;
+        let dx = dx.map(|d| d.reshape(x.shape())).transpose()?;
+        let dw = lora_base_grad(args[1], &x2, &g2, transposed)?;
+        Ok(vec![dx, dw, dpack])
+    });
+    lora_attach(x, w, &pack, b, y, bwd)
 }
 
 struct LoraLinearOp {
@@ -577,6 +882,415 @@ impl CustomOp3 for LoraLinearOp {
     }
 }
 
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! LoRA's launchers: the low-rank kernels for f32 activations (`lora_*` in kernels.cu) and the tensor-core path for bf16 ones (cuBLAS on the adapter split into bf16 high parts and remainders).
+
+    use crate::ops::cuda::{
+        addr, args, block_cfg, dev_of, elem_cfg, func, typed, view, wrap, Func,
+    };
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{CudaDevice, DType, Result, Tensor};
+    use half::bf16;
+
+    /// Largest LoRA rank the low-rank kernels take.
+    pub(super) const LORA_RMAX: usize = 64;
+
+    /// The kernels' rank bucket (8, 16, 32, 64) that holds rank `r`.
+    fn lora_bucket(r: usize) -> Result<usize> {
+        [8, 16, 32, 64]
+            .into_iter()
+            .find(|&x| r <= x)
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!("ftl kernels: LoRA rank {r} above {LORA_RMAX}"))
+            })
+    }
+
+    /// The kernel instance for rank `r`: `{name}_r{R}` with R the next of 8, 16, 32, 64.
+    fn lora_func(dev: &CudaDevice, name: &str, r: usize, dt: DType) -> Result<Func> {
+        func(dev, &format!("{name}_r{}", lora_bucket(r)?), dt)
+    }
+
+    /// `x [M, K] · aᵀ` for f32 `x` and `a [r, K]`: `[M, r]` (bf16 activations take `lora_tc_fwd`).
+    pub(super) fn lora_down(x: &Tensor, a: &Tensor) -> Result<Tensor> {
+        let dev = dev_of(x)?;
+        let (m, k) = x.dims2()?;
+        let r = a.dim(0)?;
+        let a = a.contiguous()?;
+        let (ga, _) = a.storage_and_layout();
+        let av = view!(ga, a, f32);
+        let rr = lora_bucket(r)?;
+        let f = func(&dev, &format!("lora_down_r{rr}"), x.dtype())?;
+        // the A tile in shared memory, [R, 256] f32 (64 KiB at R = 64: above the default limit)
+        let smem = (rr * 256 * 4) as u32;
+        {
+            use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum as Attr;
+            f.func
+                .set_attribute(
+                    Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )
+                .w()?;
+        }
+        // rows per block: eight warps of LORA_ROWS(R) rows (kernels.cu)
+        let rows = 8 * match rr {
+            8 | 16 => 4,
+            32 => 2,
+            _ => 1,
+        };
+        let (m_, k_, r_) = (m as i64, k as i32, r as i32);
+        typed!(x, |xv: _Ty| {
+            let dst = unsafe { dev.alloc::<f32>(m * r)? };
+            let mut b = f.builder();
+            args!(b, &xv, &av, &dst, &m_, &k_, &r_);
+            let mut cfg = block_cfg((m.div_ceil(rows), 1))?;
+            cfg.shared_mem_bytes = smem;
+            unsafe { b.launch(cfg) }.w()?;
+            Ok(wrap(dst, &dev, (m, r)))
+        })
+    }
+
+    /// `y [M, N] + s · h [M, r] · bᵀ` for f32 `y` and `b [N, r]` (bf16: `lora_tc_fwd`).
+    pub(super) fn lora_up_add(y: &Tensor, h: &Tensor, bm: &Tensor, s: f32) -> Result<Tensor> {
+        let dev = dev_of(y)?;
+        let (m, n) = y.dims2()?;
+        let r = h.dim(1)?;
+        let (h, bm) = (h.contiguous()?, bm.contiguous()?);
+        let (gh, _) = h.storage_and_layout();
+        let (gb, _) = bm.storage_and_layout();
+        let (hv, bv) = (view!(gh, h, f32), view!(gb, bm, f32));
+        let f = lora_func(&dev, "lora_up_add", r, y.dtype())?;
+        let (m_, n_, r_) = (m as i64, n as i32, r as i32);
+        typed!(y, |yv: Ty| {
+            let dst = unsafe { dev.alloc::<Ty>(m * n)? };
+            let mut b = f.builder();
+            args!(b, &yv, &hv, &bv, &dst, &m_, &n_, &r_, &s);
+            unsafe { b.launch(block_cfg((n.div_ceil(256), m.div_ceil(32)))?) }.w()?;
+            Ok(wrap(dst, &dev, (m, n)))
+        })
+    }
+
+    /// `s · lᵀ · x` for f32 `l [M, r]` and `x [M, K]`: `[r, K]` (a LoRA weight gradient), summed
+    /// over 128-row slices then across them, in a fixed order.
+    pub(super) fn lora_outer(l: &Tensor, x: &Tensor, s: f32) -> Result<Tensor> {
+        let dev = dev_of(x)?;
+        let (m, k) = x.dims2()?;
+        let r = l.dim(1)?;
+        let l = l.contiguous()?;
+        let (gl, _) = l.storage_and_layout();
+        let lv = view!(gl, l, f32);
+        let f = lora_func(&dev, "lora_outer", r, x.dtype())?;
+        let (m_, k_, r_) = (m as i64, k as i32, r as i32);
+        let splits = m.div_ceil(128);
+        let parts = typed!(x, |xv: _Ty| {
+            let dst = unsafe { dev.alloc::<f32>(splits * r * k)? };
+            let mut b = f.builder();
+            args!(b, &lv, &xv, &dst, &m_, &k_, &r_, &s);
+            unsafe { b.launch(block_cfg((k.div_ceil(256), splits))?) }.w()?;
+            Ok::<_, candle_core::Error>(wrap(dst, &dev, (splits, r * k)))
+        })?;
+        // the slices added by one matrix product (candle's sum over a leading dimension is slow)
+        let ones = Tensor::ones((1, splits), DType::F32, x.device())?;
+        ones.matmul(&parts)?.reshape((r, k))
+    }
+
+    /// A bf16 operand of `gemm`: the row-major matrix at `at` with row stride `ld`, read transposed
+    /// when `t`.
+    #[derive(Clone, Copy)]
+    struct Operand {
+        at: u64,
+        ld: usize,
+        t: bool,
+    }
+
+    impl Operand {
+        fn new(at: u64, ld: usize) -> Self {
+            Self { at, ld, t: false }
+        }
+        fn t(self) -> Self {
+            Self { t: true, ..self }
+        }
+    }
+
+    /// Row-major `c [m, n] = alpha · a · b + beta · c` (`a` `[m, k]`, `b` `[k, n]` after their
+    /// transposes) on cuBLAS's tensor cores, accumulating in f32; `c` (row stride `ldc`) is f32 or
+    /// bf16, read and rounded once when `beta` is 1.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        dev: &CudaDevice,
+        (m, n, k): (usize, usize, usize),
+        a: Operand,
+        b: Operand,
+        c: u64,
+        ldc: usize,
+        cdt: DType,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
+        use candle_core::cuda_backend::cudarc::cublas::{result::gemm_ex, sys};
+        let op = |t: bool| {
+            if t {
+                sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let ct = match cdt {
+            DType::F32 => sys::cudaDataType_t::CUDA_R_32F,
+            _ => sys::cudaDataType_t::CUDA_R_16BF,
+        };
+        let bf = sys::cudaDataType_t::CUDA_R_16BF;
+        let blas = dev.cublas_handle();
+        // cuBLAS is column-major: the row-major c is its cᵀ = bᵀ · aᵀ
+        unsafe {
+            gemm_ex(
+                *blas.handle(),
+                op(b.t),
+                op(a.t),
+                n as i32,
+                m as i32,
+                k as i32,
+                &alpha as *const f32 as *const _,
+                b.at as *const _,
+                bf,
+                b.ld as i32,
+                a.at as *const _,
+                bf,
+                a.ld as i32,
+                &beta as *const f32 as *const _,
+                c as *mut _,
+                ct,
+                ldc as i32,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+            )
+        }
+        .map_err(|e| candle_core::Error::Msg(format!("cuBLAS gemm ({m}×{k}·{k}×{n}): {e:?}")))
+    }
+
+    /// `lora_split` (kernels.cu): f32 `[rows, cols]` at `x` (row stride `ld`, plus the half at `off`
+    /// when `off > 0`) as bf16 `[rows, 3 cols]`, high parts and remainders in the blocks `lo` says.
+    #[allow(clippy::too_many_arguments)]
+    fn split(
+        dev: &CudaDevice,
+        x: u64,
+        ld: usize,
+        off: usize,
+        rows: usize,
+        cols: usize,
+        lo: i32,
+    ) -> Result<Tensor> {
+        let f = func(dev, "lora_split", DType::F32)?;
+        let dst = unsafe { dev.alloc::<bf16>(rows * 3 * cols)? };
+        let out = wrap(dst, dev, (rows, 3 * cols));
+        let (o, ld_, off_, rows_, cols_) =
+            (addr(&out)?, ld as i64, off as i64, rows as i64, cols as i64);
+        let mut b = f.builder();
+        args!(b, &x, &ld_, &off_, &o, &rows_, &cols_, &lo);
+        unsafe { b.launch(elem_cfg((rows * cols).min(1 << 20))) }.w()?;
+        Ok(out)
+    }
+
+    /// `lora_fold` (kernels.cu): `out [rows, cols] = s · (x[.., j] + x[.., off + j])` into f32 at `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn fold(
+        dev: &CudaDevice,
+        x: &Tensor,
+        ld: usize,
+        off: usize,
+        out: u64,
+        rows: usize,
+        cols: usize,
+        s: f32,
+    ) -> Result<()> {
+        let f = func(dev, "lora_fold", DType::F32)?;
+        let (xa, ld_, off_, rows_, cols_) =
+            (addr(x)?, ld as i64, off as i64, rows as i64, cols as i64);
+        let mut b = f.builder();
+        args!(b, &xa, &ld_, &off_, &out, &rows_, &cols_, &s);
+        unsafe { b.launch(elem_cfg((rows * cols).min(1 << 20))) }.w()?;
+        Ok(())
+    }
+
+    // High parts in blocks 0 and 1, remainders in 2 (`hhl`), or in 1 (`hlh`): an `hlh` operand times
+    // an `hhl` one over the 3r blocks is hi·hi + lo·hi + hi·lo; the first two blocks of `hlh` and the
+    // last two of `hhl` are (hi, lo), the operand for a product whose halves `fold` adds.
+    const HHL: i32 = 0b100;
+    const HLH: i32 = 0b010;
+
+    /// The tensor-core LoRA path's operands: `x` `[m, k]`, `y`/`g` `[m, n]` (bf16, contiguous), the
+    /// split adapter `[3r, k]` and `[n, 3r]`.
+    fn tc_shapes(t: &[&Tensor; 4], (m, k, n, r): (usize, usize, usize, usize)) -> Result<()> {
+        let ok = t
+            .iter()
+            .all(|t| t.dtype() == DType::BF16 && t.is_contiguous())
+            && t[0].dims2()? == (m, k)
+            && t[1].dims2()? == (m, n)
+            && t[2].dims2()? == (3 * r, k)
+            && t[3].dims2()? == (n, 3 * r);
+        if !ok {
+            candle_core::bail!(
+                "lora tensor-core path: want bf16 contiguous x [{m}, {k}], y [{m}, {n}], A [{}, {k}], B [{n}, {}]",
+                3 * r,
+                3 * r
+            );
+        }
+        Ok(())
+    }
+
+    /// LoRA's f32 adapter split for the tensor-core path: `a` `[r, K]` as `[3r, K]` (row blocks
+    /// hi, hi, lo) and `b` `[N, r]` as `[N, 3r]` (column blocks hi, hi, lo), bf16.
+    pub(super) fn lora_tc_weights(a: &Tensor, bm: &Tensor) -> Result<(Tensor, Tensor)> {
+        let dev = dev_of(a)?;
+        let (a, bm) = (a.contiguous()?, bm.contiguous()?);
+        let (r, k) = a.dims2()?;
+        let n = bm.dim(0)?;
+        let a3 = split(&dev, addr(&a)?, r * k, 0, 1, r * k, HHL)?.reshape((3 * r, k))?;
+        let b3 = split(&dev, addr(&bm)?, r, 0, n, r, HHL)?;
+        Ok((a3, b3))
+    }
+
+    /// The LoRA branch on tensor cores: `y [M, N] += s · (x·Aᵀ)·Bᵀ` in place (bf16 `y`, summed in f32
+    /// and rounded once), for bf16 `x [M, K]` and the split adapter of `lora_tc_weights`. Returns
+    /// `x·Aᵀ` split (`[M, 3r]`, blocks hi, lo, hi) for the backward pass.
+    pub(super) fn lora_tc_fwd(
+        x: &Tensor,
+        y: &Tensor,
+        a3: &Tensor,
+        b3: &Tensor,
+        s: f32,
+    ) -> Result<Tensor> {
+        let dev = dev_of(x)?;
+        let (m, k) = x.dims2()?;
+        let n = y.dim(1)?;
+        let r = a3.dim(0)? / 3;
+        tc_shapes(&[x, y, a3, b3], (m, k, n, r))?;
+        let p = wrap(unsafe { dev.alloc::<f32>(m * 2 * r)? }, &dev, (m, 2 * r));
+        // x·[A_hi; A_lo]ᵀ, then its halves added and split
+        let a_hl = Operand::new(addr(a3)? + (r * k * 2) as u64, k).t();
+        gemm(
+            &dev,
+            (m, 2 * r, k),
+            Operand::new(addr(x)?, k),
+            a_hl,
+            addr(&p)?,
+            2 * r,
+            DType::F32,
+            1.0,
+            0.0,
+        )?;
+        let h3 = split(&dev, addr(&p)?, 2 * r, r, m, r, HLH)?;
+        let b = Operand::new(addr(b3)?, 3 * r).t();
+        gemm(
+            &dev,
+            (m, n, 3 * r),
+            Operand::new(addr(&h3)?, 3 * r),
+            b,
+            addr(y)?,
+            n,
+            DType::BF16,
+            s,
+            1.0,
+        )?;
+        Ok(h3)
+    }
+
+    /// The backward pass of `lora_tc_fwd` for the output gradient `g [M, N]` (bf16): adds
+    /// `s · (g·B)·A` into `dx` (bf16 `[M, K]`, in place) when given, and returns the adapter's
+    /// gradient `[dA (r × K), dB (N × r)]` flattened (f32) when `pack`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn lora_tc_bwd(
+        g: &Tensor,
+        x: &Tensor,
+        a3: &Tensor,
+        b3: &Tensor,
+        h3: &Tensor,
+        s: f32,
+        dx: Option<&Tensor>,
+        pack: bool,
+    ) -> Result<Option<Tensor>> {
+        let dev = dev_of(g)?;
+        let (m, n) = g.dims2()?;
+        let k = x.dim(1)?;
+        let r = a3.dim(0)? / 3;
+        tc_shapes(&[x, g, a3, b3], (m, k, n, r))?;
+        if h3.dims2()? != (m, 3 * r) || dx.is_some_and(|d| d.dims2().ok() != Some((m, k))) {
+            candle_core::bail!("lora_tc_bwd: x·Aᵀ or dx does not match [{m}, {k}] and rank {r}");
+        }
+        let ga = Operand::new(addr(g)?, n);
+        // g·[B_hi, B_lo], its halves added and split
+        let p = wrap(unsafe { dev.alloc::<f32>(m * 2 * r)? }, &dev, (m, 2 * r));
+        let b_hl = Operand::new(addr(b3)? + (r * 2) as u64, 3 * r);
+        gemm(
+            &dev,
+            (m, 2 * r, n),
+            ga,
+            b_hl,
+            addr(&p)?,
+            2 * r,
+            DType::F32,
+            1.0,
+            0.0,
+        )?;
+        let g3 = split(&dev, addr(&p)?, 2 * r, r, m, r, HLH)?;
+        let g3a = Operand::new(addr(&g3)?, 3 * r);
+        if let Some(dx) = dx {
+            let a = Operand::new(addr(a3)?, k);
+            gemm(
+                &dev,
+                (m, k, 3 * r),
+                g3a,
+                a,
+                addr(dx)?,
+                k,
+                DType::BF16,
+                s,
+                1.0,
+            )?;
+        }
+        if !pack {
+            return Ok(None);
+        }
+        let out = wrap(
+            unsafe { dev.alloc::<f32>(r * k + n * r)? },
+            &dev,
+            r * k + n * r,
+        );
+        let o = addr(&out)?;
+        // dA = s · (g·B)ᵀ·x from [(g·B)_hi, (g·B)_lo]ᵀ·x ([2r, K]: its two row blocks)
+        let pa = wrap(unsafe { dev.alloc::<f32>(2 * r * k)? }, &dev, (2 * r, k));
+        gemm(
+            &dev,
+            (2 * r, k, m),
+            g3a.t(),
+            Operand::new(addr(x)?, k),
+            addr(&pa)?,
+            k,
+            DType::F32,
+            1.0,
+            0.0,
+        )?;
+        fold(&dev, &pa, 0, r * k, o, 1, r * k, s)?;
+        // dB = s · gᵀ·(x·Aᵀ) from gᵀ·[h_hi, h_lo] ([N, 2r]: its two column blocks)
+        let pb = wrap(unsafe { dev.alloc::<f32>(n * 2 * r)? }, &dev, (n, 2 * r));
+        let h = Operand::new(addr(h3)?, 3 * r);
+        gemm(
+            &dev,
+            (n, 2 * r, m),
+            ga.t(),
+            h,
+            addr(&pb)?,
+            2 * r,
+            DType::F32,
+            1.0,
+            0.0,
+        )?;
+        fold(&dev, &pb, 2 * r, r, o + (r * k * 4) as u64, n, r, s)?;
+        Ok(Some(out))
+    }
+}
+
 #[cfg(test)]
 mod lora_tests {
     use super::super::testutil::*;
@@ -592,7 +1306,7 @@ mod lora_tests {
             let bm = var(&[6, 3], 5)?;
             let f = || -> Result<Tensor> {
                 let bb = if bias { Some(b.as_tensor()) } else { None };
-                if super::super::fused(x.as_tensor()) {
+                if super::super::backend(&[x.as_tensor()]) == super::super::Backend::Fused {
                     lora_linear(
                         x.as_tensor(),
                         w.as_tensor(),

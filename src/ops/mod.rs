@@ -1,39 +1,53 @@
-//! Differentiable tensor ops used by the models: fused CPU kernels with hand-written backward
-//! passes, and composed candle ops (the reference, and the path on other devices and dtypes).
+//! Differentiable tensor ops used by the models, one file per op with all of its backends: the
+//! composed candle ops (the reference), the fused CPU kernel with a hand-written backward pass,
+//! the device path (CUDA and other dtypes: candle ops on detached inputs and one attached backward
+//! pass, `device`) and its CUDA kernels. `backend` is the one rule that picks among them.
 //!
 //! candle's own fused softmax/rms_norm/layer_norm/rope have no backward, and its matmul backward
 //! computes the gradient of frozen weights too; everything here returns a gradient only for
 //! arguments that need one (`needs_grad`).
 
 pub mod act;
+mod add;
 pub mod attention;
 #[cfg(feature = "cuda")]
 pub mod cuda;
-pub mod generic;
+mod device;
+mod embedding;
 pub mod linear;
 pub mod loss;
 pub mod norm;
+#[cfg(feature = "cuda")]
+mod optim;
 pub mod rope;
 mod scale;
 pub mod tape;
+
+/// The device path's old module, for the one setting callers outside `ops` reach through it
+/// (`tests/ftl/device.rs`).
+pub mod generic {
+    pub use super::device::set_chunk_bytes;
+}
 
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Storage, Tensor};
 use std::cell::Cell;
 
 pub use act::{gelu, gelu_tanh, silu_mul, Activation};
+pub use add::add;
 pub use attention::{attention, AttnMask};
-pub use generic::embedding;
+pub use embedding::embedding;
 pub use linear::{linear, lora_linear};
 pub use loss::{cross_entropy_sum, IGNORE_INDEX};
 pub use norm::{layer_norm, rms_norm};
 pub use rope::{rope, Rope};
+pub use scale::scale_last;
 
 /// Which implementation the ops take (tests compare them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
     /// fused CPU kernels for f32 on the CPU, the device path otherwise
     Auto,
-    /// the device path (`generic`) everywhere
+    /// the device path everywhere
     Device,
     /// plain composed candle ops differentiated by candle: the reference
     Composed,
@@ -57,35 +71,47 @@ fn path() -> Path {
     PATH.with(|c| c.get())
 }
 
-/// True when `t` takes the fused CPU path.
-pub fn fused(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32 && path() == Path::Auto
+/// The implementations of an op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// plain candle ops differentiated by candle: the reference
+    Composed,
+    /// the CPU kernel with its hand-written backward pass, for f32
+    Fused,
+    /// candle ops on detached inputs and one attached backward pass (`device`), with ftl's CUDA
+    /// kernels where `kernels` allows
+    Device,
 }
 
-/// True when ops must use the composed reference.
+/// The implementation an op on `ts` takes: fused where all of them are f32 on the CPU, the device
+/// path for anything else, unless `set_path` says otherwise. An op whose fused kernel also needs
+/// certain shapes takes its device path for the others itself.
+pub(crate) fn backend(ts: &[&Tensor]) -> Backend {
+    let cpu_f32 = |t: &&Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    match path() {
+        Path::Composed => Backend::Composed,
+        Path::Device => Backend::Device,
+        Path::Auto if ts.iter().all(cpu_f32) => Backend::Fused,
+        Path::Auto => Backend::Device,
+    }
+}
+
+/// True when ops must use the composed reference (for callers that compose one of their own).
 pub fn composed_only() -> bool {
     path() == Path::Composed
 }
 
-/// `a + b` for two values of one shape (residual connections).
-pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if fused(a) || composed_only() {
-        return a + b;
+/// Whether a device path may run ftl's own CUDA kernels on `t`.
+pub(crate) fn kernels(t: &Tensor) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::usable(t)
     }
-    generic::add(a, b)
-}
-
-/// `x · v` over the last dimension, `v` `[n]` cast to `x`'s dtype (IA3's scaling).
-pub fn scale_last(x: &Tensor, v: &Tensor) -> Result<Tensor> {
-    if fused(x) && fused(v) && x.dim(candle_core::D::Minus1)? == v.elem_count() && v.rank() == 1 {
-        return x
-            .contiguous()?
-            .apply_op2(&v.contiguous()?, scale::ScaleLast);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = t;
+        false
     }
-    if composed_only() {
-        return x.broadcast_mul(&v.to_dtype(x.dtype())?);
-    }
-    generic::scale_last(x, v)
 }
 
 /// `t` in another shape, its gradient reshaped back without a copy on the device path.

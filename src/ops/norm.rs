@@ -1,19 +1,27 @@
-//! RMSNorm (llama family) and LayerNorm (GPT-2, BERT) with backward passes.
+//! RMSNorm (llama family) and LayerNorm (GPT-2, BERT): the composed reference, the fused CPU
+//! kernels, the device path and RMSNorm's CUDA kernels.
 
-use super::{fused, needs_grad, slice_f32, with_f32};
+use super::device::{attach, rows};
+use super::tape::Bwd;
+use super::{backend, needs_grad, slice_f32, with_f32, Backend};
+#[cfg(feature = "cuda")]
+use super::{device::attach_fresh, kernels};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// HF's `LlamaRMSNorm`: normalise in f32, cast back, then scale by `w`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    if fused(x) && fused(w) {
-        return x
+    match backend(&[x, w]) {
+        Backend::Fused => x
             .contiguous()?
-            .apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 });
+            .apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 }),
+        Backend::Composed => rms_composed(x, w, eps),
+        Backend::Device => rms_device(x, w, eps),
     }
-    if !super::composed_only() {
-        return super::generic::rms_norm(x, w, eps);
-    }
+}
+
+fn rms_composed(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let dt = x.dtype();
     let xf = x.to_dtype(DType::F32)?;
     let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
@@ -23,16 +31,18 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 
 /// `torch.nn.LayerNorm` over the last dimension (biased variance).
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
-    if fused(x) && fused(w) && fused(b) {
-        return x.contiguous()?.apply_op3(
+    match backend(&[x, w, b]) {
+        Backend::Fused => x.contiguous()?.apply_op3(
             &w.contiguous()?,
             &b.contiguous()?,
             LayerNorm { eps: eps as f32 },
-        );
+        ),
+        Backend::Composed => layer_composed(x, w, b, eps),
+        Backend::Device => layer_device(x, w, b, eps),
     }
-    if !super::composed_only() {
-        return super::generic::layer_norm(x, w, b, eps);
-    }
+}
+
+fn layer_composed(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
     let dt = x.dtype();
     let xf = x.to_dtype(DType::F32)?;
     let mu = xf.mean_keepdim(D::Minus1)?;
@@ -40,6 +50,111 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
     let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?.to_dtype(dt)?;
     xn.broadcast_mul(w)?.broadcast_add(b)
+}
+
+/// `rms_norm` on the device path: ftl's kernels on CUDA, candle ops elsewhere.
+fn rms_device(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if kernels(x) {
+        let x = &x.contiguous()?;
+        let y = cuda::rms_fwd(&x.detach(), &w.detach(), eps)?;
+        let bwd: Bwd = Arc::new(move |a: &[&Tensor], _: &Tensor, g: &Tensor| {
+            let (dx, dw) = cuda::rms_bwd(
+                &a[0].detach(),
+                &a[1].detach(),
+                g,
+                eps,
+                needs_grad(a[0]),
+                needs_grad(a[1]),
+            )?;
+            Ok(vec![dx, dw.map(|d| d.to_dtype(a[1].dtype())).transpose()?])
+        });
+        return attach_fresh(&[x, w], y, bwd);
+    }
+    let dt = x.dtype();
+    let xf = x.detach().to_dtype(DType::F32)?;
+    let r = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+        .sqrt()?
+        .recip()?;
+    let y = xf
+        .broadcast_mul(&r)?
+        .to_dtype(dt)?
+        .broadcast_mul(&w.detach())?;
+    let bwd: Bwd = Arc::new(move |a: &[&Tensor], _: &Tensor, g: &Tensor| {
+        let xf = a[0].detach().to_dtype(DType::F32)?;
+        let wf = a[1].detach().to_dtype(DType::F32)?;
+        let gf = g.to_dtype(DType::F32)?;
+        let r = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+            .sqrt()?
+            .recip()?;
+        let xh = xf.broadcast_mul(&r)?;
+        let dx = if needs_grad(a[0]) {
+            let gw = gf.broadcast_mul(&wf)?;
+            let c = (&gw * &xh)?.mean_keepdim(D::Minus1)?;
+            Some(
+                gw.sub(&xh.broadcast_mul(&c)?)?
+                    .broadcast_mul(&r)?
+                    .to_dtype(a[0].dtype())?,
+            )
+        } else {
+            None
+        };
+        let dw = if needs_grad(a[1]) {
+            Some(rows(&(gf * xh)?)?.sum(0)?.to_dtype(a[1].dtype())?)
+        } else {
+            None
+        };
+        Ok(vec![dx, dw])
+    });
+    attach(&[x, w], y, bwd)
+}
+
+/// `layer_norm` on the device path.
+fn layer_device(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let dt = x.dtype();
+    let stats = move |xf: &Tensor| -> Result<(Tensor, Tensor)> {
+        let mu = xf.mean_keepdim(D::Minus1)?;
+        let xc = xf.broadcast_sub(&mu)?;
+        let r = (xc.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+            .sqrt()?
+            .recip()?;
+        Ok((xc.broadcast_mul(&r)?, r))
+    };
+    let (xh, _) = stats(&x.detach().to_dtype(DType::F32)?)?;
+    let y = xh
+        .to_dtype(dt)?
+        .broadcast_mul(&w.detach())?
+        .broadcast_add(&b.detach())?;
+    let bwd: Bwd = Arc::new(move |a: &[&Tensor], _: &Tensor, g: &Tensor| {
+        let (xh, r) = stats(&a[0].detach().to_dtype(DType::F32)?)?;
+        let wf = a[1].detach().to_dtype(DType::F32)?;
+        let gf = g.to_dtype(DType::F32)?;
+        let dx = if needs_grad(a[0]) {
+            let gw = gf.broadcast_mul(&wf)?;
+            let m1 = gw.mean_keepdim(D::Minus1)?;
+            let m2 = (&gw * &xh)?.mean_keepdim(D::Minus1)?;
+            Some(
+                gw.broadcast_sub(&m1)?
+                    .sub(&xh.broadcast_mul(&m2)?)?
+                    .broadcast_mul(&r)?
+                    .to_dtype(a[0].dtype())?,
+            )
+        } else {
+            None
+        };
+        let dw = if needs_grad(a[1]) {
+            Some(rows(&(&gf * &xh)?)?.sum(0)?.to_dtype(a[1].dtype())?)
+        } else {
+            None
+        };
+        let db = if needs_grad(a[2]) {
+            Some(rows(&gf)?.sum(0)?.to_dtype(a[2].dtype())?)
+        } else {
+            None
+        };
+        Ok(vec![dx, dw, db])
+    });
+    attach(&[x, w, b], y, bwd)
 }
 
 fn rows_of(l: &Layout) -> (usize, usize) {
@@ -258,6 +373,89 @@ impl CustomOp3 for LayerNorm {
                     Ok((gx, gw, gb))
                 })
             })
+        })
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! RMSNorm's launchers (`rms_fwd`, `rms_bwd` in kernels.cu).
+
+    use crate::ops::cuda::{
+        args, dev_of, func, opt_args, row_vec, rows_of, typed, view, warp_rows_cfg, wrap,
+    };
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{Result, Tensor};
+
+    pub(super) fn rms_fwd(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+        let dev = dev_of(x)?;
+        let (rows, n) = rows_of(x)?;
+        let w = w.to_dtype(x.dtype())?.contiguous()?;
+        let (gw, _) = w.storage_and_layout();
+        let f = func(&dev, "rms_fwd", x.dtype())?;
+        let x = x.contiguous()?;
+        let (rows_, n_, eps_, vec) = (rows as i64, n as i32, eps as f32, row_vec(n, &[&x, &w]));
+        let shape = x.shape().clone();
+        typed!(x, |xv: Ty| {
+            let wv = view!(gw, w, Ty);
+            let dst = unsafe { dev.alloc::<Ty>(rows * n)? };
+            let mut b = f.builder();
+            args!(b, &xv, &wv, &dst, &rows_, &n_, &eps_, &vec);
+            unsafe { b.launch(warp_rows_cfg(rows)) }.w()?;
+            Ok(wrap(dst, &dev, shape))
+        })
+    }
+
+    /// `(dx, dw)` of RMSNorm; `dw` in f32.
+    pub(super) fn rms_bwd(
+        x: &Tensor,
+        w: &Tensor,
+        g: &Tensor,
+        eps: f64,
+        need_dx: bool,
+        need_dw: bool,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dev = dev_of(x)?;
+        let (rows, n) = rows_of(x)?;
+        let w = w.to_dtype(x.dtype())?.contiguous()?;
+        let g = g.to_dtype(x.dtype())?.contiguous()?;
+        let (gw, _) = w.storage_and_layout();
+        let (gg, _) = g.storage_and_layout();
+        let f = func(&dev, "rms_bwd", x.dtype())?;
+        let x = x.contiguous()?;
+        let (rows_, n_, eps_, vec) = (rows as i64, n as i32, eps as f32, row_vec(n, &[&x, &w, &g]));
+        let shape = x.shape().clone();
+        let dw = if need_dw {
+            Some(dev.alloc_zeros::<f32>(n)?)
+        } else {
+            None
+        };
+        typed!(x, |xv: Ty| {
+            let wv = view!(gw, w, Ty);
+            let gv = view!(gg, g, Ty);
+            let dx = if need_dx {
+                Some(unsafe { dev.alloc::<Ty>(rows * n)? })
+            } else {
+                None
+            };
+            let mut b = f.builder();
+            args!(b, &xv, &wv, &gv);
+            opt_args!(b, &dx, &dw);
+            // with dw: a few blocks take all rows, each adding its part of dw (in shared memory up to
+            // the default 48 KiB) once (kernels.cu)
+            let local = (need_dw && n * 4 <= 48 * 1024) as i32;
+            args!(b, &rows_, &n_, &eps_, &vec, &local);
+            let mut cfg = warp_rows_cfg(rows);
+            if need_dw {
+                cfg.grid_dim.0 = cfg.grid_dim.0.min(264);
+                cfg.shared_mem_bytes = local as u32 * (n * 4) as u32;
+            }
+            unsafe { b.launch(cfg) }.w()?;
+            Ok((
+                dx.map(|d| wrap(d, &dev, shape.clone())),
+                dw.map(|d| wrap(d, &dev, n)),
+            ))
         })
     }
 }

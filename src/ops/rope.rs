@@ -1,8 +1,12 @@
 //! Rotary position embeddings as HF computes them (`rotate_half` layout), with frequency tables
-//! for the default, linear, dynamic-NTK, llama3 and yarn scalings.
+//! for the default, linear, dynamic-NTK, llama3 and yarn scalings: the composed reference, the
+//! fused CPU kernel, the device path and its CUDA kernel.
 
-use super::{fused, slice_f32};
-use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor, D};
+use super::device::attach;
+use super::{backend, slice_f32, Backend};
+#[cfg(feature = "cuda")]
+use super::{device::attach_fresh, kernels};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -96,17 +100,23 @@ pub fn rope(x: &Tensor, r: &Rope, offset: usize) -> Result<Tensor> {
             r.head_dim()
         );
     }
+    match backend(&[x]) {
+        Backend::Fused => {
+            let (cos, sin) = r.tables(offset, t);
+            x.contiguous()?.apply_op1(RopeOp {
+                cos: Arc::new(cos),
+                sin: Arc::new(sin),
+                inverse: false,
+            })
+        }
+        Backend::Composed => composed(x, r, offset),
+        Backend::Device => device(x, r, offset),
+    }
+}
+
+fn composed(x: &Tensor, r: &Rope, offset: usize) -> Result<Tensor> {
+    let (_, t, _, d) = x.dims4()?;
     let (cos, sin) = r.tables(offset, t);
-    if fused(x) {
-        return x.contiguous()?.apply_op1(RopeOp {
-            cos: Arc::new(cos),
-            sin: Arc::new(sin),
-            inverse: false,
-        });
-    }
-    if !super::composed_only() {
-        return super::generic::rope(x, r, offset);
-    }
     let h = d / 2;
     let dev = x.device();
     let cos = Tensor::from_vec(cos, (t, h), &Device::Cpu)?.to_device(dev)?;
@@ -121,6 +131,46 @@ pub fn rope(x: &Tensor, r: &Rope, offset: usize) -> Result<Tensor> {
     let x2 = x.narrow(D::Minus1, h, h)?;
     let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
     x.broadcast_mul(&cos)?.add(&rot.broadcast_mul(&sin)?)
+}
+
+/// `rope` on the device path, `(x1, x2) → (x1·c − x2·s, x2·c + x1·s)`: ftl's kernel on CUDA.
+fn device(x: &Tensor, r: &Rope, offset: usize) -> Result<Tensor> {
+    let (_, t, _, d) = x.dims4()?;
+    let (cos, sin) = r.tables_on(offset, t, x.device())?;
+    #[cfg(feature = "cuda")]
+    if kernels(x) {
+        let x = &x.contiguous()?;
+        let y = cuda::rope(&x.detach(), &cos, &sin, 1.0)?;
+        return attach_fresh(
+            &[x],
+            y,
+            Arc::new(move |_a: &[&Tensor], _: &Tensor, g: &Tensor| {
+                Ok(vec![Some(cuda::rope(g, &cos, &sin, -1.0)?)])
+            }),
+        );
+    }
+    let rot = move |x: &Tensor, sign: f64| -> Result<Tensor> {
+        let h = d / 2;
+        let dt = x.dtype();
+        let xf = x.to_dtype(DType::F32)?;
+        let (c, s) = (
+            cos.reshape((1, t, 1, h))?,
+            (sin.reshape((1, t, 1, h))? * sign)?,
+        );
+        let x1 = xf.narrow(D::Minus1, 0, h)?;
+        let x2 = xf.narrow(D::Minus1, h, h)?;
+        let y1 = x1.broadcast_mul(&c)?.sub(&x2.broadcast_mul(&s)?)?;
+        let y2 = x2.broadcast_mul(&c)?.add(&x1.broadcast_mul(&s)?)?;
+        Tensor::cat(&[&y1, &y2], D::Minus1)?.to_dtype(dt)
+    };
+    let rot = Arc::new(rot);
+    let y = rot(&x.detach(), 1.0)?;
+    let rb = rot.clone();
+    attach(
+        &[x],
+        y,
+        Arc::new(move |_a: &[&Tensor], _: &Tensor, g: &Tensor| Ok(vec![Some(rb(g, -1.0)?)])),
+    )
 }
 
 struct RopeOp {
@@ -174,6 +224,37 @@ impl CustomOp1 for RopeOp {
             inverse: !self.inverse,
         };
         super::with_f32(g, |g_| super::from_vec(inv.apply(g_, g.dims()), g.shape())).map(Some)
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! The rotary embedding's launcher (`rope` in kernels.cu), forward and inverse.
+
+    use crate::ops::cuda::{args, dev_of, elem_cfg, func, typed, view, wrap};
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{Result, Tensor};
+
+    /// Rotary embeddings of `x` `[b, t, h, d]` with tables `[t, d/2]` (f32); `sign` −1 inverts.
+    pub(super) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, sign: f32) -> Result<Tensor> {
+        let dev = dev_of(x)?;
+        let (b_, t, h, d) = x.dims4()?;
+        let rows = b_ * t * h;
+        let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
+        let (gc, _) = cos.storage_and_layout();
+        let (gs, _) = sin.storage_and_layout();
+        let (cv, sv) = (view!(gc, cos, f32), view!(gs, sin, f32));
+        let f = func(&dev, "rope", x.dtype())?;
+        let (rows_, t_, h_, d_) = (rows as i64, t as i32, h as i32, d as i32);
+        let shape = x.shape().clone();
+        typed!(x, |xv: Ty| {
+            let dst = unsafe { dev.alloc::<Ty>(rows * d)? };
+            let mut b = f.builder();
+            args!(b, &xv, &dst, &cv, &sv, &rows_, &t_, &h_, &d_, &sign);
+            unsafe { b.launch(elem_cfg(rows * d / 2)) }.w()?;
+            Ok(wrap(dst, &dev, shape))
+        })
     }
 }
 

@@ -166,13 +166,13 @@ impl State<'_> {
                 None => t.ones_like()?,
             };
             let sum = match self.store.remove(t) {
-                Some(prev) => super::generic::sum2(&prev, &g)?,
+                Some(prev) => super::add::sum2(&prev, &g)?,
                 None => g,
             };
             self.store.insert(t, sum);
         } else if t.track_op() {
             let grads = match g {
-                Some(g) => super::generic::seed_grad(t, &g)?.backward()?,
+                Some(g) => super::device::seed_grad(t, &g)?.backward()?,
                 None => t.backward()?,
             };
             self.store.extend(grads)?;
