@@ -23,18 +23,13 @@ pub mod rope;
 mod scale;
 pub mod tape;
 
-/// The device path's old module, for the one setting callers outside `ops` reach through it
-/// (`tests/ftl/device.rs`).
-pub mod generic {
-    pub use super::device::set_chunk_bytes;
-}
-
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Storage, Tensor};
 use std::cell::Cell;
 
 pub use act::{gelu, gelu_tanh, silu_mul, Activation};
 pub use add::add;
 pub use attention::{attention, AttnMask};
+pub use device::set_chunk_bytes;
 pub use embedding::embedding;
 pub use linear::{linear, lora_linear};
 pub use loss::{cross_entropy_sum, IGNORE_INDEX};

@@ -8,7 +8,7 @@ struct Reset;
 impl Drop for Reset {
     fn drop(&mut self) {
         set_path(Path::Auto);
-        ftl::ops::generic::set_chunk_bytes(256 << 20);
+        ftl::ops::set_chunk_bytes(256 << 20);
     }
 }
 
@@ -17,7 +17,7 @@ fn device_path_reproduces_every_reference() {
     let _reset = Reset;
     set_path(Path::Device);
     // tiny working copies: the chunked loops (rows of logits, samples of attention) run too
-    ftl::ops::generic::set_chunk_bytes(4096);
+    ftl::ops::set_chunk_bytes(4096);
     crate::fixtures::check_base_models();
     crate::fixtures::check_adapters();
     crate::training::check_shared_train_fixtures();
