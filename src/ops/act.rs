@@ -48,7 +48,7 @@ impl Activation {
             return Ok(x.clone());
         }
         match backend(&[x]) {
-            Backend::Fused => x.contiguous()?.apply_op1(Unary(self)),
+            Backend::Fused => super::tape::fused1(&x.contiguous()?, Unary(self)),
             // no device path of its own: candle's op, one node that the tape leaves to candle
             Backend::Composed | Backend::Device => match self {
                 Activation::Silu => x.silu(),
@@ -160,7 +160,7 @@ impl CustomOp1 for Unary {
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     match backend(&[gate, up]) {
         Backend::Fused if gate.shape() == up.shape() => {
-            gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMul)
+            super::tape::fused2(&gate.contiguous()?, &up.contiguous()?, SiluMul)
         }
         // the fused kernel takes one shape: a broadcast one takes the device path
         Backend::Fused | Backend::Device => silu_mul_device(gate, up),

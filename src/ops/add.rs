@@ -1,5 +1,5 @@
 //! `a + b` of one shape (residual connections): candle's add as the composed reference and on
-//! the CPU, and the device path; with `sum2`, the graph-free sum that the tape adds gradients with,
+//! the CPU outside training, and the device path; with `sum2`, the graph-free sum that the tape adds gradients with,
 //! on CUDA ftl's vectorised kernel.
 
 use super::device::attach_fresh;
@@ -12,8 +12,10 @@ use std::sync::Arc;
 
 /// `a + b` for two values of one shape (residual connections).
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    // f32 on the CPU, candle's add is what a fused kernel would be: one pass, `g` passed on
+    // f32 on the CPU, candle's add is what a fused kernel would be (one pass); while a tape
+    // records, the device path's add hands `g` on to both inputs as is
     match backend(&[a]) {
+        Backend::Fused if super::tape::recording() => device(a, b),
         Backend::Composed | Backend::Fused => a + b,
         Backend::Device => device(a, b),
     }

@@ -167,8 +167,7 @@ pub fn attention(
                 probs: Mutex::new(None),
                 save,
             };
-            q.contiguous()?
-                .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+            super::tape::fused3(&q.contiguous()?, &k.contiguous()?, &v.contiguous()?, op)
         }
         Backend::Composed => composed(q, k, v, mask, scale),
         Backend::Device => device(q, k, v, mask, scale),

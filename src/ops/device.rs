@@ -235,7 +235,7 @@ fn attach_out(args: &[&Tensor], out: Tensor, bwd: Bwd, fresh: bool) -> Result<Te
 }
 
 /// Takes the storage out of `t` (contiguous from offset 0, shared with nothing else).
-fn steal(t: &Tensor) -> Result<Storage> {
+pub(super) fn steal(t: &Tensor) -> Result<Storage> {
     let steal = Steal(std::sync::Mutex::new(None));
     t.inplace_op1(&steal)?;
     let taken = steal.0.lock().unwrap().take();

@@ -12,11 +12,15 @@ use {
 /// Rows `ids` (u32) of the table `w` `[vocab, h]`; on the GPU its gradient is one kernel that adds
 /// each row's gradient into an f32 table (candle's index_add backward is a slow scalar loop).
 ///
-/// Not routed by `backend`: the forward pass is `index_select` on every backend, and the gradient
-/// kernel is taken wherever it applies, `Path::Composed` included.
+/// The forward pass is `index_select` on every backend; only the device path's gradient is
+/// ftl's own (the composed reference and the CPU keep candle's).
 pub fn embedding(w: &Tensor, ids: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
-    if kernels(w) && ids.dtype() == DType::U32 && needs_grad(w) {
+    if super::backend(&[w]) == super::Backend::Device
+        && kernels(w)
+        && ids.dtype() == DType::U32
+        && needs_grad(w)
+    {
         let y = w.detach().index_select(ids, 0)?;
         let (ids, vocab) = (ids.clone(), w.dim(0)?);
         let bwd: Bwd = Arc::new(move |_: &[&Tensor], _: &Tensor, g: &Tensor| {

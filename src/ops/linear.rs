@@ -19,8 +19,8 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> R
             let w = w.contiguous()?;
             let op = LinearOp { transposed };
             match b {
-                Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
-                None => x.apply_op2(&w, op),
+                Some(b) => super::tape::fused3(&x, &w, &b.contiguous()?, op),
+                None => super::tape::fused2(&x, &w, op),
             }
         }
         Backend::Composed => composed(x, w, b, transposed),
@@ -437,7 +437,7 @@ fn lora_fused(
         scale: scale as f32,
         bias: b.is_some(),
     };
-    x.contiguous()?.apply_op3(&w.contiguous()?, &pack, op)
+    super::tape::fused3(&x.contiguous()?, &w.contiguous()?, &pack, op)
 }
 
 /// LoRA's `A` `[r, k]` and `B` `[n, r]` packed into one tensor, so that one op input carries both.

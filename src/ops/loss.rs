@@ -26,9 +26,12 @@ pub fn cross_entropy_sum(logits: &Tensor, labels: &[i64]) -> Result<Tensor> {
         candle_core::bail!("cross_entropy: label {bad} outside 0..{v}");
     }
     match backend(&[logits]) {
-        Backend::Fused => logits.contiguous()?.apply_op1(CrossEntropy {
-            labels: Arc::new(labels.to_vec()),
-        }),
+        Backend::Fused => super::tape::fused1(
+            &logits.contiguous()?,
+            CrossEntropy {
+                labels: Arc::new(labels.to_vec()),
+            },
+        ),
         Backend::Composed => composed(logits, labels),
         Backend::Device => device(logits, labels),
     }

@@ -13,9 +13,11 @@ use std::sync::Arc;
 /// HF's `LlamaRMSNorm`: normalise in f32, cast back, then scale by `w`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     match backend(&[x, w]) {
-        Backend::Fused => x
-            .contiguous()?
-            .apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 }),
+        Backend::Fused => super::tape::fused2(
+            &x.contiguous()?,
+            &w.contiguous()?,
+            RmsNorm { eps: eps as f32 },
+        ),
         Backend::Composed => rms_composed(x, w, eps),
         Backend::Device => rms_device(x, w, eps),
     }
@@ -32,7 +34,8 @@ fn rms_composed(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 /// `torch.nn.LayerNorm` over the last dimension (biased variance).
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
     match backend(&[x, w, b]) {
-        Backend::Fused => x.contiguous()?.apply_op3(
+        Backend::Fused => super::tape::fused3(
+            &x.contiguous()?,
             &w.contiguous()?,
             &b.contiguous()?,
             LayerNorm { eps: eps as f32 },

@@ -103,11 +103,14 @@ pub fn rope(x: &Tensor, r: &Rope, offset: usize) -> Result<Tensor> {
     match backend(&[x]) {
         Backend::Fused => {
             let (cos, sin) = r.tables(offset, t);
-            x.contiguous()?.apply_op1(RopeOp {
-                cos: Arc::new(cos),
-                sin: Arc::new(sin),
-                inverse: false,
-            })
+            super::tape::fused1(
+                &x.contiguous()?,
+                RopeOp {
+                    cos: Arc::new(cos),
+                    sin: Arc::new(sin),
+                    inverse: false,
+                },
+            )
         }
         Backend::Composed => composed(x, r, offset),
         Backend::Device => device(x, r, offset),

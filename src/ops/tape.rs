@@ -1,14 +1,16 @@
-//! The device path's own record of a training pass: ops that would add a node to candle's graph
-//! add it here instead, and `backward` runs them in reverse. candle's backward allocates a zero
+//! ftl's own record of a training pass, the one backward mechanism of `ops`: an op that would
+//! add a node to candle's graph adds it here instead, and `backward` runs them in reverse. candle's backward allocates a zero
 //! gradient for every edge of its graph and adds into it (a full read-modify-write of every
 //! activation gradient); here a value's first gradient is handed over as is, and only values
-//! with several users add. Anything else (candle ops on recorded values, the CPU's fused ops)
-//! stays in candle's graph, which the recorded outputs end as leaves, and is differentiated by
-//! candle on the way, so nothing recorded or not loses its gradient.
+//! with several users add. Every op of `ops` records here while a tape records, the CPU's fused
+//! kernels (`fused1`..`fused3`) as well as the device path; only plain candle ops on recorded
+//! values (reshapes, concatenations, the odd elementwise op in a model) stay in candle's graph,
+//! which the recorded outputs end as leaves, and are differentiated by candle on the way, so
+//! nothing recorded or not loses its gradient.
 
 use candle_core::backprop::GradStore;
 use candle_core::op::BackpropOp;
-use candle_core::{Result, Shape, Storage, Tensor, TensorId};
+use candle_core::{CustomOp1, CustomOp2, CustomOp3, Result, Shape, Storage, Tensor, TensorId};
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -101,6 +103,70 @@ pub(crate) fn op(args: &[&Tensor], storage: Storage, shape: Shape, bwd: Bwd) -> 
         bwd,
     });
     out
+}
+
+/// Records `out`, computed by a fused kernel on detached copies of `args`, with the kernel's
+/// own backward pass `bwd`.
+fn fused(args: &[&Tensor], out: Tensor, bwd: Bwd) -> Result<Tensor> {
+    let shape = out.shape().clone();
+    Ok(op(args, super::device::steal(&out)?, shape, bwd))
+}
+
+/// Whether a fused kernel on `args` records here rather than in candle's graph.
+fn records(args: &[&Tensor]) -> bool {
+    recording() && args.iter().any(|a| super::needs_grad(a))
+}
+
+/// `a.apply_op1(c)`, recorded on the tape while one records (candle's graph otherwise).
+pub(crate) fn fused1<C: CustomOp1 + Send + Sync + 'static>(a: &Tensor, c: C) -> Result<Tensor> {
+    if !records(&[a]) {
+        return a.apply_op1(c);
+    }
+    let c: Arc<Box<dyn CustomOp1 + Send + Sync>> = Arc::new(Box::new(c));
+    let out = a.detach().apply_op1_arc(c.clone())?;
+    let bwd: Bwd = Arc::new(move |x: &[&Tensor], out: &Tensor, g: &Tensor| {
+        Ok(vec![c.bwd(x[0], &out.detach(), &g.detach())?])
+    });
+    fused(&[a], out, bwd)
+}
+
+/// `a.apply_op2(b, c)`, recorded on the tape while one records.
+pub(crate) fn fused2<C: CustomOp2 + Send + Sync + 'static>(
+    a: &Tensor,
+    b: &Tensor,
+    c: C,
+) -> Result<Tensor> {
+    if !records(&[a, b]) {
+        return a.apply_op2(b, c);
+    }
+    let c: Arc<Box<dyn CustomOp2 + Send + Sync>> = Arc::new(Box::new(c));
+    let out = a.detach().apply_op2_arc(&b.detach(), c.clone())?;
+    let bwd: Bwd = Arc::new(move |x: &[&Tensor], out: &Tensor, g: &Tensor| {
+        let (ga, gb) = c.bwd(x[0], x[1], &out.detach(), &g.detach())?;
+        Ok(vec![ga, gb])
+    });
+    fused(&[a, b], out, bwd)
+}
+
+/// `a.apply_op3(b, d, c)`, recorded on the tape while one records.
+pub(crate) fn fused3<C: CustomOp3 + Send + Sync + 'static>(
+    a: &Tensor,
+    b: &Tensor,
+    d: &Tensor,
+    c: C,
+) -> Result<Tensor> {
+    if !records(&[a, b, d]) {
+        return a.apply_op3(b, d, c);
+    }
+    let c: Arc<Box<dyn CustomOp3 + Send + Sync>> = Arc::new(Box::new(c));
+    let out = a
+        .detach()
+        .apply_op3_arc(&b.detach(), &d.detach(), c.clone())?;
+    let bwd: Bwd = Arc::new(move |x: &[&Tensor], out: &Tensor, g: &Tensor| {
+        let (ga, gb, gd) = c.bwd(x[0], x[1], x[2], &out.detach(), &g.detach())?;
+        Ok(vec![ga, gb, gd])
+    });
+    fused(&[a, b, d], out, bwd)
 }
 
 /// `t` in another shape; recorded as a view so its gradient flows back without a copy.
@@ -225,6 +291,38 @@ mod tests {
             let (a, b) = (taped.get(v.as_tensor()), graph.get(v.as_tensor()));
             let e = rel(a.expect("taped gradient"), b.expect("graph gradient"));
             assert!(e < 1e-6, "gradient differs: {e}");
+        }
+        assert!(taped.get(&frozen).is_none());
+        Ok(())
+    }
+
+    /// The CPU's fused kernels record on the tape too, with the gradients of the composed
+    /// reference differentiated by candle.
+    #[test]
+    fn fused_kernels_record_with_the_reference_s_gradients() -> Result<()> {
+        let (x, w, n) = (var(&[2, 3, 8], 1)?, var(&[8, 8], 2)?, var(&[8], 3)?);
+        let frozen = randn(&[8, 8], 4)?;
+        let weights = randn(&[2, 3, 8], 5)?;
+        let loss = |y: &Tensor| (y * &weights)?.sum_all();
+        let run = |x: &Tensor| -> Result<Tensor> {
+            let y = block(x, w.as_tensor(), n.as_tensor(), &frozen)?;
+            let y = ops::silu_mul(&y, &ops::scale_last(&y, n.as_tensor())?)?;
+            block(&y, w.as_tensor(), n.as_tensor(), &frozen)
+        };
+        set_path(Path::Composed);
+        let reference = loss(&run(x.as_tensor())?)?.backward()?;
+        set_path(Path::Auto);
+        let rec = record();
+        let y = run(x.as_tensor())?;
+        let entries = len();
+        let taped = backward(&loss(&y)?, None, split_off(0))?;
+        drop(rec);
+        // as on the device path, plus scale_last and silu_mul
+        assert_eq!(entries, 12);
+        for v in [&x, &w, &n] {
+            let (a, b) = (taped.get(v.as_tensor()), reference.get(v.as_tensor()));
+            let e = rel(a.expect("taped gradient"), b.expect("reference gradient"));
+            assert!(e < 1e-5, "gradient differs: {e}");
         }
         assert!(taped.get(&frozen).is_none());
         Ok(())

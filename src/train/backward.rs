@@ -1,9 +1,9 @@
-//! The backward pass, owned here: a micro-batch's forward pass records the device path's ops
-//! (`ops::tape`) and marks layer boundaries (`model::Ctx` segments); the pass back runs one layer
-//! segment at a time, top down, through the tape and candle's graph together, freeing each
-//! segment's activations as soon as its gradients are out and recomputing checkpointed layers
-//! from their inputs. Which segment a parameter's gradient comes from is the model's structure
-//! (`Model::in_one_layer`), not its name.
+//! The backward pass, owned here: a micro-batch's forward pass records every op of `ops` on the
+//! tape (`ops::tape`) and marks layer boundaries (`model::Ctx` segments); the pass back runs one
+//! layer segment at a time, top down, through the tape (which hands the plain candle ops between
+//! recorded ones to candle's own backward), freeing each segment's activations as soon as its
+//! gradients are out and recomputing checkpointed layers from their inputs. Which segment a
+//! parameter's gradient comes from is the model's structure (`Model::in_one_layer`), not its name.
 
 use super::loss_sum;
 use crate::data::Batch;
