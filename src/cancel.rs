@@ -1,11 +1,13 @@
 //! Cancelling a run (a save under `ftl watch`, Ctrl-C): a flag per run that the thread running it
 //! installs, so that long library work (training steps, evaluation, generation) polls it without
-//! every signature carrying it.
+//! every signature carrying it. And interrupting `ftl run` (SIGINT, SIGTERM): a process-wide
+//! signal that cancels the same way, except inside a training, which finishes its step and saves
+//! a checkpoint first.
 
 use crate::error::{Error, Result};
-use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// One run's cancellation flag, shared between the run and whoever may stop it.
 #[derive(Clone, Default, Debug)]
@@ -42,9 +44,56 @@ impl Drop for Guard {
     }
 }
 
-/// Whether this thread's run has been cancelled.
+/// Whether this thread's run has been cancelled (or interrupted, outside a training).
 pub fn requested() -> bool {
     CURRENT.with(|c| c.borrow().as_ref().is_some_and(Token::is_cancelled))
+        || (interrupted().is_some() && DEFERRED.with(|d| d.get()) == 0)
+}
+
+/// The signal that interrupted the process, 0 for none.
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// What the interrupted training left (its checkpoint, the command that resumes).
+static NOTE: Mutex<Option<String>> = Mutex::new(None);
+
+thread_local! {
+    static DEFERRED: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Records that signal `sig` asked the process to stop (async-signal-safe: one atomic store).
+pub fn interrupt(sig: i32) {
+    SIGNAL.store(sig, Ordering::SeqCst);
+}
+
+/// The signal that asked the process to stop, if one did.
+pub fn interrupted() -> Option<i32> {
+    match SIGNAL.load(Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
+/// Until the guard drops, an interrupt does not cancel this thread's work: the training loop
+/// takes it at the next step boundary instead.
+pub fn defer_interrupts() -> Deferred {
+    DEFERRED.with(|d| d.set(d.get() + 1));
+    Deferred(())
+}
+
+pub struct Deferred(());
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        DEFERRED.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+/// Leaves a note for the message the interrupted run ends with.
+pub fn set_note(note: String) {
+    *NOTE.lock().unwrap_or_else(|e| e.into_inner()) = Some(note);
+}
+
+pub fn note() -> Option<String> {
+    NOTE.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// `Err(Error::Cancelled)` once this thread's run has been cancelled.

@@ -103,6 +103,12 @@ pub struct RunArgs {
     /// Let the recipe use all of Lua's io/os and read or write anywhere
     #[arg(long)]
     pub trust: bool,
+    /// continue each training from the newest complete checkpoint in its save directory
+    #[arg(long)]
+    pub resume: bool,
+    /// continue the first training from this checkpoint (or directory of checkpoints)
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    pub resume_from: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -136,7 +142,29 @@ fn init_logging(verbose: u8, quiet: bool) {
 
 /// Runs a recipe once (or reruns a manifest); the exit code the process should return.
 pub fn run_once(a: &RunArgs, quiet: bool) -> Result<ExitCode> {
+    on_signals_checkpoint()?;
     run_recipe(a, quiet, false)
+}
+
+/// SIGINT and SIGTERM ask the run to stop: a training finishes its step and checkpoints first
+/// (`crate::cancel::interrupt`); a second signal exits at once.
+fn on_signals_checkpoint() -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static SEEN: AtomicBool = AtomicBool::new(false);
+    for sig in [SIGINT, SIGTERM] {
+        // SAFETY: the handler only touches atomics and calls `_exit`, both async-signal-safe
+        unsafe {
+            signal_hook::low_level::register(sig, move || {
+                if SEEN.swap(true, Ordering::SeqCst) {
+                    signal_hook::low_level::exit(128 + sig);
+                }
+                crate::cancel::interrupt(sig);
+            })
+        }
+        .context("installing signal handlers")?;
+    }
+    Ok(())
 }
 
 fn run_recipe(a: &RunArgs, quiet: bool, compare: bool) -> Result<ExitCode> {
@@ -150,7 +178,16 @@ fn run_recipe(a: &RunArgs, quiet: bool, compare: bool) -> Result<ExitCode> {
     let mut env = Env::new(&a.recipe, a.out.as_deref(), a.trust);
     env.quiet = quiet;
     env.compare = compare;
+    env.resume = resume_of(a);
     execute(env, &args)
+}
+
+fn resume_of(a: &RunArgs) -> Option<crate::lua::Resume> {
+    match (&a.resume_from, a.resume) {
+        (Some(d), _) => Some(crate::lua::Resume::From(d.clone())),
+        (None, true) => Some(crate::lua::Resume::Latest),
+        (None, false) => None,
+    }
 }
 
 fn execute(env: Env, args: &[(String, String)]) -> Result<ExitCode> {
@@ -158,12 +195,42 @@ fn execute(env: Env, args: &[(String, String)]) -> Result<ExitCode> {
     match rt.run()? {
         Outcome::Ok => Ok(ExitCode::SUCCESS),
         Outcome::Exit(c) => Ok(ExitCode::from(c.clamp(0, 255) as u8)),
-        Outcome::Cancelled => Ok(ExitCode::from(130)),
+        Outcome::Cancelled => Ok(match crate::cancel::interrupted() {
+            Some(sig) => {
+                let what = if sig == signal_hook::consts::SIGTERM {
+                    "SIGTERM"
+                } else {
+                    "SIGINT"
+                };
+                let note = crate::cancel::note().unwrap_or_else(|| "interrupted".into());
+                eprintln!("{what}: {note}");
+                if let Some(cmd) = resume_command() {
+                    eprintln!("to resume: {cmd}");
+                }
+                ExitCode::from((128 + sig).clamp(0, 255) as u8)
+            }
+            None => ExitCode::from(130),
+        }),
     }
 }
 
 /// `ftl run OUT/run.ron`: the recorded run again, from its copies, with its arguments; relative
 /// paths resolve against the original recipe's directory.
+/// This process's command line with `--resume` (the command that continues an interrupted run).
+fn resume_command() -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    if args
+        .iter()
+        .any(|a| a == "--resume" || a.starts_with("--resume-from"))
+    {
+        return Some(args.join(" "));
+    }
+    let i = args.iter().position(|a| a == "run")?;
+    let mut v = args.clone();
+    v.insert(i + 1, "--resume".into());
+    Some(v.join(" "))
+}
+
 fn rerun(a: &RunArgs, quiet: bool) -> Result<ExitCode> {
     if !a.args.is_empty() {
         eprintln!(
@@ -192,6 +259,7 @@ fn rerun(a: &RunArgs, quiet: bool) -> Result<ExitCode> {
     env.copies = Some(crate::lua::normalize(&cwd.join(copies)));
     env.quiet = quiet;
     env.compare = m.compare;
+    env.resume = resume_of(a);
     execute(env, &m.args)
 }
 

@@ -4,7 +4,6 @@
 
 use crate::error::{Error, Result};
 use crate::train::{EvalInfo, Flow, Hook, StepInfo};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const FILE: &str = "metrics.jsonl";
@@ -19,13 +18,19 @@ pub fn plot_name(call: usize) -> String {
 }
 
 /// Records one `ftl.train` call. Every step is written (not only each `log_every`th), so the
-/// file holds the whole curve whatever the console showed.
+/// file holds the whole curve whatever the console showed. The file is rewritten whole (under a
+/// temporary name, then renamed) at most once a second and at every evaluation, checkpoint and
+/// the end, so that it is never half-written.
 pub struct Recorder {
     call: usize,
-    file: std::fs::File,
     path: PathBuf,
     plot: PathBuf,
     epoch: usize,
+    /// the file's lines: earlier trainings', then this one's
+    lines: Vec<String>,
+    /// the lines of this training an earlier, interrupted process wrote (kept on resume)
+    before: Vec<String>,
+    written: Option<std::time::Instant>,
     /// (step, loss, lr)
     steps: Vec<(usize, f64, f64)>,
     /// (step, eval loss)
@@ -39,39 +44,59 @@ fn num(x: f64) -> serde_json::Value {
 
 impl Recorder {
     /// The recorder of the `call`th training of a run writing into `dir`: the first one starts
-    /// the run's metrics.jsonl afresh, later ones append to it.
+    /// the run's metrics.jsonl afresh (unless it resumes), later ones add to it.
     pub fn new(dir: &Path, call: usize) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join(FILE);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(call > 1)
-            .write(true)
-            .truncate(call == 1)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        let train_of = |l: &str| -> Option<usize> {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            Some(v.get("train")?.as_u64()? as usize)
+        };
+        let (mut lines, mut before) = (Vec::new(), Vec::new());
+        for l in old.lines() {
+            match train_of(l) {
+                Some(t) if t < call => lines.push(l.to_string()),
+                Some(t) if t == call => before.push(l.to_string()),
+                _ => {}
+            }
+        }
         Ok(Recorder {
             call,
-            file,
             path,
             plot: dir.join(plot_name(call)),
             epoch: 0,
+            lines,
+            before,
+            written: None,
             steps: Vec::new(),
             evals: Vec::new(),
         })
     }
 
-    fn line(&mut self, v: serde_json::Value) -> Result<()> {
-        // one write per line, so a run that dies leaves whole lines
-        let mut s = v.to_string();
-        s.push('\n');
-        self.file
-            .write_all(s.as_bytes())
-            .map_err(|e| Error::io(&self.path, e))
+    fn line(&mut self, v: serde_json::Value, now: bool) -> Result<()> {
+        self.lines.push(v.to_string());
+        if now
+            || self
+                .written
+                .is_none_or(|t| t.elapsed().as_secs_f64() >= 1.0)
+        {
+            self.write()?;
+        }
+        Ok(())
     }
 
-    /// Writes the plot of this training's loss (and eval loss) and learning rate.
-    pub fn finish(&self) -> Result<()> {
+    fn write(&mut self) -> Result<()> {
+        let mut s = self.lines.join("\n");
+        s.push('\n');
+        crate::st::write_atomic(&self.path, s.as_bytes())?;
+        self.written = Some(std::time::Instant::now());
+        Ok(())
+    }
+
+    /// Writes the file and the plot of this training's loss (and eval loss) and learning rate.
+    pub fn finish(&mut self) -> Result<()> {
+        self.write()?;
         let svg = plot(&self.steps, &self.evals)
             .map_err(|e| Error::file(&self.plot, format!("plotting: {e}")))?;
         crate::st::write_atomic(&self.plot, svg.as_bytes())
@@ -79,10 +104,33 @@ impl Recorder {
 }
 
 impl Hook for Recorder {
+    fn on_resume(&mut self, step: usize) -> Result<()> {
+        // the interrupted process's record up to the checkpoint; what it did after is redone
+        for l in std::mem::take(&mut self.before) {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) else {
+                continue;
+            };
+            let Some(s) = v.get("step").and_then(|s| s.as_u64()).map(|s| s as usize) else {
+                continue;
+            };
+            if s > step {
+                continue;
+            }
+            let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
+            if v.get("eval_loss").is_some() {
+                self.evals.push((s, f("eval_loss")));
+            } else {
+                self.steps.push((s, f("loss"), f("lr")));
+            }
+            self.lines.push(l);
+        }
+        Ok(())
+    }
+
     fn on_step(&mut self, s: &StepInfo) -> Result<Flow> {
         self.epoch = s.epoch;
         self.steps.push((s.step, s.loss, s.lr));
-        self.line(serde_json::json!({
+        let mut v = serde_json::json!({
             "train": self.call,
             "step": s.step,
             "epoch": s.epoch,
@@ -91,21 +139,32 @@ impl Hook for Recorder {
             "grad_norm": num(s.grad_norm),
             "tokens_per_s": num(s.tokens_per_s),
             "elapsed_s": num(s.elapsed_s),
-        }))?;
+        });
+        if s.skipped {
+            v["skipped"] = true.into();
+        }
+        self.line(v, false)?;
         Ok(Flow::Continue)
     }
 
     fn on_eval(&mut self, e: &EvalInfo) -> Result<Flow> {
         self.evals.push((e.step, e.loss));
-        self.line(serde_json::json!({
-            "train": self.call,
-            "step": e.step,
-            "epoch": self.epoch,
-            "eval_loss": num(e.loss),
-            "perplexity": num(e.perplexity),
-            "accuracy": e.accuracy.map(num),
-        }))?;
+        self.line(
+            serde_json::json!({
+                "train": self.call,
+                "step": e.step,
+                "epoch": self.epoch,
+                "eval_loss": num(e.loss),
+                "perplexity": num(e.perplexity),
+                "accuracy": e.accuracy.map(num),
+            }),
+            true,
+        )?;
         Ok(Flow::Continue)
+    }
+
+    fn on_state(&mut self, _at: &crate::train::At<'_>) -> Result<()> {
+        self.write()
     }
 }
 

@@ -197,23 +197,41 @@ pub fn save(
     write_atomic(path, &buf)
 }
 
-/// Writes bytes to a temporary sibling, then renames it over `path`.
+/// Writes bytes to a temporary sibling, flushes it to disk, renames it over `path` and flushes
+/// the directory: a reader (or a run killed at any moment) sees the old file or the new one,
+/// never a part of either. Every file ftl writes goes through here.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
+    use std::io::Write;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     let name = path
         .file_name()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(&tmp, e));
+    }
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
-    })
+    })?;
+    sync_dir(dir.unwrap_or(Path::new(".")))
+}
+
+/// Flushes a directory's entries (a rename into it) to disk.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
 }
 
 /// Reads a JSON file with an error naming the file.
@@ -229,7 +247,7 @@ pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     write_atomic(path, s.as_bytes())
 }
 
-fn sort_keys(v: &serde_json::Value) -> serde_json::Value {
+pub(crate) fn sort_keys(v: &serde_json::Value) -> serde_json::Value {
     match v {
         serde_json::Value::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();

@@ -338,7 +338,21 @@ pub const TRAIN: Class = Class {
             "ftl.EvalOpts",
             "held-out evaluation during training"
         ),
-        f!("save", "ftl.SaveOpts", "checkpoints during training"),
+        f!(
+            "save",
+            "ftl.SaveOpts",
+            "checkpoints during training (DIR/step-N, DIR/latest)"
+        ),
+        f!(
+            "resume",
+            "boolean|string",
+            "continue from the newest complete checkpoint: true for save's directory, or a directory"
+        ),
+        f!(
+            "on_nonfinite",
+            "\"stop\"|\"skip\"",
+            "a step with a non-finite loss or gradient stops the training (default) or is skipped"
+        ),
         f!(
             "log_every",
             "integer",
@@ -386,7 +400,16 @@ pub const TRAIN_SAVE: Class = Class {
             "string",
             "checkpoint directory in the output directory (default checkpoints)"
         ),
-        f!("every", "integer", "save every N steps (required)"),
+        f!(
+            "every",
+            "integer",
+            "save every N steps (default: at the end only; always when interrupted)"
+        ),
+        f!(
+            "keep",
+            "integer",
+            "keep the newest K checkpoints (default all)"
+        ),
     ],
 };
 
@@ -505,6 +528,16 @@ pub const RESULTS: &[Class] = &[
             f!("forward_s", "number", "time in forward passes"),
             f!("backward_s", "number", "time in backward passes"),
             f!("optimizer_s", "number", "time in optimizer steps"),
+            f!(
+                "skipped_steps",
+                "integer",
+                "steps skipped for a non-finite loss or gradient (on_nonfinite = \"skip\")"
+            ),
+            f!(
+                "resumed_from",
+                "integer",
+                "the step the training resumed after (0: it started afresh)"
+            ),
         ],
     },
     Class {

@@ -53,6 +53,17 @@ pub struct Env {
     /// a run of `ftl watch`: what changed since the previous run. Such a run always leaves a
     /// manifest, so that the history has every run.
     pub watched: Option<String>,
+    /// `ftl run --resume` / `--resume-from DIR`
+    pub resume: Option<Resume>,
+}
+
+/// What `ftl run` was asked to resume.
+#[derive(Clone, Debug)]
+pub enum Resume {
+    /// every training from the newest complete checkpoint in its own `save` directory
+    Latest,
+    /// the first training from this checkpoint or directory of checkpoints
+    From(PathBuf),
 }
 
 /// A hash of a file's content (watch mode compares them to tell saves from reads).
@@ -114,6 +125,7 @@ impl Env {
             compare: false,
             opened: Mutex::new(Vec::new()),
             watched: None,
+            resume: None,
         }
     }
 }
@@ -380,7 +392,13 @@ impl Runtime {
     fn outcome(&self, done: mlua::Result<()>) -> Result<Outcome> {
         match done {
             Ok(()) => Ok(Outcome::Ok),
-            Err(e) if is_cancelled(&e) || self.env.cancel.is_cancelled() => Ok(Outcome::Cancelled),
+            Err(e)
+                if is_cancelled(&e)
+                    || self.env.cancel.is_cancelled()
+                    || crate::cancel::interrupted().is_some() =>
+            {
+                Ok(Outcome::Cancelled)
+            }
             Err(e) => match exit_code(&e) {
                 Some(0) => Ok(Outcome::Ok),
                 Some(c) => Ok(Outcome::Exit(c)),

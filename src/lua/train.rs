@@ -6,14 +6,15 @@ use super::data::DataHandle;
 use super::model::{env, pattern, ModelHandle};
 use super::opts::Opts;
 use super::{lua_err, LuaExt};
+use super::{Env, Resume};
 use crate::metrics::Recorder;
 use crate::peft::target::Selector;
+use crate::train::checkpoint::SaveOpts;
 use crate::train::optim::{Kind, OptimOpts};
 use crate::train::progress::Progress;
 use crate::train::schedule::{self, Schedule};
-use crate::train::{EvalInfo, Flow, Hook, StepInfo, TrainOpts, TrainResult};
+use crate::train::{EvalInfo, Flow, Hook, NonFinite, StepInfo, TrainOpts, TrainResult};
 use mlua::{Function, Lua, Table, Value};
-use std::path::PathBuf;
 
 fn data_arg(lua: &Lua, v: &Value, what: &str) -> mlua::Result<crate::data::Dataset> {
     match v {
@@ -123,7 +124,87 @@ fn train_opts(lua: &Lua, o: &Opts) -> mlua::Result<TrainOpts> {
         seed: o.or("seed", d.seed)?,
         eval_every,
         eval_batch_size: eval_bs.unwrap_or(batch_size),
+        save: None,
+        resume: None,
+        on_nonfinite: match o.or::<String>("on_nonfinite", "stop".into())?.as_str() {
+            "stop" => NonFinite::Stop,
+            "skip" => NonFinite::Skip,
+            other => {
+                return Err(lua_err(
+                    lua,
+                    format!("ftl.train: on_nonfinite must be \"stop\" or \"skip\", got `{other}`"),
+                ))
+            }
+        },
     })
+}
+
+/// `save = {dir=, every=, keep=}` and `resume = true | dir` (or `ftl run --resume`) of the
+/// `call`th training: checkpoints go to `OUT/checkpoints` (`checkpoints-N` for later calls)
+/// unless `dir` says otherwise, also when no `save` is given (a run interrupted by a signal
+/// checkpoints there).
+fn checkpoint_opts(
+    lua: &Lua,
+    o: &Opts,
+    env: &Env,
+    call: Option<usize>,
+    opts: &mut TrainOpts,
+) -> mlua::Result<()> {
+    let n = call.unwrap_or(1);
+    let default = if n == 1 {
+        "checkpoints".to_string()
+    } else {
+        format!("checkpoints-{n}")
+    };
+    let (dir, every, keep, at_end) = match o.value("save")? {
+        Value::Table(t) => {
+            let so = Opts::new(lua, Some(t), &api::TRAIN_SAVE)?;
+            let every: Option<usize> = so.get("every")?;
+            let keep: Option<usize> = so.get("keep")?;
+            if every == Some(0) || keep == Some(0) {
+                return Err(lua_err(
+                    lua,
+                    "ftl.train: save's every and keep must be at least 1",
+                ));
+            }
+            (so.or("dir", default)?, every, keep, true)
+        }
+        Value::Nil => (default, None, None, false),
+        _ => {
+            return Err(lua_err(
+                lua,
+                "ftl.train: save must be a table {dir=, every=, keep=}",
+            ))
+        }
+    };
+    let dir = env.output(&dir).lua(lua)?;
+    opts.resume = match o.value("resume")? {
+        Value::Boolean(true) => Some(dir.clone()),
+        Value::Nil | Value::Boolean(false) => None,
+        Value::String(s) => Some(
+            env.readable(&env.recipe_dir.join(s.to_str()?.as_ref()))
+                .lua(lua)?,
+        ),
+        _ => {
+            return Err(lua_err(
+                lua,
+                "ftl.train: resume must be true or a directory",
+            ))
+        }
+    };
+    match &env.resume {
+        Some(Resume::Latest) => opts.resume = Some(dir.clone()),
+        Some(Resume::From(p)) if n == 1 => opts.resume = Some(p.clone()),
+        _ => {}
+    }
+    opts.save = Some(SaveOpts {
+        dir,
+        every,
+        at_end,
+        keep,
+        manifest: Some(env.out_dir.join(crate::manifest::FILE)),
+    });
+    Ok(())
 }
 
 /// `on_step` / `on_eval` from the recipe.
@@ -185,43 +266,6 @@ fn eval_table(lua: &Lua, e: &EvalInfo) -> mlua::Result<Table> {
     Ok(t)
 }
 
-/// Saves the trained state every `every` steps into `dir/step-N`.
-struct Checkpoints {
-    model: ModelHandle,
-    dir: PathBuf,
-    every: usize,
-}
-
-impl Checkpoints {
-    fn save(&self, step: usize) -> crate::Result<()> {
-        let dir = self.dir.join(format!("step-{step}"));
-        let mut m = self.model.lock();
-        let names = m.active.clone();
-        match names.len() {
-            0 => {
-                m.save(&dir)?;
-            }
-            1 => crate::peft::io::save_adapter(&mut m, &dir, &names[0])?,
-            _ => {
-                for n in &names {
-                    crate::peft::io::save_adapter(&mut m, &dir.join(n), n)?;
-                }
-            }
-        }
-        tracing::info!("saved {}", dir.display());
-        Ok(())
-    }
-}
-
-impl Hook for Checkpoints {
-    fn on_step(&mut self, s: &StepInfo) -> crate::Result<Flow> {
-        if s.step.is_multiple_of(self.every) {
-            self.save(s.step)?;
-        }
-        Ok(Flow::Continue)
-    }
-}
-
 fn result_table(lua: &Lua, r: &TrainResult) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     t.set("steps", r.steps)?;
@@ -233,6 +277,8 @@ fn result_table(lua: &Lua, r: &TrainResult) -> mlua::Result<Table> {
     t.set("time_s", r.time_s)?;
     t.set("peak_mem_bytes", r.peak_mem_bytes)?;
     t.set("recomputed_layers", r.recomputed_layers)?;
+    t.set("skipped_steps", r.skipped_steps)?;
+    t.set("resumed_from", r.resumed_from)?;
     t.set("trainable", r.trainable)?;
     t.set("grad_bytes", r.grad_bytes)?;
     t.set("optimizer_bytes", r.optimizer_bytes)?;
@@ -282,7 +328,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
                 .map(|t| record_value(&Value::Table(t.clone())))
                 .unwrap_or_default();
             let o = Opts::new(lua, ot, &api::TRAIN)?;
-            let opts = train_opts(lua, &o)?;
+            let mut opts = train_opts(lua, &o)?;
             let env = env(lua);
             let eval = match o.value("eval")? {
                 Value::Table(t) => {
@@ -294,27 +340,6 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
                     return Err(lua_err(
                         lua,
                         "ftl.train: eval must be a table {data=, every=}",
-                    ))
-                }
-            };
-            let mut ckpt = match o.value("save")? {
-                Value::Table(t) => {
-                    let so = Opts::new(lua, Some(t), &api::TRAIN_SAVE)?;
-                    let dir: String = so.or("dir", "checkpoints".to_string())?;
-                    Some(Checkpoints {
-                        model: h.clone(),
-                        dir: env.output(&dir).lua(lua)?,
-                        every: so
-                            .get::<usize>("every")?
-                            .filter(|e| *e > 0)
-                            .ok_or_else(|| lua_err(lua, "ftl.train: save needs every= (steps)"))?,
-                    })
-                }
-                Value::Nil => None,
-                _ => {
-                    return Err(lua_err(
-                        lua,
-                        "ftl.train: save must be a table {dir=, every=}",
                     ))
                 }
             };
@@ -336,10 +361,8 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
                 Some(n) => Some(Recorder::new(&env.out_dir, n).lua(lua)?),
                 None => None,
             };
+            checkpoint_opts(lua, &o, &env, call, &mut opts)?;
             let mut hooks: Vec<&mut dyn Hook> = vec![&mut progress, &mut hooks_lua];
-            if let Some(c) = ckpt.as_mut() {
-                hooks.push(c);
-            }
             if let Some(r) = recorder.as_mut() {
                 hooks.push(r);
             }
@@ -348,7 +371,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
             lua.gc_collect()?;
             let r = crate::train::train(&h.0, &data, &opts, eval.as_ref(), &mut hooks).lua(lua)?;
             drop(hooks);
-            if let (Some(rec), Some(n)) = (&recorder, call) {
+            if let (Some(rec), Some(n)) = (&mut recorder, call) {
                 rec.finish().lua(lua)?;
                 super::run::training_done(
                     lua,

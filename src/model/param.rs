@@ -188,7 +188,9 @@ impl Param {
         }
         let t = t.to_dtype(s.value.dtype())?.to_device(s.value.device())?;
         match &s.var {
-            Some(v) => v.set(&t)?,
+            // a tensor read from this very parameter (a state dict loaded back) is copied first:
+            // candle refuses to set a variable from its own storage
+            Some(v) => v.set(&t).or_else(|_| v.set(&t.copy()?))?,
             None => s.value = t.detach(),
         }
         Ok(())

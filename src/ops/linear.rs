@@ -262,7 +262,7 @@ impl LinearOp {
     }
 }
 
-/// Column sums of a row-major [rows, n] matrix, in parallel over row blocks.
+/// Column sums of a row-major [rows, n] matrix, in parallel over row blocks, deterministically.
 pub(crate) fn col_sums(g: &[f32], n: usize) -> Vec<f32> {
     let rows = g.len() / n.max(1);
     let block = rows.div_ceil(super::threads()).max(1);
@@ -276,15 +276,17 @@ pub(crate) fn col_sums(g: &[f32], n: usize) -> Vec<f32> {
             }
             acc
         })
-        .reduce(
-            || vec![0f32; n],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x += y;
-                }
-                a
-            },
-        )
+        // collected in order and added in order: rayon's reduce combines blocks in an order that
+        // depends on its scheduling, and a training must repeat bit for bit (exact resume)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .reduce(|mut a, b| {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+            a
+        })
+        .unwrap_or_else(|| vec![0f32; n])
 }
 
 impl CustomOp2 for LinearOp {

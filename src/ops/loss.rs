@@ -163,6 +163,9 @@ impl CustomOp1 for CrossEntropy {
                     lse(row) - row[lab as usize] as f64
                 }
             })
+            // added in order: rayon's sum depends on its scheduling (exact resume needs repeats)
+            .collect::<Vec<f64>>()
+            .into_iter()
             .sum();
         Ok((CpuStorage::F32(vec![total as f32]), Shape::from(())))
     }

@@ -165,7 +165,8 @@ fn rows_of(l: &Layout) -> (usize, usize) {
     (l.shape().elem_count() / n.max(1), n)
 }
 
-/// Sums per-row contributions `f(row) -> [n]` over all rows, in parallel blocks.
+/// Sums per-row contributions `f(row) -> [n]` over all rows, in parallel blocks, in a fixed
+/// order.
 fn sum_rows(rows: usize, n: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     let block = rows.div_ceil(super::threads() * 4).max(1);
     (0..rows.div_ceil(block))
@@ -177,13 +178,14 @@ fn sum_rows(rows: usize, n: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<
             }
             acc
         })
-        .reduce(
-            || vec![0f32; n],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                a
-            },
-        )
+        // in order (not rayon's scheduling-dependent reduce): a training repeats bit for bit
+        .collect::<Vec<_>>()
+        .into_iter()
+        .reduce(|mut a, b| {
+            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+            a
+        })
+        .unwrap_or_else(|| vec![0f32; n])
 }
 
 struct RmsNorm {

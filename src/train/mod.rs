@@ -3,6 +3,7 @@
 //! callbacks) hangs off as hooks.
 
 mod backward;
+pub mod checkpoint;
 pub mod estimate;
 pub mod eval;
 pub mod memory;
@@ -46,6 +47,20 @@ pub struct TrainOpts {
     pub seed: u64,
     pub eval_every: Option<usize>,
     pub eval_batch_size: usize,
+    /// checkpoints (`save = {dir=, every=, keep=}`)
+    pub save: Option<checkpoint::SaveOpts>,
+    /// continue from the newest complete checkpoint in this directory (or this checkpoint)
+    pub resume: Option<std::path::PathBuf>,
+    /// what a step with a non-finite loss or gradient does
+    pub on_nonfinite: NonFinite,
+}
+
+/// `on_nonfinite`: stop the training (the default), or skip the step and count it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NonFinite {
+    #[default]
+    Stop,
+    Skip,
 }
 
 impl Default for TrainOpts {
@@ -78,6 +93,9 @@ impl Default for TrainOpts {
             seed: 0,
             eval_every: None,
             eval_batch_size: 8,
+            save: None,
+            resume: None,
+            on_nonfinite: NonFinite::Stop,
         }
     }
 }
@@ -100,6 +118,8 @@ pub struct StepInfo {
     pub forward_s: f64,
     pub backward_s: f64,
     pub optimizer_s: f64,
+    /// the step was skipped (`on_nonfinite = "skip"`): nothing was applied
+    pub skipped: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -129,6 +149,10 @@ pub struct TrainResult {
     pub optimizer_s: f64,
     /// layers recomputed in backward passes (activation checkpointing)
     pub recomputed_layers: usize,
+    /// steps skipped for a non-finite loss or gradient (`on_nonfinite = "skip"`)
+    pub skipped_steps: usize,
+    /// the step this training resumed after (0: it started afresh)
+    pub resumed_from: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +164,10 @@ pub enum Flow {
 /// What hangs off the loop. Hooks run without the model locked, so they may change it (freeze,
 /// unfreeze, attach); the change applies from the next step.
 pub trait Hook {
+    /// Before the first step of a training that resumed after `step` steps.
+    fn on_resume(&mut self, _step: usize) -> Result<()> {
+        Ok(())
+    }
     /// After each micro-batch's forward pass, its loss queued.
     fn on_forward(&mut self) {}
     /// After each backward pass, with what it stored and the parameters being trained (a
@@ -155,10 +183,27 @@ pub trait Hook {
     fn on_eval(&mut self, _e: &EvalInfo) -> Result<Flow> {
         Ok(Flow::Continue)
     }
+    /// After every hook's `on_step` and `on_eval`, with the state a checkpoint is made of.
+    fn on_state(&mut self, _at: &At<'_>) -> Result<()> {
+        Ok(())
+    }
     /// After the last step: what the hook measured goes into the result.
     fn on_end(&mut self, _res: &mut TrainResult) -> Result<()> {
         Ok(())
     }
+}
+
+/// Where a training stands after a step, for `Hook::on_state`.
+pub struct At<'a> {
+    pub info: &'a StepInfo,
+    pub params: &'a [(String, Param)],
+    pub optimizer: &'a Optimizer,
+    pub result: &'a TrainResult,
+    /// the next step's epoch and how many of that epoch's steps are done
+    pub epoch: usize,
+    pub step_in_epoch: usize,
+    /// no step follows (the plan is done or a hook stopped it)
+    pub last: bool,
 }
 
 /// The hooks of one training, in order: the loop's own, then the caller's.
@@ -168,12 +213,23 @@ impl<'a, 'b> Hooks<'a, 'b> {
     fn new(
         memory: &'a mut memory::Memory,
         evaluation: Option<&'a mut eval::Evaluation>,
+        checkpoints: Option<&'a mut checkpoint::Checkpoints>,
         caller: &'a mut [&'b mut dyn Hook],
     ) -> Self {
         let mut all: Vec<&'a mut (dyn Hook + 'b)> = vec![memory];
         all.extend(evaluation.map(|e| e as &mut dyn Hook));
         all.extend(caller.iter_mut().map(|h| &mut **h));
+        // last: a checkpoint records what every other hook did with the step
+        all.extend(checkpoints.map(|c| c as &mut dyn Hook));
         Hooks(all)
+    }
+
+    fn resumed(&mut self, step: usize) -> Result<()> {
+        self.0.iter_mut().try_for_each(|h| h.on_resume(step))
+    }
+
+    fn state(&mut self, at: &At<'_>) -> Result<()> {
+        self.0.iter_mut().try_for_each(|h| h.on_state(at))
     }
 
     fn forward(&mut self) {
@@ -339,6 +395,14 @@ impl Plan {
         }
         Ok(Plan { steps, schedule })
     }
+
+    /// Step `k`'s epoch and how many steps of that epoch come before it.
+    fn position(&self, k: usize) -> (usize, usize) {
+        match self.schedule.get(k) {
+            Some(&(e, _)) => (e, self.schedule[..k].iter().filter(|s| s.0 == e).count()),
+            None => (self.schedule.last().map_or(0, |s| s.0 + 1), 0),
+        }
+    }
 }
 
 /// One step's micro-batches, padded and on the device.
@@ -370,15 +434,24 @@ pub fn train(
     let plan = Plan::new(&ex, o)?;
     let device = lock(model).device.clone();
     let _uploads = crate::model::keep_small_uploads(&device);
+    let _interrupts = crate::cancel::defer_interrupts();
     let mut evaluation = eval
         .map(|d| eval::Evaluation::new(model, d, pad, o))
         .transpose()?;
     let mut memory = memory::Memory::start(&device);
-    let mut hooks = Hooks::new(&mut memory, evaluation.as_mut(), caller);
     let mut opt = Optimizer::new(o.optimizer.clone());
     let mut res = TrainResult::default();
-    let start = Instant::now();
-    for (k, (epoch, micro)) in plan.schedule.iter().enumerate() {
+    let mut ckpt = checkpoint::Checkpoints::new(model, &trainable(model)?, &ex, o, plan.steps)?;
+    let first = match ckpt.as_mut() {
+        Some(c) => c.resume(&trainable(model)?, &mut opt, &mut res)?,
+        None => 0,
+    };
+    let mut hooks = Hooks::new(&mut memory, evaluation.as_mut(), ckpt.as_mut(), caller);
+    if first > 0 {
+        hooks.resumed(first)?;
+    }
+    let (start, before) = (Instant::now(), res.time_s);
+    for (k, (epoch, micro)) in plan.schedule.iter().enumerate().skip(first) {
         let params = trainable(model)?;
         let lr = schedule::lr_at(&o.schedule, o.lr, k, plan.steps);
         let batches = collate(&ex, micro, pad, &device)?;
@@ -388,15 +461,30 @@ pub fn train(
         res.steps = k + 1;
         res.epochs = epoch + 1;
         res.loss = done.loss;
+        res.skipped_steps += done.skipped as usize;
         res.tokens += batches.iter().map(|b| b.tokens).sum::<usize>();
         res.trainable = params.iter().map(|(_, p)| p.elem_count()).sum();
         res.optimizer_bytes = res.optimizer_bytes.max(opt.state_bytes());
-        let info = StepInfo::of(&res, plan.steps, lr, done.grad_norm, start);
-        if hooks.step(&info)? == Flow::Stop {
+        res.time_s = before + start.elapsed().as_secs_f64();
+        let info = StepInfo::of(&res, plan.steps, lr, &done);
+        let flow = hooks.step(&info)?;
+        let last = flow == Flow::Stop || k + 1 == plan.steps;
+        let (epoch, step_in_epoch) = plan.position(k + 1);
+        let at = At {
+            info: &info,
+            params: &params,
+            optimizer: &opt,
+            result: &res,
+            epoch,
+            step_in_epoch,
+            last,
+        };
+        hooks.state(&at)?;
+        if last {
             break;
         }
     }
-    res.time_s = start.elapsed().as_secs_f64();
+    res.time_s = before + start.elapsed().as_secs_f64();
     res.tokens_per_s = res.tokens as f64 / res.time_s.max(1e-9);
     hooks.end(&mut res)?;
     Ok(res)
@@ -404,21 +492,22 @@ pub fn train(
 
 impl StepInfo {
     /// The report of the step `res` just recorded.
-    fn of(res: &TrainResult, total_steps: usize, lr: f64, grad_norm: f64, start: Instant) -> Self {
-        let elapsed = start.elapsed().as_secs_f64();
+    fn of(res: &TrainResult, total_steps: usize, lr: f64, done: &step::Done) -> Self {
+        let elapsed = res.time_s;
         StepInfo {
             step: res.steps,
             total_steps,
             epoch: res.epochs,
             loss: res.loss,
             lr,
-            grad_norm,
+            grad_norm: done.grad_norm,
             tokens: res.tokens,
             tokens_per_s: res.tokens as f64 / elapsed.max(1e-9),
             elapsed_s: elapsed,
             forward_s: res.forward_s,
             backward_s: res.backward_s,
             optimizer_s: res.optimizer_s,
+            skipped: done.skipped,
         }
     }
 }

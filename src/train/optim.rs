@@ -3,10 +3,10 @@
 
 use crate::error::{Error, Result};
 use crate::model::Param;
-use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Tensor};
+use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Tensor};
 use rayon::prelude::*;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Clone, Debug)]
 pub enum Kind {
@@ -215,6 +215,62 @@ impl Optimizer {
         self.states.retain(|k, _| names.contains(k));
     }
 
+    /// The state of every parameter, for a checkpoint: its buffers as tensors (`NAME.m`,
+    /// `NAME.v`) and its step count.
+    pub fn export(&self) -> Result<(BTreeMap<String, Tensor>, BTreeMap<String, u64>)> {
+        let mut tensors = BTreeMap::new();
+        let mut steps = BTreeMap::new();
+        for (name, st) in &self.states {
+            for (suffix, b) in [("m", &st.m), ("v", &st.v)] {
+                let t = match b {
+                    Some(Buf::Cpu(v)) => Tensor::from_slice(v, v.len(), &Device::Cpu)?,
+                    Some(Buf::Dev(t)) => t.clone(),
+                    None => continue,
+                };
+                tensors.insert(format!("{name}.{suffix}"), t);
+            }
+            steps.insert(name.clone(), st.t);
+        }
+        Ok((tensors, steps))
+    }
+
+    /// The state `export` wrote, for the parameters `params` (each buffer checked against its
+    /// parameter's size); what was there before is replaced.
+    pub fn import(
+        &mut self,
+        tensors: &BTreeMap<String, Tensor>,
+        steps: &BTreeMap<String, u64>,
+        params: &[(String, Param)],
+    ) -> Result<()> {
+        self.states.clear();
+        for (name, p) in params {
+            let Some(&t) = steps.get(name) else { continue };
+            let value = p.value();
+            let fast = cpu_f32(&value);
+            let buf = |suffix: &str| -> Result<Option<Buf>> {
+                let Some(b) = tensors.get(&format!("{name}.{suffix}")) else {
+                    return Ok(None);
+                };
+                if b.elem_count() != value.elem_count() {
+                    return Err(Error::msg(format!(
+                        "optimizer state `{name}.{suffix}` has {} values, the parameter {}",
+                        b.elem_count(),
+                        value.elem_count()
+                    )));
+                }
+                Ok(Some(if fast {
+                    Buf::Cpu(b.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+                } else {
+                    let b = b.reshape(value.shape())?.to_device(value.device())?;
+                    Buf::Dev(b.to_dtype(state_dtype(value.dtype()))?)
+                }))
+            };
+            let (m, v) = (buf("m")?, buf("v")?);
+            self.states.insert(name.clone(), State { m, v, t });
+        }
+        Ok(())
+    }
+
     /// One update of `p` (named `name`) with gradient `g` at learning rate `lr`; `decay` says
     /// whether weight decay applies to it.
     pub fn update(
@@ -378,8 +434,12 @@ fn dev_sum_sq(g: &Tensor) -> Result<Tensor> {
 pub fn sum_sq(g: &Tensor) -> Result<f64> {
     Ok(if cpu_f32(g) {
         crate::ops::with_f32(g, |v| {
+            // added in order: rayon's sum depends on its scheduling (a clipped training must
+            // repeat bit for bit)
             Ok(v.par_chunks(CHUNK)
                 .map(|c| c.iter().map(|x| (x * x) as f64).sum::<f64>())
+                .collect::<Vec<f64>>()
+                .into_iter()
                 .sum::<f64>())
         })?
     } else {
@@ -387,14 +447,9 @@ pub fn sum_sq(g: &Tensor) -> Result<f64> {
     })
 }
 
-/// Scales the gradients so their global L2 norm is at most `max` (torch's `clip_grad_norm_`);
-/// returns the norm before clipping.
-pub fn clip(grads: &mut [Tensor], max: Option<f64>) -> Result<f64> {
-    let mut sq = 0f64;
-    for g in grads.iter() {
-        sq += sum_sq(g)?;
-    }
-    let norm = sq.sqrt();
+/// Scales the gradients, whose global L2 norm is `norm`, so that it is at most `max` (torch's
+/// `clip_grad_norm_`).
+pub fn clip(grads: &mut [Tensor], norm: f64, max: Option<f64>) -> Result<()> {
     if let Some(m) = max {
         let coef = (m / (norm + 1e-6)).min(1.0);
         if coef < 1.0 {
@@ -403,5 +458,5 @@ pub fn clip(grads: &mut [Tensor], max: Option<f64>) -> Result<f64> {
             }
         }
     }
-    Ok(norm)
+    Ok(())
 }

@@ -5,7 +5,7 @@
 
 use super::backward::{self, Event};
 use super::optim::{self, Optimizer};
-use super::{lock, Hooks, TrainOpts, TrainResult};
+use super::{lock, Hooks, NonFinite, TrainOpts, TrainResult};
 use crate::data::Batch;
 use crate::error::Result;
 use crate::model::{Model, Param};
@@ -19,6 +19,8 @@ use std::time::Instant;
 pub(super) struct Done {
     pub loss: f64,
     pub grad_norm: f64,
+    /// a non-finite step skipped (`on_nonfinite = "skip"`)
+    pub skipped: bool,
 }
 
 /// The step's gradients as the backward passes hand them over, segment by segment.
@@ -75,8 +77,10 @@ impl Gradients<'_> {
         Ok(())
     }
 
-    /// Clips and applies what was summed; the gradient norm of the whole step.
-    fn apply(mut self, res: &mut TrainResult) -> Result<f64> {
+    /// Clips and applies what was summed; the gradient norm of the whole step. A non-finite
+    /// loss or gradient norm stops the training (naming the first parameter with a non-finite
+    /// gradient) or, under `on_nonfinite = "skip"`, applies nothing: `None`.
+    fn apply(mut self, loss: f64, k: usize, res: &mut TrainResult) -> Result<Option<f64>> {
         let t0 = Instant::now();
         let mut idx = Vec::new();
         let mut rest = Vec::new();
@@ -94,7 +98,17 @@ impl Gradients<'_> {
                 }
             }
         }
-        let grad_norm = (optim::clip(&mut rest, self.o.clip)?.powi(2) + self.sq.total()?).sqrt();
+        let unclipped: f64 = rest.iter().map(optim::sum_sq).sum::<Result<f64>>()?;
+        let grad_norm = (unclipped + self.sq.total()?).sqrt();
+        if !grad_norm.is_finite() || !loss.is_finite() {
+            if self.o.on_nonfinite == NonFinite::Skip {
+                tracing::warn!("step {}: non-finite loss or gradient: skipped", k + 1);
+                res.optimizer_s += self.optimizer_s + t0.elapsed().as_secs_f64();
+                return Ok(None);
+            }
+            return Err(self.nonfinite(k, loss, &idx, &rest));
+        }
+        optim::clip(&mut rest, unclipped.sqrt(), self.o.clip)?;
         for (i, g) in idx.into_iter().zip(rest) {
             let (name, p) = &self.params[i];
             self.opt.update(name, p, &g, self.lr, self.decay(name))?;
@@ -107,7 +121,38 @@ impl Gradients<'_> {
         self.opt.retain(&names);
         res.optimizer_s += self.optimizer_s + t0.elapsed().as_secs_f64();
         res.grad_bytes = res.grad_bytes.max(self.peak_bytes);
-        Ok(grad_norm)
+        Ok(Some(grad_norm))
+    }
+
+    /// The error of a non-finite step `k`: the first parameter whose gradient (or, updated
+    /// early, whose value) is not finite.
+    fn nonfinite(&self, k: usize, loss: f64, idx: &[usize], rest: &[Tensor]) -> crate::Error {
+        let finite = |t: &Tensor| optim::sum_sq(t).is_ok_and(f64::is_finite);
+        let held = idx
+            .iter()
+            .zip(rest)
+            .find(|(_, g)| !finite(g))
+            .map(|(&i, _)| i);
+        let early =
+            (0..self.params.len()).find(|&i| self.early[i] && !finite(&self.params[i].1.value()));
+        let first = match (held, early) {
+            (Some(i), _) => format!("; first non-finite gradient: `{}`", self.params[i].0),
+            (None, Some(i)) => format!(
+                "; first parameter with a non-finite gradient or value: `{}`",
+                self.params[i].0
+            ),
+            (None, None) => String::new(),
+        };
+        let what = if loss.is_finite() {
+            "a gradient is not finite".to_string()
+        } else {
+            format!("the loss is {loss}")
+        };
+        crate::Error::msg(format!(
+            "step {}: {what}{first}; the training stopped (on_nonfinite = \"skip\" skips such \
+             steps)",
+            k + 1
+        ))
     }
 }
 
@@ -133,7 +178,8 @@ pub(super) fn run(
         .map(|b| b.loss_tokens())
         .sum::<usize>()
         .max(1) as f64;
-    let early = if o.grad_accum == 1 && o.clip.is_none() {
+    // a step that may be skipped must see all of its gradients before applying any
+    let early = if o.grad_accum == 1 && o.clip.is_none() && o.on_nonfinite == NonFinite::Stop {
         lock(model).in_one_layer(params)
     } else {
         vec![false; params.len()]
@@ -174,10 +220,14 @@ pub(super) fn run(
         res.recomputed_layers += pass.recomputed;
         losses.push(pass.loss);
     }
-    let grad_norm = grads.apply(res)?;
     let mut loss = 0f64;
     for l in losses {
         loss += l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     }
-    Ok(Done { loss, grad_norm })
+    let applied = grads.apply(loss, k, res)?;
+    Ok(Done {
+        loss,
+        grad_norm: applied.unwrap_or(f64::NAN),
+        skipped: applied.is_none(),
+    })
 }

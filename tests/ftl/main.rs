@@ -20,6 +20,7 @@ mod methods;
 mod recipes;
 mod sandbox;
 mod semantics;
+mod survive;
 mod training;
 mod types;
 mod watch;
