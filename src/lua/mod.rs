@@ -18,7 +18,7 @@ mod stdlib;
 mod tensor;
 mod train;
 
-pub use args::parse_args;
+pub use args::{parse_args, parse_value};
 pub use cache::cache_across_runs;
 pub use stdlib::STDLIB;
 

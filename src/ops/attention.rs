@@ -493,15 +493,18 @@ impl Attn {
         for i in 0..tq {
             let row = &mut s[i * tk..(i + 1) * tk];
             let mut mx = f32::NEG_INFINITY;
+            let mut visible = false;
             for (j, x) in row.iter_mut().enumerate() {
                 if self.mask.visible(bi, tk, i, j) {
                     *x *= self.scale;
+                    // f32::max skips a NaN: a NaN score still makes the row NaN below
                     mx = mx.max(*x);
+                    visible = true;
                 } else {
                     *x = f32::NEG_INFINITY;
                 }
             }
-            if mx == f32::NEG_INFINITY {
+            if !visible {
                 // no visible key (a padded query): sdpa, HF's default, gives an output of zero
                 row.fill(0.0);
                 continue;
@@ -1074,6 +1077,35 @@ mod tests {
             (got - want).abs() / (1.0 - want) < 1e-4,
             "first key's probability {got} vs {want}"
         );
+        Ok(())
+    }
+
+    /// A NaN query makes its output NaN on every path (the non-finite check of training relies
+    /// on it), while a row that sees no key stays zero.
+    #[test]
+    fn a_nan_query_gives_a_nan_output() -> Result<()> {
+        let mut qv = vec![0.5f32; 2 * 3 * 2 * 4];
+        qv[..8].fill(f32::NAN);
+        let q = Tensor::from_vec(qv, (2, 3, 2, 4), &Device::Cpu)?;
+        let k = Tensor::ones((2, 3, 1, 4), DType::F32, &Device::Cpu)?;
+        let v = Tensor::ones((2, 3, 1, 4), DType::F32, &Device::Cpu)?;
+        let m = AttnMask {
+            causal: true,
+            offset: 0,
+            key_valid: Some(Arc::new(vec![1, 1, 1, 0, 0, 0])),
+            ..Default::default()
+        };
+        for out in [
+            attention(&q, &k, &v, &m, 0.5)?,
+            composed(&q, &k, &v, &m, 0.5)?,
+        ] {
+            // [b·tq, h·d]: batch 0, query 0 (both heads) is NaN, the rest finite
+            let rows: Vec<Vec<f32>> = out.flatten_from(2)?.flatten_to(1)?.to_vec2::<f32>()?;
+            assert!(rows[0].iter().all(|x| x.is_nan()), "{:?}", rows[0]);
+            assert!(rows[1..3].iter().flatten().all(|x| x.is_finite()));
+            // batch 1 sees no key: zero
+            assert!(rows[3..].iter().flatten().all(|&x| x == 0.0), "{rows:?}");
+        }
         Ok(())
     }
 

@@ -70,17 +70,23 @@ __device__ float block_sum(float v) {
     return sh[0];
 }
 
+// The larger of two, NaN if either is: fmaxf drops a NaN, and a NaN score or logit must make
+// its row NaN (the training's non-finite check sees it) rather than vanish.
+__device__ __forceinline__ float max_nan(float a, float b) {
+    return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b);
+}
+
 __device__ float block_max(float v) {
     __shared__ float sh[32];
     __syncthreads();
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    for (int o = 16; o > 0; o >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffff, v, o));
     int w = threadIdx.x / 32, l = threadIdx.x % 32;
     if (l == 0) sh[w] = v;
     __syncthreads();
     int nw = blockDim.x / 32;
     v = (threadIdx.x < nw) ? sh[threadIdx.x] : -INFINITY;
     if (w == 0)
-        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+        for (int o = 16; o > 0; o >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffff, v, o));
     if (threadIdx.x == 0) sh[0] = v;
     __syncthreads();
     return sh[0];
@@ -103,7 +109,7 @@ __device__ void attn_softmax_fwd(const float* S, T* P, const uint8_t* kv, int tk
     float mx = -INFINITY;
     for (int j = threadIdx.x; j < tk; j += blockDim.x) {
         bool vis = valid[j] && (!causal || j <= pos) && (window <= 0 || pos - j < window);
-        if (vis) mx = fmaxf(mx, s[j] * scale);
+        if (vis) mx = max_nan(mx, s[j] * scale);
     }
     mx = block_max(mx);
     if (mx == -INFINITY) {
@@ -143,7 +149,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 __device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    for (int o = 16; o > 0; o >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffff, v, o));
     return v;
 }
 
@@ -166,7 +172,7 @@ __device__ void attn_softmax_fwd_w(const float* S, T* P, const uint8_t* kv, long
         float x = -INFINITY;
         if (j < tk && valid[j] && (!causal || j <= pos) && (window <= 0 || pos - j < window)) x = s[j] * scale;
         v[i] = x;
-        mx = fmaxf(mx, x);
+        mx = max_nan(mx, x);
     }
     mx = warp_max(mx);
     float sum = 0.0f;

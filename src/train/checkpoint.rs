@@ -253,7 +253,7 @@ fn listed(dir: &Path) -> Vec<(usize, PathBuf)> {
             e.path().is_dir().then(|| (n, e.path()))
         })
         .collect();
-    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v.sort_by_key(|e| std::cmp::Reverse(e.0));
     v
 }
 
@@ -382,6 +382,11 @@ pub struct Loaded {
     pub optimizer: BTreeMap<String, Tensor>,
 }
 
+/// One name inside a directory: no separator, not `.` or `..`, not empty.
+fn is_plain_name(s: &str) -> bool {
+    !s.is_empty() && s != "." && s != ".." && !s.contains(['/', '\\', '\0'])
+}
+
 /// Reads and verifies the checkpoint in `dir` (`DIR/step-N`).
 fn read(dir: &Path) -> Result<Loaded> {
     let path = dir.join(STATE);
@@ -398,6 +403,13 @@ fn read(dir: &Path) -> Result<Loaded> {
         ));
     }
     for (rel, want) in &state.files {
+        // a checkpoint's files are its own: a name that leaves the directory is damage
+        if !is_plain_name(rel) {
+            return Err(Error::file(
+                &path,
+                format!("names the file {rel:?}, outside its checkpoint"),
+            ));
+        }
         let p = dir.join(rel);
         let got = sum_file(&p)?;
         if got.bytes != want.bytes {
@@ -439,10 +451,18 @@ pub fn find(dir: &Path) -> Result<Option<Loaded>> {
     }
     let mut candidates = listed(dir);
     if let Ok(name) = std::fs::read_to_string(dir.join(LATEST)) {
-        let p = dir.join(name.trim());
-        candidates.retain(|(_, c)| *c != p);
-        if p.is_dir() {
-            candidates.insert(0, (0, p));
+        let name = name.trim();
+        if is_plain_name(name) {
+            let p = dir.join(name);
+            candidates.retain(|(_, c)| *c != p);
+            if p.is_dir() {
+                candidates.insert(0, (0, p));
+            }
+        } else {
+            tracing::warn!(
+                "{}: names {name:?}, not a checkpoint of this directory: ignored",
+                dir.join(LATEST).display()
+            );
         }
     }
     let mut first_err = None;

@@ -146,7 +146,7 @@ impl Gradients<'_> {
         let what = if loss.is_finite() {
             "a gradient is not finite".to_string()
         } else {
-            format!("the loss is {loss}")
+            format!("the loss is not finite ({loss})")
         };
         crate::Error::msg(format!(
             "step {}: {what}{first}; the training stopped (on_nonfinite = \"skip\" skips such \

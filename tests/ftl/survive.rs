@@ -200,6 +200,18 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_previous_one() {
     );
     assert!(so.contains("resumed 4"), "{so}");
     assert!(trained(&a) == trained(&b));
+    // a `latest` naming a path outside its directory is ignored, not followed
+    let d = t.path().join("d");
+    ok(&r, &d, &[&model, "steps=8", "stop=4"]);
+    std::fs::write(d.join("checkpoints/latest"), "../../a/checkpoints/step-8\n").unwrap();
+    let (code, so, se) = run(&r, &d, &[&model, "steps=8", "--resume"]);
+    assert_eq!(code, 0, "{so}\n{se}");
+    assert!(
+        se.contains("not a checkpoint of this directory: ignored"),
+        "{se}"
+    );
+    assert!(so.contains("resumed 4"), "{so}");
+    assert!(trained(&a) == trained(&d));
     // a corrupt file of the same size is caught by its hash; with every checkpoint damaged the
     // run stops, naming the file
     let c = t.path().join("c");
@@ -239,7 +251,7 @@ fn sigterm_checkpoints_at_the_step_boundary_and_exits_143() {
         se.contains("to resume: ") && se.contains("--resume"),
         "{se}"
     );
-    let so = ok(&r, &b, &[&args[0], &args[1], "--resume"]);
+    let so = ok(&r, &b, &[args[0], args[1], "--resume"]);
     assert!(!so.contains("resumed 0"), "{so}");
     assert!(trained(&a) == trained(&b));
 }
