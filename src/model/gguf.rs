@@ -132,7 +132,21 @@ impl GgufFile {
         let mut infos: Vec<(&String, _)> = self.content.tensor_infos.iter().collect();
         infos.sort_by_key(|(_, i)| i.offset);
         for (name, info) in infos {
-            let n = info.shape.elem_count();
+            // a hostile shape's product must not wrap around into a small, "valid" size
+            let Some(n) = info
+                .shape
+                .dims()
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+            else {
+                return Err(Error::file(
+                    &self.path,
+                    format!(
+                        "corrupt GGUF file: tensor `{name}` has shape {:?}",
+                        info.shape.dims()
+                    ),
+                ));
+            };
             let bs = info.ggml_dtype.block_size();
             if !n.is_multiple_of(bs) {
                 return Err(Error::file(
@@ -147,7 +161,9 @@ impl GgufFile {
                 .content
                 .tensor_data_offset
                 .checked_add(info.offset)
-                .and_then(|x| x.checked_add((n / bs * info.ggml_dtype.type_size()) as u64));
+                .and_then(|x| {
+                    x.checked_add(((n / bs).checked_mul(info.ggml_dtype.type_size()))? as u64)
+                });
             match end {
                 None => {
                     return Err(Error::file(

@@ -312,6 +312,7 @@ pub struct RandomInit {
 
 impl Source for RandomInit {
     fn get(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        super::param::ensure_fits(name, &[shape])?;
         let n: usize = shape.iter().product();
         let v = match init {
             Init::Ones => vec![1f32; n],

@@ -227,3 +227,49 @@ impl Param {
         c.iter().map(|(n, _)| n.clone()).collect()
     }
 }
+
+/// Refuses to make new tensors of `shapes` (f32, as they are initialised) that cannot fit in the
+/// machine's memory: a typo such as `r = 100000000` or `hidden_size = 1e7` is a clear error
+/// naming `what`, not an abort or a machine swapping itself to a halt.
+pub fn ensure_fits(what: &str, shapes: &[&[usize]]) -> Result<()> {
+    let bytes = shapes.iter().try_fold(0usize, |sum, s| {
+        s.iter()
+            .try_fold(4usize, |a, &d| a.checked_mul(d))
+            .and_then(|b| sum.checked_add(b))
+    });
+    let avail = available_memory();
+    match (bytes, avail) {
+        (Some(b), Some(avail)) if b <= avail => Ok(()),
+        (Some(_), None) => Ok(()),
+        (b, avail) => {
+            let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+            let need = b.map_or("more than 2^64 bytes".into(), |b| {
+                format!("{:.1} GiB", gib(b))
+            });
+            let have = avail.map_or(String::new(), |a| {
+                format!(", more than the {:.1} GiB of memory available", gib(a))
+            });
+            Err(Error::msg(format!(
+                "{what}: new tensors of shape {} need {need}{have}",
+                shapes
+                    .iter()
+                    .map(|s| format!("{s:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
+    }
+}
+
+/// Memory the process can still take (Linux `MemAvailable`); None where unknown.
+fn available_memory() -> Option<usize> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: usize = s
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}

@@ -62,6 +62,7 @@ impl LinearMethod for LoHa {
     ) -> Result<Box<dyn LinearAdapter>> {
         let (out, inp) = (lin.out_features(), lin.in_features());
         let r = registry::int(cfg, "r") as usize;
+        crate::model::param::ensure_fits(path, &[&[out, r], &[r, inp], &[out, r], &[r, inp]])?;
         let dev = lin.weight.value().device().clone();
         let mut rng = super::lora::rng_for(seed, path);
         // PEFT: W1a, W1b, W2a kaiming-uniform (a = √5), W2b zero; without init_weights all four

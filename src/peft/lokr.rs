@@ -189,6 +189,8 @@ impl LinearMethod for LoKr {
     ) -> Result<Box<dyn LinearAdapter>> {
         let (out, inp) = (lin.out_features(), lin.in_features());
         let r = registry::int(cfg, "r") as usize;
+        // at most the two full factors, or four of rank r
+        crate::model::param::ensure_fits(path, &[&[out, r], &[r, inp]])?;
         let factor = registry::int(cfg, "decompose_factor");
         let (in_m, in_n) = factorization(inp, factor);
         let (out_l, out_k) = factorization(out, factor);

@@ -258,6 +258,7 @@ impl Lora {
     /// A new adapter for `lin` (adapter tensors are f32, as PEFT's autocast keeps them).
     pub fn init(lin: &Linear, o: &LoraOpts, seed: u64, path: &str, ctx: &Ctx) -> Result<Lora> {
         let (fan_in, fan_out, r) = (lin.in_features(), lin.out_features(), o.r);
+        crate::model::param::ensure_fits(path, &[&[r, fan_in], &[fan_out, r]])?;
         let dev = lin.weight.value().device().clone();
         let dt = DType::F32;
         let mut rng = rng_for(seed, path);

@@ -117,6 +117,11 @@ impl Prefix {
             Param::trainable(&Tensor::from_vec(v, shape, &Device::Cpu)?.to_device(device)?)
         };
         let emb_dim = if projection.is_some() { token_dim } else { out };
+        let h = projection.unwrap_or(0);
+        crate::model::param::ensure_fits(
+            "num_virtual_tokens",
+            &[&[tokens, emb_dim], &[h, token_dim], &[out, h]],
+        )?;
         let embedding = mk(normal(&mut rng, tokens * emb_dim, 1.0), &[tokens, emb_dim])?;
         let projection = match projection {
             None => None,

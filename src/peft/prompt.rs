@@ -55,6 +55,7 @@ impl InputMethod for PromptTuning {
     }
     fn attach(&self, cfg: &Config, m: &Model) -> Result<Box<dyn InputAdapter>> {
         let tokens = super::registry::int(cfg, "num_virtual_tokens") as usize;
+        crate::model::param::ensure_fits("num_virtual_tokens", &[&[tokens, m.arch.dims().hidden]])?;
         let init = match init_text(cfg) {
             None => None,
             Some(text) => {

@@ -119,6 +119,7 @@ impl LinearMethod for Vera {
         let r = registry::int(cfg, "r") as usize;
         let out = shapes.iter().map(|s| s.0).max().unwrap_or(0);
         let inp = shapes.iter().map(|s| s.1).max().unwrap_or(0);
+        crate::model::param::ensure_fits("vera_A, vera_B", &[&[r, inp], &[out, r]])?;
         let mut g = TorchUniform::new(registry::int(cfg, "projection_prng_key"));
         let a = g.kaiming(r, inp);
         let b = g.kaiming(out, r);
