@@ -213,10 +213,18 @@ impl<T, E: std::fmt::Display> LuaExt<T> for std::result::Result<T, E> {
     }
 }
 
-/// The message of the innermost error, without mlua's wrapping.
+/// The message of the innermost error, without mlua's wrapping. One that does not say where it
+/// happened (an argument mlua could not convert) gets the recipe line that made the call, from
+/// the traceback.
 pub fn describe(e: &mlua::Error) -> String {
     match e {
-        mlua::Error::CallbackError { cause, .. } => describe(cause),
+        mlua::Error::CallbackError { cause, traceback } => {
+            let msg = describe(cause);
+            match traceback_location(traceback) {
+                Some(at) if !has_location(&msg) => format!("{at}: {msg}"),
+                _ => msg,
+            }
+        }
         mlua::Error::WithContext { cause, .. } => describe(cause),
         mlua::Error::RuntimeError(m) => m.clone(),
         mlua::Error::SyntaxError { message, .. } => message.clone(),
@@ -224,6 +232,22 @@ pub fn describe(e: &mlua::Error) -> String {
         mlua::Error::MemoryError(_) => sandbox::memory_message(),
         other => other.to_string(),
     }
+}
+
+/// `recipe.lua:12: ...`: a message that starts with a source line.
+fn has_location(msg: &str) -> bool {
+    msg.split_once(": ").is_some_and(|(at, _)| {
+        at.rsplit_once(':')
+            .is_some_and(|(file, line)| !file.is_empty() && line.parse::<u32>().is_ok())
+    })
+}
+
+/// The first Lua line (`recipe.lua:12`) of an mlua traceback.
+fn traceback_location(tb: &str) -> Option<String> {
+    tb.lines().map(str::trim).find_map(|l| {
+        let (at, _) = l.split_once(": ")?;
+        (!at.starts_with('[') && has_location(&format!("{at}: "))).then(|| at.to_string())
+    })
 }
 
 fn is_cancelled(e: &mlua::Error) -> bool {

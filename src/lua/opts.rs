@@ -102,6 +102,12 @@ impl<'a> Opts<'a> {
             }
             for f in class.fields {
                 let v: Value = t.get(f.key)?;
+                if matches!(&v, Value::String(s) if s.to_str().is_err()) {
+                    return Err(lua_err(
+                        lua,
+                        format!("{what}: option `{}` is not valid UTF-8 text", f.key),
+                    ));
+                }
                 if !v.is_nil() && !api::matches(&v, f.ty) {
                     return Err(lua_err(
                         lua,

@@ -135,6 +135,15 @@ fn a_value_of_the_wrong_type_names_the_option_the_type_and_the_line() {
             "ftl.train(m, ftl.data.from({{text = 'a b'}}, {format = 'text'}), {lr = 'high'})",
             "option `lr` must be a number",
         ),
+        // text that is not UTF-8, and an argument mlua itself cannot convert: still the line
+        (
+            "ftl.lora(m, {targets = '\\xff\\xfe'})",
+            "r.lua:4: ftl.lora: option `targets` is not valid UTF-8 text",
+        ),
+        (
+            "m:generate({1, 2}, {})",
+            "r.lua:4: bad argument #2 to `ModelHandle.generate`",
+        ),
     ];
     for (line, want) in cases {
         let src =
