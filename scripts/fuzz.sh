@@ -6,6 +6,7 @@
 #   cargo install cargo-afl            # once (stable Rust; it builds its own AFL++ runtime)
 #   scripts/fuzz.sh                    # every target, 1,000,000 executions each
 #   EXECS=200000 JOBS=1 scripts/fuzz.sh gguf data
+#   SECONDS_EACH=300 scripts/fuzz.sh   # also stop each target after 300 s
 #
 # Crashes and hangs land in fuzz/out/TARGET/default/{crashes,hangs}; replay one with
 #   fuzz/target/release/TARGET < FILE
@@ -13,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 EXECS=${EXECS:-1000000}
 JOBS=${JOBS:-$(nproc)}
+LIMIT=${SECONDS_EACH:+-V $SECONDS_EACH}
 TARGETS=${*:-args options config safetensors gguf adapter_config data run_ron checkpoint}
 cargo afl build --release
 mkdir -p out
@@ -20,7 +22,7 @@ export AFL_SKIP_CPUFREQ=1 AFL_NO_UI=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AF
 # -m: inputs may not make ftl take more than 4 GiB (an unbounded allocation is a crash);
 # -t: an execution over 5 s is a hang
 printf '%s\n' $TARGETS | xargs -P "$JOBS" -I{} sh -c \
-  'cargo afl fuzz -i in/{} -o out/{} -E '"$EXECS"' -m 4096 -t 5000 target/release/{} > out/{}.log 2>&1 || echo "{}: afl-fuzz failed (fuzz/out/{}.log)"'
+  'cargo afl fuzz -i in/{} -o out/{} -E '"$EXECS"' '"$LIMIT"' -m 4096 -t 5000 target/release/{} > out/{}.log 2>&1 || echo "{}: afl-fuzz failed (fuzz/out/{}.log)"'
 printf '%-15s %12s %8s %8s %6s %10s\n' target executions corpus crashes hangs seconds
 for t in $TARGETS; do
   s=out/$t/default/fuzzer_stats

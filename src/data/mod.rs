@@ -691,7 +691,7 @@ pub fn batch_indices(
         idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
     }
     if group_by_length {
-        let mega = batch * 50;
+        let mega = batch.max(1).saturating_mul(50);
         for c in idx.chunks_mut(mega) {
             c.sort_by_key(|&i| std::cmp::Reverse(ex[i].ids.len()));
         }
@@ -732,4 +732,28 @@ pub fn glob(pattern: &Path) -> Result<Vec<PathBuf>> {
         return Err(Error::file(pattern, "no file matches"));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch size beyond the data (found by fuzzing: `batch_size = 2^62` with
+    /// `group_by_length` overflowed) is one batch of everything.
+    #[test]
+    fn any_batch_size_groups_without_overflow() {
+        let ex: Vec<Example> = (0..5)
+            .map(|i| Example {
+                ids: vec![1; i + 1],
+                labels: vec![-100; i + 1],
+                types: None,
+                class: None,
+            })
+            .collect();
+        for batch in [0, 1, 2, usize::MAX / 3, usize::MAX] {
+            let b = batch_indices(&ex, batch, Some(1), true);
+            assert_eq!(b.iter().map(Vec::len).sum::<usize>(), 5, "{batch}");
+            assert!(b.iter().all(|c| c.len() <= batch.max(1)), "{batch}");
+        }
+    }
 }

@@ -385,6 +385,7 @@ pub fn register(lua: &Lua, ftl: &Table) -> mlua::Result<()> {
     t.set(
         "zeros",
         lua.create_function(|lua, shape: Vec<usize>| {
+            crate::model::param::ensure_fits("ftl.tensor.zeros", &[&shape]).lua(lua)?;
             Tensor::zeros(shape, DType::F32, &Device::Cpu)
                 .map(LTensor)
                 .lua(lua)

@@ -118,7 +118,8 @@ impl Bert {
         let emb = |n: &str, rows: usize| {
             src.param(&format!("{e}.{n}.weight"), &[rows, h], Init::Normal(std))
         };
-        let mut layers = Vec::with_capacity(cfg.layers);
+        // grown as the layers load: a config's count is not trusted before its weights exist
+        let mut layers = Vec::new();
         for i in 0..cfg.layers {
             let p = format!("{prefix}encoder.layer.{i}");
             layers.push(Layer {

@@ -114,6 +114,16 @@ impl<'a> Cfg<'a> {
             .and_then(|v| v.as_f64())
             .unwrap_or(self.f64_or("partial_rotary_factor", 1.0)?);
         let dim = (head_dim as f64 * partial) as usize;
+        // the frequency table is made before any weight is read
+        crate::model::param::ensure_fits("the rotary embedding's frequencies", &[&[dim]]).map_err(
+            |e| {
+                let key = match self.get("head_dim") {
+                    Some(_) => "head_dim",
+                    None => "hidden_size",
+                };
+                self.err(key, &e.to_string())
+            },
+        )?;
         if partial != 1.0 {
             return Err(self.err(
                 "partial_rotary_factor",

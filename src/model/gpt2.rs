@@ -92,7 +92,8 @@ impl Gpt2 {
             &[cfg.n_positions, e],
             Init::Normal(std),
         )?;
-        let mut h = Vec::with_capacity(cfg.n_layer);
+        // grown as the blocks load: a config's count is not trusted before its weights exist
+        let mut h = Vec::new();
         for i in 0..cfg.n_layer {
             let p = format!("transformer.h.{i}");
             h.push(Block {

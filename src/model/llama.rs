@@ -26,13 +26,34 @@ pub struct LlamaConfig {
     pub mlp_bias: bool,
     pub act: Activation,
     pub tie: bool,
-    /// per layer: sliding window size
-    pub windows: Vec<Option<usize>>,
+    /// the sliding window's size, and which layers use it (`window`)
+    pub sliding_window: Option<usize>,
+    pub sliding: Sliding,
     pub init_std: f64,
 }
 
+/// Which layers attend through the sliding window: as HF's `layer_types`, or by rule (every
+/// layer for Mistral; Qwen2's from `max_window_layers` on, with `use_sliding_window`). A rule,
+/// not a list per layer, so that a config's layer count allocates nothing before its weights.
+#[derive(Clone, Debug)]
+pub enum Sliding {
+    Listed(Vec<bool>),
+    From(usize),
+    Never,
+}
+
 impl LlamaConfig {
-    pub fn parse(c: &Cfg) -> Result<(Self, Rope)> {
+    /// Layer `l`'s sliding window, if it has one.
+    pub fn window(&self, l: usize) -> Option<usize> {
+        let on = match &self.sliding {
+            Sliding::Listed(t) => t.get(l).copied().unwrap_or(false),
+            Sliding::From(first) => l >= *first,
+            Sliding::Never => false,
+        };
+        self.sliding_window.filter(|_| on)
+    }
+
+    pub fn parse(c: &Cfg) -> Result<Self> {
         let model_type = c.str_or("model_type", "llama")?.to_string();
         let hidden = c.usize("hidden_size")?;
         let heads = c.usize("num_attention_heads")?;
@@ -55,37 +76,28 @@ impl LlamaConfig {
             }
         };
         let window = c.opt_usize("sliding_window")?;
-        let windows = match c.v.get("layer_types").and_then(|v| v.as_array()) {
-            Some(types) => types
-                .iter()
-                .map(|t| {
-                    if t.as_str() == Some("sliding_attention") {
-                        window
-                    } else {
-                        None
-                    }
-                })
-                .collect(),
-            None => {
-                let use_sw = match model_type.as_str() {
-                    "mistral" => true,
-                    "qwen2" => c.bool_or("use_sliding_window", false)?,
-                    _ => false,
-                };
-                let max_window_layers = c.usize_or("max_window_layers", layers)?;
-                (0..layers)
-                    .map(|i| {
-                        if use_sw && (model_type != "qwen2" || i >= max_window_layers) {
-                            window
-                        } else {
-                            None
-                        }
-                    })
-                    .collect()
+        let sliding = match c.v.get("layer_types").and_then(|v| v.as_array()) {
+            Some(types) if types.len() != layers => {
+                return Err(crate::Error::config(
+                    &c.path,
+                    "layer_types",
+                    format!("{} entries for {layers} layers", types.len()),
+                ))
             }
+            Some(types) => Sliding::Listed(
+                types
+                    .iter()
+                    .map(|t| t.as_str() == Some("sliding_attention"))
+                    .collect(),
+            ),
+            None => match model_type.as_str() {
+                "mistral" => Sliding::From(0),
+                "qwen2" if c.bool_or("use_sliding_window", false)? => {
+                    Sliding::From(c.usize_or("max_window_layers", layers)?)
+                }
+                _ => Sliding::Never,
+            },
         };
-        let default_theta = 10000.0;
-        let rope = c.rope(head_dim, default_theta)?;
         let cfg = LlamaConfig {
             vocab: c.usize("vocab_size")?,
             intermediate: c.usize("intermediate_size")?,
@@ -102,9 +114,10 @@ impl LlamaConfig {
             head_dim,
             qkv_bias,
             o_bias,
-            windows,
+            sliding_window: window,
+            sliding,
         };
-        Ok((cfg, rope))
+        Ok(cfg)
     }
 }
 
@@ -167,14 +180,15 @@ pub struct Llama {
 
 impl Llama {
     pub fn load(c: &Cfg, src: &dyn Source) -> Result<Self> {
-        let (cfg, rope) = LlamaConfig::parse(c)?;
+        let cfg = LlamaConfig::parse(c)?;
         let (h, hd, std) = (cfg.hidden, cfg.head_dim, cfg.init_std);
         let embed = src.param(
             "model.embed_tokens.weight",
             &[cfg.vocab, h],
             Init::Normal(std),
         )?;
-        let mut layers = Vec::with_capacity(cfg.layers);
+        // grown as the layers load: a config's count is not trusted before its weights exist
+        let mut layers = Vec::new();
         for i in 0..cfg.layers {
             let p = format!("model.layers.{i}");
             let a = format!("{p}.self_attn");
@@ -257,6 +271,9 @@ impl Llama {
         } else {
             linear(src, "lm_head", h, cfg.vocab, false, std)?
         };
+        // made once the weights have confirmed the head size the config claims: a hostile
+        // config would otherwise build a huge rotary table first
+        let rope = c.rope(cfg.head_dim, 10000.0)?;
         Ok(Llama {
             embed_tokens: Embedding::new(embed),
             layers,
@@ -336,7 +353,7 @@ impl Arch for Llama {
                 Flow::Skip => continue,
                 Flow::Stop(x) => return Ok(x),
             };
-            let window = self.cfg.windows[l];
+            let window = self.cfg.window(l);
             let mask = match masks.iter().find(|(w, _)| *w == window) {
                 Some((_, m)) => m.clone(),
                 None => {

@@ -237,7 +237,9 @@ pub fn ensure_fits(what: &str, shapes: &[&[usize]]) -> Result<()> {
             .try_fold(4usize, |a, &d| a.checked_mul(d))
             .and_then(|b| sum.checked_add(b))
     });
-    let avail = available_memory();
+    // what the rest of the process (and the machine) needs beside new weights
+    const RESERVE: usize = 512 << 20;
+    let avail = available_memory().map(|a| a.saturating_sub(RESERVE));
     match (bytes, avail) {
         (Some(b), Some(avail)) if b <= avail => Ok(()),
         (Some(_), None) => Ok(()),

@@ -420,4 +420,39 @@ if a.method then ftl[a.method](m, {[a.key] = 1e11}) end
         assert_eq!(code, 1, "{args:?}: {se}");
         assert!(se.contains(want) && se.contains("GiB of memory available"), "{args:?}: {se}");
     }
+    // a model directory whose config asks for what its weights are not (found by fuzzing):
+    // a huge head (its rotary table is made only once the weights agree), a layer count
+    // reserved before any layer loaded
+    let src = crate::common::fixture("llama-tiny");
+    let dir = t.path().join("m");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    let load = t.path().join("load.lua");
+    std::fs::write(
+        &load,
+        "ftl.load('m')\nftl.tensor.zeros({1000000, 1000000, 1000})\n",
+    )
+    .unwrap();
+    for (key, value, want) in [
+        (
+            "head_dim",
+            8888888888888u64,
+            "q_proj.weight` has shape [64, 64], expected [35555555555552, 64]",
+        ),
+        ("num_hidden_layers", 111111111, "model.layers.2."),
+        (
+            "num_hidden_layers",
+            0,
+            "load.lua:2: ftl.tensor.zeros: new tensors of shape [1000000, 1000000, 1000]",
+        ),
+    ] {
+        let mut c = config.clone();
+        c[key] = value.into();
+        std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+        let (code, _, se) = run(&load, &out, &[]);
+        assert_eq!(code, 1, "{key}={value}: {se}");
+        assert!(se.contains(want), "{key}={value}: {se}");
+    }
 }
